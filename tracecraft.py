@@ -1,0 +1,2027 @@
+#!/usr/bin/env python3
+"""tracecraft: coordination for teams of AI agents, stored as JSON in any S3 bucket or a local directory.
+
+Agents share key-value memory, send direct and broadcast messages, claim steps so they never collide,
+wait for each other's steps, leave handoff notes, share files and see who is online.  There is no
+server of our own: every atomic promise rests on S3 conditional writes (If-None-Match / If-Match) or,
+in the local store, on link(2) and a lock per key.
+
+    $ tracecraft init --project demo --agent designer      # local store, no server needed
+    $ tracecraft claim design
+    Claimed step design as designer
+
+    >>> import tracecraft
+    >>> tc = tracecraft.connect(project="demo", agent="designer", backend="local")
+    >>> tc.memory.set("design.status", "complete")
+
+One file, standard library only, so it can be vendored with `curl -O`.  The sections below are
+ordered bottom-up; each may call only the sections above it:
+
+  1. Errors and exit codes   every failure tracecraft reports, and the one table of exit codes
+  2. Names and keys          the one set of rules for agent ids, projects, steps, keys, artifact names
+  3. SigV4 and transport     the AWS Signature V4 signer; one kept-alive HTTP connection
+  4. Stores                  the Store interface and its backends: S3Store, LocalStore, HFStore
+  5. Configuration           finding .tracecraft.json, credentials, opening the configured store
+  6. Coordination protocol   memory, messages, claims, steps, barriers, artifacts, agents
+  7. Python API              connect()
+  8. Command line            argparse, human and --json output, main()
+"""
+
+import json
+import os
+import sys
+import time
+
+__version__ = "0.1.0"
+__all__ = ["connect", "Client", "TracecraftError", "LocalStore", "S3Store", "__version__"]
+
+
+# ==================================================================================================
+# 1. Errors and exit codes.  Owns: the exception hierarchy and exit codes.  Calls: nothing.
+# ==================================================================================================
+
+EXIT_OK = 0       # success
+EXIT_NO = 1       # the answer is no: key missing, step held by another agent, step not complete
+EXIT_USAGE = 2    # bad usage or bad input
+EXIT_TIMEOUT = 3  # timed out
+EXIT_STORE = 4    # the store failed: unreachable, credentials refused, bucket missing, unusable config
+EXIT_BUG = 70     # an internal error: a bug in tracecraft (EX_SOFTWARE)
+
+
+class TracecraftError(Exception):
+    """Base of every error tracecraft reports.  `exit_code` is what the command line exits with."""
+    exit_code = EXIT_STORE
+
+
+class UsageError(TracecraftError):
+    """Bad arguments or input: an invalid name, an unreadable file, a malformed value."""
+    exit_code = EXIT_USAGE
+
+
+class NotFound(TracecraftError):
+    """What was asked for does not exist (a memory key, an artifact, a message)."""
+    exit_code = EXIT_NO
+
+
+class Refused(TracecraftError):
+    """The answer is no: the step is held by someone else, already complete, or a race was lost."""
+    exit_code = EXIT_NO
+
+
+class WaitTimeout(TracecraftError):
+    exit_code = EXIT_TIMEOUT
+
+
+class StoreError(TracecraftError):
+    """The store failed or cannot be used; also the base of the typed S3 errors below."""
+    exit_code = EXIT_STORE
+
+
+class ConfigError(StoreError):
+    """No usable configuration: missing, unreadable or malformed."""
+
+
+class NoSuchKey(NotFound):
+    pass
+
+
+class PreconditionFailed(Refused):
+    """A conditional write lost: the key exists (create-only) or its ETag changed (if-match).
+
+    `retried` is true when the request had been sent before, so the object may be our own write."""
+    retried = False
+
+
+class ConditionalConflict(Refused):
+    """409: a concurrent conditional write to the same key finished first; re-read and retry."""
+
+
+class AccessDenied(StoreError):
+    pass
+
+
+class BadCredentials(StoreError):
+    """The store rejected the signature or does not know the access key."""
+
+
+class NoSuchBucket(StoreError):
+    pass
+
+
+class Unreachable(StoreError):
+    """No answer from the store after the retry budget: refused, reset, timed out, DNS failure."""
+
+
+class CorruptObject(StoreError):
+    """An object that tracecraft should be able to read is not valid JSON of the right shape."""
+
+
+# ==================================================================================================
+# 2. Names and keys.  Owns: validation of every name that becomes part of an object key.
+#    Calls: section 1.  Nothing can address an object outside <bucket>/<project>/ because every key
+#    is built from names that passed these checks.
+# ==================================================================================================
+
+MAX_NAME = 128        # characters in one name or key segment
+MAX_KEY = 512         # characters in a whole memory key
+MAX_VALUE = 1 << 20   # bytes in one memory value or message, encoded as JSON
+BROADCAST = "_broadcast"
+
+
+def check_name(kind, value, reserved_underscore=False):
+    """Return `value` if it is a valid single-segment name, else raise UsageError saying why."""
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"{kind} must not be empty")
+    check_text(kind, value)
+    if len(value) > MAX_NAME:
+        raise UsageError(f"{kind} is {len(value)} characters long; the limit is {MAX_NAME}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise UsageError(f"{kind} {value!r} contains a control character")
+    if "/" in value or "\\" in value:
+        raise UsageError(f"{kind} {value!r} must not contain '/' or '\\'")
+    if value in (".", ".."):
+        raise UsageError(f"{kind} must not be '.' or '..'")
+    if value != value.strip():
+        raise UsageError(f"{kind} {value!r} must not start or end with white space")
+    if reserved_underscore and value.startswith("_"):
+        raise UsageError(f"{kind} {value!r} must not start with '_' (reserved, as in {BROADCAST})")
+    return value
+
+
+def check_text(kind, value):
+    """Text from the command line may hold undecodable bytes (surrogate escapes): refuse them."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{kind} is not valid UTF-8") from None
+    return value
+
+
+def check_agent(agent):
+    return check_name("agent id", agent, reserved_underscore=True)
+
+
+def check_memory_key(key):
+    """Memory keys are dotted paths: `design.status` is stored at memory/design/status.json."""
+    if not isinstance(key, str) or not key:
+        raise UsageError("memory key must not be empty")
+    if len(key) > MAX_KEY:
+        raise UsageError(f"memory key is {len(key)} characters long; the limit is {MAX_KEY}")
+    for segment in key.split("."):
+        if not segment:
+            raise UsageError(f"memory key {key!r} has an empty segment (two dots, or a leading "
+                             "or trailing dot)")
+        check_name("memory key segment", segment)
+    return key
+
+
+def check_artifact_name(name):
+    check_name("artifact name", name)
+    if name.startswith("."):
+        raise UsageError(f"artifact name {name!r} must not start with '.' (use --name to rename)")
+    return name
+
+
+def check_bucket(bucket):
+    """S3's bucket naming rules (also used for the local store's subdirectory)."""
+    ok = (isinstance(bucket, str) and 3 <= len(bucket) <= 63 and bucket[0].isalnum()
+          and bucket[-1].isalnum() and all(c.islower() or c.isdigit() or c in "-." for c in bucket)
+          and bucket.isascii() and ".." not in bucket)
+    if not ok:
+        raise UsageError(f"bucket name {bucket!r} is not valid: use 3-63 lowercase letters, digits, "
+                         "'-' and '.', starting and ending with a letter or digit")
+    return bucket
+
+
+def utcnow():
+    """The current UTC time as ISO 8601 with a Z, to the second: every record says when."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def parse_utc(stamp):
+    """Seconds since the epoch for an ISO 8601 UTC stamp written by utcnow(), or None."""
+    import calendar
+    try:
+        return calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))
+    except (TypeError, ValueError):
+        return None
+
+
+# ==================================================================================================
+# 3. SigV4 and transport.  Owns: AWS Signature Version 4 and the one HTTP request path with its
+#    retry policy.  Calls: section 1.  http.client and ssl are imported only when a request is made.
+# ==================================================================================================
+
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+UNRESERVED = "-_.~"
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+
+
+def uri_encode(text, keep_slash=False):
+    """S3's URI encoding: every byte of the UTF-8 form except A-Z a-z 0-9 - _ . ~ is %XX."""
+    from urllib.parse import quote
+    return quote(text, safe=UNRESERVED + ("/" if keep_slash else ""))
+
+
+def _remove_dot_segments(path):
+    """RFC 3986 path normalisation, which SigV4 applies for every service except S3."""
+    out = []
+    for segment in path.split("/"):
+        if segment == "..":
+            if out:
+                out.pop()
+        elif segment not in (".", ""):
+            out.append(segment)
+    trailing = "/" if path.endswith(("/", "/.", "/..")) and out else ""
+    return "/" + "/".join(out) + trailing
+
+
+def canonical_request(method, path, query, headers, payload_hash, normalize_path=False):
+    """Return (canonical request, signed header names).
+
+    `path` and `query` (a list of (name, value) pairs) are decoded text; `headers` is a list of
+    (name, value) pairs in which a name may repeat.  S3 signs the path as sent (no normalisation)."""
+    if normalize_path:
+        path = _remove_dot_segments(path)
+    encoded_query = sorted((uri_encode(k), uri_encode(v)) for k, v in query)
+    merged = {}
+    for name, value in headers:
+        merged.setdefault(name.strip().lower(), []).append(" ".join(value.split()))
+    names = sorted(merged)
+    lines = [method, uri_encode(path, keep_slash=True) or "/",
+             "&".join(f"{k}={v}" for k, v in encoded_query),
+             "".join(f"{n}:{','.join(merged[n])}\n" for n in names),
+             ";".join(names), payload_hash]
+    return "\n".join(lines), ";".join(names)
+
+
+def _hmac(key, text):
+    import hashlib
+    import hmac
+    return hmac.new(key, text.encode("utf-8"), hashlib.sha256).digest()
+
+
+_signing_keys = {}
+
+
+def signing_key(secret_key, date, region, service):
+    """The derived key for one day, region and service; cached because it changes once a day."""
+    cache_key = (secret_key, date, region, service)
+    key = _signing_keys.get(cache_key)
+    if key is None:
+        key = _hmac(("AWS4" + secret_key).encode("utf-8"), date)
+        for part in (region, service, "aws4_request"):
+            key = _hmac(key, part)
+        _signing_keys.clear()
+        _signing_keys[cache_key] = key
+    return key
+
+
+def string_to_sign(amz_date, scope, creq):
+    import hashlib
+    return "\n".join(["AWS4-HMAC-SHA256", amz_date, scope,
+                      hashlib.sha256(creq.encode("utf-8")).hexdigest()])
+
+
+def authorization(access_key, secret_key, region, service, amz_date, creq, signed_headers):
+    """The Authorization header value for a canonical request signed at `amz_date`."""
+    scope = f"{amz_date[:8]}/{region}/{service}/aws4_request"
+    key = signing_key(secret_key, amz_date[:8], region, service)
+    signature = _hmac(key, string_to_sign(amz_date, scope, creq)).hex()
+    return (f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, "
+            f"SignedHeaders={signed_headers}, Signature={signature}")
+
+
+class Response:
+    __slots__ = ("status", "headers", "body", "attempts")
+
+    def __init__(self, status, headers, body, attempts=1):
+        self.status, self.headers, self.body, self.attempts = status, headers, body, attempts
+
+
+def _retry_settings():
+    def number(name, default, kind):
+        raw = os.environ.get(name)
+        try:
+            return kind(raw) if raw else default
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a number") from None
+    return number("TRACECRAFT_MAX_ATTEMPTS", 4, int), number("TRACECRAFT_TIMEOUT", 30.0, float)
+
+
+class Transport:
+    """One kept-alive HTTP(S) connection to one host, and the one retry policy.
+
+    Connection errors, timeouts and 429/5xx answers are retried with exponential backoff and full
+    jitter, at most `max_attempts` times; every other answer is returned to the caller."""
+
+    def __init__(self, scheme, host, port, timeout=None, max_attempts=None, verify=True):
+        default_attempts, default_timeout = _retry_settings()
+        self.scheme, self.host, self.port = scheme, host, port
+        self.timeout = timeout or default_timeout
+        self.max_attempts = max(1, max_attempts or default_attempts)
+        self.verify = verify
+        self._conn = None
+
+    def _connection(self):
+        if self._conn is None:
+            import http.client
+            if self.scheme == "https":
+                import ssl
+                context = ssl.create_default_context()
+                if not self.verify:
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                self._conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
+                                                         context=context)
+            else:
+                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        return self._conn
+
+    def close(self):
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def request(self, method, target, make_headers, body=b"", into=None, progress=None):
+        """Send a request, retrying per the policy; `make_headers()` signs each attempt afresh.
+
+        A seekable file `body` is rewound before each attempt.  With `into`, a 200 answer's body is
+        streamed into that file instead of memory.  Returns a Response whose `attempts` tells the
+        caller whether a conditional write may have reached the store before."""
+        import http.client
+        import random
+        last_error = None
+        for attempt in range(1, self.max_attempts + 1):
+            if attempt > 1:
+                time.sleep(random.uniform(0, min(2.0, 0.1 * 2 ** (attempt - 1))))
+            if hasattr(body, "seek"):
+                body.seek(0)
+            try:
+                conn = self._connection()
+                conn.request(method, target, body=body, headers=make_headers())
+                resp = conn.getresponse()
+                headers = {k.lower(): v for k, v in resp.getheaders()}
+                if resp.status in RETRY_STATUSES and attempt < self.max_attempts:
+                    resp.read()
+                    last_error = f"HTTP {resp.status}"
+                    continue
+                if into is not None and resp.status == 200:
+                    into.seek(0)
+                    into.truncate()
+                    _copy_stream(resp, into, int(headers.get("content-length") or 0), progress)
+                    data = b""
+                else:
+                    data = resp.read()
+                if headers.get("connection", "").lower() == "close":
+                    self.close()
+                return Response(resp.status, headers, data, attempt)
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                last_error = _describe_network_error(exc)
+        raise Unreachable(f"cannot reach the store at {self.scheme}://{self.host}:{self.port} "
+                          f"({last_error}, {self.max_attempts} attempts): check the endpoint, "
+                          "the network and that the server is running")
+
+
+
+def _describe_network_error(exc):
+    import socket
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "timed out"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host name: {exc.strerror}"
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
+
+
+def _copy_stream(source, target, total, progress, chunk=1 << 20):
+    done = 0
+    while True:
+        block = source.read(chunk)
+        if not block:
+            break
+        target.write(block)
+        done += len(block)
+        if progress:
+            progress(done, total)
+
+
+# ==================================================================================================
+# 4. Stores.  Owns: the Store interface and its backends.  Calls: sections 1-3.  All coordination
+#    code goes through these five operations and nothing bypasses them; keys are relative to the
+#    bucket and already validated (section 2), so a store only has to keep its own promises.
+# ==================================================================================================
+
+class Blob:
+    """An object read from a store: its bytes (None for head, or when streamed to a file), its
+    ETag, its Last-Modified time and the store's own clock at the time of the answer (epoch s)."""
+    __slots__ = ("key", "body", "etag", "size", "last_modified", "server_time")
+
+    def __init__(self, key, body, etag, size, last_modified=None, server_time=None):
+        self.key, self.body, self.etag, self.size = key, body, etag, size
+        self.last_modified, self.server_time = last_modified, server_time
+
+
+class Entry:
+    """One key of a listing."""
+    __slots__ = ("key", "size", "last_modified")
+
+    def __init__(self, key, size, last_modified):
+        self.key, self.size, self.last_modified = key, size, last_modified
+
+    def __repr__(self):
+        return f"Entry({self.key!r}, {self.size})"
+
+
+class Store:
+    """The interface every backend implements.
+
+    get(key, into=None) -> Blob        raises NoSuchKey; streams the bytes into a file if given
+    head(key) -> Blob                  the same without the bytes
+    put(key, body, if_none_match=False, if_match=None, content_type=None, progress=None) -> etag
+                                       create-only or compare-and-swap when asked; a lost condition
+                                       raises PreconditionFailed; `body` is bytes or a binary file
+    delete(key, if_match=None)         deleting a missing key is not an error (as on S3)
+    list(prefix, start_after=None)     Entry objects in S3's order (by UTF-8 bytes), all pages
+    ensure_bucket() -> bool            create the bucket if missing; True when it was created
+    """
+    name = "store"
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def describe(self):
+        return self.name
+
+
+def _md5_etag(data):
+    import hashlib
+    return '"' + hashlib.md5(data).hexdigest() + '"'
+
+
+class LocalStore(Store):
+    """A directory: <root>/<bucket>/<key>.  No server; safe for many processes on one machine.
+
+    Writes go to a temporary file that is renamed into place, so a reader never sees half an
+    object.  Create-only is link(2), which fails atomically when the name exists.  Compare-and-swap
+    and conditional delete hold an exclusive lock (flock on one of 256 lock files chosen by the
+    key's hash) around read-compare-write.  ETags are MD5 hex digests of the content, as on S3."""
+    name = "local"
+
+    def __init__(self, root=None, bucket="tracecraft"):
+        self.root = os.path.abspath(os.path.expanduser(root or default_local_root()))
+        self.bucket = check_bucket(bucket)
+        self.dir = os.path.join(self.root, self.bucket)
+
+    def describe(self):
+        return f"local directory {self.dir}"
+
+    def _path(self, key):
+        parts = key.split("/")
+        if any(p in ("", ".", "..") for p in parts) or "\\" in key or "\0" in key:
+            raise UsageError(f"invalid object key {key!r}")
+        return os.path.join(self.dir, *parts)
+
+    def _fail(self, exc, key):
+        if isinstance(exc, (IsADirectoryError, NotADirectoryError)):
+            return UsageError(f"object key {key!r} conflicts with another key in {self.dir} "
+                              "(one is a prefix of the other)")
+        reason = exc.strerror or str(exc)
+        return StoreError(f"local store: cannot access {exc.filename or self.dir}: {reason}")
+
+    def get(self, key, into=None):
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                stat = os.fstat(f.fileno())
+                if into is None:
+                    data = f.read()
+                    etag = _md5_etag(data)
+                else:
+                    import hashlib
+                    digest = hashlib.md5()
+                    into.seek(0)
+                    into.truncate()
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(block)
+                        into.write(block)
+                    data, etag = None, '"' + digest.hexdigest() + '"'
+        except FileNotFoundError:
+            raise NoSuchKey(f"no object {key}") from None
+        except OSError as exc:
+            raise self._fail(exc, key) from None
+        return Blob(key, data, etag, stat.st_size, stat.st_mtime, time.time())
+
+    def head(self, key):
+        blob = self.get(key)
+        blob.body = None
+        return blob
+
+    def _current_etag(self, key):
+        try:
+            return self.head(key).etag
+        except NoSuchKey:
+            return None
+
+    def put(self, key, body, if_none_match=False, if_match=None, content_type=None, progress=None):
+        if if_none_match and if_match:
+            raise UsageError("a write cannot be both create-only and compare-and-swap")
+        path = self._path(key)
+        try:
+            tmp, etag = self._write_temp(body, progress)
+            try:
+                if if_match:
+                    with self._lock(key):
+                        if self._current_etag(key) != if_match:
+                            raise PreconditionFailed(f"{key} changed (version is not {if_match})")
+                        self._place(tmp, path, os.replace)
+                elif if_none_match:
+                    self._place(tmp, path, os.link)
+                else:
+                    self._place(tmp, path, os.replace)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        except FileExistsError:
+            raise PreconditionFailed(f"{key} already exists") from None
+        except OSError as exc:
+            raise self._fail(exc, key) from None
+        return etag
+
+    def _place(self, tmp, path, how):
+        # A concurrent delete may remove the parent directory between makedirs and link/rename.
+        for _ in range(5):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                return how(tmp, path)
+            except FileNotFoundError:
+                continue
+        return how(tmp, path)
+
+    def _write_temp(self, body, progress):
+        import hashlib
+        import tempfile
+        tmpdir = os.path.join(self.root, ".tmp")
+        os.makedirs(tmpdir, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=tmpdir, prefix="put-")
+        digest = hashlib.md5()
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(body, (bytes, bytearray)):
+                f.write(body)
+                digest.update(body)
+            else:
+                body.seek(0)
+                total, done = _file_size(body), 0
+                for block in iter(lambda: body.read(1 << 20), b""):
+                    f.write(block)
+                    digest.update(block)
+                    done += len(block)
+                    if progress:
+                        progress(done, total)
+        return tmp, '"' + digest.hexdigest() + '"'
+
+    def delete(self, key, if_match=None):
+        path = self._path(key)
+        try:
+            if if_match:
+                with self._lock(key):
+                    if self._current_etag(key) != if_match:
+                        raise PreconditionFailed(f"{key} changed (version is not {if_match})")
+                    os.unlink(path)
+            else:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    return
+        except OSError as exc:
+            raise self._fail(exc, key) from None
+        parent = os.path.dirname(path)
+        while parent != self.dir and parent.startswith(self.dir):
+            try:
+                os.rmdir(parent)   # only succeeds when empty, which is what S3's model implies
+            except OSError:
+                break
+            parent = os.path.dirname(parent)
+
+    def list(self, prefix="", start_after=None):
+        base = prefix.rpartition("/")[0]
+        found = []
+
+        def walk(directory, rel):
+            try:
+                entries = list(os.scandir(directory))
+            except (FileNotFoundError, NotADirectoryError):
+                return
+            for entry in entries:
+                key = rel + entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    if (key + "/").startswith(prefix) or prefix.startswith(key + "/"):
+                        walk(entry.path, key + "/")
+                elif key.startswith(prefix) and (start_after is None or key > start_after):
+                    try:
+                        stat = entry.stat()
+                    except FileNotFoundError:
+                        continue
+                    found.append(Entry(key, stat.st_size, stat.st_mtime))
+
+        walk(self._path(base) if base else self.dir, base + "/" if base else "")
+        # Python orders str by code point, which is exactly the UTF-8 byte order S3 lists in.
+        found.sort(key=lambda e: e.key)
+        return iter(found)
+
+    def ensure_bucket(self):
+        created = not os.path.isdir(self.dir)
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+            probe = os.path.join(self.root, ".tmp")
+            os.makedirs(probe, exist_ok=True)
+            if not os.access(self.dir, os.W_OK):
+                raise PermissionError(13, "permission denied", self.dir)
+        except OSError as exc:
+            raise self._fail(exc, "") from None
+        return created
+
+    def _lock(self, key):
+        import hashlib
+        stripe = hashlib.md5(key.encode("utf-8")).hexdigest()[:2]
+        lockdir = os.path.join(self.root, ".locks", self.bucket)
+        os.makedirs(lockdir, exist_ok=True)
+        return _FileLock(os.path.join(lockdir, stripe + ".lock"))
+
+
+class _FileLock:
+    """An exclusive inter-process lock on a file: flock on POSIX, msvcrt.locking on Windows."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            import fcntl
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except ImportError:
+            import msvcrt
+            while True:
+                try:
+                    msvcrt.locking(self.fd, msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:
+                    continue
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)   # closing the descriptor releases the lock
+
+
+def _file_size(f):
+    here = f.tell()
+    f.seek(0, os.SEEK_END)
+    size = f.tell()
+    f.seek(here)
+    return size
+
+
+def default_local_root():
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "tracecraft")
+
+
+def _http_date(value):
+    """Epoch seconds from an HTTP date header (Date, Last-Modified), or None."""
+    if not value:
+        return None
+    from email.utils import parsedate_tz, mktime_tz
+    parsed = parsedate_tz(value)
+    return mktime_tz(parsed) if parsed else None
+
+
+def _iso_date(value):
+    """Epoch seconds from the ISO 8601 LastModified of a listing."""
+    import calendar
+    try:
+        return calendar.timegm(time.strptime(value[:19], "%Y-%m-%dT%H:%M:%S"))
+    except (TypeError, ValueError):
+        return None
+
+
+def _xml_field(body, tag):
+    """One field of a small S3 XML answer (errors, bucket location): no XML parser needed."""
+    import re
+    match = re.search(rb"<%s>(.*?)</%s>" % (tag.encode(), tag.encode()), body or b"", re.S)
+    return match.group(1).decode("utf-8", "replace") if match else ""
+
+
+class S3Store(Store):
+    """Any S3-compatible store, signed with SigV4 over one kept-alive connection."""
+    name = "s3"
+
+    def __init__(self, bucket, endpoint=None, region="us-east-1", access_key=None, secret_key=None,
+                 session_token=None, addressing="path", verify=True, timeout=None,
+                 max_attempts=None):
+        from urllib.parse import urlsplit
+        self.bucket = check_bucket(bucket)
+        self.region = region or "us-east-1"
+        self.endpoint = (endpoint or f"https://s3.{self.region}.amazonaws.com").rstrip("/")
+        url = urlsplit(self.endpoint)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError(f"endpoint {self.endpoint!r} is not an http(s) URL")
+        if addressing not in ("path", "virtual"):
+            raise ConfigError(f"addressing must be 'path' or 'virtual', not {addressing!r}")
+        if not access_key or not secret_key:
+            raise ConfigError("no S3 credentials: pass --access-key/--secret-key to init, or set "
+                              "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE")
+        self.access_key, self.secret_key, self.session_token = access_key, secret_key, session_token
+        self.addressing = addressing
+        port = url.port or (443 if url.scheme == "https" else 80)
+        host = url.hostname if addressing == "path" else f"{self.bucket}.{url.hostname}"
+        default_port = port == (443 if url.scheme == "https" else 80)
+        self.host_header = host if default_port else f"{host}:{port}"
+        # A path on the endpoint (a gateway's namespace, say) is part of every signed path.
+        self.base_path = url.path.rstrip("/")
+        self.transport = Transport(url.scheme, host, port, timeout, max_attempts, verify)
+
+    def describe(self):
+        return f"s3 bucket {self.bucket} at {self.endpoint}"
+
+    def close(self):
+        self.transport.close()
+
+    def _path(self, key=None):
+        bucket_part = f"/{self.bucket}" if self.addressing == "path" else ""
+        return self.base_path + bucket_part + ("/" + key if key else "/" if not bucket_part else "")
+
+    def request(self, method, key=None, query=(), headers=(), body=b"", payload_hash=None,
+                into=None, progress=None):
+        """Sign and send one request; S3 error answers become typed exceptions."""
+        path = self._path(key)
+        query = list(query)
+        payload_hash = payload_hash or (EMPTY_SHA256 if not body else _sha256_hex(body))
+        target = uri_encode(path, keep_slash=True)
+        if query:
+            target += "?" + "&".join(f"{uri_encode(k)}={uri_encode(v)}" for k, v in sorted(query))
+        extra = list(headers)
+
+        def make_headers():
+            amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            signed = [("host", self.host_header), ("x-amz-date", amz_date),
+                      ("x-amz-content-sha256", payload_hash)] + extra
+            if self.session_token:
+                signed.append(("x-amz-security-token", self.session_token))
+            creq, names = canonical_request(method, path, query, signed, payload_hash)
+            out = dict(signed)
+            out["Authorization"] = authorization(self.access_key, self.secret_key, self.region,
+                                                 "s3", amz_date, creq, names)
+            if body and not isinstance(body, (bytes, bytearray)):
+                out["Content-Length"] = str(_file_size(body))
+            return out
+
+        resp = self.transport.request(method, target, make_headers, body, into, progress)
+        if resp.status >= 300:
+            raise self._error(resp, method, key)
+        return resp
+
+    def _error(self, resp, method, key):
+        code = _xml_field(resp.body, "Code")
+        message = _xml_field(resp.body, "Message")
+        what = f"{key}" if key else f"bucket {self.bucket}"
+        status = resp.status
+        if code == "NoSuchBucket" or (status == 404 and not key):
+            return NoSuchBucket(f"bucket {self.bucket!r} does not exist at {self.endpoint} "
+                                "(run `tracecraft init` to create it)")
+        if code == "NoSuchKey" or status == 404:
+            return NoSuchKey(f"no object {what}")
+        if status == 412 or code == "PreconditionFailed":
+            err = PreconditionFailed(f"{what}: precondition failed")
+            err.retried = resp.attempts > 1
+            return err
+        if status == 409 and code in ("ConditionalRequestConflict", "OperationAborted", ""):
+            return ConditionalConflict(f"{what}: a concurrent conditional write finished first")
+        if code in ("SignatureDoesNotMatch", "InvalidAccessKeyId", "AuthorizationHeaderMalformed"):
+            hint = ("the secret key is probably wrong" if code == "SignatureDoesNotMatch"
+                    else "the store does not know this access key")
+            return BadCredentials(f"the store at {self.endpoint} refused the credentials ({code}): "
+                                  f"{hint}; check --access-key/--secret-key or AWS_* variables")
+        if status == 403 or code == "AccessDenied":
+            return AccessDenied(f"access denied by the store for {method} {what} ({code or 403}): "
+                                "check that the credentials may read and write this bucket")
+        return StoreError(f"the store answered {status} {code or ''} for {method} {what}"
+                          + (f": {message}" if message else ""))
+
+    def get(self, key, into=None, progress=None):
+        resp = self.request("GET", key, into=into, progress=progress)
+        return self._blob(key, resp, None if into is not None else resp.body)
+
+    def head(self, key):
+        return self._blob(key, self.request("HEAD", key), None)
+
+    def _blob(self, key, resp, body):
+        h = resp.headers
+        size = int(h.get("content-length") or 0)
+        return Blob(key, body, h.get("etag"), size, _http_date(h.get("last-modified")),
+                    _http_date(h.get("date")))
+
+    def put(self, key, body, if_none_match=False, if_match=None, content_type=None, progress=None):
+        if if_none_match and if_match:
+            raise UsageError("a write cannot be both create-only and compare-and-swap")
+        headers = [("content-type", content_type or "application/octet-stream")]
+        if if_none_match:
+            headers.append(("if-none-match", "*"))
+        elif if_match:
+            headers.append(("if-match", if_match))
+        payload_hash = None
+        if not isinstance(body, (bytes, bytearray)):
+            payload_hash = _sha256_hex(body)
+            if progress:
+                body = _ProgressReader(body, progress)
+        resp = self.request("PUT", key, headers=headers, body=body, payload_hash=payload_hash)
+        return resp.headers.get("etag")
+
+    def delete(self, key, if_match=None):
+        headers = [("if-match", if_match)] if if_match else []
+        try:
+            self.request("DELETE", key, headers=headers)
+        except NoSuchKey:
+            if if_match:
+                raise PreconditionFailed(f"{key} is gone") from None
+
+    def list(self, prefix="", start_after=None):
+        import xml.etree.ElementTree as ET
+        token = None
+        while True:
+            query = [("list-type", "2"), ("prefix", prefix)]
+            if token:
+                query.append(("continuation-token", token))
+            elif start_after:
+                query.append(("start-after", start_after))
+            root = ET.fromstring(self.request("GET", query=query).body)
+            token = None
+            for node in root:
+                tag = node.tag.rpartition("}")[2]
+                if tag == "Contents":
+                    fields = {c.tag.rpartition("}")[2]: c.text or "" for c in node}
+                    yield Entry(fields.get("Key", ""), int(fields.get("Size") or 0),
+                                _iso_date(fields.get("LastModified")))
+                elif tag == "NextContinuationToken":
+                    token = node.text
+            if not token:
+                return
+
+    def ensure_bucket(self):
+        try:
+            self.request("HEAD")
+            return False
+        except NoSuchBucket:
+            pass
+        except AccessDenied:
+            # HEAD answers 403 without a body: tell wrong credentials from a missing permission.
+            self.request("GET", query=[("list-type", "2"), ("max-keys", "1")])
+            return False
+        body = b""
+        if self.region != "us-east-1":
+            body = (f'<CreateBucketConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+                    f"<LocationConstraint>{self.region}</LocationConstraint>"
+                    f"</CreateBucketConfiguration>").encode()
+        try:
+            self.request("PUT", body=body)
+        except StoreError as exc:
+            if "BucketAlreadyOwnedByYou" not in str(exc):
+                raise
+            return False
+        return True
+
+
+def _sha256_hex(body):
+    import hashlib
+    if isinstance(body, (bytes, bytearray)):
+        return hashlib.sha256(body).hexdigest()
+    digest = hashlib.sha256()
+    body.seek(0)
+    for block in iter(lambda: body.read(1 << 20), b""):
+        digest.update(block)
+    body.seek(0)
+    return digest.hexdigest()
+
+
+class _ProgressReader:
+    """Wraps an upload file so http.client's reads report progress."""
+
+    def __init__(self, f, progress):
+        self.f, self.progress, self.total, self.done = f, progress, _file_size(f), 0
+
+    def seek(self, *args):
+        self.done = 0
+        return self.f.seek(*args)
+
+    def tell(self):
+        return self.f.tell()
+
+    def read(self, n=-1):
+        block = self.f.read(n)
+        self.done += len(block)
+        self.progress(self.done, self.total)
+        return block
+
+
+class HFStore(S3Store):
+    """Hugging Face Storage Buckets through the Hub's S3-compatible gateway (its own issue)."""
+    name = "hf"
+
+    def __init__(self, *args, **kwargs):
+        raise ConfigError("the hf backend is not built yet: it arrives with the Hugging Face "
+                          "Buckets issue; until then use --backend s3 or the local store")
+
+
+# ==================================================================================================
+# 5. Configuration.  Owns: where settings come from and how a store is opened from them.
+#    Calls: sections 1-4.  Order: explicit arguments, then environment, then the config file found
+#    by walking up from the current directory, then ~/.config/tracecraft/config.json.
+# ==================================================================================================
+
+CONFIG_NAME = ".tracecraft.json"
+BACKENDS = ("local", "s3", "hf")
+
+
+def user_config_path():
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "tracecraft", "config.json")
+
+
+def find_config(start=None):
+    """The config file that applies here: $TRACECRAFT_CONFIG, else the nearest .tracecraft.json
+    in this directory or a parent, else the user's config; None when there is none."""
+    explicit = os.environ.get("TRACECRAFT_CONFIG")
+    if explicit:
+        if not os.path.isfile(explicit):
+            raise ConfigError(f"TRACECRAFT_CONFIG names {explicit}, which is not a file")
+        return explicit
+    directory = os.path.abspath(start or os.getcwd())
+    while True:
+        candidate = os.path.join(directory, CONFIG_NAME)
+        if os.path.isfile(candidate):
+            return candidate
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+    candidate = user_config_path()
+    return candidate if os.path.isfile(candidate) else None
+
+
+def load_config(path):
+    try:
+        with open(path, "rb") as f:
+            config = json.loads(f.read().decode("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"config {path} is not valid JSON ({exc}); fix it or run "
+                          "`tracecraft init` again") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"config {path} must hold a JSON object")
+    return config
+
+
+def write_config(path, config):
+    """Write the config with mode 0600: it may hold a secret key."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def _aws_profile(name):
+    """Keys of one profile from ~/.aws/credentials, then ~/.aws/config ("profile NAME")."""
+    import configparser
+    home = os.path.expanduser("~")
+    files = [(os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(home, ".aws", "credentials"), name),
+             (os.environ.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config"),
+              name if name == "default" else f"profile {name}")]
+    for path, section in files:
+        parser = configparser.RawConfigParser()
+        try:
+            parser.read(path, encoding="utf-8")
+        except (OSError, configparser.Error):
+            continue
+        if parser.has_option(section, "aws_access_key_id"):
+            get = lambda option: parser.get(section, option, fallback=None)  # noqa: E731
+            return get("aws_access_key_id"), get("aws_secret_access_key"), get("aws_session_token")
+    return None
+
+
+def resolve_credentials(settings):
+    """(access key, secret key, session token): flags, then AWS_* variables, then AWS_PROFILE,
+    then the config file, then the `default` profile (last, so that a user's everyday AWS
+    profile never overrides keys that were given to `tracecraft init` for this project)."""
+    if settings.get("access_key") and settings.get("secret_key") and settings.get("_from_flags"):
+        return settings["access_key"], settings["secret_key"], settings.get("session_token")
+    env = os.environ
+    if settings.get("backend") == "hf" and env.get("HF_S3_ACCESS_KEY_ID"):
+        return env["HF_S3_ACCESS_KEY_ID"], env.get("HF_S3_SECRET_ACCESS_KEY"), None
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        return env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_SESSION_TOKEN")
+    if env.get("AWS_PROFILE"):
+        found = _aws_profile(env["AWS_PROFILE"])
+        if not found:
+            raise ConfigError(f"AWS_PROFILE={env['AWS_PROFILE']} has no keys in ~/.aws/credentials "
+                              "or ~/.aws/config")
+        return found
+    if settings.get("access_key") and settings.get("secret_key"):
+        return settings["access_key"], settings["secret_key"], settings.get("session_token")
+    return _aws_profile("default") or (None, None, None)
+
+
+def open_store(settings):
+    """The Store that `settings` (a config dict, possibly with overrides) describe."""
+    backend = settings.get("backend") or "local"
+    bucket = settings.get("bucket") or "tracecraft"
+    if backend == "local":
+        return LocalStore(settings.get("root"), bucket)
+    if backend not in ("s3", "hf"):
+        raise ConfigError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    access_key, secret_key, token = resolve_credentials(settings)
+    cls = HFStore if backend == "hf" else S3Store
+    return cls(bucket, endpoint=settings.get("endpoint"), region=settings.get("region"),
+               access_key=access_key, secret_key=secret_key, session_token=token,
+               addressing=settings.get("addressing") or "path",
+               verify=not settings.get("insecure"))
+
+
+def resolve_settings(config_path=None, **overrides):
+    """Merge the discovered (or named) config file, the environment and explicit overrides."""
+    path = config_path or find_config()
+    settings = load_config(path) if path else {}
+    settings["_path"] = path
+    for key, value in overrides.items():
+        if value is not None:
+            settings[key] = value
+    for key, var in (("agent", "TRACECRAFT_AGENT"), ("project", "TRACECRAFT_PROJECT")):
+        if os.environ.get(var) and overrides.get(key) is None:
+            settings[key] = os.environ[var]
+    return settings
+
+
+# ==================================================================================================
+# 6. Coordination protocol.  Owns: the object layout under <project>/ and what each record means.
+#    Calls: sections 1-5 (only through the Store interface).
+#
+#    agents/<id>.json                 who is alive and what they work on
+#    memory/<dots as slashes>.json    shared key-value state
+#    messages/<agent>/<id>.json       direct messages; messages/_broadcast/<id>.json to everyone
+#    steps/<id>/claim.json            who claimed the step (create-only: exactly one winner)
+#    steps/<id>/status.json           written once, when the step completes (create-only)
+#    steps/<id>/handoff.json          the completing agent's note for the next one
+#    artifacts/<step|shared>/<name>   shared files; artifacts/<step>/.meta/<name>.json describes one
+# ==================================================================================================
+
+JSON_TYPE = "application/json"
+ONLINE_SECONDS, IDLE_SECONDS = 120, 900
+_KEEP = object()
+
+
+class Client:
+    """One agent's handle on one project.  Every method is a few requests to the store."""
+
+    def __init__(self, store, project, agent=None):
+        self.store = store
+        self.project = check_name("project", project)
+        self.agent = check_agent(agent) if agent else None
+        self.memory = Memory(self)
+        self.artifacts = Artifacts(self)
+        self.warn = lambda message: None   # the CLI prints these; a library user may set it
+        self._last_message_us = 0
+
+    def __repr__(self):
+        return f"<tracecraft.Client project={self.project!r} agent={self.agent!r} on {self.store.describe()}>"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self.store.close()
+
+    # -- records -----------------------------------------------------------------------------------
+
+    def key(self, *parts):
+        return "/".join((self.project,) + parts)
+
+    def me(self):
+        if not self.agent:
+            raise UsageError("no agent id: pass --agent to `tracecraft init`, or set TRACECRAFT_AGENT")
+        return self.agent
+
+    def record(self, **fields):
+        """A JSON record that says who wrote it and when."""
+        fields.setdefault("by", self.agent)
+        fields.setdefault("at", utcnow())
+        return fields
+
+    def write(self, key, record, create_only=False, if_match=None):
+        """Store a record; create-only writes carry a nonce so that a retried write which in fact
+        succeeded the first time is recognised as ours instead of reported as lost."""
+        if create_only:
+            record["nonce"] = os.urandom(8).hex()
+        body = json.dumps(record, ensure_ascii=False, indent=1).encode("utf-8")
+        try:
+            return self.store.put(key, body, if_none_match=create_only, if_match=if_match,
+                                  content_type=JSON_TYPE)
+        except PreconditionFailed as exc:
+            if create_only and exc.retried:
+                current = self.read(key, missing_ok=True)
+                if current and current[0].get("nonce") == record["nonce"]:
+                    return current[1].etag
+            raise
+
+    def read(self, key, missing_ok=False):
+        """(record, blob) for a JSON object, or None when missing and `missing_ok`."""
+        try:
+            blob = self.store.get(key)
+        except NoSuchKey:
+            if missing_ok:
+                return None
+            raise
+        try:
+            record = json.loads(blob.body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise CorruptObject(f"object {key} is not valid JSON (written by another tool?)") from None
+        if not isinstance(record, dict):
+            raise CorruptObject(f"object {key} is not a JSON object")
+        return record, blob
+
+    # -- messages ------------------------------------------------------------------------------------
+
+    def _message_id(self):
+        """Ids sort in sending order (microseconds, never repeating within this process) and never
+        collide across processes (random suffix, and the write is create-only anyway)."""
+        now = max(time.time_ns() // 1000, self._last_message_us + 1)
+        self._last_message_us = now
+        return f"{now:017d}-{os.urandom(4).hex()}"
+
+    def send(self, to, text):
+        """Send `text` to agent `to`, or to everyone with to="_broadcast".  Returns the message."""
+        sender = self.me()
+        if to != BROADCAST:
+            check_agent(to)
+        check_text("message", text)
+        if len(text.encode("utf-8")) > MAX_VALUE:
+            raise UsageError(f"message is larger than the {MAX_VALUE // 1024} KiB limit")
+        for _ in range(3):
+            mid = self._message_id()
+            message = self.record(id=mid, **{"from": sender}, to=to,
+                                  kind="broadcast" if to == BROADCAST else "direct", text=text)
+            try:
+                self.write(self.key("messages", to, mid + ".json"), message, create_only=True)
+                message.pop("nonce", None)
+                return message
+            except PreconditionFailed:
+                continue
+        raise StoreError("could not find a free message id after 3 tries")
+
+    def inbox(self, delete=False):
+        """This agent's direct messages and others' broadcasts, oldest first.  With `delete`,
+        the direct messages returned are removed afterwards."""
+        me = self.me()
+        found = []
+        for box in (me, BROADCAST):
+            prefix = self.key("messages", box) + "/"
+            for entry in self.store.list(prefix):
+                try:
+                    got = self.read(entry.key, missing_ok=True)
+                except CorruptObject as exc:
+                    self.warn(f"skipped {exc}")
+                    continue
+                if got is None:
+                    continue
+                message = got[0]
+                if not isinstance(message.get("text"), str) or not message.get("from"):
+                    self.warn(f"skipped {entry.key}: not a tracecraft message")
+                    continue
+                if box == BROADCAST and message.get("from") == me:
+                    continue
+                message.pop("nonce", None)
+                message.setdefault("id", entry.key.rpartition("/")[2][:-5])
+                found.append((message["id"], entry.key, message))
+        found.sort(key=lambda item: item[0])
+        if delete:
+            for _, key, message in found:
+                if message.get("kind") != "broadcast":
+                    self.store.delete(key)
+        return [message for _, _, message in found]
+
+    # -- steps ---------------------------------------------------------------------------------------
+
+    def _step_key(self, step, name):
+        return self.key("steps", check_name("step id", step), name + ".json")
+
+    def claim(self, step):
+        """Claim a step: exactly one of any number of concurrent claimants wins.  Raises Refused
+        naming the holder when another agent has it, or when the step is complete."""
+        me = self.me()
+        claim = self.record(step=step, agent=me)
+        try:
+            self.write(self._step_key(step, "claim"), claim, create_only=True)
+        except PreconditionFailed:
+            holder = (self.read(self._step_key(step, "claim"), missing_ok=True) or ({}, None))[0]
+            status = self.read(self._step_key(step, "status"), missing_ok=True)
+            if status:
+                record = status[0]
+                raise Refused(f"step {step} is already {record.get('status', 'complete')} "
+                              f"(by {record.get('by')} at {record.get('at')})") from None
+            if holder.get("agent") == me:
+                holder["already_held"] = True
+                return holder
+            raise Refused(f"step {step} is held by {holder.get('agent', 'another agent')} "
+                          f"(since {holder.get('at', '?')})") from None
+        claim.pop("nonce", None)
+        self.heartbeat(working_on=step)
+        return claim
+
+    def complete(self, step, note=None, force=False):
+        """Mark a step complete, with an optional handoff note for the next agent.
+
+        Only the agent that claimed the step may complete it, unless `force` (recorded).  An
+        unclaimed step is claimed first.  Completion is final: it happens once."""
+        me = self.me()
+        if note is not None:
+            check_text("note", note)
+        got = self.read(self._step_key(step, "claim"), missing_ok=True)
+        holder = got[0].get("agent") if got else None
+        if holder is None:
+            holder = self.claim(step).get("agent")
+        if holder != me and not force:
+            raise Refused(f"step {step} is held by {holder}; only the holder can complete it "
+                          "(use --force to complete it anyway)")
+        status = self.record(step=step, status="complete", holder=holder, note=note)
+        if holder != me:
+            status["forced"] = True
+        try:
+            self.write(self._step_key(step, "status"), status, create_only=True)
+        except PreconditionFailed:
+            current = (self.read(self._step_key(step, "status"), missing_ok=True) or ({}, None))[0]
+            raise Refused(f"step {step} is already {current.get('status', 'complete')} "
+                          f"(by {current.get('by')} at {current.get('at')})") from None
+        status.pop("nonce", None)
+        if note is not None:
+            self.write(self._step_key(step, "handoff"), self.record(step=step, note=note))
+        self.heartbeat(working_on=None)
+        return status
+
+    def step_status(self, step):
+        """A dict: step, status (pending / in_progress / complete), holder, note, handoff."""
+        check_name("step id", step)
+        found = {}
+        for name in ("claim", "status", "handoff"):
+            got = self.read(self._step_key(step, name), missing_ok=True)
+            found[name] = got[0] if got else {}
+        claim, status, handoff = found["claim"], found["status"], found["handoff"]
+        state = status.get("status") or ("in_progress" if claim else "pending")
+        for record in found.values():
+            record.pop("nonce", None)
+        return {"step": step, "status": state, "holder": claim.get("agent"),
+                "claimed_at": claim.get("at"), "completed_by": status.get("by"),
+                "completed_at": status.get("at"), "note": handoff.get("note", status.get("note")),
+                "handoff": handoff or None}
+
+    def wait_for(self, steps, timeout=300.0, on_complete=None):
+        """Block until every step is complete; return {step: status record}.  Polls quickly at
+        first, then backs off to one round every 2 s.  Raises WaitTimeout naming what is left."""
+        pending = list(dict.fromkeys(check_name("step id", s) for s in steps))
+        if not pending:
+            raise UsageError("wait-for needs at least one step id")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done, interval = {}, 0.1
+        while True:
+            for step in list(pending):
+                got = self.read(self._step_key(step, "status"), missing_ok=True)
+                if got and got[0].get("status") == "complete":
+                    got[0].pop("nonce", None)
+                    done[step] = got[0]
+                    pending.remove(step)
+                    if on_complete:
+                        on_complete(step, got[0])
+            if not pending:
+                return done
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise WaitTimeout(f"timed out after {_seconds(timeout)} waiting for: "
+                                  + ", ".join(pending))
+            time.sleep(interval if remaining is None else min(interval, remaining))
+            interval = min(interval * 1.5, 2.0)
+
+    # -- agents --------------------------------------------------------------------------------------
+
+    def heartbeat(self, working_on=_KEEP):
+        """Record that this agent is alive (and what it works on) in agents/<id>.json."""
+        import socket
+        key = self.key("agents", self.me() + ".json")
+        if working_on is _KEEP:
+            got = self.read(key, missing_ok=True)
+            working_on = got[0].get("working_on") if got else None
+        record = self.record(agent=self.agent, project=self.project, host=socket.gethostname(),
+                             pid=os.getpid(), last_seen=utcnow(), working_on=working_on)
+        self.write(key, record)
+        return record
+
+    def agents(self):
+        """Every agent that has a record: id, state (online / idle / offline), working_on, age."""
+        result = []
+        for entry in self.store.list(self.key("agents") + "/"):
+            try:
+                got = self.read(entry.key, missing_ok=True)
+            except CorruptObject as exc:
+                self.warn(f"skipped {exc}")
+                continue
+            if not got:
+                continue
+            record, blob = got
+            seen = parse_utc(record.get("last_seen"))
+            now = blob.server_time or time.time()
+            age = max(0, now - seen) if seen else None
+            state = ("offline" if age is None or age >= IDLE_SECONDS
+                     else "idle" if age >= ONLINE_SECONDS else "online")
+            result.append({"agent": entry.key.rpartition("/")[2][:-5], "state": state,
+                           "working_on": record.get("working_on"),
+                           "last_seen": record.get("last_seen"), "age_seconds": age,
+                           "host": record.get("host")})
+        return result
+
+
+class Memory:
+    """Shared key-value memory: JSON values under dotted keys (`tc.memory`)."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def _key(self, key):
+        check_memory_key(key)
+        return self.client.key("memory", *key.split(".")) + ".json"
+
+    def set(self, key, value):
+        """Store any JSON value under `key`; returns the record written."""
+        path = self._key(key)
+        record = self.client.record(key=key, value=value)
+        try:
+            encoded = json.dumps(value, ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"memory value is not JSON-serialisable: {exc}") from None
+        check_text("memory value", encoded)
+        if len(encoded.encode("utf-8")) > MAX_VALUE:
+            raise UsageError(f"memory value is larger than the {MAX_VALUE // 1024} KiB limit")
+        record["version"] = self.client.write(path, record)
+        return record
+
+    def record(self, key):
+        """The whole record: key, value, by, at and version (the ETag).  Raises NotFound."""
+        try:
+            record, blob = self.client.read(self._key(key))
+        except NoSuchKey:
+            raise NotFound(f"memory key {key} is not set") from None
+        if "value" not in record:
+            raise CorruptObject(f"memory key {key} has no value (written by another tool?)")
+        record["version"] = blob.etag
+        return record
+
+    def get(self, key, default=_KEEP):
+        """The value stored under `key`; `default` if given and the key is missing."""
+        try:
+            return self.record(key)["value"]
+        except NotFound:
+            if default is _KEEP:
+                raise
+            return default
+
+    def list(self, prefix=""):
+        """Keys under `prefix`, matched by whole segments: `phase1` never returns `phase10.x`."""
+        root = self.client.key("memory")
+        base = root + "/" + check_memory_key(prefix).replace(".", "/") if prefix else root + "/"
+        keys = []
+        for entry in self.client.store.list(base):
+            rest = entry.key[len(base):]
+            if entry.key.endswith(".json") and (not prefix or rest == ".json" or rest[:1] == "/"):
+                keys.append(entry.key[len(root) + 1:-5].replace("/", "."))
+        return keys
+
+    def delete(self, key):
+        self.client.store.delete(self._key(key))
+
+
+class Artifacts:
+    """Shared files (`tc.artifacts`): bytes kept exactly, with size, SHA-256 and content type."""
+    DEFAULT_STEP = "shared"
+
+    def __init__(self, client):
+        self.client = client
+
+    def _keys(self, name, step):
+        step = check_name("step id", step or self.DEFAULT_STEP)
+        check_artifact_name(name)
+        return (self.client.key("artifacts", step, name),
+                self.client.key("artifacts", step, ".meta", name + ".json"), step)
+
+    def upload(self, path, step=None, name=None, overwrite=False, progress=None):
+        """Upload a local file; refuses to replace an existing artifact unless `overwrite`."""
+        import hashlib
+        import mimetypes
+        name = name or os.path.basename(os.path.abspath(path))
+        data_key, meta_key, step = self._keys(name, step)
+        try:
+            f = open(path, "rb")
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+        with f:
+            digest = hashlib.sha256()
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+            size = f.tell()
+            ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+            try:
+                self.client.store.put(data_key, f, if_none_match=not overwrite, content_type=ctype,
+                                      progress=progress)
+            except PreconditionFailed:
+                raise Refused(f"artifact {name} already exists in step {step} "
+                              "(use --overwrite to replace it)") from None
+        meta = self.client.record(name=name, step=step, size=size, sha256=digest.hexdigest(),
+                                  content_type=ctype, uploader=self.client.agent)
+        self.client.write(meta_key, meta)
+        return meta
+
+    def list(self, step=None):
+        """Metadata of every artifact (of one step, or all), sorted by step and name."""
+        prefix = self.client.key("artifacts") + "/"
+        if step:
+            prefix += check_name("step id", step) + "/"
+        result = []
+        for entry in self.client.store.list(prefix):
+            parts = entry.key[len(self.client.key("artifacts")) + 1:].split("/")
+            if len(parts) != 2:
+                continue   # .meta records, or objects tracecraft did not write
+            meta = self._meta(parts[1], parts[0], entry)
+            result.append(meta)
+        return result
+
+    def _meta(self, name, step, entry=None):
+        got = None
+        try:
+            got = self.client.read(self._keys(name, step)[1], missing_ok=True)
+        except CorruptObject as exc:
+            self.client.warn(str(exc))
+        if got:
+            return got[0]
+        if entry is None:
+            return None
+        return {"name": name, "step": step, "size": entry.size, "sha256": None,
+                "content_type": None, "uploader": None, "at": None}
+
+    def download(self, name, step=None, dest=None, progress=None):
+        """Download into the current directory (or `dest`: a file or directory path).  The name
+        is validated, so it can never place a file outside the destination directory."""
+        import hashlib
+        import tempfile
+        data_key, _, step = self._keys(name, step)
+        if dest is None:
+            dest = os.path.join(os.getcwd(), name)
+        elif os.path.isdir(dest):
+            dest = os.path.join(dest, name)
+        directory = os.path.dirname(os.path.abspath(dest))
+        try:
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tracecraft-")
+        except OSError as exc:
+            raise UsageError(f"cannot write to {directory}: {exc.strerror or exc}") from None
+        try:
+            with os.fdopen(fd, "w+b") as f:
+                try:
+                    self.client.store.get(data_key, into=f, **({"progress": progress}
+                                                               if progress else {}))
+                except NoSuchKey:
+                    raise NotFound(f"no artifact {name} in step {step}") from None
+                f.seek(0)
+                digest = hashlib.sha256()
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            meta = self._meta(name, step) or {}
+            if meta.get("sha256") and meta["sha256"] != digest.hexdigest():
+                raise CorruptObject(f"artifact {name} does not match its recorded SHA-256 "
+                                    "(changed while downloading? try again)")
+            os.replace(tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return dest, meta
+
+
+def _seconds(value):
+    return f"{value:g}s"
+
+
+# ==================================================================================================
+# 7. Python API.  Owns: connect().  Calls: sections 1-6.
+# ==================================================================================================
+
+def connect(project=None, agent=None, *, config=None, **settings):
+    """Open a project as one agent and return a Client.
+
+    Whatever is not given comes from the config file that applies here (TRACECRAFT_CONFIG, the
+    nearest .tracecraft.json, ~/.config/tracecraft/config.json) and the environment
+    (TRACECRAFT_AGENT, TRACECRAFT_PROJECT, AWS_*).  With no config at all the local store is used.
+    `settings`: backend ("local", "s3", "hf"), bucket, root, endpoint, region, access_key,
+    secret_key, addressing ("path" or "virtual"), insecure.
+
+        tc = tracecraft.connect(project="demo", agent="designer", backend="local")
+        tc.claim("design"); tc.memory.set("design.status", "complete")
+        tc.complete("design", note="mockups in artifacts"); tc.send("developer", "ready")
+    """
+    unknown = set(settings) - {"backend", "bucket", "root", "endpoint", "region", "access_key",
+                               "secret_key", "session_token", "addressing", "insecure"}
+    if unknown:
+        raise TypeError(f"connect() got unknown settings: {', '.join(sorted(unknown))}")
+    resolved = resolve_settings(config, project=project, agent=agent, **settings)
+    resolved["_from_flags"] = bool(settings.get("access_key"))
+    if not resolved.get("project"):
+        raise ConfigError("no project: pass project=..., set TRACECRAFT_PROJECT, or run "
+                          "`tracecraft init`")
+    return Client(open_store(resolved), resolved["project"], resolved.get("agent"))
+
+
+# ==================================================================================================
+# 8. Command line.  Owns: argument parsing, human and --json output, and main(), the one place that
+#    turns errors into exit codes.  Calls: sections 1-7.
+# ==================================================================================================
+
+DESCRIPTION = """\
+Coordination for teams of AI agents: shared memory, messages, step claims, barriers, handoffs,
+artifacts and an agent registry, stored as JSON in any S3 bucket or in a local directory."""
+
+EPILOG = """\
+start here:
+  tracecraft init --project demo --agent designer     # local store, no server needed
+  tracecraft claim design && tracecraft memory set design.status complete
+  tracecraft complete design --note "mockups are in artifacts"
+  TRACECRAFT_AGENT=developer tracecraft wait-for design
+
+several agents in one directory: set TRACECRAFT_AGENT (and TRACECRAFT_PROJECT) per call.
+--json makes every command print one JSON document; `tracecraft COMMAND --help` for details.
+
+exit codes:
+  0 success      1 the answer is no (missing key, step held or not complete)
+  2 bad input    3 timed out      4 the store failed (unreachable, credentials, config)
+"""
+
+
+class Output:
+    """Human lines on stdout, notes on stderr; with --json, one JSON document on stdout."""
+
+    def __init__(self, as_json):
+        self.as_json = as_json
+
+    def result(self, data, *lines):
+        if self.as_json:
+            print(json.dumps(data, ensure_ascii=False, indent=2))
+        else:
+            for line in lines:
+                print(line)
+
+    def note(self, text):
+        print(text, file=sys.stderr)
+
+    def progress(self, verb, name):
+        """A progress callback for long transfers, shown only on a terminal."""
+        if self.as_json or not sys.stderr.isatty():
+            return None
+        state = {"shown": 0.0}
+
+        def report(done, total):
+            now = time.monotonic()
+            if total < (4 << 20) or (now - state["shown"] < 0.2 and done < total):
+                return
+            state["shown"] = now
+            percent = 100 * done // total if total else 100
+            end = "\n" if done >= total else ""
+            print(f"\r{verb} {name}: {percent}% of {_size(total)}", end=end, file=sys.stderr,
+                  flush=True)
+        return report
+
+
+def _size(n):
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _ago(seconds):
+    if seconds is None:
+        return "never"
+    seconds = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def parse_duration(text):
+    """Seconds from `90`, `90s`, `10m`, `2h`, `1d`; UsageError otherwise."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    raw = str(text).strip().lower()
+    scale = units.get(raw[-1:], None)
+    number = raw[:-1] if scale else raw
+    try:
+        value = float(number) * (scale or 1)
+    except ValueError:
+        value = -1
+    if not (0 <= value < float("inf")):
+        raise UsageError(f"{text!r} is not a duration (use e.g. 30, 90s, 10m or 2h)")
+    return value
+
+
+def _client(args):
+    path = getattr(args, "config", None)
+    if path is None and not find_config():
+        raise ConfigError("no tracecraft config found here, in any parent directory or in "
+                          f"{user_config_path()}: run `tracecraft init` first (or set "
+                          "TRACECRAFT_CONFIG)")
+    client = connect(project=args.project, agent=args.agent, config=path)
+    client.warn = lambda message: print(f"tracecraft: warning: {message}", file=sys.stderr)
+    return client
+
+
+def _default_agent():
+    import getpass
+    try:
+        name = getpass.getuser()
+    except Exception:
+        name = "agent"
+    name = "".join(c for c in name if c.isalnum() or c in "-_.").lstrip("_.") or "agent"
+    return name[:MAX_NAME]
+
+
+def _git_work_tree(directory):
+    while True:
+        if os.path.exists(os.path.join(directory, ".git")):
+            return True
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return False
+        directory = parent
+
+
+def _ignore_in_git(directory):
+    """Add .tracecraft.json to the directory's .gitignore (it may hold a secret key)."""
+    path = os.path.join(directory, ".gitignore")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        lines = []
+    if CONFIG_NAME in lines or "/" + CONFIG_NAME in lines:
+        return False
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(CONFIG_NAME + "\n" if not lines or lines[-1] == "" else "\n" + CONFIG_NAME + "\n")
+    return True
+
+
+def cmd_init(args, out):
+    s3_options = ("endpoint", "access_key", "secret_key", "region", "addressing")
+    backend = args.backend or ("s3" if any(getattr(args, o) for o in s3_options) else "local")
+    project = args.project or os.environ.get("TRACECRAFT_PROJECT") or "default"
+    agent = args.agent or os.environ.get("TRACECRAFT_AGENT") or _default_agent()
+    check_name("project", project)
+    check_agent(agent)
+    if bool(args.access_key) != bool(args.secret_key):
+        raise UsageError("give both --access-key and --secret-key, or neither")
+    config = {"version": 1, "backend": backend, "project": project, "agent": agent,
+              "bucket": check_bucket(args.bucket or "tracecraft")}
+    if backend == "local":
+        if args.root:
+            config["root"] = os.path.abspath(os.path.expanduser(args.root))
+    else:
+        env = os.environ
+        endpoint = args.endpoint or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+        config.update(endpoint=endpoint, addressing=args.addressing or "path",
+                      region=args.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+                      or "us-east-1")
+        if args.access_key:
+            config.update(access_key=args.access_key, secret_key=args.secret_key)
+    store = open_store(dict(config, _from_flags=bool(args.access_key)))
+    with store:
+        created = store.ensure_bucket()
+        Client(store, project, agent).heartbeat(working_on=None)
+    path = user_config_path() if args.user else os.path.join(os.getcwd(), CONFIG_NAME)
+    write_config(path, config)
+    lines = []
+    if created:
+        lines.append(f"Created bucket {config['bucket']}")
+    lines.append(f"Initialized project {project} as agent {agent} on {store.describe()}")
+    lines.append(f"Wrote {path}")
+    if not args.user and _git_work_tree(os.getcwd()) and _ignore_in_git(os.getcwd()):
+        lines.append(f"Added {CONFIG_NAME} to .gitignore")
+    safe = {k: v for k, v in config.items() if k != "secret_key"}
+    out.result(dict(safe, config_path=path, bucket_created=created), *lines)
+
+
+def _show_value(value):
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _parse_value(text, force_string):
+    check_text("memory value", text)
+    if force_string:
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def cmd_memory_set(args, out):
+    record = _client(args).memory.set(args.key, _parse_value(args.value, args.string))
+    out.result(record, f"Set {args.key} = {_show_value(record['value'])}")
+
+
+def cmd_memory_get(args, out):
+    record = _client(args).memory.record(args.key)
+    out.result(record, _show_value(record["value"]))
+
+
+def cmd_memory_list(args, out):
+    keys = _client(args).memory.list(args.prefix or "")
+    out.result({"keys": keys}, *keys)
+
+
+def cmd_memory_delete(args, out):
+    client = _client(args)
+    client.memory.record(args.key)   # so that deleting a missing key answers "no"
+    client.memory.delete(args.key)
+    out.result({"key": args.key, "deleted": True}, f"Deleted {args.key}")
+
+
+def cmd_send(args, out):
+    text = " ".join(args.message)
+    if text == "-":
+        text = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
+    message = _client(args).send(args.to, text)
+    out.result(message, f"Sent to {args.to}: {text}")
+
+
+def cmd_inbox(args, out):
+    messages = _client(args).inbox(delete=args.delete)
+    lines = [f"[{m.get('at')}] ({m.get('kind', 'direct')}) {m.get('from')}: {m.get('text')}"
+             for m in messages]
+    if not messages and not out.as_json:
+        out.note("No messages")
+    out.result({"messages": messages}, *lines)
+
+
+def cmd_claim(args, out):
+    client = _client(args)
+    claim = client.claim(args.step)
+    verb = "Already holding" if claim.get("already_held") else "Claimed"
+    out.result(claim, f"{verb} step {args.step} as {client.agent}")
+
+
+def cmd_complete(args, out):
+    status = _client(args).complete(args.step, note=args.note, force=args.force)
+    extra = " (forced)" if status.get("forced") else ""
+    out.result(status, f"Completed step {args.step}{extra}"
+               + (" with a handoff note" if args.note is not None else ""))
+
+
+def cmd_step_status(args, out):
+    info = _client(args).step_status(args.step)
+    lines = [info["status"]]
+    if info["holder"]:
+        lines.append(f"  holder:  {info['holder']} (since {info['claimed_at']})")
+    if info["completed_by"]:
+        lines.append(f"  completed by {info['completed_by']} at {info['completed_at']}")
+    if info["note"] is not None:
+        lines.append(f"  handoff: {info['note']}")
+    out.result(info, *lines)
+    return EXIT_OK if info["status"] == "complete" else EXIT_NO
+
+
+def cmd_wait_for(args, out):
+    client = _client(args)
+    timeout = parse_duration(args.timeout)
+    if not out.as_json:
+        out.note(f"Waiting for: {', '.join(args.steps)} (timeout {_seconds(timeout)})")
+    shown = (lambda step, record: print(f"\u2713 {step} complete", flush=True)) \
+        if not out.as_json else None
+    done = client.wait_for(args.steps, timeout=timeout, on_complete=shown)
+    out.result({"complete": done})
+
+
+def cmd_artifact_upload(args, out):
+    client = _client(args)
+    name = args.name or os.path.basename(os.path.abspath(args.path))
+    meta = client.artifacts.upload(args.path, step=args.step, name=args.name,
+                                   overwrite=args.overwrite,
+                                   progress=out.progress("Uploading", name))
+    out.result(meta, f"Uploaded {meta['name']} ({_size(meta['size'])}) to step {meta['step']}")
+
+
+def cmd_artifact_download(args, out):
+    client = _client(args)
+    path, meta = client.artifacts.download(args.name, step=args.step, dest=args.output,
+                                           progress=out.progress("Downloading", args.name))
+    size = os.path.getsize(path)
+    out.result(dict(meta, path=path), f"Downloaded {args.name} ({_size(size)}) to {path}")
+
+
+def cmd_artifact_list(args, out):
+    items = _client(args).artifacts.list(step=args.step)
+    lines = [f"{m['step']}/{m['name']}  {_size(m.get('size') or 0)}  "
+             f"{m.get('content_type') or '?'}  by {m.get('uploader') or '?'}  {m.get('at') or ''}"
+             for m in items]
+    if not items and not out.as_json:
+        out.note("No artifacts")
+    out.result({"artifacts": items}, *lines)
+
+
+def cmd_agents(args, out):
+    agents = _client(args).agents()
+    width = max([len(a["agent"]) for a in agents] + [5])
+    lines = [f"{'AGENT':<{width}}  {'STATE':<7}  {'WORKING ON':<20}  LAST SEEN"] if agents else []
+    for a in agents:
+        lines.append(f"{a['agent']:<{width}}  {a['state']:<7}  {(a['working_on'] or '-'):<20}  "
+                     f"{_ago(a['age_seconds'])}")
+    if not agents and not out.as_json:
+        out.note("No agents yet")
+    out.result({"agents": agents}, *lines)
+
+
+def cmd_heartbeat(args, out):
+    record = _client(args).heartbeat()
+    out.result(record, f"Heartbeat recorded for {record['agent']}")
+
+
+def build_parser():
+    import argparse
+    S = argparse.SUPPRESS
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=S,
+                        help="print one JSON document instead of human-readable lines")
+    common.add_argument("--agent", default=S, metavar="ID",
+                        help="act as this agent (default: $TRACECRAFT_AGENT, then the config)")
+    common.add_argument("--project", default=S, metavar="NAME",
+                        help="use this project (default: $TRACECRAFT_PROJECT, then the config)")
+    common.add_argument("--config", default=S, metavar="PATH",
+                        help="config file to use (default: $TRACECRAFT_CONFIG, the nearest "
+                             ".tracecraft.json, then ~/.config/tracecraft/config.json)")
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="tracecraft", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=raw)
+    parser.add_argument("--version", action="version", version=f"tracecraft {__version__}")
+    parser.add_argument("--json", action="store_true", help=S)
+    parser.add_argument("--agent", help=S)
+    parser.add_argument("--project", help=S)
+    parser.add_argument("--config", help=S)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    commands.required = True
+
+    def command(name, func, summary, *, parent=commands, epilog=None):
+        sub = parent.add_parser(name, parents=[common], help=summary, description=summary,
+                                epilog=epilog, formatter_class=raw)
+        sub.set_defaults(func=func)
+        return sub
+
+    p = command("init", cmd_init, "Configure the store, project and agent for this directory.",
+                epilog="with no store options, uses the local store (no server) under "
+                       "$XDG_DATA_HOME/tracecraft.\n\nexamples:\n"
+                       "  tracecraft init --project demo --agent designer\n"
+                       "  tracecraft init --project demo --agent designer \\\n"
+                       "      --endpoint http://localhost:9000 --bucket tracecraft \\\n"
+                       "      --access-key admin --secret-key admin123456")
+    p.add_argument("--backend", choices=BACKENDS,
+                   help="where state lives (default: s3 when an S3 option is given, else local)")
+    p.add_argument("--bucket", help="bucket name (default: tracecraft)")
+    p.add_argument("--endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3, "
+                                      "$AWS_ENDPOINT_URL, else AWS)")
+    p.add_argument("--region", help="S3 region (default: $AWS_REGION, else us-east-1)")
+    p.add_argument("--access-key", help="S3 access key (default: AWS_* variables or profile)")
+    p.add_argument("--secret-key", help="S3 secret key; saved in .tracecraft.json (mode 0600) "
+                                        "only when given here")
+    p.add_argument("--addressing", choices=("path", "virtual"),
+                   help="S3 bucket addressing style (default: path)")
+    p.add_argument("--root", help="local store directory (default: $XDG_DATA_HOME/tracecraft)")
+    p.add_argument("--user", action="store_true",
+                   help=f"write the user config ({user_config_path()}) instead of "
+                        f"./{CONFIG_NAME}")
+
+    command("agents", cmd_agents, "List agents: online / idle / offline, what they work on.")
+    command("heartbeat", cmd_heartbeat, "Record that this agent is alive.")
+
+    memory = command("memory", None, "Shared key-value memory (values are JSON).")
+    memory_commands = memory.add_subparsers(dest="memory_command", metavar="ACTION")
+    memory_commands.required = True
+    p = command("set", cmd_memory_set, "Set KEY to VALUE (JSON if it parses, else a string).",
+                parent=memory_commands, epilog="examples:\n  tracecraft memory set design.status "
+                "complete\n  tracecraft memory set build.attempts 3\n"
+                "  tracecraft memory set cfg '{\"a\": 1}'")
+    p.add_argument("key", help="dotted key, e.g. design.status")
+    p.add_argument("value")
+    p.add_argument("--string", action="store_true", help="store VALUE as a string, never JSON")
+    p = command("get", cmd_memory_get, "Print the value of KEY (exit 1 when unset).",
+                parent=memory_commands)
+    p.add_argument("key")
+    p = command("list", cmd_memory_list, "List keys, optionally under PREFIX (whole segments).",
+                parent=memory_commands)
+    p.add_argument("prefix", nargs="?")
+    p = command("delete", cmd_memory_delete, "Delete KEY (exit 1 when unset).",
+                parent=memory_commands)
+    p.add_argument("key")
+
+    p = command("send", cmd_send, "Send a message to an agent, or to _broadcast for everyone.",
+                epilog="MESSAGE may be several words; '-' reads it from standard input.")
+    p.add_argument("to", metavar="AGENT")
+    p.add_argument("message", nargs="+")
+    p = command("inbox", cmd_inbox, "Show this agent's messages, direct and broadcast, oldest "
+                                    "first.")
+    p.add_argument("--delete", action="store_true", help="delete the direct messages shown")
+
+    p = command("claim", cmd_claim, "Claim a step; exactly one of many racing agents wins.",
+                epilog="exit 1 (naming the holder) when another agent holds it or it is complete.")
+    p.add_argument("step")
+    p = command("complete", cmd_complete, "Mark a step complete, with a handoff note.")
+    p.add_argument("step")
+    p.add_argument("--note", help="context for the next agent (saved as the step's handoff)")
+    p.add_argument("--force", action="store_true",
+                   help="complete a step another agent holds (recorded as forced)")
+    p = command("step-status", cmd_step_status, "Show a step's status, holder and handoff note.",
+                epilog="prints pending, in_progress or complete first; exits 0 only when "
+                       "complete.")
+    p.add_argument("step")
+    p = command("wait-for", cmd_wait_for, "Block until every step is complete.",
+                epilog="exit 3 when the timeout passes, naming the steps still pending.")
+    p.add_argument("steps", nargs="+", metavar="STEP")
+    p.add_argument("--timeout", default="300", help="e.g. 30, 90s, 10m (default: 300s)")
+
+    artifact = command("artifact", None, "Share files between agents.")
+    artifact_commands = artifact.add_subparsers(dest="artifact_command", metavar="ACTION")
+    artifact_commands.required = True
+    p = command("upload", cmd_artifact_upload, "Upload a file (refuses to replace one).",
+                parent=artifact_commands)
+    p.add_argument("path")
+    p.add_argument("--step", help="attach to this step (default: shared)")
+    p.add_argument("--name", help="name to store it under (default: the file's name)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
+    p = command("download", cmd_artifact_download, "Download an artifact to the current "
+                "directory.", parent=artifact_commands)
+    p.add_argument("name")
+    p.add_argument("--step", help="the step it belongs to (default: shared)")
+    p.add_argument("-o", "--output", metavar="PATH", help="file or directory to write to")
+    p = command("list", cmd_artifact_list, "List artifacts with size, type and uploader.",
+                parent=artifact_commands)
+    p.add_argument("--step", help="only this step's artifacts")
+    return parser
+
+
+def main(argv=None):
+    """Run the command line; returns the exit code (see the table in section 1)."""
+    argv = sys.argv[1:] if argv is None else argv
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    args = build_parser().parse_args(argv)
+    out = Output(args.json)
+    try:
+        code = args.func(args, out)
+        sys.stdout.flush()
+        return code or EXIT_OK
+    except TracecraftError as exc:
+        if out.as_json:
+            print(json.dumps({"error": str(exc), "exit_code": exc.exit_code}, ensure_ascii=False))
+        print(f"tracecraft: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("tracecraft: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except Exception as exc:
+        if os.environ.get("TRACECRAFT_DEBUG"):
+            raise
+        print(f"tracecraft: internal error: {type(exc).__name__}: {exc} (a bug; set "
+              "TRACECRAFT_DEBUG=1 to see the traceback, and please report it)", file=sys.stderr)
+        return EXIT_BUG
+
+
+if __name__ == "__main__":
+    sys.exit(main())
