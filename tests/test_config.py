@@ -1,0 +1,61 @@
+"""Section 5: where settings and credentials come from."""
+import json
+
+from conftest import CLI, clean_env
+
+
+def test_credentials_from_aws_profile_are_not_written(seaweed, tmp_path, bucket_name):
+    env = clean_env(tmp_path)
+    aws = tmp_path / "home" / ".aws"
+    aws.mkdir(parents=True)
+    (aws / "credentials").write_text(f"[default]\naws_access_key_id = wrong\n"
+                                     f"aws_secret_access_key = wrong\n\n[team]\n"
+                                     f"aws_access_key_id = {seaweed.access_key}\n"
+                                     f"aws_secret_access_key = {seaweed.secret_key}\n")
+    runner = CLI(tmp_path, dict(env, AWS_PROFILE="team"))
+    runner.ok("init", "--project", "p", "--agent", "a", "--endpoint", seaweed.endpoint,
+              "--bucket", bucket_name)
+    config = json.loads((tmp_path / ".tracecraft.json").read_text())
+    assert "secret_key" not in config and "access_key" not in config
+    assert runner.ok("memory", "set", "k", "1") == "Set k = 1\n"
+    # Without the profile, the (wrong) default profile is the last resort and is refused.
+    refused = CLI(tmp_path, env)("memory", "get", "k")
+    assert refused.returncode == 4 and "refused the credentials" in refused.stderr
+
+
+def test_environment_credentials_come_before_the_config_file(seaweed, tmp_path, bucket_name):
+    env = clean_env(tmp_path)
+    runner = CLI(tmp_path, env)
+    runner.ok("init", "--project", "p", "--agent", "a", "--endpoint", seaweed.endpoint,
+              "--bucket", bucket_name, "--access-key", seaweed.access_key,
+              "--secret-key", seaweed.secret_key)
+    assert runner.ok("memory", "set", "k", "1") == "Set k = 1\n"
+    bad = runner("memory", "get", "k", env={"AWS_ACCESS_KEY_ID": seaweed.access_key,
+                                            "AWS_SECRET_ACCESS_KEY": "not-it"})
+    assert bad.returncode == 4 and "not-it" not in bad.stderr
+
+
+def test_explicit_and_user_config(tmp_path):
+    env = clean_env(tmp_path)
+    project_dir, elsewhere = tmp_path / "proj", tmp_path / "elsewhere"
+    project_dir.mkdir()
+    elsewhere.mkdir()
+    CLI(project_dir, env).ok("init", "--project", "p", "--agent", "a")
+    config = str(project_dir / ".tracecraft.json")
+    runner = CLI(elsewhere, env)
+    assert runner("inbox").returncode == 4
+    runner.ok("memory", "set", "k", "v", env={"TRACECRAFT_CONFIG": config})
+    assert runner.ok("memory", "get", "k", "--config", config) == "v\n"
+    runner.ok("init", "--project", "p", "--agent", "b", "--user")
+    assert (tmp_path / "home" / ".config" / "tracecraft" / "config.json").is_file()
+    assert runner.ok("memory", "get", "k") == "v\n"     # the user config applies everywhere
+    assert runner("memory", "get", "k", env={"TRACECRAFT_CONFIG": str(tmp_path / "no")}).returncode == 4
+
+
+def test_project_override_isolates_state(tmp_path):
+    runner = CLI(tmp_path, clean_env(tmp_path))
+    runner.ok("init", "--project", "one", "--agent", "a")
+    runner.ok("memory", "set", "k", "1")
+    assert runner("memory", "get", "k", env={"TRACECRAFT_PROJECT": "two"}).returncode == 1
+    assert runner("memory", "get", "k", "--project", "two").returncode == 1
+    assert runner.ok("memory", "get", "k") == "1\n"
