@@ -193,18 +193,13 @@ def check_bucket(bucket):
     return bucket
 
 
-def utcnow():
-    """The current UTC time as ISO 8601 with a Z, to the second: every record says when."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def parse_utc(stamp):
-    """Seconds since the epoch for an ISO 8601 UTC stamp written by utcnow(), or None."""
-    import calendar
-    try:
-        return calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))
-    except (TypeError, ValueError):
-        return None
+def _duration(seconds):
+    """A short human duration: 45s, 12m, 3h, 2d."""
+    seconds = int(max(0, seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 # ==================================================================================================
@@ -445,7 +440,9 @@ class Store:
                                        create-only or compare-and-swap when asked; a lost condition
                                        raises PreconditionFailed; `body` is bytes or a binary file
     delete(key, if_match=None)         deleting a missing key is not an error (as on S3)
-    list(prefix, start_after=None)     Entry objects in S3's order (by UTF-8 bytes), all pages
+    list(prefix, start_after=None, limit=None)
+                                       Entry objects in S3's order (by UTF-8 bytes), every page
+                                       (or the first `limit` entries)
     ensure_bucket() -> bool            create the bucket if missing; True when it was created
     """
     name = "store"
@@ -612,7 +609,7 @@ class LocalStore(Store):
                 break
             parent = os.path.dirname(parent)
 
-    def list(self, prefix="", start_after=None):
+    def list(self, prefix="", start_after=None, limit=None):
         base = prefix.rpartition("/")[0]
         found = []
 
@@ -636,7 +633,7 @@ class LocalStore(Store):
         walk(self._path(base) if base else self.dir, base + "/" if base else "")
         # Python orders str by code point, which is exactly the UTF-8 byte order S3 lists in.
         found.sort(key=lambda e: e.key)
-        return iter(found)
+        return iter(found[:limit])
 
     def ensure_bucket(self):
         created = not os.path.isdir(self.dir)
@@ -709,9 +706,11 @@ def _iso_date(value):
     """Epoch seconds from the ISO 8601 LastModified of a listing."""
     import calendar
     try:
-        return calendar.timegm(time.strptime(value[:19], "%Y-%m-%dT%H:%M:%S"))
+        seconds = calendar.timegm(time.strptime(value[:19], "%Y-%m-%dT%H:%M:%S"))
     except (TypeError, ValueError):
         return None
+    fraction = value[19:].rstrip("Z")
+    return seconds + (float(fraction) if fraction[:1] == "." and fraction[1:].isdigit() else 0)
 
 
 def _xml_field(body, tag):
@@ -854,11 +853,13 @@ class S3Store(Store):
             if if_match:
                 raise PreconditionFailed(f"{key} is gone") from None
 
-    def list(self, prefix="", start_after=None):
+    def list(self, prefix="", start_after=None, limit=None):
         import xml.etree.ElementTree as ET
-        token = None
+        token, left = None, limit
         while True:
             query = [("list-type", "2"), ("prefix", prefix)]
+            if left is not None:
+                query.append(("max-keys", str(min(left, 1000))))
             if token:
                 query.append(("continuation-token", token))
             elif start_after:
@@ -871,6 +872,10 @@ class S3Store(Store):
                     fields = {c.tag.rpartition("}")[2]: c.text or "" for c in node}
                     yield Entry(fields.get("Key", ""), int(fields.get("Size") or 0),
                                 _iso_date(fields.get("LastModified")))
+                    if left is not None:
+                        left -= 1
+                        if left <= 0:
+                            return
                 elif tag == "NextContinuationToken":
                     token = node.text
             if not token:
@@ -1079,31 +1084,68 @@ def resolve_settings(config_path=None, **overrides):
 # 6. Coordination protocol.  Owns: the object layout under <project>/ and what each record means.
 #    Calls: sections 1-5 (only through the Store interface).
 #
-#    agents/<id>.json                 who is alive and what they work on
-#    memory/<dots as slashes>.json    shared key-value state
-#    messages/<agent>/<id>.json       direct messages; messages/_broadcast/<id>.json to everyone
-#    steps/<id>/claim.json            who claimed the step (create-only: exactly one winner)
-#    steps/<id>/status.json           written once, when the step completes (create-only)
-#    steps/<id>/handoff.json          the completing agent's note for the next one
-#    artifacts/<step|shared>/<name>   shared files; artifacts/<step>/.meta/<name>.json describes one
+#    agents/<id>.json                  heartbeat: last seen, host, steps held
+#    memory/<dots as slashes>.json     a JSON value, its revision and a few previous values
+#    messages/<agent>/<n>.json         inbox log; messages/_broadcast/<n>.json is everyone's
+#    cursors/<agent>.json              how far the agent has read each log
+#    steps/<id>/claim.json             the lease: holder, generation, ttl, state
+#    steps/<id>/status.json            written when the step ends: complete, failed or blocked
+#    steps/<id>/handoff.json           the note for the next agent
+#    artifacts/<step|shared>/<name>    shared files; artifacts/<step>/.meta/<name>.json describes one
+#
+#    Every atomic promise is a conditional write: a claim is create-only, a takeover or a renewal
+#    is a compare-and-swap on the lease's ETag, a memory update is a compare-and-swap, and a
+#    message takes the next number of its log with a create-only write.
 # ==================================================================================================
 
 JSON_TYPE = "application/json"
 ONLINE_SECONDS, IDLE_SECONDS = 120, 900
+HEARTBEAT_EVERY = 60
+DEFAULT_TTL = 1800.0
+ENDED = ("complete", "failed", "blocked")
+HISTORY_LIMIT, HISTORY_BYTES = 10, 64 * 1024
+LOG_WIDTH = 12          # message numbers are stored inverted, so a listing starts at the newest
+LOG_TOP = 10 ** LOG_WIDTH
+CAS_ATTEMPTS = 50
 _KEEP = object()
+
+
+class LostLease(Refused):
+    """This agent's lease on a step was taken over (or has ended): it may not act on the step."""
+
+
+class StepEnded(Refused):
+    """A step that wait-for waits on ended failed or blocked."""
+
+
+def _version(etag):
+    """Versions are ETags without their quotes; If-Match wants them quoted."""
+    return (etag or "").strip('"')
+
+
+def _quoted(version):
+    version = str(version).strip()
+    return version if version.startswith('"') else f'"{version}"'
+
+
+def _pause(attempt):
+    import random
+    time.sleep(random.uniform(0, min(0.2, 0.002 * 2 ** attempt)))
 
 
 class Client:
     """One agent's handle on one project.  Every method is a few requests to the store."""
 
-    def __init__(self, store, project, agent=None):
+    def __init__(self, store, project, agent=None, clock=time.time):
         self.store = store
         self.project = check_name("project", project)
         self.agent = check_agent(agent) if agent else None
+        self.clock = clock              # stamps records; coordination itself never trusts it
         self.memory = Memory(self)
         self.artifacts = Artifacts(self)
         self.warn = lambda message: None   # the CLI prints these; a library user may set it
-        self._last_message_us = 0
+        self.unsafe_store = False          # set when init accepted a store failing the probe
+        self._log_tails = {}
 
     def __repr__(self):
         return f"<tracecraft.Client project={self.project!r} agent={self.agent!r} on {self.store.describe()}>"
@@ -1127,23 +1169,26 @@ class Client:
             raise UsageError("no agent id: pass --agent to `tracecraft init`, or set TRACECRAFT_AGENT")
         return self.agent
 
+    def now(self):
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock()))
+
     def record(self, **fields):
         """A JSON record that says who wrote it and when."""
         fields.setdefault("by", self.agent)
-        fields.setdefault("at", utcnow())
+        fields.setdefault("at", self.now())
         return fields
 
     def write(self, key, record, create_only=False, if_match=None):
-        """Store a record; create-only writes carry a nonce so that a retried write which in fact
-        succeeded the first time is recognised as ours instead of reported as lost."""
-        if create_only:
+        """Store a record.  Conditional writes carry a nonce, so that a retried write which in
+        fact succeeded the first time is recognised as ours instead of reported as lost."""
+        if create_only or if_match:
             record["nonce"] = os.urandom(8).hex()
         body = json.dumps(record, ensure_ascii=False, indent=1).encode("utf-8")
         try:
             return self.store.put(key, body, if_none_match=create_only, if_match=if_match,
                                   content_type=JSON_TYPE)
         except PreconditionFailed as exc:
-            if create_only and exc.retried:
+            if exc.retried:
                 current = self.read(key, missing_ok=True)
                 if current and current[0].get("nonce") == record["nonce"]:
                     return current[1].etag
@@ -1163,16 +1208,61 @@ class Client:
             raise CorruptObject(f"object {key} is not valid JSON (written by another tool?)") from None
         if not isinstance(record, dict):
             raise CorruptObject(f"object {key} is not a JSON object")
+        record.pop("nonce", None)
         return record, blob
 
-    # -- messages ------------------------------------------------------------------------------------
+    def update(self, key, change, create=True):
+        """Read-modify-write with compare-and-swap until it sticks: `change(record or None)`
+        returns the new record (or raises).  Returns (new record, its ETag)."""
+        for attempt in range(CAS_ATTEMPTS):
+            got = self.read(key, missing_ok=True)
+            if got is None and not create:
+                raise NotFound(f"no object {key}")
+            new = change(got[0] if got else None)
+            try:
+                etag = self.write(key, new, create_only=got is None,
+                                  if_match=got[1].etag if got else None)
+                new.pop("nonce", None)
+                return new, etag
+            except (PreconditionFailed, ConditionalConflict, NoSuchKey):
+                _pause(attempt)
+        raise StoreError(f"{key} is changing too fast: gave up after {CAS_ATTEMPTS} attempts")
 
-    def _message_id(self):
-        """Ids sort in sending order (microseconds, never repeating within this process) and never
-        collide across processes (random suffix, and the write is create-only anyway)."""
-        now = max(time.time_ns() // 1000, self._last_message_us + 1)
-        self._last_message_us = now
-        return f"{now:017d}-{os.urandom(4).hex()}"
+    # -- messages: one numbered log per inbox ---------------------------------------------------------
+    #
+    # Message n of a log is messages/<log>/<LOG_TOP - n>-<n>.json: inverted, so that a listing
+    # (always ascending) starts at the newest.  The tail is one listing of one key, and reading
+    # k new messages lists only as far back as the reader's cursor: O(k), whatever the history.
+    # Numbers are taken with create-only writes, so each is used once; nothing depends on clocks.
+
+    def _log_key(self, log, n):
+        return self.key("messages", log, f"{LOG_TOP - n:0{LOG_WIDTH}d}-{n}.json")
+
+    @staticmethod
+    def _log_number(key):
+        name = key.rpartition("/")[2]
+        head = name.partition("-")[0]
+        return LOG_TOP - int(head) if head.isdigit() and len(head) == LOG_WIDTH else None
+
+    def _log_tail(self, log):
+        for entry in self.store.list(self.key("messages", log) + "/", limit=1):
+            n = self._log_number(entry.key)
+            if n is not None:
+                return n
+        return 0
+
+    def _log_since(self, log, after):
+        """Entries of a log numbered above `after`, oldest first: [(n, entry)]."""
+        found = []
+        for entry in self.store.list(self.key("messages", log) + "/"):
+            n = self._log_number(entry.key)
+            if n is None:
+                continue
+            if n <= after:
+                break
+            found.append((n, entry))
+        found.reverse()
+        return found
 
     def send(self, to, text):
         """Send `text` to agent `to`, or to everyone with to="_broadcast".  Returns the message."""
@@ -1182,140 +1272,317 @@ class Client:
         check_text("message", text)
         if len(text.encode("utf-8")) > MAX_VALUE:
             raise UsageError(f"message is larger than the {MAX_VALUE // 1024} KiB limit")
-        for _ in range(3):
-            mid = self._message_id()
-            message = self.record(id=mid, **{"from": sender}, to=to,
+        n = self._log_tails.get(to)
+        if n is None:
+            n = self._log_tail(to)
+            if n == 0 and to != BROADCAST and not self._exists(self.key("agents", to + ".json")):
+                self.warn(f"no agent {to} has been seen in project {self.project} yet; the "
+                          "message waits in its inbox")
+        for attempt in range(CAS_ATTEMPTS):
+            message = self.record(**{"from": sender}, to=to, seq=n + 1,
                                   kind="broadcast" if to == BROADCAST else "direct", text=text)
             try:
-                self.write(self.key("messages", to, mid + ".json"), message, create_only=True)
-                message.pop("nonce", None)
-                return message
-            except PreconditionFailed:
+                self.write(self._log_key(to, n + 1), message, create_only=True)
+            except (PreconditionFailed, ConditionalConflict):
+                n = max(n + 1, self._log_tail(to))
+                _pause(attempt)
                 continue
-        raise StoreError("could not find a free message id after 3 tries")
+            message.pop("nonce", None)
+            self._log_tails[to] = n + 1
+            return message
+        raise StoreError(f"could not append to {to}'s inbox after {CAS_ATTEMPTS} attempts")
 
-    def inbox(self, delete=False):
-        """This agent's direct messages and others' broadcasts, oldest first.  With `delete`,
-        the direct messages returned are removed afterwards."""
+    def _exists(self, key):
+        try:
+            self.store.head(key)
+            return True
+        except NoSuchKey:
+            return False
+
+    def inbox(self, peek=False, everything=False, delete=False, wait=None):
+        """This agent's unread messages, direct and broadcast, in one order all readers agree on
+        (the store's clock, then the log's own order), marked read unless `peek`.
+
+        The read position lives in the bucket (cursors/<agent>.json) and moves by compare-and-swap
+        before anything is returned, so two readers of one inbox never get the same message.
+        `everything` returns all messages without moving it; `delete` also removes the direct
+        messages read (the newest one stays, as the log's tail); `wait` (seconds, or True for
+        no limit) blocks until at least one unread message arrives."""
         me = self.me()
-        found = []
-        for box in (me, BROADCAST):
-            prefix = self.key("messages", box) + "/"
-            for entry in self.store.list(prefix):
-                try:
-                    got = self.read(entry.key, missing_ok=True)
-                except CorruptObject as exc:
-                    self.warn(f"skipped {exc}")
-                    continue
-                if got is None:
-                    continue
-                message = got[0]
-                if not isinstance(message.get("text"), str) or not message.get("from"):
-                    self.warn(f"skipped {entry.key}: not a tracecraft message")
-                    continue
-                if box == BROADCAST and message.get("from") == me:
-                    continue
-                message.pop("nonce", None)
-                message.setdefault("id", entry.key.rpartition("/")[2][:-5])
-                found.append((message["id"], entry.key, message))
-        found.sort(key=lambda item: item[0])
-        if delete:
-            for _, key, message in found:
-                if message.get("kind") != "broadcast":
-                    self.store.delete(key)
-        return [message for _, _, message in found]
+        deadline = None if wait in (None, True, False) else time.monotonic() + wait
+        interval = 0.1
+        while True:
+            messages = self._read_inbox(me, peek, everything, delete)
+            if messages or not wait or everything:
+                return messages
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"no new message within {_seconds(wait)}")
+            time.sleep(interval if deadline is None
+                       else max(0, min(interval, deadline - time.monotonic())))
+            interval = min(interval * 1.5, 2.0)
 
-    # -- steps ---------------------------------------------------------------------------------------
+    def _read_inbox(self, me, peek, everything, delete):
+        cursor_key = self.key("cursors", me + ".json")
+        for attempt in range(CAS_ATTEMPTS):
+            got = self.read(cursor_key, missing_ok=True)
+            cursor = got[0] if got else {"direct": 0, "broadcast": 0}
+            start = {"direct": 0, "broadcast": 0} if everything else cursor
+            logs = {"direct": self._log_since(me, int(start.get("direct", 0))),
+                    "broadcast": self._log_since(BROADCAST, int(start.get("broadcast", 0)))}
+            if not any(logs.values()):
+                return []
+            if not (peek or everything):
+                moved = self.record(direct=max([cursor.get("direct", 0)] + [n for n, _ in logs["direct"]]),
+                                    broadcast=max([cursor.get("broadcast", 0)]
+                                                  + [n for n, _ in logs["broadcast"]]))
+                try:
+                    self.write(cursor_key, moved, create_only=got is None,
+                               if_match=got[1].etag if got else None)
+                except (PreconditionFailed, ConditionalConflict):
+                    _pause(attempt)
+                    continue   # another reader took these; start again from its position
+            messages = self._merge(logs, me)
+            if delete and logs["direct"]:
+                newest = max(n for n, _ in logs["direct"])
+                for n, entry in logs["direct"]:
+                    if n != newest:
+                        self.store.delete(entry.key)
+            return messages
+        raise StoreError(f"the inbox of {me} is contended: gave up after {CAS_ATTEMPTS} attempts")
+
+    def _merge(self, logs, me):
+        """Fetch and merge the two logs: by the store's Last-Modified, then kind, then number."""
+        tagged = []
+        for kind, entries in logs.items():
+            for n, entry in entries:
+                tagged.append(((entry.last_modified or 0, kind, n), kind, n, entry))
+        # Within one log the order is the log's own; across logs the store's clock decides.
+        result = []
+        queues = {kind: [t for t in tagged if t[1] == kind] for kind in logs}
+        while any(queues.values()):
+            kind = min((q[0][0], k) for k, q in queues.items() if q)[1]
+            _, _, n, entry = queues[kind].pop(0)
+            try:
+                got = self.read(entry.key, missing_ok=True)
+            except CorruptObject as exc:
+                self.warn(f"skipped {exc}")
+                continue
+            if got is None:
+                continue
+            message = got[0]
+            if not isinstance(message.get("text"), str) or not message.get("from"):
+                self.warn(f"skipped {entry.key}: not a tracecraft message")
+                continue
+            if kind == "broadcast" and message.get("from") == me:
+                continue
+            message.update(kind=kind, seq=n)
+            result.append(message)
+        return result
+
+    # -- steps: leases ---------------------------------------------------------------------------------
 
     def _step_key(self, step, name):
         return self.key("steps", check_name("step id", step), name + ".json")
 
-    def claim(self, step):
-        """Claim a step: exactly one of any number of concurrent claimants wins.  Raises Refused
-        naming the holder when another agent has it, or when the step is complete."""
+    @staticmethod
+    def _lease_left(lease, blob):
+        """Seconds until the lease expires, by the store's clock (its Last-Modified and Date),
+        so that a client with a skewed clock can neither steal a live lease nor keep a dead one."""
+        now = blob.server_time if blob.server_time is not None else time.time()
+        written = blob.last_modified if blob.last_modified is not None else now
+        return written + float(lease.get("ttl", DEFAULT_TTL)) - now
+
+    def claim(self, step, ttl=None):
+        """Claim a step as a lease of `ttl` seconds (default 30 minutes).
+
+        Of any number of concurrent claimants exactly one wins: the first claim is create-only,
+        and taking over an expired or released lease is a compare-and-swap on its ETag.  Each new
+        holder gets the next generation number (a fencing token).  Raises Refused naming the
+        holder when the lease is live, or when the step has ended."""
         me = self.me()
-        claim = self.record(step=step, agent=me)
+        ttl = float(DEFAULT_TTL if ttl is None else ttl)
+        if ttl <= 0:
+            raise UsageError("the lease ttl must be positive")
+        key = self._step_key(step, "claim")
+        lease = self.record(step=step, agent=me, generation=1, ttl=ttl, state="held")
         try:
-            self.write(self._step_key(step, "claim"), claim, create_only=True)
+            self.write(key, lease, create_only=True)
+            return self._claimed(step, lease)
         except PreconditionFailed:
-            holder = (self.read(self._step_key(step, "claim"), missing_ok=True) or ({}, None))[0]
-            status = self.read(self._step_key(step, "status"), missing_ok=True)
-            if status:
-                record = status[0]
-                raise Refused(f"step {step} is already {record.get('status', 'complete')} "
-                              f"(by {record.get('by')} at {record.get('at')})") from None
-            if holder.get("agent") == me:
-                holder["already_held"] = True
-                return holder
-            raise Refused(f"step {step} is held by {holder.get('agent', 'another agent')} "
-                          f"(since {holder.get('at', '?')})") from None
-        claim.pop("nonce", None)
-        self.heartbeat(working_on=step)
-        return claim
+            pass
+        for attempt in range(CAS_ATTEMPTS):
+            got = self.read(key, missing_ok=True)
+            if got is None:
+                try:
+                    self.write(key, lease, create_only=True)
+                    return self._claimed(step, lease)
+                except PreconditionFailed:
+                    continue
+            current, blob = got
+            state, holder = current.get("state", "held"), current.get("agent")
+            if state in ENDED:
+                raise Refused(f"step {step} is already {state} (by {current.get('ended_by', holder)})")
+            left = self._lease_left(current, blob)
+            if state == "held" and left > 0:
+                if holder == me:
+                    return dict(current, already_held=True, expires_in=left)
+                raise Refused(f"step {step} is held by {holder} (generation "
+                              f"{current.get('generation', 1)}, lease ends in {_duration(left)})")
+            taken = self.record(step=step, agent=me, generation=int(current.get("generation", 1)) + 1,
+                                ttl=ttl, state="held", previous=holder)
+            try:
+                self.write(key, taken, create_only=False, if_match=blob.etag)
+                return self._claimed(step, taken)
+            except (PreconditionFailed, ConditionalConflict, NoSuchKey):
+                _pause(attempt)
+        raise Refused(f"step {step} is contended: could not claim it")
 
-    def complete(self, step, note=None, force=False):
-        """Mark a step complete, with an optional handoff note for the next agent.
+    def _claimed(self, step, lease):
+        lease.pop("nonce", None)
+        self._holding(add=step)
+        return dict(lease, expires_in=lease["ttl"])
 
-        Only the agent that claimed the step may complete it, unless `force` (recorded).  An
-        unclaimed step is claimed first.  Completion is final: it happens once."""
+    def _own_lease(self, step, verb):
+        """(lease, blob) if this agent holds the step (even if expired but not taken over)."""
         me = self.me()
+        got = self.read(self._step_key(step, "claim"), missing_ok=True)
+        if got is None:
+            raise Refused(f"step {step} is not claimed; claim it first")
+        lease, blob = got
+        state, holder = lease.get("state", "held"), lease.get("agent")
+        if state in ENDED:
+            raise Refused(f"step {step} is already {state}")
+        if holder != me or state != "held":
+            self._holding(remove=step)
+            who = f"{holder} holds it now (generation {lease.get('generation', 1)})" \
+                if state == "held" else "the lease was released"
+            raise LostLease(f"cannot {verb} step {step}: this agent lost it; {who}")
+        return lease, blob
+
+    def renew(self, step, ttl=None):
+        """Extend this agent's lease on a step by its ttl (or a new one) from now."""
+        lease, blob = self._own_lease(step, "renew")
+        renewed = dict(lease, ttl=float(lease.get("ttl", DEFAULT_TTL) if ttl is None else ttl),
+                       renewed_at=self.now())
+        try:
+            self.write(self._step_key(step, "claim"), renewed, if_match=blob.etag)
+        except (PreconditionFailed, ConditionalConflict, NoSuchKey):
+            raise LostLease(f"cannot renew step {step}: the lease changed while renewing "
+                            "(taken over?)") from None
+        renewed.pop("nonce", None)
+        return dict(renewed, expires_in=renewed["ttl"])
+
+    def release(self, step):
+        """Give a lease up so that the step can be claimed again at once."""
+        lease, blob = self._own_lease(step, "release")
+        released = dict(lease, state="released", released_at=self.now())
+        try:
+            self.write(self._step_key(step, "claim"), released, if_match=blob.etag)
+        except (PreconditionFailed, ConditionalConflict, NoSuchKey):
+            raise LostLease(f"cannot release step {step}: the lease changed (taken over?)") from None
+        self._holding(remove=step)
+        released.pop("nonce", None)
+        return released
+
+    def complete(self, step, note=None, force=False, status="complete"):
+        """End a step: `complete` (default), `failed` or `blocked`, with a handoff note.
+
+        Only the holder of a live lease may end a step; `force` lets anyone, and is recorded.
+        The lease is ended by a compare-and-swap, so a holder whose lease was taken over in the
+        meantime is told it lost the step and writes nothing.  An unclaimed step is claimed
+        first.  Ending is final: it happens once."""
+        me = self.me()
+        if status not in ENDED:
+            raise UsageError(f"status must be one of {', '.join(ENDED)}, not {status!r}")
         if note is not None:
             check_text("note", note)
-        got = self.read(self._step_key(step, "claim"), missing_ok=True)
-        holder = got[0].get("agent") if got else None
-        if holder is None:
-            holder = self.claim(step).get("agent")
-        if holder != me and not force:
-            raise Refused(f"step {step} is held by {holder}; only the holder can complete it "
-                          "(use --force to complete it anyway)")
-        status = self.record(step=step, status="complete", holder=holder, note=note)
-        if holder != me:
-            status["forced"] = True
+        key = self._step_key(step, "claim")
+        got = self.read(key, missing_ok=True)
+        if got is None:
+            if not force:
+                self.claim(step)
+            got = self.read(key, missing_ok=True) or ({"step": step, "agent": me, "generation": 1,
+                                                       "ttl": DEFAULT_TTL, "state": "held"}, None)
+        lease, blob = got
+        state, holder = lease.get("state", "held"), lease.get("agent")
+        if state in ENDED:
+            raise Refused(f"step {step} is already {state} (by {lease.get('ended_by', holder)})")
+        live = blob is None or (state == "held" and self._lease_left(lease, blob) > 0)
+        if not force and (holder != me or state != "held"):
+            raise LostLease(f"cannot end step {step}: it is held by {holder} (generation "
+                            f"{lease.get('generation', 1)}); only the holder can end it "
+                            "(--force overrides)" if state == "held" else
+                            f"cannot end step {step}: its lease was released; claim it first")
+        if not force and not live:
+            raise LostLease(f"cannot end step {step}: this agent's lease expired "
+                            f"{_duration(-self._lease_left(lease, blob))} ago; claim it again")
+        forced = force and (holder != me or not live)
+        ended = dict(lease, state=status, ended_by=me, ended_at=self.now(), forced=forced)
         try:
-            self.write(self._step_key(step, "status"), status, create_only=True)
-        except PreconditionFailed:
-            current = (self.read(self._step_key(step, "status"), missing_ok=True) or ({}, None))[0]
-            raise Refused(f"step {step} is already {current.get('status', 'complete')} "
-                          f"(by {current.get('by')} at {current.get('at')})") from None
-        status.pop("nonce", None)
+            if blob is None:
+                self.write(key, ended, create_only=True)
+            else:
+                self.write(key, ended, if_match=blob.etag)
+        except (PreconditionFailed, ConditionalConflict, NoSuchKey):
+            raise LostLease(f"cannot end step {step}: the lease changed meanwhile "
+                            "(taken over or ended by another agent)") from None
+        record = self.record(step=step, status=status, holder=holder, generation=lease.get("generation", 1),
+                             note=note, forced=forced)
         if note is not None:
-            self.write(self._step_key(step, "handoff"), self.record(step=step, note=note))
-        self.heartbeat(working_on=None)
-        return status
+            self.write(self._step_key(step, "handoff"), self.record(step=step, note=note,
+                                                                    status=status))
+        self.write(self._step_key(step, "status"), record)   # last: wait-for watches it
+        self._holding(remove=step)
+        return record
 
     def step_status(self, step):
-        """A dict: step, status (pending / in_progress / complete), holder, note, handoff."""
+        """A dict: step, status (pending / in_progress / expired / complete / failed /
+        blocked), holder, generation, lease_left (seconds, by the store's clock), note, handoff."""
         check_name("step id", step)
-        found = {}
-        for name in ("claim", "status", "handoff"):
-            got = self.read(self._step_key(step, name), missing_ok=True)
-            found[name] = got[0] if got else {}
-        claim, status, handoff = found["claim"], found["status"], found["handoff"]
-        state = status.get("status") or ("in_progress" if claim else "pending")
-        for record in found.values():
-            record.pop("nonce", None)
-        return {"step": step, "status": state, "holder": claim.get("agent"),
-                "claimed_at": claim.get("at"), "completed_by": status.get("by"),
-                "completed_at": status.get("at"), "note": handoff.get("note", status.get("note")),
-                "handoff": handoff or None}
+        got = self.read(self._step_key(step, "claim"), missing_ok=True)
+        lease, blob = got if got else ({}, None)
+        status = (self.read(self._step_key(step, "status"), missing_ok=True) or ({}, None))[0]
+        handoff = (self.read(self._step_key(step, "handoff"), missing_ok=True) or ({}, None))[0]
+        state = lease.get("state", "held") if lease else None
+        left = self._lease_left(lease, blob) if blob and state == "held" else None
+        if state in ENDED:
+            shown = state
+        elif state == "held":
+            shown = "in_progress" if left > 0 else "expired"
+        else:
+            shown = "pending"
+        holder = lease.get("agent") if state in ("held",) + ENDED else None
+        return {"step": step, "status": shown, "holder": holder,
+                "generation": lease.get("generation"), "lease_left": left,
+                "claimed_at": lease.get("at"), "ended_by": lease.get("ended_by"),
+                "ended_at": lease.get("ended_at"), "forced": lease.get("forced", False),
+                "note": handoff.get("note", status.get("note")), "handoff": handoff or None}
 
     def wait_for(self, steps, timeout=300.0, on_complete=None):
-        """Block until every step is complete; return {step: status record}.  Polls quickly at
-        first, then backs off to one round every 2 s.  Raises WaitTimeout naming what is left."""
+        """Block until every step is complete; return {step: status record}.  Raises StepEnded
+        at once when one ends failed or blocked, and WaitTimeout naming what is left.  Polls
+        fast at first and right after progress, backing off to every 2 s while idle."""
         pending = list(dict.fromkeys(check_name("step id", s) for s in steps))
         if not pending:
             raise UsageError("wait-for needs at least one step id")
         deadline = None if timeout is None else time.monotonic() + timeout
-        done, interval = {}, 0.1
+        done, interval = {}, 0.05
         while True:
             for step in list(pending):
                 got = self.read(self._step_key(step, "status"), missing_ok=True)
-                if got and got[0].get("status") == "complete":
-                    got[0].pop("nonce", None)
-                    done[step] = got[0]
+                if not got:
+                    continue
+                record = got[0]
+                if record.get("status") in ("failed", "blocked"):
+                    note = f": {record['note']}" if record.get("note") else ""
+                    raise StepEnded(f"step {step} ended {record['status']} "
+                                    f"(by {record.get('by')}){note}")
+                if record.get("status") == "complete":
+                    done[step] = record
                     pending.remove(step)
+                    interval = 0.05
                     if on_complete:
-                        on_complete(step, got[0])
+                        on_complete(step, record)
             if not pending:
                 return done
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -1325,24 +1592,53 @@ class Client:
             time.sleep(interval if remaining is None else min(interval, remaining))
             interval = min(interval * 1.5, 2.0)
 
-    # -- agents --------------------------------------------------------------------------------------
+    # -- agents ------------------------------------------------------------------------------------
 
-    def heartbeat(self, working_on=_KEEP):
-        """Record that this agent is alive (and what it works on) in agents/<id>.json."""
+    def _holding(self, add=None, remove=None):
+        """Keep the agent record's list of held steps, and refresh its heartbeat."""
         import socket
-        key = self.key("agents", self.me() + ".json")
-        if working_on is _KEEP:
-            got = self.read(key, missing_ok=True)
-            working_on = got[0].get("working_on") if got else None
-        record = self.record(agent=self.agent, project=self.project, host=socket.gethostname(),
-                             pid=os.getpid(), last_seen=utcnow(), working_on=working_on)
-        self.write(key, record)
+
+        def change(record):
+            record = dict(record or {})
+            holding = [s for s in record.get("holding", []) if s != remove]
+            if add and add not in holding:
+                holding.append(add)
+            record.update(self.record(agent=self.agent, project=self.project,
+                                      host=socket.gethostname(), pid=os.getpid(),
+                                      last_seen=self.now(), holding=holding))
+            return record
+        if not self.agent:
+            return None
+        record = self.update(self.key("agents", self.agent + ".json"), change)[0]
+        try:
+            stamp = self._stamp_path()
+            os.makedirs(os.path.dirname(stamp), exist_ok=True)
+            with open(stamp, "w"):
+                pass
+        except OSError:
+            pass   # no cache directory: heartbeats are merely refreshed more often
+        return record
+
+    def heartbeat(self, renew=True):
+        """Record that this agent is alive and, with `renew`, renew every lease it holds.
+        Returns the agent record; leases found lost are dropped from it and reported."""
+        record = self._holding()
+        if renew:
+            for step in list(record.get("holding", [])):
+                try:
+                    self.renew(step)
+                except Refused as exc:
+                    self.warn(str(exc))
+            record = self._holding()
         return record
 
     def agents(self):
-        """Every agent that has a record: id, state (online / idle / offline), working_on, age."""
+        """Every agent with a record: id, state (online / idle / offline by heartbeat age, on
+        the store's clock), the steps it holds, when it was last seen."""
         result = []
         for entry in self.store.list(self.key("agents") + "/"):
+            if not entry.key.endswith(".json"):
+                continue
             try:
                 got = self.read(entry.key, missing_ok=True)
             except CorruptObject as exc:
@@ -1351,20 +1647,66 @@ class Client:
             if not got:
                 continue
             record, blob = got
-            seen = parse_utc(record.get("last_seen"))
             now = blob.server_time or time.time()
-            age = max(0, now - seen) if seen else None
+            age = max(0.0, now - blob.last_modified) if blob.last_modified else None
             state = ("offline" if age is None or age >= IDLE_SECONDS
                      else "idle" if age >= ONLINE_SECONDS else "online")
+            holding = record.get("holding") if isinstance(record.get("holding"), list) else []
             result.append({"agent": entry.key.rpartition("/")[2][:-5], "state": state,
-                           "working_on": record.get("working_on"),
-                           "last_seen": record.get("last_seen"), "age_seconds": age,
-                           "host": record.get("host")})
+                           "holding": holding, "last_seen": record.get("last_seen"),
+                           "age_seconds": age, "host": record.get("host")})
         return result
 
 
+    def _stamp_path(self):
+        import hashlib
+        ident = f"{self.store.describe()}\0{self.project}\0{self.agent}".encode("utf-8")
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return os.path.join(base, "tracecraft", "heartbeats", hashlib.sha1(ident).hexdigest())
+
+    def touch(self):
+        """Refresh the heartbeat at most once a minute.  The last refresh is remembered in a
+        stamp file in the user's cache directory, so that separate command-line processes of
+        one agent share the limit and most calls cost no request for it."""
+        if not self.agent:
+            return
+        try:
+            if time.time() - os.stat(self._stamp_path()).st_mtime < HEARTBEAT_EVERY:
+                return
+        except OSError:
+            pass
+        self._holding()
+
+    def probe(self):
+        """Check that the store honours conditional writes, on a scratch key under the project.
+        Returns [(check, ok, detail)]; a store that ignores them cannot keep any atomic promise."""
+        key = self.key("_probe", os.urandom(8).hex() + ".json")
+        checks = []
+        try:
+            self.store.put(key, b'{"probe": 1}', if_none_match=True, content_type=JSON_TYPE)
+            try:
+                self.store.put(key, b'{"probe": 2}', if_none_match=True, content_type=JSON_TYPE)
+                checks.append(("create-only writes (If-None-Match)", False,
+                               "a second create-only write of the same key succeeded"))
+            except PreconditionFailed:
+                checks.append(("create-only writes (If-None-Match)", True,
+                               "a second create of the same key is refused"))
+            try:
+                self.store.put(key, b'{"probe": 3}', if_match='"0123456789abcdef0123456789abcdef"',
+                               content_type=JSON_TYPE)
+                checks.append(("compare-and-swap (If-Match)", False,
+                               "a write with a stale ETag succeeded"))
+            except (PreconditionFailed, ConditionalConflict):
+                checks.append(("compare-and-swap (If-Match)", True,
+                               "a write with a stale ETag is refused"))
+        finally:
+            self.store.delete(key)
+        return checks
+
+
 class Memory:
-    """Shared key-value memory: JSON values under dotted keys (`tc.memory`)."""
+    """Shared key-value memory (`tc.memory`): JSON values under dotted keys, each write a
+    compare-and-swap that keeps the revision number and the last few values."""
 
     def __init__(self, client):
         self.client = client
@@ -1373,10 +1715,8 @@ class Memory:
         check_memory_key(key)
         return self.client.key("memory", *key.split(".")) + ".json"
 
-    def set(self, key, value):
-        """Store any JSON value under `key`; returns the record written."""
-        path = self._key(key)
-        record = self.client.record(key=key, value=value)
+    @staticmethod
+    def _check_value(value):
         try:
             encoded = json.dumps(value, ensure_ascii=False)
         except (TypeError, ValueError) as exc:
@@ -1384,18 +1724,77 @@ class Memory:
         check_text("memory value", encoded)
         if len(encoded.encode("utf-8")) > MAX_VALUE:
             raise UsageError(f"memory value is larger than the {MAX_VALUE // 1024} KiB limit")
-        record["version"] = self.client.write(path, record)
+
+    def _next(self, key, old, value):
+        record = self.client.record(key=key, value=value, revision=1, history=[])
+        if old is not None:
+            previous = {k: old.get(k) for k in ("value", "by", "at", "revision")}
+            history = [previous] + list(old.get("history") or [])
+            while len(history) > HISTORY_LIMIT or (
+                    len(history) > 1 and len(json.dumps(history, ensure_ascii=False)) > HISTORY_BYTES):
+                history.pop()
+            record.update(revision=int(old.get("revision") or 0) + 1, history=history)
         return record
 
+    def set(self, key, value, if_version=None, if_absent=False):
+        """Store any JSON value under `key`; returns the record with its new `version`.
+
+        `if_absent` writes only if the key is unset; `if_version` only if the key is still at
+        that version.  A lost condition raises Refused saying what the current version is."""
+        self._check_value(value)
+        path = self._key(key)
+        if if_absent:
+            try:
+                record = self.client.record(key=key, value=value, revision=1, history=[])
+                etag = self.client.write(path, record, create_only=True)
+            except PreconditionFailed:
+                raise Refused(f"memory key {key} is already set (version "
+                              f"{self._current_version(key)})") from None
+            record.pop("nonce", None)
+            return dict(record, version=_version(etag))
+        if if_version is not None:
+            got = self.client.read(path, missing_ok=True)
+            current = _version(got[1].etag) if got else None
+            if current != _version(_quoted(if_version)):
+                raise Refused(f"memory key {key} is at version {current or '(unset)'}, "
+                              f"not {_version(_quoted(if_version))}")
+            record = self._next(key, got[0], value)
+            try:
+                etag = self.client.write(path, record, if_match=got[1].etag)
+            except (PreconditionFailed, ConditionalConflict, NoSuchKey):
+                raise Refused(f"memory key {key} changed meanwhile (version is now "
+                              f"{self._current_version(key)})") from None
+            record.pop("nonce", None)
+            return dict(record, version=_version(etag))
+        record, etag = self.client.update(path, lambda old: self._next(key, old, value))
+        return dict(record, version=_version(etag))
+
+    def _current_version(self, key):
+        got = self.client.read(self._key(key), missing_ok=True)
+        return _version(got[1].etag) if got else "(unset)"
+
+    def incr(self, key, by=1):
+        """Add `by` to a number atomically (an unset key counts as 0); returns the new value."""
+        if not isinstance(by, (int, float)) or isinstance(by, bool):
+            raise UsageError(f"increment must be a number, not {by!r}")
+
+        def change(old):
+            value = (old or {}).get("value", 0)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise UsageError(f"memory key {key} holds {type(value).__name__}, not a number")
+            return self._next(key, old, value + by)
+        record, etag = self.client.update(self._key(key), change)
+        return dict(record, version=_version(etag))
+
     def record(self, key):
-        """The whole record: key, value, by, at and version (the ETag).  Raises NotFound."""
+        """The whole record: key, value, by, at, revision and version.  Raises NotFound."""
         try:
             record, blob = self.client.read(self._key(key))
         except NoSuchKey:
             raise NotFound(f"memory key {key} is not set") from None
         if "value" not in record:
             raise CorruptObject(f"memory key {key} has no value (written by another tool?)")
-        record["version"] = blob.etag
+        record["version"] = _version(blob.etag)
         return record
 
     def get(self, key, default=_KEEP):
@@ -1406,6 +1805,12 @@ class Memory:
             if default is _KEEP:
                 raise
             return default
+
+    def history(self, key):
+        """The current and previous values, newest first: [{value, by, at, revision}]."""
+        record = self.record(key)
+        current = {k: record.get(k) for k in ("value", "by", "at", "revision")}
+        return [current] + list(record.get("history") or [])
 
     def list(self, prefix=""):
         """Keys under `prefix`, matched by whole segments: `phase1` never returns `phase10.x`."""
@@ -1418,8 +1823,18 @@ class Memory:
                 keys.append(entry.key[len(root) + 1:-5].replace("/", "."))
         return keys
 
-    def delete(self, key):
-        self.client.store.delete(self._key(key))
+    def delete(self, key, if_version=None):
+        """Delete a key (only if still at `if_version`, when given).  Raises NotFound if unset."""
+        path = self._key(key)
+        if if_version is None:
+            self.record(key)
+            self.client.store.delete(path)
+            return
+        try:
+            self.client.store.delete(path, if_match=_quoted(if_version))
+        except (PreconditionFailed, NoSuchKey):
+            raise Refused(f"memory key {key} is at version {self._current_version(key)}, "
+                          f"not {_version(_quoted(if_version))}") from None
 
 
 class Artifacts:
@@ -1556,7 +1971,9 @@ def connect(project=None, agent=None, *, config=None, **settings):
     if not resolved.get("project"):
         raise ConfigError("no project: pass project=..., set TRACECRAFT_PROJECT, or run "
                           "`tracecraft init`")
-    return Client(open_store(resolved), resolved["project"], resolved.get("agent"))
+    client = Client(open_store(resolved), resolved["project"], resolved.get("agent"))
+    client.unsafe_store = bool(resolved.get("unsafe_store"))
+    return client
 
 
 # ==================================================================================================
@@ -1627,13 +2044,7 @@ def _size(n):
 
 
 def _ago(seconds):
-    if seconds is None:
-        return "never"
-    seconds = int(seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{seconds}s ago"
+    return "never" if seconds is None else _duration(seconds) + " ago"
 
 
 def parse_duration(text):
@@ -1652,14 +2063,20 @@ def parse_duration(text):
 
 
 def _client(args):
-    path = getattr(args, "config", None)
-    if path is None and not find_config():
-        raise ConfigError("no tracecraft config found here, in any parent directory or in "
-                          f"{user_config_path()}: run `tracecraft init` first (or set "
-                          "TRACECRAFT_CONFIG)")
-    client = connect(project=args.project, agent=args.agent, config=path)
-    client.warn = lambda message: print(f"tracecraft: warning: {message}", file=sys.stderr)
-    return client
+    """The Client a command works with (opened once per process and kept on `args`)."""
+    if getattr(args, "client", None) is None:
+        path = getattr(args, "config", None)
+        if path is None and not find_config():
+            raise ConfigError("no tracecraft config found here, in any parent directory or in "
+                              f"{user_config_path()}: run `tracecraft init` first (or set "
+                              "TRACECRAFT_CONFIG)")
+        client = connect(project=args.project, agent=args.agent, config=path)
+        client.warn = lambda message: print(f"tracecraft: warning: {message}", file=sys.stderr)
+        if client.unsafe_store:
+            client.warn("this store ignores conditional writes (accepted at init with "
+                        "--accept-unsafe-store): claims, memory updates and inboxes are not safe")
+        args.client = client
+    return args.client
 
 
 def _default_agent():
@@ -1722,13 +2139,24 @@ def cmd_init(args, out):
     store = open_store(dict(config, _from_flags=bool(args.access_key)))
     with store:
         created = store.ensure_bucket()
-        Client(store, project, agent).heartbeat(working_on=None)
+        client = Client(store, project, agent)
+        failed = [f"{name}: {detail}" for name, ok, detail in client.probe() if not ok]
+        if failed and not args.accept_unsafe_store:
+            raise StoreError(f"{store.describe()} ignores conditional writes ({'; '.join(failed)})"
+                             ": claims, leases, memory updates and inboxes would not be safe on "
+                             "it. Use a store that honours If-None-Match/If-Match (AWS S3, "
+                             "MinIO, R2, SeaweedFS, Ceph), or pass --accept-unsafe-store to "
+                             "accept the risk")
+        config["unsafe_store"] = bool(failed)
+        client.heartbeat(renew=False)
     path = user_config_path() if args.user else os.path.join(os.getcwd(), CONFIG_NAME)
     write_config(path, config)
     lines = []
     if created:
         lines.append(f"Created bucket {config['bucket']}")
     lines.append(f"Initialized project {project} as agent {agent} on {store.describe()}")
+    if failed:
+        lines.append("WARNING: this store ignores conditional writes; atomic operations are unsafe")
     lines.append(f"Wrote {path}")
     if not args.user and _git_work_tree(os.getcwd()) and _ignore_in_git(os.getcwd()):
         lines.append(f"Added {CONFIG_NAME} to .gitignore")
@@ -1751,13 +2179,29 @@ def _parse_value(text, force_string):
 
 
 def cmd_memory_set(args, out):
-    record = _client(args).memory.set(args.key, _parse_value(args.value, args.string))
+    record = _client(args).memory.set(args.key, _parse_value(args.value, args.string),
+                                      if_version=args.if_version, if_absent=args.if_absent)
     out.result(record, f"Set {args.key} = {_show_value(record['value'])}")
 
 
 def cmd_memory_get(args, out):
     record = _client(args).memory.record(args.key)
+    record.pop("history", None)
     out.result(record, _show_value(record["value"]))
+
+
+def cmd_memory_incr(args, out):
+    by = _parse_value(args.by, False)
+    record = _client(args).memory.incr(args.key, by)
+    record.pop("history", None)
+    out.result(record, _show_value(record["value"]))
+
+
+def cmd_memory_history(args, out):
+    entries = _client(args).memory.history(args.key)
+    out.result({"key": args.key, "history": entries},
+               *[f"{e.get('revision')}  {e.get('at')}  {e.get('by')}  {_show_value(e.get('value'))}"
+                 for e in entries])
 
 
 def cmd_memory_list(args, out):
@@ -1766,9 +2210,7 @@ def cmd_memory_list(args, out):
 
 
 def cmd_memory_delete(args, out):
-    client = _client(args)
-    client.memory.record(args.key)   # so that deleting a missing key answers "no"
-    client.memory.delete(args.key)
+    _client(args).memory.delete(args.key, if_version=args.if_version)
     out.result({"key": args.key, "deleted": True}, f"Deleted {args.key}")
 
 
@@ -1781,25 +2223,40 @@ def cmd_send(args, out):
 
 
 def cmd_inbox(args, out):
-    messages = _client(args).inbox(delete=args.delete)
+    wait = None if args.wait is None else (True if args.wait == "forever"
+                                          else parse_duration(args.wait))
+    messages = _client(args).inbox(peek=args.peek, everything=args.all, delete=args.delete,
+                                   wait=wait)
     lines = [f"[{m.get('at')}] ({m.get('kind', 'direct')}) {m.get('from')}: {m.get('text')}"
              for m in messages]
     if not messages and not out.as_json:
-        out.note("No messages")
+        out.note("No new messages" if not args.all else "No messages")
     out.result({"messages": messages}, *lines)
 
 
 def cmd_claim(args, out):
     client = _client(args)
-    claim = client.claim(args.step)
-    verb = "Already holding" if claim.get("already_held") else "Claimed"
-    out.result(claim, f"{verb} step {args.step} as {client.agent}")
+    lease = client.claim(args.step, ttl=parse_duration(args.ttl) if args.ttl else None)
+    verb = "Already holding" if lease.get("already_held") else "Claimed"
+    out.result(lease, f"{verb} step {args.step} as {client.agent}")
+
+
+def cmd_renew(args, out):
+    lease = _client(args).renew(args.step, ttl=parse_duration(args.ttl) if args.ttl else None)
+    out.result(lease, f"Renewed step {args.step} for {_duration(lease['expires_in'])}")
+
+
+def cmd_release(args, out):
+    lease = _client(args).release(args.step)
+    out.result(lease, f"Released step {args.step}")
 
 
 def cmd_complete(args, out):
-    status = _client(args).complete(args.step, note=args.note, force=args.force)
-    extra = " (forced)" if status.get("forced") else ""
-    out.result(status, f"Completed step {args.step}{extra}"
+    record = _client(args).complete(args.step, note=args.note, force=args.force,
+                                    status=args.status)
+    verb = {"complete": "Completed", "failed": "Marked failed:", "blocked": "Marked blocked:"}
+    extra = " (forced)" if record.get("forced") else ""
+    out.result(record, f"{verb[args.status]} step {args.step}{extra}"
                + (" with a handoff note" if args.note is not None else ""))
 
 
@@ -1807,9 +2264,16 @@ def cmd_step_status(args, out):
     info = _client(args).step_status(args.step)
     lines = [info["status"]]
     if info["holder"]:
-        lines.append(f"  holder:  {info['holder']} (since {info['claimed_at']})")
-    if info["completed_by"]:
-        lines.append(f"  completed by {info['completed_by']} at {info['completed_at']}")
+        lease = ""
+        if info["lease_left"] is not None:
+            left = info["lease_left"]
+            lease = f", lease {_duration(left)} left" if left > 0 else \
+                f", lease expired {_duration(-left)} ago"
+        lines.append(f"  holder:  {info['holder']} (generation {info['generation']}, since "
+                     f"{info['claimed_at']}{lease})")
+    if info["ended_by"]:
+        lines.append(f"  {info['status']} by {info['ended_by']} at {info['ended_at']}"
+                     + (" (forced)" if info["forced"] else ""))
     if info["note"] is not None:
         lines.append(f"  handoff: {info['note']}")
     out.result(info, *lines)
@@ -1857,18 +2321,58 @@ def cmd_artifact_list(args, out):
 def cmd_agents(args, out):
     agents = _client(args).agents()
     width = max([len(a["agent"]) for a in agents] + [5])
-    lines = [f"{'AGENT':<{width}}  {'STATE':<7}  {'WORKING ON':<20}  LAST SEEN"] if agents else []
+    lines = [f"{'AGENT':<{width}}  {'STATE':<7}  {'LAST SEEN':<9}  HOLDING"] if agents else []
     for a in agents:
-        lines.append(f"{a['agent']:<{width}}  {a['state']:<7}  {(a['working_on'] or '-'):<20}  "
-                     f"{_ago(a['age_seconds'])}")
+        lines.append(f"{a['agent']:<{width}}  {a['state']:<7}  {_ago(a['age_seconds']):<9}  "
+                     + (", ".join(a["holding"]) or "-"))
     if not agents and not out.as_json:
         out.note("No agents yet")
     out.result({"agents": agents}, *lines)
 
 
 def cmd_heartbeat(args, out):
-    record = _client(args).heartbeat()
-    out.result(record, f"Heartbeat recorded for {record['agent']}")
+    record = _client(args).heartbeat(renew=True)
+    held = ", ".join(record.get("holding") or []) or "no steps"
+    out.result(record, f"Heartbeat recorded for {record['agent']} (renewed: {held})")
+
+
+def cmd_doctor(args, out):
+    """Configuration, identity, reachability, credentials, conditional writes, latency, skew."""
+    import statistics
+    checks = []
+    path = getattr(args, "config", None) or find_config()
+    checks.append(("config", bool(path), path or "none found: run `tracecraft init`"))
+    client = None
+    if path:
+        try:
+            client = _client(args)
+            checks.append(("identity", bool(client.agent),
+                           f"agent {client.agent or '(none)'} in project {client.project}"))
+            timings, skews = [], []
+            probe_key = client.key("_probe", "latency.json")
+            client.store.put(probe_key, b"{}", content_type=JSON_TYPE)
+            for _ in range(5):
+                started = time.monotonic()
+                blob = client.store.get(probe_key)
+                timings.append(time.monotonic() - started)
+                if blob.server_time:
+                    skews.append(time.time() - blob.server_time)
+            client.store.delete(probe_key)
+            checks.append(("store", True, f"{client.store.describe()}: reachable, credentials "
+                           f"accepted, read/write ok; median latency "
+                           f"{statistics.median(timings) * 1000:.1f} ms"))
+            if skews:
+                skew = statistics.median(skews)
+                checks.append(("clock", abs(skew) < 30, f"this machine is {abs(skew):.1f} s "
+                               f"{'ahead of' if skew > 0 else 'behind'} the store (leases use "
+                               "the store's clock)"))
+            checks += client.probe()
+        except TracecraftError as exc:
+            checks.append(("store", False, str(exc)))
+    ok = all(passed for _, passed, _ in checks)
+    out.result({"ok": ok, "checks": [{"check": c, "ok": p, "detail": d} for c, p, d in checks]},
+               *[f"{'ok  ' if p else 'FAIL'}  {c}: {d}" for c, p, d in checks])
+    return EXIT_OK if ok else EXIT_STORE
 
 
 def build_parser():
@@ -1920,12 +2424,21 @@ def build_parser():
     p.add_argument("--addressing", choices=("path", "virtual"),
                    help="S3 bucket addressing style (default: path)")
     p.add_argument("--root", help="local store directory (default: $XDG_DATA_HOME/tracecraft)")
+    p.add_argument("--accept-unsafe-store", action="store_true",
+                   help="use a store that ignores conditional writes (DANGEROUS: claims, "
+                        "leases, memory updates and inboxes can then collide)")
     p.add_argument("--user", action="store_true",
                    help=f"write the user config ({user_config_path()}) instead of "
                         f"./{CONFIG_NAME}")
 
-    command("agents", cmd_agents, "List agents: online / idle / offline, what they work on.")
-    command("heartbeat", cmd_heartbeat, "Record that this agent is alive.")
+    command("agents", cmd_agents, "List agents: online / idle / offline, the steps they hold.",
+            epilog=f"online: seen in the last {ONLINE_SECONDS // 60} minutes; idle: in the last "
+                   f"{IDLE_SECONDS // 60}; every command refreshes the heartbeat (at most once "
+                   "a minute).")
+    command("heartbeat", cmd_heartbeat, "Record that this agent is alive and renew its leases.",
+            epilog="run it every few minutes during long work so leases do not expire.")
+    command("doctor", cmd_doctor, "Check config, store, credentials, conditional writes, "
+                                  "latency and clock skew.")
 
     memory = command("memory", None, "Shared key-value memory (values are JSON).")
     memory_commands = memory.add_subparsers(dest="memory_command", metavar="ACTION")
@@ -1937,7 +2450,17 @@ def build_parser():
     p.add_argument("key", help="dotted key, e.g. design.status")
     p.add_argument("value")
     p.add_argument("--string", action="store_true", help="store VALUE as a string, never JSON")
+    p.add_argument("--if-version", metavar="V", help="write only if KEY is still at version V "
+                                                     "(from `memory get --json`)")
+    p.add_argument("--if-absent", action="store_true", help="write only if KEY is unset")
     p = command("get", cmd_memory_get, "Print the value of KEY (exit 1 when unset).",
+                parent=memory_commands)
+    p.add_argument("key")
+    p = command("incr", cmd_memory_incr, "Add N (default 1) to a number atomically; prints it.",
+                parent=memory_commands)
+    p.add_argument("key")
+    p.add_argument("by", nargs="?", default="1", metavar="N")
+    p = command("history", cmd_memory_history, "Show KEY's current and previous values.",
                 parent=memory_commands)
     p.add_argument("key")
     p = command("list", cmd_memory_list, "List keys, optionally under PREFIX (whole segments).",
@@ -1946,29 +2469,52 @@ def build_parser():
     p = command("delete", cmd_memory_delete, "Delete KEY (exit 1 when unset).",
                 parent=memory_commands)
     p.add_argument("key")
+    p.add_argument("--if-version", metavar="V", help="delete only if KEY is still at version V")
 
     p = command("send", cmd_send, "Send a message to an agent, or to _broadcast for everyone.",
                 epilog="MESSAGE may be several words; '-' reads it from standard input.")
     p.add_argument("to", metavar="AGENT")
     p.add_argument("message", nargs="+")
-    p = command("inbox", cmd_inbox, "Show this agent's messages, direct and broadcast, oldest "
-                                    "first.")
-    p.add_argument("--delete", action="store_true", help="delete the direct messages shown")
+    p = command("inbox", cmd_inbox, "Show this agent's unread messages, direct and broadcast, "
+                                    "and mark them read.",
+                epilog="the read position is kept in the store: another machine running the same "
+                       "agent continues where this one left off.")
+    p.add_argument("--all", action="store_true", help="show every message, read or not")
+    p.add_argument("--peek", action="store_true", help="do not mark the messages read")
+    p.add_argument("--delete", action="store_true", help="also delete the direct messages read")
+    p.add_argument("--wait", nargs="?", const="forever", metavar="SECONDS",
+                   help="block until a message arrives (exit 3 after SECONDS)")
 
-    p = command("claim", cmd_claim, "Claim a step; exactly one of many racing agents wins.",
-                epilog="exit 1 (naming the holder) when another agent holds it or it is complete.")
+    p = command("claim", cmd_claim, "Claim a step as a lease; exactly one of many racing agents "
+                                    "wins.",
+                epilog="exit 1 (naming the holder) when another agent holds a live lease or the "
+                       "step has ended. An expired or released lease is taken over, with the "
+                       "next generation number. Renew long work with `renew` or `heartbeat`.")
     p.add_argument("step")
-    p = command("complete", cmd_complete, "Mark a step complete, with a handoff note.")
+    p.add_argument("--ttl", help="lease length, e.g. 90s, 10m, 2h (default: 30m)")
+    p = command("renew", cmd_renew, "Extend this agent's lease on a step.")
     p.add_argument("step")
+    p.add_argument("--ttl", help="new lease length (default: the one it was claimed with)")
+    p = command("release", cmd_release, "Give a lease up so another agent can claim the step.")
+    p.add_argument("step")
+    p = command("complete", cmd_complete, "End a step (complete, failed or blocked), with a "
+                                          "handoff note.",
+                epilog="only the holder of a live lease can end a step; a holder whose lease was "
+                       "taken over is told it lost the step (exit 1).")
+    p.add_argument("step")
+    p.add_argument("--status", choices=ENDED, default="complete",
+                   help="how the step ended (default: complete); wait-for stops on failed or "
+                        "blocked")
     p.add_argument("--note", help="context for the next agent (saved as the step's handoff)")
     p.add_argument("--force", action="store_true",
                    help="complete a step another agent holds (recorded as forced)")
-    p = command("step-status", cmd_step_status, "Show a step's status, holder and handoff note.",
-                epilog="prints pending, in_progress or complete first; exits 0 only when "
-                       "complete.")
+    p = command("step-status", cmd_step_status, "Show a step's status, lease and handoff note.",
+                epilog="prints pending, in_progress, expired, complete, failed or blocked first; "
+                       "exits 0 only when complete.")
     p.add_argument("step")
     p = command("wait-for", cmd_wait_for, "Block until every step is complete.",
-                epilog="exit 3 when the timeout passes, naming the steps still pending.")
+                epilog="exit 1 at once if a step ends failed or blocked; exit 3 when the timeout "
+                       "passes, naming the steps still pending.")
     p.add_argument("steps", nargs="+", metavar="STEP")
     p.add_argument("--timeout", default="300", help="e.g. 30, 90s, 10m (default: 300s)")
 
@@ -2002,6 +2548,13 @@ def main(argv=None):
     out = Output(args.json)
     try:
         code = args.func(args, out)
+        client = getattr(args, "client", None)
+        if client is not None:
+            try:
+                client.touch()   # every command keeps its agent visible, at most once a minute
+            except TracecraftError as exc:
+                client.warn(f"could not refresh the heartbeat: {exc}")
+            client.close()
         sys.stdout.flush()
         return code or EXIT_OK
     except TracecraftError as exc:

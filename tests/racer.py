@@ -5,6 +5,8 @@
         JSON line per round: {"round": r, "won": bool, "holder": text}
     python tests/racer.py incr SETTINGS_JSON AGENT START COUNT
         adds 1 to the object "counter" COUNT times with compare-and-swap, prints the retries
+    python tests/racer.py send SETTINGS_JSON AGENT START COUNT SKEW_SECONDS
+    python tests/racer.py read SETTINGS_JSON AGENT START 0
 """
 import json
 import os
@@ -44,10 +46,38 @@ def incr(client, start, count):
     print(json.dumps({"retries": retries}), flush=True)
 
 
+
+
+def send(client, start, count, skew):
+    """COUNT messages to r1, r2 and _broadcast in turn, stamped by a clock skewed by SKEW s."""
+    client.clock = lambda: time.time() + skew
+    time.sleep(max(0, start - time.time()))
+    for i in range(count):
+        to = ("r1", "r2", "_broadcast")[i % 3]
+        text = f"{client.agent}:{i}"
+        client.send(to, text)
+        print(json.dumps({"to": to, "text": text}), flush=True)
+
+
+def read(client, start, _):
+    """Read until the senders are done and nothing more arrives; print each message's text."""
+    time.sleep(max(0, start - time.time()))
+    quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < 3.0:
+        messages = client.inbox()
+        for m in messages:
+            print(json.dumps(m["text"]), flush=True)
+        if messages:
+            quiet_since = time.monotonic()
+        else:
+            time.sleep(0.05)
+
+
 def main():
-    mode, settings, agent, start, n = sys.argv[1:6]
+    mode, settings, agent, start, n, *extra = sys.argv[1:]
     client = tracecraft.connect(project="race", agent=agent, **json.loads(settings))
-    {"claim": claim, "incr": incr}[mode](client, float(start), int(n))
+    modes = {"claim": claim, "incr": incr, "send": send, "read": read}
+    modes[mode](client, float(start), int(n), *map(float, extra))
 
 
 if __name__ == "__main__":

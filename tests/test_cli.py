@@ -62,7 +62,7 @@ def test_seed_scenario(settings, tmp_path):
 
     agents = designer.ok("agents")
     assert re.search(r"^designer\s+online", agents, re.M)
-    assert re.search(r"^developer\s+online\s+implementation", agents, re.M)
+    assert re.search(r"^developer\s+online\s+\S+ ago\s+implementation$", agents, re.M)
 
 
 def test_json_output_is_one_document(cli):
