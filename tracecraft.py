@@ -1509,10 +1509,15 @@ class Client:
             raise Refused(f"step {step} is already {state} (by {lease.get('ended_by', holder)})")
         live = blob is None or (state == "held" and self._lease_left(lease, blob) > 0)
         if not force and (holder != me or state != "held"):
-            raise LostLease(f"cannot end step {step}: it is held by {holder} (generation "
-                            f"{lease.get('generation', 1)}); only the holder can end it "
-                            "(--force overrides)" if state == "held" else
-                            f"cannot end step {step}: its lease was released; claim it first")
+            generation = lease.get("generation", 1)
+            if state != "held":
+                reason = "its lease was released; claim it first"
+            elif lease.get("previous") == me:
+                reason = f"this agent lost it: {holder} took it over (generation {generation})"
+            else:
+                reason = (f"it is held by {holder} (generation {generation}); only the holder "
+                          "can end it (--force overrides)")
+            raise LostLease(f"cannot end step {step}: {reason}")
         if not force and not live:
             raise LostLease(f"cannot end step {step}: this agent's lease expired "
                             f"{_duration(-self._lease_left(lease, blob))} ago; claim it again")

@@ -5,6 +5,7 @@
         JSON line per round: {"round": r, "won": bool, "holder": text}
     python tests/racer.py incr SETTINGS_JSON AGENT START COUNT
         adds 1 to the object "counter" COUNT times with compare-and-swap, prints the retries
+    python tests/racer.py memincr SETTINGS_JSON AGENT START COUNT
     python tests/racer.py send SETTINGS_JSON AGENT START COUNT SKEW_SECONDS
     python tests/racer.py read SETTINGS_JSON AGENT START 0
 """
@@ -16,7 +17,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tracecraft  # noqa: E402
 
-ROUND_GAP = 0.4
+ROUND_GAP = 0.5
 
 
 def claim(client, start, rounds):
@@ -48,6 +49,14 @@ def incr(client, start, count):
 
 
 
+def memincr(client, start, count):
+    """COUNT atomic increments of memory key "counter"."""
+    time.sleep(max(0, start - time.time()))
+    for _ in range(count):
+        client.memory.incr("counter")
+    print(json.dumps({"done": count}), flush=True)
+
+
 def send(client, start, count, skew):
     """COUNT messages to r1, r2 and _broadcast in turn, stamped by a clock skewed by SKEW s."""
     client.clock = lambda: time.time() + skew
@@ -76,7 +85,7 @@ def read(client, start, _):
 def main():
     mode, settings, agent, start, n, *extra = sys.argv[1:]
     client = tracecraft.connect(project="race", agent=agent, **json.loads(settings))
-    modes = {"claim": claim, "incr": incr, "send": send, "read": read}
+    modes = {"claim": claim, "incr": incr, "memincr": memincr, "send": send, "read": read}
     modes[mode](client, float(start), int(n), *map(float, extra))
 
 

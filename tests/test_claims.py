@@ -1,4 +1,4 @@
-"""Claims under real concurrency: many processes, one winner, on stores that are truly atomic."""
+"""Claims are leases: one winner among racing processes, expiry by the store's clock, fencing."""
 import json
 import subprocess
 import sys
@@ -6,46 +6,145 @@ import time
 
 import pytest
 
-from conftest import REPO
 import tracecraft
+from conftest import REPO
 
-RACERS, ROUNDS = 20, 10
 
-
-def test_one_winner_per_step_among_racing_processes(atomic_settings, client_factory_atomic):
-    client_factory_atomic("warmup")   # creates the bucket before the race starts
-    start = time.time() + 3.0         # time for 20 interpreters to start on 2 cores
+def race(settings, racers, rounds, prepare=None):
+    """Start `racers` processes that claim step-0..step-<rounds-1> together, round by round;
+    returns, per round, the list of winners and the losers' messages."""
+    start = time.time() + 2.0 + racers * 0.06     # time for the interpreters to start on 2 cores
     procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "racer.py"), "claim",
-                               json.dumps(atomic_settings), f"racer{i}", str(start), str(ROUNDS)],
+                               json.dumps(settings), f"racer{i}", str(start), str(rounds)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(RACERS)]
+             for i in range(racers)]
     results = []
     for proc in procs:
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
         results.append([json.loads(line) for line in out.splitlines()])
-    assert all(len(r) == ROUNDS for r in results)
-    for round_ in range(ROUNDS):
-        winners = [f"racer{i}" for i, r in enumerate(results) if r[round_]["won"]]
-        assert len(winners) == 1, f"round {round_}: winners {winners}"
-        holder = client_factory_atomic("observer").step_status(f"step-{round_}")["holder"]
-        assert holder == winners[0]
-        losers = [r[round_]["holder"] for r in results if not r[round_]["won"]]
+    assert all(len(r) == rounds for r in results)
+    return [([f"racer{i}" for i, r in enumerate(results) if r[n]["won"]],
+             [r[n]["holder"] for r in results if not r[n]["won"]]) for n in range(rounds)]
+
+
+def test_fifty_processes_one_winner_twenty_rounds(atomic_settings, client_factory_atomic):
+    observer = client_factory_atomic("observer")
+    for n, (winners, losers) in enumerate(race(atomic_settings, 50, 20)):
+        assert len(winners) == 1, f"round {n}: winners {winners}"
+        status = observer.step_status(f"step-{n}")
+        assert status["holder"] == winners[0] and status["generation"] == 1
         assert all(f"held by {winners[0]}" in text for text in losers)
+
+
+def test_twenty_processes_race_for_expired_leases(atomic_settings, client_factory_atomic):
+    old = client_factory_atomic("old")
+    for n in range(5):
+        old.claim(f"step-{n}", ttl=1)
+    time.sleep(2.2)   # S3 stamps whole seconds: wait past the ttl by the store's clock
+    observer = client_factory_atomic("observer")
+    for n, (winners, _) in enumerate(race(atomic_settings, 20, 5)):
+        assert len(winners) == 1, f"round {n}: takers {winners}"
+        status = observer.step_status(f"step-{n}")
+        assert status["holder"] == winners[0] and status["generation"] == 2
+
+
+def test_taken_over_holder_cannot_renew_complete_or_release(client_factory):
+    alice, bob = client_factory("alice"), client_factory("bob")
+    assert alice.claim("s", ttl=1)["generation"] == 1
+    with pytest.raises(tracecraft.Refused, match="held by alice"):
+        bob.claim("s")
+    time.sleep(2.2)
+    assert bob.claim("s")["generation"] == 2
+    for action in (alice.renew, alice.release, alice.complete):
+        with pytest.raises(tracecraft.LostLease, match="lost"):
+            action("s")
+    info = bob.step_status("s")
+    assert info["status"] == "in_progress" and info["holder"] == "bob"
+    bob.complete("s", note="done by bob")
+    assert bob.step_status("s")["status"] == "complete"
+
+
+def test_expired_but_untaken_lease_cannot_complete_but_can_renew(client_factory):
+    alice = client_factory("alice")
+    alice.claim("s", ttl=1)
+    time.sleep(2.2)
+    assert alice.step_status("s")["status"] == "expired"
+    with pytest.raises(tracecraft.LostLease, match="expired"):
+        alice.complete("s")
+    alice.renew("s", ttl=60)      # nobody took it over: the holder may renew
+    alice.complete("s")
+
+
+def test_renew_keeps_the_lease_alive(client_factory):
+    alice, bob = client_factory("alice"), client_factory("bob")
+    alice.claim("s", ttl=3)
+    time.sleep(1.5)
+    alice.renew("s")
+    time.sleep(2.0)               # past the first ttl, within the renewed one
+    with pytest.raises(tracecraft.Refused, match="held by alice"):
+        bob.claim("s")
+
+
+def test_a_skewed_client_clock_cannot_steal_a_live_lease(client_factory):
+    alice = client_factory("alice")
+    alice.claim("s", ttl=60)
+    thief = client_factory("thief")
+    thief.clock = lambda: time.time() + 7200    # two hours ahead
+    with pytest.raises(tracecraft.Refused, match="held by alice"):
+        thief.claim("s")
+    assert thief.step_status("s")["lease_left"] > 50
+
+
+def test_release_lets_another_agent_claim_with_the_next_generation(client_factory):
+    alice, bob = client_factory("alice"), client_factory("bob")
+    alice.claim("s")
+    alice.release("s")
+    assert alice.step_status("s")["status"] == "pending"
+    assert bob.claim("s")["generation"] == 2
 
 
 def test_claim_again_by_holder_is_idempotent(client_factory):
     alice = client_factory("alice")
     alice.claim("s")
-    assert alice.claim("s")["already_held"] is True
+    again = alice.claim("s")
+    assert again["already_held"] is True and again["generation"] == 1
 
 
-def test_completed_step_cannot_be_claimed(client_factory):
+def test_ended_steps_are_final(client_factory):
     alice, bob = client_factory("alice"), client_factory("bob")
     alice.claim("s")
     alice.complete("s", note="all yours")
     with pytest.raises(tracecraft.Refused, match="already complete"):
         bob.claim("s")
+    with pytest.raises(tracecraft.Refused, match="already complete"):
+        alice.complete("s")
+    with pytest.raises(tracecraft.Refused, match="already complete"):
+        bob.complete("s", force=True)
+
+
+def test_force_is_recorded(client_factory):
+    alice, bob = client_factory("alice"), client_factory("bob")
+    alice.claim("s")
+    with pytest.raises(tracecraft.LostLease, match="held by alice"):
+        bob.complete("s")
+    record = bob.complete("s", force=True, note="alice vanished")
+    assert record["forced"] is True and record["by"] == "bob" and record["holder"] == "alice"
+    info = bob.step_status("s")
+    assert info["forced"] is True and info["ended_by"] == "bob" and info["note"] == "alice vanished"
+
+
+def test_failed_and_blocked_stop_wait_for(client_factory):
+    alice = client_factory("alice")
+    alice.complete("a")
+    alice.claim("b")
+    alice.complete("b", status="failed", note="tests are red")
+    with pytest.raises(tracecraft.StepEnded, match="step b ended failed.*tests are red"):
+        alice.wait_for(["a", "b"], timeout=5)
+    alice.complete("c", status="blocked", note="needs a key")
+    assert alice.step_status("c")["status"] == "blocked"
+    with pytest.raises(tracecraft.StepEnded, match="blocked"):
+        alice.wait_for(["c"], timeout=5)
 
 
 def test_wait_for_returns_statuses(client_factory):
@@ -56,3 +155,20 @@ def test_wait_for_returns_statuses(client_factory):
     assert set(done) == {"a", "b"} and done["a"]["note"] == "n1"
     with pytest.raises(tracecraft.WaitTimeout, match="c"):
         alice.wait_for(["a", "c"], timeout=0.3)
+
+
+def test_heartbeat_renews_every_held_lease(client_factory):
+    alice, bob = client_factory("alice"), client_factory("bob")
+    alice.claim("x", ttl=3)
+    alice.claim("y", ttl=3)
+    time.sleep(1.5)
+    record = alice.heartbeat()
+    assert sorted(record["holding"]) == ["x", "y"]
+    time.sleep(2.0)
+    for step in ("x", "y"):
+        with pytest.raises(tracecraft.Refused, match="held by alice"):
+            bob.claim(step)
+    listed = {a["agent"]: a for a in bob.agents()}
+    assert listed["alice"]["state"] == "online" and sorted(listed["alice"]["holding"]) == ["x", "y"]
+    alice.complete("x")
+    assert {a["agent"]: a for a in bob.agents()}["alice"]["holding"] == ["y"]

@@ -204,3 +204,97 @@ def test_send_reads_stdin_and_joins_words(cli):
     cli.ok("send", "bob", "-", stdin="from stdin\nwith two lines")
     texts = [m["text"] for m in json.loads(cli.ok("inbox", "--json", agent="bob"))["messages"]]
     assert texts == ["several words", "from stdin\nwith two lines"]
+
+
+def test_lease_commands(cli):
+    out = json.loads(cli.ok("claim", "s", "--ttl", "10m", "--json"))
+    assert out["ttl"] == 600 and out["generation"] == 1
+    assert cli.ok("renew", "s", "--ttl", "1h") == "Renewed step s for 1h\n"
+    status = cli("step-status", "s")
+    assert status.returncode == 1
+    assert status.stdout.startswith("in_progress\n") and "generation 1" in status.stdout
+    assert "59m left" in status.stdout or "1h left" in status.stdout
+    lost = cli("renew", "s", agent="bob")
+    assert lost.returncode == 1 and "lost" in lost.stderr
+    assert cli.ok("release", "s") == "Released step s\n"
+    assert cli.ok("claim", "s", agent="bob") == "Claimed step s as bob\n"
+    assert cli("claim", "x", "--ttl", "soon").returncode == 2
+    assert cli("claim", "x", "--ttl", "0").returncode == 2
+
+
+def test_failed_step_stops_wait_for(cli):
+    cli.ok("claim", "build")
+    assert cli.ok("complete", "build", "--status", "failed", "--note", "red") == \
+        "Marked failed: step build with a handoff note\n"
+    result = cli("wait-for", "build", "--timeout", "30")
+    assert result.returncode == 1 and "step build ended failed" in result.stderr
+
+
+def test_memory_commands(cli):
+    assert cli.ok("memory", "incr", "n") == "1\n"
+    assert cli.ok("memory", "incr", "n", "5") == "6\n"
+    version = json.loads(cli.ok("memory", "get", "n", "--json"))["version"]
+    lost = cli("memory", "set", "n", "0", "--if-version", "0" * 32)
+    assert lost.returncode == 1 and version in lost.stderr
+    cli.ok("memory", "set", "n", "7", "--if-version", version)
+    assert cli("memory", "set", "n", "8", "--if-absent").returncode == 1
+    assert cli.ok("memory", "set", "s", "42", "--string", "--json").count('"42"') == 1
+    history = cli.ok("memory", "history", "n")
+    assert [line.split()[0] for line in history.splitlines()] == ["3", "2", "1"]
+    assert cli("memory", "delete", "n", "--if-version", version).returncode == 1
+    assert cli.ok("memory", "delete", "n") == "Deleted n\n"
+    assert cli("memory", "delete", "n").returncode == 1
+
+
+def test_inbox_flags(cli):
+    cli.ok("send", "bob", "one")
+    cli.ok("send", "bob", "two")
+    assert cli.ok("inbox", "--peek", agent="bob").count("designer:") == 2
+    assert cli.ok("inbox", agent="bob").count("designer:") == 2
+    empty = cli("inbox", agent="bob")
+    assert empty.returncode == 0 and empty.stdout == "" and "No new messages" in empty.stderr
+    assert cli.ok("inbox", "--all", agent="bob").count("designer:") == 2
+    waited = cli("inbox", "--wait", "0.5", agent="bob")
+    assert waited.returncode == 3
+    unknown = cli("send", "nobody-yet", "hello")
+    assert unknown.returncode == 0 and "no agent nobody-yet" in unknown.stderr
+
+
+def test_every_command_keeps_the_agent_visible(cli):
+    cli.ok("memory", "set", "k", "v", agent="env-only")
+    agents = json.loads(cli.ok("agents", "--json"))["agents"]
+    assert {"designer", "env-only"} <= {a["agent"] for a in agents}
+    assert all(a["state"] == "online" for a in agents)
+    beat = cli.ok("heartbeat", agent="env-only")
+    assert beat.startswith("Heartbeat recorded for env-only")
+
+
+def test_doctor_on_a_good_store(cli):
+    result = cli("doctor")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for check in ("config", "identity", "store", "create-only writes", "compare-and-swap"):
+        assert check in result.stdout
+    report = json.loads(cli.ok("doctor", "--json"))
+    assert report["ok"] is True and all(c["ok"] for c in report["checks"])
+
+
+def test_a_store_ignoring_conditional_writes_is_refused(moto_server, tmp_path, bucket_name):
+    from fakes import IgnoringConditionsProxy
+    proxy = IgnoringConditionsProxy(moto_server.endpoint)
+    try:
+        runner = CLI(tmp_path, clean_env(tmp_path))
+        args = ["init", "--project", "p", "--agent", "a", "--endpoint", proxy.endpoint,
+                "--bucket", bucket_name, "--access-key", "k", "--secret-key", "s"]
+        refused = runner(*args)
+        assert refused.returncode == 4
+        assert "ignores conditional writes" in refused.stderr
+        assert "create-only writes (If-None-Match)" in refused.stderr
+        assert not (tmp_path / ".tracecraft.json").exists()
+        accepted = runner(*args, "--accept-unsafe-store")
+        assert accepted.returncode == 0 and "WARNING" in accepted.stdout
+        claim = runner("claim", "s")
+        assert claim.returncode == 0 and "not safe" in claim.stderr
+        doctor = runner("doctor")
+        assert doctor.returncode == 4 and "FAIL  create-only writes" in doctor.stdout
+    finally:
+        proxy.stop()

@@ -66,3 +66,56 @@ def test_corrupt_memory_object_is_reported(client_factory, store):
     store.put("proj/memory/bad.json", b"\xff not json")
     with pytest.raises(tracecraft.CorruptObject, match="not valid JSON"):
         tc.memory.get("bad")
+
+
+def test_compare_and_swap_writes(client_factory):
+    alice, bob = client_factory("alice"), client_factory("bob")
+    first = alice.memory.set("plan", "v1", if_absent=True)
+    with pytest.raises(tracecraft.Refused, match=f"already set \\(version {first['version']}"):
+        bob.memory.set("plan", "other", if_absent=True)
+    second = bob.memory.set("plan", "v2", if_version=first["version"])
+    with pytest.raises(tracecraft.Refused, match=f"at version {second['version']}"):
+        alice.memory.set("plan", "v3", if_version=first["version"])
+    assert alice.memory.get("plan") == "v2"
+    with pytest.raises(tracecraft.Refused):
+        alice.memory.delete("plan", if_version=first["version"])
+    alice.memory.delete("plan", if_version=second["version"])
+    assert alice.memory.get("plan", None) is None
+    with pytest.raises(tracecraft.Refused, match="unset"):
+        alice.memory.set("plan", "v4", if_version=second["version"])
+
+
+def test_incr_and_history(client_factory):
+    alice = client_factory("alice")
+    assert alice.memory.incr("n")["value"] == 1
+    assert alice.memory.incr("n", 41)["value"] == 42
+    assert alice.memory.incr("n", -0.5)["value"] == 41.5
+    alice.memory.set("s", "text")
+    with pytest.raises(tracecraft.UsageError, match="not a number"):
+        alice.memory.incr("s")
+    history = alice.memory.history("n")
+    assert [h["value"] for h in history] == [41.5, 42, 1]
+    assert [h["revision"] for h in history] == [3, 2, 1]
+    for i in range(30):
+        alice.memory.set("many", i)
+    kept = alice.memory.history("many")
+    assert [h["value"] for h in kept] == list(range(29, 29 - 1 - tracecraft.HISTORY_LIMIT, -1))
+
+
+def test_eight_processes_fifty_increments_each(atomic_settings, client_factory_atomic):
+    import json
+    import subprocess
+    import sys
+    import time
+    from conftest import REPO
+    observer = client_factory_atomic("observer")
+    start = time.time() + 2.0
+    procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "racer.py"), "memincr",
+                               json.dumps(atomic_settings), f"w{i}", str(start), "50"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(8)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    assert observer.memory.get("counter") == 400
+    assert observer.memory.record("counter")["revision"] == 400
