@@ -1309,6 +1309,9 @@ class Client:
         messages read (the newest one stays, as the log's tail); `wait` (seconds, or True for
         no limit) blocks until at least one unread message arrives."""
         me = self.me()
+        if delete and (peek or everything):
+            raise UsageError("--delete removes messages as it reads them: it cannot be combined "
+                             "with --peek or --all")
         deadline = None if wait in (None, True, False) else time.monotonic() + wait
         interval = 0.1
         while True:

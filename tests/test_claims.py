@@ -78,10 +78,12 @@ def test_expired_but_untaken_lease_cannot_complete_but_can_renew(client_factory)
 
 def test_renew_keeps_the_lease_alive(client_factory):
     alice, bob = client_factory("alice"), client_factory("bob")
-    alice.claim("s", ttl=3)
-    time.sleep(1.5)
+    # S3 stamps whole seconds, so a write may look up to 1 s older than it is: check at t=5,
+    # past the first lease (ends by t=4) and inside the renewed one (ends at t=6, or t=7).
+    alice.claim("s", ttl=4)
+    time.sleep(3)
     alice.renew("s")
-    time.sleep(2.0)               # past the first ttl, within the renewed one
+    time.sleep(2)
     with pytest.raises(tracecraft.Refused, match="held by alice"):
         bob.claim("s")
 
@@ -153,18 +155,21 @@ def test_wait_for_returns_statuses(client_factory):
     alice.complete("b")
     done = alice.wait_for(["a", "b", "a"], timeout=1)
     assert set(done) == {"a", "b"} and done["a"]["note"] == "n1"
-    with pytest.raises(tracecraft.WaitTimeout, match="c"):
-        alice.wait_for(["a", "c"], timeout=0.3)
+    for timeout in (0.3, 1.0):
+        started = time.monotonic()
+        with pytest.raises(tracecraft.WaitTimeout, match="waiting for: c"):
+            alice.wait_for(["a", "c"], timeout=timeout)
+        assert timeout <= time.monotonic() - started < timeout + 0.5
 
 
 def test_heartbeat_renews_every_held_lease(client_factory):
     alice, bob = client_factory("alice"), client_factory("bob")
-    alice.claim("x", ttl=3)
-    alice.claim("y", ttl=3)
-    time.sleep(1.5)
+    alice.claim("x", ttl=4)
+    alice.claim("y", ttl=4)
+    time.sleep(3)
     record = alice.heartbeat()
     assert sorted(record["holding"]) == ["x", "y"]
-    time.sleep(2.0)
+    time.sleep(2)                 # past the first leases, inside the renewed ones
     for step in ("x", "y"):
         with pytest.raises(tracecraft.Refused, match="held by alice"):
             bob.claim(step)

@@ -97,19 +97,7 @@ def test_exit_codes(cli):
     elapsed = time.monotonic() - started
     assert timed_out.returncode == 3 and "still" not in timed_out.stdout
     assert "waiting for: s" in timed_out.stderr
-    assert elapsed < 1 + 0.5 + 1.5   # the timeout, its half-second slack, and process start-up
-
-
-def test_wait_for_honours_timeout_closely(cli):
-    started = time.monotonic()
-    result = cli("wait-for", "x", "y", "--timeout", "2")
-    elapsed = time.monotonic() - started
-    assert result.returncode == 3
-    # Process start-up is measured separately: --version runs the same interpreter start.
-    t0 = time.monotonic()
-    cli.ok("--version")
-    startup = time.monotonic() - t0
-    assert elapsed - startup < 2 + 0.5
+    assert 1 <= elapsed < 1 + 3      # the close bound is tested in-process (test_claims.py)
 
 
 def test_complete_rules(cli):
