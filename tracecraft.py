@@ -624,16 +624,22 @@ class LocalStore(Store):
                     if (key + "/").startswith(prefix) or prefix.startswith(key + "/"):
                         walk(entry.path, key + "/")
                 elif key.startswith(prefix) and (start_after is None or key > start_after):
-                    try:
-                        stat = entry.stat()
-                    except FileNotFoundError:
-                        continue
-                    found.append(Entry(key, stat.st_size, stat.st_mtime))
+                    found.append((key, entry.path))
 
         walk(self._path(base) if base else self.dir, base + "/" if base else "")
         # Python orders str by code point, which is exactly the UTF-8 byte order S3 lists in.
-        found.sort(key=lambda e: e.key)
-        return iter(found[:limit])
+        found.sort()
+        return self._entries(found[:limit])
+
+    @staticmethod
+    def _entries(found):
+        """Stat lazily: a caller that stops early (at a cursor, say) pays only for what it read."""
+        for key, path in found:
+            try:
+                stat = os.stat(path)
+            except FileNotFoundError:
+                continue
+            yield Entry(key, stat.st_size, stat.st_mtime)
 
     def ensure_bucket(self):
         created = not os.path.isdir(self.dir)
@@ -1106,7 +1112,7 @@ ENDED = ("complete", "failed", "blocked")
 HISTORY_LIMIT, HISTORY_BYTES = 10, 64 * 1024
 LOG_WIDTH = 12          # message numbers are stored inverted, so a listing starts at the newest
 LOG_TOP = 10 ** LOG_WIDTH
-CAS_ATTEMPTS = 50
+CONTENTION_SECONDS = 30.0  # how long a compare-and-swap loop keeps trying before it gives up
 _KEEP = object()
 
 
@@ -1128,9 +1134,20 @@ def _quoted(version):
     return version if version.startswith('"') else f'"{version}"'
 
 
-def _pause(attempt):
+def _retries(what):
+    """Attempt numbers for a compare-and-swap loop, which returns from inside on success.
+    Between attempts it sleeps a random, growing pause (so that racers spread out and none
+    starves); after CONTENTION_SECONDS it gives up with a StoreError naming `what`."""
     import random
-    time.sleep(random.uniform(0, min(0.2, 0.002 * 2 ** attempt)))
+    deadline = time.monotonic() + CONTENTION_SECONDS
+    attempt = 0
+    while True:
+        yield attempt
+        attempt += 1
+        if time.monotonic() > deadline:
+            raise StoreError(f"{what} is contended: gave up after {attempt} attempts in "
+                             f"{CONTENTION_SECONDS:g} s")
+        time.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** attempt)))
 
 
 class Client:
@@ -1214,7 +1231,7 @@ class Client:
     def update(self, key, change, create=True):
         """Read-modify-write with compare-and-swap until it sticks: `change(record or None)`
         returns the new record (or raises).  Returns (new record, its ETag)."""
-        for attempt in range(CAS_ATTEMPTS):
+        for _ in _retries(key):
             got = self.read(key, missing_ok=True)
             if got is None and not create:
                 raise NotFound(f"no object {key}")
@@ -1225,8 +1242,7 @@ class Client:
                 new.pop("nonce", None)
                 return new, etag
             except (PreconditionFailed, ConditionalConflict, NoSuchKey):
-                _pause(attempt)
-        raise StoreError(f"{key} is changing too fast: gave up after {CAS_ATTEMPTS} attempts")
+                continue
 
     # -- messages: one numbered log per inbox ---------------------------------------------------------
     #
@@ -1251,8 +1267,12 @@ class Client:
                 return n
         return 0
 
-    def _log_since(self, log, after):
-        """Entries of a log numbered above `after`, oldest first: [(n, entry)]."""
+    def _log_since(self, log, after, contiguous=True):
+        """Entries of a log numbered above `after`, oldest first: [(n, entry)].
+
+        Numbers are taken in order, so a gap means a message not yet visible in the listing
+        (a directory read while files are being added, an eventually consistent store): with
+        `contiguous`, stop before the first gap so the cursor can never pass a message."""
         found = []
         for entry in self.store.list(self.key("messages", log) + "/"):
             n = self._log_number(entry.key)
@@ -1262,6 +1282,10 @@ class Client:
                 break
             found.append((n, entry))
         found.reverse()
+        if contiguous:
+            for i, (n, _) in enumerate(found):
+                if n != after + 1 + i:
+                    return found[:i]
         return found
 
     def send(self, to, text):
@@ -1278,19 +1302,17 @@ class Client:
             if n == 0 and to != BROADCAST and not self._exists(self.key("agents", to + ".json")):
                 self.warn(f"no agent {to} has been seen in project {self.project} yet; the "
                           "message waits in its inbox")
-        for attempt in range(CAS_ATTEMPTS):
+        for _ in _retries(f"the inbox of {to}"):
             message = self.record(**{"from": sender}, to=to, seq=n + 1,
                                   kind="broadcast" if to == BROADCAST else "direct", text=text)
             try:
                 self.write(self._log_key(to, n + 1), message, create_only=True)
             except (PreconditionFailed, ConditionalConflict):
                 n = max(n + 1, self._log_tail(to))
-                _pause(attempt)
                 continue
             message.pop("nonce", None)
             self._log_tails[to] = n + 1
             return message
-        raise StoreError(f"could not append to {to}'s inbox after {CAS_ATTEMPTS} attempts")
 
     def _exists(self, key):
         try:
@@ -1326,12 +1348,13 @@ class Client:
 
     def _read_inbox(self, me, peek, everything, delete):
         cursor_key = self.key("cursors", me + ".json")
-        for attempt in range(CAS_ATTEMPTS):
+        for _ in _retries(f"the inbox of {me}"):
             got = self.read(cursor_key, missing_ok=True)
             cursor = got[0] if got else {"direct": 0, "broadcast": 0}
             start = {"direct": 0, "broadcast": 0} if everything else cursor
-            logs = {"direct": self._log_since(me, int(start.get("direct", 0))),
-                    "broadcast": self._log_since(BROADCAST, int(start.get("broadcast", 0)))}
+            logs = {kind: self._log_since(me if kind == "direct" else BROADCAST,
+                                          int(start.get(kind, 0)), contiguous=not everything)
+                    for kind in ("direct", "broadcast")}
             if not any(logs.values()):
                 return []
             if not (peek or everything):
@@ -1342,7 +1365,6 @@ class Client:
                     self.write(cursor_key, moved, create_only=got is None,
                                if_match=got[1].etag if got else None)
                 except (PreconditionFailed, ConditionalConflict):
-                    _pause(attempt)
                     continue   # another reader took these; start again from its position
             messages = self._merge(logs, me)
             if delete and logs["direct"]:
@@ -1351,7 +1373,6 @@ class Client:
                     if n != newest:
                         self.store.delete(entry.key)
             return messages
-        raise StoreError(f"the inbox of {me} is contended: gave up after {CAS_ATTEMPTS} attempts")
 
     def _merge(self, logs, me):
         """Fetch and merge the two logs: by the store's Last-Modified, then kind, then number."""
@@ -1413,7 +1434,7 @@ class Client:
             return self._claimed(step, lease)
         except PreconditionFailed:
             pass
-        for attempt in range(CAS_ATTEMPTS):
+        for _ in _retries(f"step {step}"):
             got = self.read(key, missing_ok=True)
             if got is None:
                 try:
@@ -1437,8 +1458,7 @@ class Client:
                 self.write(key, taken, create_only=False, if_match=blob.etag)
                 return self._claimed(step, taken)
             except (PreconditionFailed, ConditionalConflict, NoSuchKey):
-                _pause(attempt)
-        raise Refused(f"step {step} is contended: could not claim it")
+                continue
 
     def _claimed(self, step, lease):
         lease.pop("nonce", None)
