@@ -49,8 +49,11 @@ EXIT_BUG = 70     # an internal error: a bug in tracecraft (EX_SOFTWARE)
 
 
 class TracecraftError(Exception):
-    """Base of every error tracecraft reports.  `exit_code` is what the command line exits with."""
+    """Base of every error tracecraft reports.  `exit_code` is what the command line exits with;
+    `retried` is true when the failed request had been sent before (so a conditional write may
+    in fact have succeeded then)."""
     exit_code = EXIT_STORE
+    retried = False
 
 
 class UsageError(TracecraftError):
@@ -86,10 +89,7 @@ class NoSuchKey(NotFound):
 
 
 class PreconditionFailed(Refused):
-    """A conditional write lost: the key exists (create-only) or its ETag changed (if-match).
-
-    `retried` is true when the request had been sent before, so the object may be our own write."""
-    retried = False
+    """A conditional write lost: the key exists (create-only) or its ETag changed (if-match)."""
 
 
 class ConditionalConflict(Refused):
@@ -298,17 +298,25 @@ def _retry_settings():
     def number(name, default, kind):
         raw = os.environ.get(name)
         try:
-            return kind(raw) if raw else default
+            value = kind(raw) if raw else default
         except ValueError:
-            raise ConfigError(f"{name}={raw!r} is not a number") from None
-    return number("TRACECRAFT_MAX_ATTEMPTS", 4, int), number("TRACECRAFT_TIMEOUT", 30.0, float)
+            value = 0
+        if value <= 0:
+            raise ConfigError(f"{name}={raw!r} is not a positive number")
+        return value
+    return number("TRACECRAFT_MAX_ATTEMPTS", 5, int), number("TRACECRAFT_TIMEOUT", 30.0, float)
+
+
+ATTEMPT_TIMEOUT = 10.0   # seconds one socket operation may block, within the request's deadline
 
 
 class Transport:
     """One kept-alive HTTP(S) connection to one host, and the one retry policy.
 
     Connection errors, timeouts and 429/5xx answers are retried with exponential backoff and full
-    jitter, at most `max_attempts` times; every other answer is returned to the caller."""
+    jitter, at most `max_attempts` times and within `timeout` seconds in all (defaults from
+    TRACECRAFT_MAX_ATTEMPTS and TRACECRAFT_TIMEOUT); every other answer, 4xx errors included,
+    is returned to the caller at once."""
 
     def __init__(self, scheme, host, port, timeout=None, max_attempts=None, verify=True):
         default_attempts, default_timeout = _retry_settings()
@@ -318,7 +326,7 @@ class Transport:
         self.verify = verify
         self._conn = None
 
-    def _connection(self):
+    def _connection(self, timeout):
         if self._conn is None:
             import http.client
             if self.scheme == "https":
@@ -327,10 +335,13 @@ class Transport:
                 if not self.verify:
                     context.check_hostname = False
                     context.verify_mode = ssl.CERT_NONE
-                self._conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
+                self._conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout,
                                                          context=context)
             else:
-                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        elif self._conn.sock is not None:
+            self._conn.sock.settimeout(timeout)
+        self._conn.timeout = timeout
         return self._conn
 
     def close(self):
@@ -346,14 +357,20 @@ class Transport:
         caller whether a conditional write may have reached the store before."""
         import http.client
         import random
-        last_error = None
-        for attempt in range(1, self.max_attempts + 1):
+        started = time.monotonic()
+        deadline = started + self.timeout
+        last_error, attempt = None, 0
+        while attempt < self.max_attempts:
+            attempt += 1
             if attempt > 1:
-                time.sleep(random.uniform(0, min(2.0, 0.1 * 2 ** (attempt - 1))))
+                pause = random.uniform(0, min(2.0, 0.1 * 2 ** (attempt - 1)))
+                if time.monotonic() + pause >= deadline:
+                    break
+                time.sleep(pause)
             if hasattr(body, "seek"):
                 body.seek(0)
             try:
-                conn = self._connection()
+                conn = self._connection(max(0.05, min(ATTEMPT_TIMEOUT, deadline - time.monotonic())))
                 conn.request(method, target, body=body, headers=make_headers())
                 resp = conn.getresponse()
                 headers = {k.lower(): v for k, v in resp.getheaders()}
@@ -375,9 +392,8 @@ class Transport:
                 self.close()
                 last_error = _describe_network_error(exc)
         raise Unreachable(f"cannot reach the store at {self.scheme}://{self.host}:{self.port} "
-                          f"({last_error}, {self.max_attempts} attempts): check the endpoint, "
-                          "the network and that the server is running")
-
+                          f"({last_error}; {attempt} attempts in {time.monotonic() - started:.1f} s):"
+                          " check the endpoint, the network and that the server is running")
 
 
 def _describe_network_error(exc):
@@ -413,11 +429,12 @@ def _copy_stream(source, target, total, progress, chunk=1 << 20):
 class Blob:
     """An object read from a store: its bytes (None for head, or when streamed to a file), its
     ETag, its Last-Modified time and the store's own clock at the time of the answer (epoch s)."""
-    __slots__ = ("key", "body", "etag", "size", "last_modified", "server_time")
+    __slots__ = ("key", "body", "etag", "size", "last_modified", "server_time", "chain")
 
     def __init__(self, key, body, etag, size, last_modified=None, server_time=None):
         self.key, self.body, self.etag, self.size = key, body, etag, size
         self.last_modified, self.server_time = last_modified, server_time
+        self.chain = None   # nonces of the last conditional writes (see Client.write)
 
 
 class Entry:
@@ -796,6 +813,11 @@ class S3Store(Store):
         return resp
 
     def _error(self, resp, method, key):
+        error = self._classify(resp, method, key)
+        error.retried = resp.attempts > 1
+        return error
+
+    def _classify(self, resp, method, key):
         code = _xml_field(resp.body, "Code")
         message = _xml_field(resp.body, "Message")
         what = f"{key}" if key else f"bucket {self.bucket}"
@@ -806,9 +828,7 @@ class S3Store(Store):
         if code == "NoSuchKey" or status == 404:
             return NoSuchKey(f"no object {what}")
         if status == 412 or code == "PreconditionFailed":
-            err = PreconditionFailed(f"{what}: precondition failed")
-            err.retried = resp.attempts > 1
-            return err
+            return PreconditionFailed(f"{what}: precondition failed")
         if status == 409 and code in ("ConditionalRequestConflict", "OperationAborted", ""):
             return ConditionalConflict(f"{what}: a concurrent conditional write finished first")
         if code in ("SignatureDoesNotMatch", "InvalidAccessKeyId", "AuthorizationHeaderMalformed"):
@@ -855,9 +875,21 @@ class S3Store(Store):
         headers = [("if-match", if_match)] if if_match else []
         try:
             self.request("DELETE", key, headers=headers)
-        except NoSuchKey:
-            if if_match:
+        except NoSuchKey as exc:
+            if if_match and not exc.retried:
                 raise PreconditionFailed(f"{key} is gone") from None
+        except PreconditionFailed as exc:
+            # A retried conditional delete whose first attempt went through finds nothing to
+            # match; the object is gone either way, which is what was asked.
+            if not (exc.retried and not self._exists(key)):
+                raise
+
+    def _exists(self, key):
+        try:
+            self.head(key)
+            return True
+        except NoSuchKey:
+            return False
 
     def list(self, prefix="", start_after=None, limit=None):
         import xml.etree.ElementTree as ET
@@ -1002,6 +1034,39 @@ def load_config(path):
     return config
 
 
+def config_warnings(settings):
+    """What a user should hear about the settings in force: secrets readable by others,
+    unencrypted or unverified connections."""
+    from urllib.parse import urlsplit
+    warnings = []
+    path = settings.get("_path")
+    if path and settings.get("secret_key") and os.name == "posix":
+        mode = os.stat(path).st_mode & 0o777
+        if mode & 0o077:
+            warnings.append(f"{path} holds a secret key and is readable by others (mode "
+                            f"{mode:o}): run `chmod 600 {path}`")
+    endpoint = settings.get("endpoint") or ""
+    if settings.get("backend") in ("s3", "hf") and endpoint.startswith("http://"):
+        host = urlsplit(endpoint).hostname or ""
+        if not _is_loopback(host):
+            warnings.append(f"{endpoint} is plain http: requests, signatures and data cross the "
+                            "network unencrypted; use https")
+    if settings.get("insecure"):
+        warnings.append("TLS certificate verification is off (--insecure): anyone on the path "
+                        "can impersonate the store")
+    return warnings
+
+
+def _is_loopback(host):
+    import ipaddress
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def write_config(path, config):
     """Write the config with mode 0600: it may hold a secret key."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -1112,6 +1177,7 @@ ENDED = ("complete", "failed", "blocked")
 HISTORY_LIMIT, HISTORY_BYTES = 10, 64 * 1024
 LOG_WIDTH = 12          # message numbers are stored inverted, so a listing starts at the newest
 LOG_TOP = 10 ** LOG_WIDTH
+RECENT_WRITES = 16        # nonces a record keeps, to recognise a retried write that won
 CONTENTION_SECONDS = 30.0  # how long a compare-and-swap loop keeps trying before it gives up
 _KEEP = object()
 
@@ -1150,6 +1216,17 @@ def _retries(what):
         time.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** attempt)))
 
 
+def _field(record, name, kind, default, where):
+    """A field of a record read from the store, checked: objects written by hand or by another
+    tool must be reported as corrupt, never crash a command."""
+    value = record.get(name, default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise CorruptObject(f"{where} is not a tracecraft record: its {name!r} is {value!r:.40}")
+    return value
+
+
 class Client:
     """One agent's handle on one project.  Every method is a few requests to the store."""
 
@@ -1162,6 +1239,7 @@ class Client:
         self.artifacts = Artifacts(self)
         self.warn = lambda message: None   # the CLI prints these; a library user may set it
         self.unsafe_store = False          # set when init accepted a store failing the probe
+        self.notes = []                    # warnings about the settings, from connect()
         self._log_tails = {}
 
     def __repr__(self):
@@ -1195,24 +1273,35 @@ class Client:
         fields.setdefault("at", self.now())
         return fields
 
-    def write(self, key, record, create_only=False, if_match=None):
-        """Store a record.  Conditional writes carry a nonce, so that a retried write which in
-        fact succeeded the first time is recognised as ours instead of reported as lost."""
-        if create_only or if_match:
-            record["nonce"] = os.urandom(8).hex()
+    def write(self, key, record, create_only=False, replacing=None):
+        """Store a record: plainly, create-only, or replacing the version `replacing` (a Blob
+        from read()) by compare-and-swap.  Returns the new ETag.
+
+        A conditional write whose response is lost may have succeeded, and its retry then loses
+        to itself.  So every conditional write carries a nonce, and a record also keeps the nonces
+        of the last few writes before it ("recent"): a retried write that answers "precondition
+        failed" is read back, and it won if its nonce is there, even if others wrote since."""
+        if create_only or replacing is not None:
+            nonce = os.urandom(8).hex()
+            chain = (replacing.chain or []) if replacing is not None else []
+            record = dict(record, nonce=nonce, recent=([nonce] + chain)[:RECENT_WRITES])
         body = json.dumps(record, ensure_ascii=False, indent=1).encode("utf-8")
         try:
-            return self.store.put(key, body, if_none_match=create_only, if_match=if_match,
+            return self.store.put(key, body, if_none_match=create_only,
+                                  if_match=replacing.etag if replacing is not None else None,
                                   content_type=JSON_TYPE)
-        except PreconditionFailed as exc:
+        except (PreconditionFailed, NoSuchKey) as exc:
             if exc.retried:
                 current = self.read(key, missing_ok=True)
-                if current and current[0].get("nonce") == record["nonce"]:
+                if current and record["nonce"] in (current[1].chain or []):
                     return current[1].etag
+            if isinstance(exc, NoSuchKey):
+                raise PreconditionFailed(f"{key} is gone") from None
             raise
 
     def read(self, key, missing_ok=False):
-        """(record, blob) for a JSON object, or None when missing and `missing_ok`."""
+        """(record, blob) for a JSON object, or None when missing and `missing_ok`.  The
+        bookkeeping of conditional writes moves from the record to `blob.chain`."""
         try:
             blob = self.store.get(key)
         except NoSuchKey:
@@ -1225,7 +1314,9 @@ class Client:
             raise CorruptObject(f"object {key} is not valid JSON (written by another tool?)") from None
         if not isinstance(record, dict):
             raise CorruptObject(f"object {key} is not a JSON object")
-        record.pop("nonce", None)
+        nonce, recent = record.pop("nonce", None), record.pop("recent", None)
+        blob.chain = [n for n in recent if isinstance(n, str)] if isinstance(recent, list) \
+            else [nonce] if nonce else []
         return record, blob
 
     def update(self, key, change, create=True):
@@ -1237,11 +1328,9 @@ class Client:
                 raise NotFound(f"no object {key}")
             new = change(got[0] if got else None)
             try:
-                etag = self.write(key, new, create_only=got is None,
-                                  if_match=got[1].etag if got else None)
-                new.pop("nonce", None)
-                return new, etag
-            except (PreconditionFailed, ConditionalConflict, NoSuchKey):
+                return new, self.write(key, new, create_only=got is None,
+                                       replacing=got[1] if got else None)
+            except (PreconditionFailed, ConditionalConflict):
                 continue
 
     # -- messages: one numbered log per inbox ---------------------------------------------------------
@@ -1310,7 +1399,6 @@ class Client:
             except (PreconditionFailed, ConditionalConflict):
                 n = max(n + 1, self._log_tail(to))
                 continue
-            message.pop("nonce", None)
             self._log_tails[to] = n + 1
             return message
 
@@ -1350,20 +1438,20 @@ class Client:
         cursor_key = self.key("cursors", me + ".json")
         for _ in _retries(f"the inbox of {me}"):
             got = self.read(cursor_key, missing_ok=True)
-            cursor = got[0] if got else {"direct": 0, "broadcast": 0}
+            cursor = {kind: _field(got[0], kind, int, 0, f"cursor {cursor_key}") if got else 0
+                      for kind in ("direct", "broadcast")}
             start = {"direct": 0, "broadcast": 0} if everything else cursor
-            logs = {kind: self._log_since(me if kind == "direct" else BROADCAST,
-                                          int(start.get(kind, 0)), contiguous=not everything)
+            logs = {kind: self._log_since(me if kind == "direct" else BROADCAST, start[kind],
+                                          contiguous=not everything)
                     for kind in ("direct", "broadcast")}
             if not any(logs.values()):
                 return []
             if not (peek or everything):
-                moved = self.record(direct=max([cursor.get("direct", 0)] + [n for n, _ in logs["direct"]]),
-                                    broadcast=max([cursor.get("broadcast", 0)]
-                                                  + [n for n, _ in logs["broadcast"]]))
+                moved = self.record(**{kind: max([cursor[kind]] + [n for n, _ in logs[kind]])
+                                       for kind in logs})
                 try:
                     self.write(cursor_key, moved, create_only=got is None,
-                               if_match=got[1].etag if got else None)
+                               replacing=got[1] if got else None)
                 except (PreconditionFailed, ConditionalConflict):
                     continue   # another reader took these; start again from its position
             messages = self._merge(logs, me)
@@ -1414,7 +1502,7 @@ class Client:
         so that a client with a skewed clock can neither steal a live lease nor keep a dead one."""
         now = blob.server_time if blob.server_time is not None else time.time()
         written = blob.last_modified if blob.last_modified is not None else now
-        return written + float(lease.get("ttl", DEFAULT_TTL)) - now
+        return written + _field(lease, "ttl", float, DEFAULT_TTL, f"lease {blob.key}") - now
 
     def claim(self, step, ttl=None):
         """Claim a step as a lease of `ttl` seconds (default 30 minutes).
@@ -1452,16 +1540,16 @@ class Client:
                     return dict(current, already_held=True, expires_in=left)
                 raise Refused(f"step {step} is held by {holder} (generation "
                               f"{current.get('generation', 1)}, lease ends in {_duration(left)})")
-            taken = self.record(step=step, agent=me, generation=int(current.get("generation", 1)) + 1,
-                                ttl=ttl, state="held", previous=holder)
+            generation = _field(current, "generation", int, 1, f"lease {key}") + 1
+            taken = self.record(step=step, agent=me, generation=generation, ttl=ttl,
+                                state="held", previous=holder)
             try:
-                self.write(key, taken, create_only=False, if_match=blob.etag)
+                self.write(key, taken, replacing=blob)
                 return self._claimed(step, taken)
             except (PreconditionFailed, ConditionalConflict, NoSuchKey):
                 continue
 
     def _claimed(self, step, lease):
-        lease.pop("nonce", None)
         self._holding(add=step)
         return dict(lease, expires_in=lease["ttl"])
 
@@ -1485,14 +1573,14 @@ class Client:
     def renew(self, step, ttl=None):
         """Extend this agent's lease on a step by its ttl (or a new one) from now."""
         lease, blob = self._own_lease(step, "renew")
-        renewed = dict(lease, ttl=float(lease.get("ttl", DEFAULT_TTL) if ttl is None else ttl),
-                       renewed_at=self.now())
+        if ttl is None:
+            ttl = _field(lease, "ttl", float, DEFAULT_TTL, f"lease of step {step}")
+        renewed = dict(lease, ttl=float(ttl), renewed_at=self.now())
         try:
-            self.write(self._step_key(step, "claim"), renewed, if_match=blob.etag)
+            self.write(self._step_key(step, "claim"), renewed, replacing=blob)
         except (PreconditionFailed, ConditionalConflict, NoSuchKey):
             raise LostLease(f"cannot renew step {step}: the lease changed while renewing "
                             "(taken over?)") from None
-        renewed.pop("nonce", None)
         return dict(renewed, expires_in=renewed["ttl"])
 
     def release(self, step):
@@ -1500,11 +1588,10 @@ class Client:
         lease, blob = self._own_lease(step, "release")
         released = dict(lease, state="released", released_at=self.now())
         try:
-            self.write(self._step_key(step, "claim"), released, if_match=blob.etag)
+            self.write(self._step_key(step, "claim"), released, replacing=blob)
         except (PreconditionFailed, ConditionalConflict, NoSuchKey):
             raise LostLease(f"cannot release step {step}: the lease changed (taken over?)") from None
         self._holding(remove=step)
-        released.pop("nonce", None)
         return released
 
     def complete(self, step, note=None, force=False, status="complete"):
@@ -1550,7 +1637,7 @@ class Client:
             if blob is None:
                 self.write(key, ended, create_only=True)
             else:
-                self.write(key, ended, if_match=blob.etag)
+                self.write(key, ended, replacing=blob)
         except (PreconditionFailed, ConditionalConflict, NoSuchKey):
             raise LostLease(f"cannot end step {step}: the lease changed meanwhile "
                             "(taken over or ended by another agent)") from None
@@ -1711,7 +1798,11 @@ class Client:
         key = self.key("_probe", os.urandom(8).hex() + ".json")
         checks = []
         try:
-            self.store.put(key, b'{"probe": 1}', if_none_match=True, content_type=JSON_TYPE)
+            try:
+                self.store.put(key, b'{"probe": 1}', if_none_match=True, content_type=JSON_TYPE)
+            except PreconditionFailed as exc:
+                if not exc.retried:   # a fresh random key: only our own lost answer can exist
+                    raise
             try:
                 self.store.put(key, b'{"probe": 2}', if_none_match=True, content_type=JSON_TYPE)
                 checks.append(("create-only writes (If-None-Match)", False,
@@ -1757,11 +1848,12 @@ class Memory:
         record = self.client.record(key=key, value=value, revision=1, history=[])
         if old is not None:
             previous = {k: old.get(k) for k in ("value", "by", "at", "revision")}
-            history = [previous] + list(old.get("history") or [])
+            history = [previous] + _field(old, "history", list, [], f"memory key {key}")
             while len(history) > HISTORY_LIMIT or (
                     len(history) > 1 and len(json.dumps(history, ensure_ascii=False)) > HISTORY_BYTES):
                 history.pop()
-            record.update(revision=int(old.get("revision") or 0) + 1, history=history)
+            record.update(revision=_field(old, "revision", int, 0, f"memory key {key}") + 1,
+                          history=history)
         return record
 
     def set(self, key, value, if_version=None, if_absent=False):
@@ -1778,7 +1870,6 @@ class Memory:
             except PreconditionFailed:
                 raise Refused(f"memory key {key} is already set (version "
                               f"{self._current_version(key)})") from None
-            record.pop("nonce", None)
             return dict(record, version=_version(etag))
         if if_version is not None:
             got = self.client.read(path, missing_ok=True)
@@ -1788,11 +1879,10 @@ class Memory:
                               f"not {_version(_quoted(if_version))}")
             record = self._next(key, got[0], value)
             try:
-                etag = self.client.write(path, record, if_match=got[1].etag)
+                etag = self.client.write(path, record, replacing=got[1])
             except (PreconditionFailed, ConditionalConflict, NoSuchKey):
                 raise Refused(f"memory key {key} changed meanwhile (version is now "
                               f"{self._current_version(key)})") from None
-            record.pop("nonce", None)
             return dict(record, version=_version(etag))
         record, etag = self.client.update(path, lambda old: self._next(key, old, value))
         return dict(record, version=_version(etag))
@@ -1923,8 +2013,11 @@ class Artifacts:
         got = None
         try:
             got = self.client.read(self._keys(name, step)[1], missing_ok=True)
+            if got:
+                _field(got[0], "size", int, 0, f"metadata of artifact {step}/{name}")
         except CorruptObject as exc:
             self.client.warn(str(exc))
+            got = None
         if got:
             return got[0]
         if entry is None:
@@ -2001,6 +2094,7 @@ def connect(project=None, agent=None, *, config=None, **settings):
                           "`tracecraft init`")
     client = Client(open_store(resolved), resolved["project"], resolved.get("agent"))
     client.unsafe_store = bool(resolved.get("unsafe_store"))
+    client.notes = config_warnings(resolved)
     return client
 
 
@@ -2100,6 +2194,8 @@ def _client(args):
                               "TRACECRAFT_CONFIG)")
         client = connect(project=args.project, agent=args.agent, config=path)
         client.warn = lambda message: print(f"tracecraft: warning: {message}", file=sys.stderr)
+        for note in client.notes:
+            client.warn(note)
         if client.unsafe_store:
             client.warn("this store ignores conditional writes (accepted at init with "
                         "--accept-unsafe-store): claims, memory updates and inboxes are not safe")
@@ -2164,6 +2260,10 @@ def cmd_init(args, out):
                       or "us-east-1")
         if args.access_key:
             config.update(access_key=args.access_key, secret_key=args.secret_key)
+        if args.insecure:
+            config["insecure"] = True
+    for warning in config_warnings(config):
+        out.note(f"tracecraft: warning: {warning}")
     store = open_store(dict(config, _from_flags=bool(args.access_key)))
     with store:
         created = store.ensure_bucket()
@@ -2452,6 +2552,9 @@ def build_parser():
     p.add_argument("--addressing", choices=("path", "virtual"),
                    help="S3 bucket addressing style (default: path)")
     p.add_argument("--root", help="local store directory (default: $XDG_DATA_HOME/tracecraft)")
+    p.add_argument("--insecure", action="store_true",
+                   help="do not verify the store's TLS certificate (DANGEROUS: anyone on the "
+                        "network path can impersonate the store)")
     p.add_argument("--accept-unsafe-store", action="store_true",
                    help="use a store that ignores conditional writes (DANGEROUS: claims, "
                         "leases, memory updates and inboxes can then collide)")

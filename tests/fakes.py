@@ -1,6 +1,6 @@
-"""Stand-ins for stores that break S3's promises, built on the stdlib: a loopback HTTP proxy in
-front of a real server that forgets the conditional-write headers, the way rclone serve s3,
-s3rver or Garage behave."""
+"""Stand-ins for stores that break S3's promises, built on the stdlib, as loopback HTTP proxies in
+front of a real server: one forgets the conditional-write headers (as rclone serve s3, s3rver or
+Garage do), one injects network and server faults."""
 import http.client
 import http.server
 import threading
@@ -14,7 +14,6 @@ class IgnoringConditionsProxy:
 
     def __init__(self, upstream):
         target = urlsplit(upstream)
-        proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -46,7 +45,101 @@ class IgnoringConditionsProxy:
         self.server.daemon_threads = True
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        proxy.thread.start()
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class FaultProxy:
+    """A loopback proxy in front of a real S3 server that injects faults at a given rate:
+    drops the connection before or after forwarding, answers 500 or 503 (before or after
+    forwarding), delays, or cuts the response body short.  `counts` says what it did."""
+
+    KINDS = ("drop_before", "drop_after", "error_before", "error_after", "delay", "cut")
+
+    def __init__(self, upstream, rate=0.2, kinds=KINDS, seed=None):
+        import random
+        target = urlsplit(upstream)
+        self.rate, self.kinds = rate, tuple(kinds)
+        self.random = random.Random(seed)
+        self.lock = threading.Lock()
+        self.counts = {kind: 0 for kind in self.kinds}
+        self.counts["requests"] = 0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def upstream(self, body):
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                conn.request(self.command, self.path, body=body, headers=dict(self.headers.items()))
+                resp = conn.getresponse()
+                data = resp.read()
+                conn.close()
+                return resp, data
+
+            def error(self, status):
+                code = "SlowDown" if status == 503 else "InternalError"
+                data = (f"<Error><Code>{code}</Code><Message>injected</Message></Error>").encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def forward(self):
+                import time
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else None
+                fault = proxy.pick()
+                if fault == "drop_before":
+                    self.close_connection = True
+                    return
+                if fault == "error_before":
+                    return self.error(proxy.random.choice((500, 503)))
+                if fault == "delay":
+                    time.sleep(proxy.random.uniform(0.05, 0.3))
+                resp, data = self.upstream(body)
+                if fault == "drop_after":
+                    self.close_connection = True
+                    return
+                if fault == "error_after":
+                    return self.error(500)
+                self.send_response(resp.status)
+                for key, value in resp.getheaders():
+                    if key.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command == "HEAD":
+                    return
+                if fault == "cut" and len(data) > 1:
+                    self.wfile.write(data[:len(data) // 2])
+                    self.close_connection = True
+                    return
+                self.wfile.write(data)
+
+            do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def pick(self):
+        with self.lock:
+            self.counts["requests"] += 1
+            if self.random.random() >= self.rate:
+                return None
+            kind = self.random.choice(self.kinds)
+            self.counts[kind] += 1
+            return kind
 
     def stop(self):
         self.server.shutdown()

@@ -1,0 +1,841 @@
+#!/usr/bin/env python3
+"""tracecraft benchmark suite (issue 6).  Run with `make bench`, or:
+
+    .venv/bin/python tests/bench/run.py [--quick] [--only NAME[,NAME...]] [--python PATH]
+
+It starts its own SeaweedFS (`weed mini` on free loopback ports, signatures checked) and uses the
+local store too, runs each scenario, prints one table of figures with every target's pass/MISS,
+and writes the figures to tests/bench/results.json (git-ignored).
+
+Scenarios (names for --only):
+  cli          wall time of tracecraft commands as fresh processes, next to `python -c pass`
+  requests     HTTP requests per command (counted at a loopback proxy) and per API call
+  throughput   sequential ops/s of memory set/get and send through the Python API
+  barrier      complete in one process -> wait-for returning in others; a waiter's requests/s
+  contention   N processes claim from a pool of steps until none is left
+  inbox        reading 10 new messages when the inbox holds 100 / 1,000 / 10,000 old ones
+  scale        agents (threads in a few processes) working a DAG of steps with barriers, messages
+
+The machine is small and shared: timings are medians over repetitions, and every ratio is
+measured within one run.  Request counts are exact and do not depend on the machine.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (HERE, REPO, describe, install_counter, median, percentile,  # noqa: E402
+                    summarize)
+from proxy import CountingProxy  # noqa: E402
+from servers import SeaweedServer  # noqa: E402
+
+import tracecraft  # noqa: E402
+
+TRACECRAFT = os.path.join(REPO, "tracecraft.py")
+WORKER = os.path.join(HERE, "worker.py")
+BUCKET = "bench"
+SCENARIOS = ["cli", "requests", "throughput", "barrier", "contention", "inbox", "scale"]
+
+
+class BenchError(Exception):
+    pass
+
+
+def ms(seconds):
+    if seconds >= 0.01:
+        return f"{seconds * 1000:.0f} ms"
+    return f"{seconds * 1000:.1f} ms" if seconds >= 0.001 else f"{seconds * 1e6:.0f} us"
+
+
+def verdict(ok):
+    return "" if ok is None else ("pass" if ok else "MISS")
+
+
+# ==================================================================================================
+# The bench: one SeaweedFS, a temp directory, rows of the table and the JSON figures.
+# ==================================================================================================
+
+class Bench:
+    def __init__(self, args, s3, tmp):
+        self.args, self.s3, self.tmp = args, s3, tmp
+        self.quick = args.quick
+        self.python = args.python
+        self.rows = []
+        self.figures = {}
+        self.targets = []
+        self.log = install_counter()
+        home = os.path.join(tmp, "home")
+        self.env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": home,
+                    "XDG_CONFIG_HOME": os.path.join(home, ".config"),
+                    "XDG_CACHE_HOME": os.path.join(home, ".cache"),
+                    "XDG_DATA_HOME": os.path.join(home, ".local", "share"),
+                    "LANG": "C.UTF-8", "TMPDIR": tmp}
+        for path in list(self.env.values())[1:5]:
+            os.makedirs(path, exist_ok=True)
+        # In-process clients and workers get the same clean view: no AWS_* or TRACECRAFT_*.
+        for name in list(os.environ):
+            if name.startswith(("AWS_", "TRACECRAFT_")):
+                del os.environ[name]
+        for name in ("HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME"):
+            os.environ[name] = self.env[name]
+        tracecraft.open_store(dict(self.settings(), _from_flags=True)).ensure_bucket()
+
+    # -- table -----------------------------------------------------------------------------------
+
+    def row(self, section, measure, value, target="", ok=None, detail=""):
+        self.rows.append({"section": section, "measure": measure, "value": value,
+                          "target": target, "result": verdict(ok), "detail": detail})
+        if ok is not None:
+            self.targets.append({"section": section, "measure": measure, "value": value,
+                                 "target": target, "pass": bool(ok)})
+
+    def progress(self, text):
+        print(f"[{time.monotonic() - self.t0:6.1f}s] {text}", file=sys.stderr, flush=True)
+
+    # -- stores and clients ----------------------------------------------------------------------
+
+    def settings(self, endpoint=None):
+        return {"backend": "s3", "endpoint": endpoint or self.s3.endpoint,
+                "access_key": self.s3.access_key, "secret_key": self.s3.secret_key,
+                "region": self.s3.region, "bucket": BUCKET}
+
+    def local_settings(self):
+        return {"backend": "local", "root": os.path.join(self.tmp, "localstore"), "bucket": BUCKET}
+
+    def client(self, project, agent, settings=None):
+        return tracecraft.connect(project=project, agent=agent, **(settings or self.settings()))
+
+    # -- command line ----------------------------------------------------------------------------
+
+    def cli_project(self, name, endpoint=None, local=False):
+        directory = os.path.join(self.tmp, "cli", f"{name}-{'local' if local else 's3'}")
+        os.makedirs(directory, exist_ok=True)
+        if local:
+            store = ["--backend", "local", "--root", os.path.join(self.tmp, "localstore"),
+                     "--bucket", BUCKET]
+        else:
+            store = ["--endpoint", endpoint or self.s3.endpoint, "--bucket", BUCKET,
+                     "--access-key", self.s3.access_key, "--secret-key", self.s3.secret_key]
+        self.cli(["init", "--project", name, "--agent", "a"] + store, directory)
+        return directory
+
+    def cli(self, argv, cwd, agent=None, expect=(0,)):
+        """Run `python tracecraft.py ARGV` as a fresh process; returns (seconds, CompletedProcess)."""
+        return self.run([self.python, TRACECRAFT] + argv, cwd, agent, expect)
+
+    def run(self, cmd, cwd=None, agent=None, expect=(0,), env=None):
+        env = dict(env or self.env)
+        if agent:
+            env["TRACECRAFT_AGENT"] = agent
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=cwd or self.tmp, env=env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+        seconds = time.perf_counter() - start
+        if proc.returncode not in expect:
+            raise BenchError(f"{' '.join(cmd[1:])} exited {proc.returncode} (expected {expect}): "
+                             f"{proc.stderr.decode(errors='replace').strip()[-500:]}")
+        return seconds, proc
+
+    # -- worker processes ------------------------------------------------------------------------
+
+    def workers(self, mode, configs, timeout, on_go=None):
+        """Start one worker per config, wait until all are ready, start them at once, call
+        on_go(start time) if given, and return (start time, [result dict]) in config order."""
+        procs = []
+        try:
+            for cfg in configs:
+                procs.append(subprocess.Popen(
+                    [sys.executable, WORKER, mode, json.dumps(cfg)], stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.tmp,
+                    env=dict(os.environ)))
+            for proc in procs:
+                line = proc.stdout.readline()
+                if not line.strip():
+                    proc.wait(30)
+                    raise BenchError(f"a {mode} worker died before starting: "
+                                     f"{proc.stderr.read().decode(errors='replace')[-800:]}")
+            go = time.time()
+            for proc in procs:
+                proc.stdin.write(b"go\n")
+                proc.stdin.flush()
+            if on_go:
+                on_go(go)
+            results = []
+            deadline = time.monotonic() + timeout
+            for proc in procs:
+                out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+                lines = [x for x in out.decode().splitlines() if x.strip()]
+                if proc.returncode != 0 or not lines:
+                    raise BenchError(f"a {mode} worker exited {proc.returncode}: "
+                                     f"{err.decode(errors='replace')[-800:]}")
+                results.append(json.loads(lines[-1]))
+            return go, results
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+
+    def measure(self, func):
+        """Run func() and return (its result, the labels of the requests it made in-process)."""
+        mark = self.log.mark()
+        result = func()
+        return result, self.log.labels(mark)
+
+
+# ==================================================================================================
+# 1. CLI call cost
+# ==================================================================================================
+
+def scenario_cli(b):
+    section = "1 cli"
+    reps = 5 if b.quick else 15
+    s3dir = b.cli_project("cli")
+    localdir = b.cli_project("cli", local=True)
+    for d in (s3dir, localdir):
+        b.cli(["memory", "set", "bench.key", "0"], d)
+        b.cli(["heartbeat"], d, agent="b")   # so that `send b` does not warn about a new agent
+    py = b.python
+    # (name, argv for repetition r, cwd, uses the store)
+    commands = [("python -c pass", lambda r: [py, "-c", "pass"], None, None),
+                ("python -S -c pass", lambda r: [py, "-S", "-c", "pass"], None, None),
+                ("tracecraft --version", lambda r: [py, TRACECRAFT, "--version"], s3dir, None),
+                ("tracecraft --help", lambda r: [py, TRACECRAFT, "--help"], s3dir, None)]
+    for store, d in (("s3", s3dir), ("local", localdir)):
+        commands += [
+            (f"{store}: memory get", lambda r: [py, TRACECRAFT, "memory", "get", "bench.key"], d, store),
+            (f"{store}: memory set", lambda r: [py, TRACECRAFT, "memory", "set", "bench.key", str(r)], d, store),
+            (f"{store}: send", lambda r: [py, TRACECRAFT, "send", "b", f"hello {r}"], d, store),
+            (f"{store}: claim", lambda r: [py, TRACECRAFT, "claim", f"c{r}"], d, store),
+            (f"{store}: inbox (empty)", lambda r: [py, TRACECRAFT, "inbox"], d, store),
+        ]
+    # The same commands as an installed `tracecraft` command would run them (`pip install .`
+    # makes a script that imports the module, whose bytecode is cached), while
+    # `python tracecraft.py` compiles the whole file on every call.
+    lib = os.path.join(b.tmp, "lib")
+    os.makedirs(lib, exist_ok=True)
+    shutil.copy(TRACECRAFT, os.path.join(lib, "tracecraft.py"))
+    entry = os.path.join(lib, "tracecraft-entry.py")
+    with open(entry, "w") as f:
+        f.write("import sys\nfrom tracecraft import main\nsys.exit(main())\n")
+    installed_env = dict(b.env, PYTHONPATH=lib)
+    commands += [
+        ("s3 installed: memory get", lambda r: [py, entry, "memory", "get", "bench.key"], s3dir, "s3i"),
+        ("s3 installed: memory set", lambda r: [py, entry, "memory", "set", "bench.key", str(r)], s3dir, "s3i"),
+        ("s3 installed: send", lambda r: [py, entry, "send", "b", f"hello {r}"], s3dir, "s3i"),
+        ("s3 installed: claim", lambda r: [py, entry, "claim", f"i{r}"], s3dir, "s3i"),
+        ("s3 installed: inbox (empty)", lambda r: [py, entry, "inbox"], s3dir, "s3i"),
+    ]
+    base_python = os.path.realpath(py)
+    if base_python != py:
+        # For context: the interpreter behind this (virtual environment's) python, with its
+        # own site-packages (and their .pth files).
+        commands.append(("context: base interpreter -c pass",
+                         lambda r: [base_python, "-c", "pass"], None, None))
+    path_python = shutil.which("python3")
+    if path_python and (os.path.realpath(path_python) != os.path.realpath(py)
+                        or _is_script(path_python)):
+        # For context only: what `python3` on PATH costs here (e.g. a pyenv shim).
+        commands.append(("context: python3 on PATH -c pass",
+                         lambda r: [path_python, "-c", "pass"], "inherit", None))
+    times = {name: [] for name, *_ in commands}
+    for r in range(-1, reps):               # r = -1: warm-up, not counted
+        for name, argv, cwd, store in commands:
+            env = dict(os.environ) if cwd == "inherit" else installed_env if store == "s3i" \
+                else None
+            seconds, _ = b.run(argv(r if r >= 0 else 10_000), None if cwd == "inherit" else cwd,
+                               env=env)
+            if r >= 0:
+                times[name].append(seconds)
+    base = median(times["python -c pass"])
+    path_base = median(times.get("context: python3 on PATH -c pass") or [float("nan")])
+    figures = {"reps": reps, "python": py, "python_version": platform.python_version(),
+               "commands": {}}
+    b.row(section, f"baseline: {py} -c pass", ms(base), "", None,
+          f"median of {reps}; every command below runs with this interpreter")
+    for name, _, _, store in commands:
+        med = median(times[name])
+        ratio = med / base
+        figures["commands"][name] = {"median_s": med, "min_s": min(times[name]),
+                                     "max_s": max(times[name]), "ratio": ratio,
+                                     "all_s": times[name]}
+        if name == "python -c pass":
+            continue
+        target, ok = "", None
+        if store in ("s3", "s3i"):
+            target, ok = "<= 3.0x", ratio <= 3.0
+        detail = f"min {ms(min(times[name]))}, max {ms(max(times[name]))}"
+        if store in ("s3", "s3i") and path_base == path_base:
+            detail += f"; {med / path_base:.2f}x python3 on PATH"
+        b.row(section, name, f"{ms(med)}  {ratio:.2f}x", target, ok, detail)
+    for store, title in (("s3", "python tracecraft.py"), ("s3i", "installed command")):
+        names = [n for n, *_, s in commands if s == store]
+        headline = median([figures["commands"][n]["ratio"] for n in names])
+        figures[f"headline_ratio_{store}"] = headline
+        b.row(section, f"HEADLINE: {title} on SeaweedFS, median ratio", f"{headline:.2f}x",
+              "<= 3.0x", headline <= 3.0,
+              f"median over the {len(names)} commands above; vs python3 on PATH: "
+              f"{median([figures['commands'][n]['median_s'] for n in names]) / path_base:.2f}x")
+    b.figures["cli"] = figures
+
+
+def _is_script(path):
+    with open(path, "rb") as f:
+        return f.read(2) == b"#!"
+
+
+# ==================================================================================================
+# 2. Requests per operation
+# ==================================================================================================
+
+def scenario_requests(b):
+    section = "2 requests"
+    host, port = b.s3.endpoint.rsplit("//", 1)[1].split(":")
+    figures = {"cli": {}, "api": {}}
+    with CountingProxy(host, int(port)) as proxy:
+        d = b.cli_project("count", endpoint=proxy.endpoint)
+        b.cli(["heartbeat"], d)
+        b.cli(["heartbeat"], d, agent="b")
+        direct_c = b.client("count", "c")     # sends to b, uncounted (direct, not via the proxy)
+        blob = os.path.join(b.tmp, "blob.bin")
+        with open(blob, "wb") as f:
+            f.write(os.urandom(1024))
+
+        def counted(argv, agent=None, expect=(0,)):
+            mark = proxy.log.mark()
+            b.cli(argv, d, agent=agent, expect=expect)
+            return proxy.log.labels(mark)
+
+        cli_rows = []
+
+        def cli_row(name, argv, agent=None, expect=(0,), target=None):
+            labels = counted(argv, agent, expect)
+            figures["cli"][name] = {"requests": len(labels), "labels": labels}
+            cli_rows.append((name, labels, target))
+
+        cli_row("--version", ["--version"])
+        cli_row("--help", ["--help"])
+        cli_row("memory set (new key)", ["memory", "set", "k.one", "1"])
+        cli_row("memory set (existing key)", ["memory", "set", "k.one", "2"], target=1)
+        cli_row("memory get", ["memory", "get", "k.one"], target=1)
+        cli_row("send (first message of an inbox)", ["send", "b", "first"])
+        cli_row("send", ["send", "b", "second"], target=1)
+        cli_row("inbox (empty)", ["inbox"])
+        counted(["inbox"], agent="b")                       # drain b
+        for k in (1, 10):
+            for i in range(k):
+                direct_c.send("b", f"m{i}")
+            cli_row(f"inbox ({k} new)", ["inbox"], agent="b")
+        cli_row("claim (won, uncontended)", ["claim", "w1"], target=1)
+        cli_row("claim (lost: held by another)", ["claim", "w1"], agent="b", expect=(1,))
+        cli_row("complete", ["complete", "w1"], target=3)
+        counted(["claim", "w2"])
+        cli_row("complete --note", ["complete", "w2", "--note", "done"], target=3)
+        cli_row("wait-for (step complete)", ["wait-for", "w1", "--timeout", "10"])
+        cli_row("step-status", ["step-status", "w1"])
+        cli_row("heartbeat", ["heartbeat"])
+        cli_row("agents (n = 2)", ["agents"])
+        cli_row("artifact upload (1 KiB)", ["artifact", "upload", blob])
+        cli_row("artifact download (1 KiB)", ["artifact", "download", "blob.bin", "-o",
+                                              os.path.join(b.tmp, "blob.out")])
+        stamps = os.path.join(b.env["XDG_CACHE_HOME"], "tracecraft")
+        shutil.rmtree(stamps, ignore_errors=True)
+        cli_row("memory get, heartbeat stamp > 60 s old", ["memory", "get", "k.one"])
+        direct_c.close()
+
+    # -- API calls, counted in-process, straight to SeaweedFS --------------------------------------
+    a, bb, c = (b.client("api", x) for x in ("a", "b", "c"))
+    bb.heartbeat(renew=False)
+    api_rows = []
+
+    def api_row(name, func, target=None):
+        _, labels = b.measure(func)
+        figures["api"][name] = {"requests": len(labels), "labels": labels}
+        api_rows.append((name, labels, target))
+        return labels
+
+    api_row("memory set (new key)", lambda: a.memory.set("k.one", 1))
+    api_row("memory set (existing key)", lambda: a.memory.set("k.one", 2), target=1)
+    api_row("memory get", lambda: a.memory.get("k.one"), target=1)
+    a.memory.incr("k.count")
+    api_row("memory incr (existing key)", lambda: a.memory.incr("k.count"))
+    api_row("send (first message of an inbox)", lambda: a.send("b", "first"))
+    api_row("send (first call of a client)", lambda: c.send("b", "from c"), target=1)
+    api_row("send (a's next call, after c wrote)", lambda: a.send("b", "again"))
+    api_row("send (later calls)", lambda: a.send("b", "again"), target=1)
+    api_row("inbox (empty)", lambda: c.inbox())
+    bb.inbox()
+    inbox_costs = {}
+    for k in (1, 10, 100):
+        for i in range(k):
+            a.send("b", f"m{i}")
+        labels = api_row(f"inbox ({k} new)", lambda: bb.inbox())
+        inbox_costs[k] = len(labels)
+    api_row("claim (won, uncontended)", lambda: a.claim("w1"), target=1)
+
+    def lost():
+        try:
+            bb.claim("w1")
+        except tracecraft.Refused:
+            return
+        raise BenchError("b won a claim on a step a holds")
+    api_row("claim (lost: held by another)", lost)
+    api_row("claim (already held by me)", lambda: a.claim("w1"))
+    api_row("renew", lambda: a.renew("w1"))
+    api_row("complete", lambda: a.complete("w1"), target=3)
+    a.claim("w2")
+    api_row("complete (with note)", lambda: a.complete("w2", note="done"), target=3)
+    api_row("wait-for (1 step, complete)", lambda: bb.wait_for(["w1"], timeout=10))
+    api_row("step-status", lambda: bb.step_status("w1"))
+    api_row("heartbeat (no steps held)", lambda: bb.heartbeat())
+    # wait-for on pending steps: count requests and polls (a poll is a burst of requests)
+    mark = b.log.mark()
+    try:
+        bb.wait_for(["p1", "p2", "p3"], timeout=1.0)
+    except tracecraft.WaitTimeout:
+        pass
+    entries = b.log.since(mark)
+    polls = 1 + sum(1 for x, y in zip(entries, entries[1:]) if y[3] - x[3] > 0.02)
+    per_poll = len(entries) / polls
+    figures["api"]["wait-for per poll (3 pending steps)"] = {
+        "requests": len(entries), "polls": polls, "per_poll": per_poll,
+        "labels": [e[0] for e in entries]}
+    for n in (1, 10, 100):
+        project = f"agents{n}"
+        for i in range(n):
+            with b.client(project, f"x{i}") as x:
+                x.heartbeat(renew=False)
+        with b.client(project, "x0") as x:
+            api_row(f"agents (n = {n})", lambda: x.agents())
+    api_row("artifact upload (1 KiB)", lambda: a.artifacts.upload(blob, step="w1"))
+    api_row("artifact download (1 KiB)",
+            lambda: a.artifacts.download("blob.bin", step="w1", dest=os.path.join(b.tmp, "x.out")))
+    for x in (a, bb, c):
+        x.close()
+
+    # -- rows --------------------------------------------------------------------------------------
+    for name, labels, target in api_rows:
+        ok = None if target is None else len(labels) <= target
+        b.row(section, f"API  {name}", str(len(labels)), f"<= {target}" if target else "", ok,
+              describe(labels))
+    b.row(section, "API  wait-for: requests per poll, 3 pending steps", f"{per_poll:.1f}", "", None,
+          f"{len(entries)} requests in {polls} polls within 1 s; "
+          f"{describe(sorted(set(e[0] for e in entries)))} each")
+    linear = inbox_costs[100] - 100 == inbox_costs[10] - 10 == inbox_costs[1] - 1
+    b.row(section, "API  inbox: requests = k + constant (k = 1, 10, 100)",
+          f"{inbox_costs[1]}/{inbox_costs[10]}/{inbox_costs[100]}", "O(k)", linear,
+          f"constant {inbox_costs[1] - 1} per read")
+    for name, labels, target in cli_rows:
+        ok = None if target is None else len(labels) <= target
+        b.row(section, f"CLI  {name}", str(len(labels)), f"<= {target}" if target else "", ok,
+              describe(labels))
+    b.figures["requests"] = figures
+
+
+# ==================================================================================================
+# 3. Library throughput
+# ==================================================================================================
+
+def scenario_throughput(b):
+    section = "3 throughput"
+    seconds = 0.5 if b.quick else 1.0
+    rounds = 2 if b.quick else 5
+    keys = [f"tp.k{i}" for i in range(100)]
+    figures = {}
+    for store, settings in (("s3", b.settings()), ("local", b.local_settings())):
+        connections_before = b.log.connections
+        with b.client("tp", "a", settings) as tc:
+            for key in keys:
+                tc.memory.set(key, 0)
+            tc.send("b", "warm-up")
+            ops = {"memory set": lambda i: tc.memory.set(keys[i % 100], i),
+                   "memory get": lambda i: tc.memory.get(keys[i % 100]),
+                   "send": lambda i: tc.send("b", f"message {i}")}
+            rates = {name: [] for name in ops}
+            requests = {name: 0 for name in ops}
+            counts = {name: 0 for name in ops}
+            for _ in range(rounds):
+                for name, op in ops.items():
+                    mark = b.log.mark()
+                    n, start = 0, time.perf_counter()
+                    while time.perf_counter() - start < seconds:
+                        op(n)
+                        n += 1
+                    rates[name].append(n / (time.perf_counter() - start))
+                    requests[name] += len(b.log.labels(mark))
+                    counts[name] += n
+        connections = b.log.connections - connections_before
+        figures[store] = {}
+        for name in ops:
+            rate = median(rates[name])
+            per_op = requests[name] / counts[name]
+            figures[store][name] = {"ops_per_s": rate, "all": rates[name],
+                                    "requests_per_op": per_op if store == "s3" else None}
+            target, ok = "", None
+            if store == "s3" and name.startswith("memory"):
+                target, ok = ">= 500/s", rate >= 500
+            detail = f"{ms(1 / rate)}/op; range {min(rates[name]):.0f}-{max(rates[name]):.0f}"
+            if store == "s3":
+                detail += f"; {per_op:.2f} requests/op"
+            b.row(section, f"{store}: {name}", f"{rate:.0f}/s", target, ok, detail)
+        if store == "s3":
+            figures[store]["connections_opened"] = connections
+            b.row(section, "s3: TCP connections opened for all of the above", str(connections),
+                  "1", connections == 1, f"{rounds} rounds x {seconds:g} s per operation")
+    b.figures["throughput"] = figures
+
+
+# ==================================================================================================
+# 4. Barrier latency
+# ==================================================================================================
+
+def scenario_barrier(b):
+    section = "4 barrier"
+    n = 6 if b.quick else 24
+    longest = 6.0 if b.quick else 12.0
+    # Waiters wait 0.25 s .. `longest` s, spread evenly, each for its own step.
+    delays = [0.25 + i * (longest - 0.25) / (n - 1) for i in range(n)]
+    steps = [f"b{i:02d}" for i in range(n)]
+    boss = b.client("barrier", "boss")
+    for step in steps:
+        boss.claim(step)
+    configs = [{"settings": b.settings(), "project": "barrier", "agent": f"w{i:02d}", "step": s,
+                "timeout": longest + 30} for i, s in enumerate(steps)]
+    done = {}
+
+    def complete_all(go):
+        """Complete each step at its time, while the waiters wait."""
+        for step, delay in zip(steps, delays):
+            time.sleep(max(0.0, go + delay - time.time()))
+            t0 = time.time()
+            boss.complete(step)
+            done[step] = (t0, time.time())
+
+    go, results = b.workers("wait", configs, timeout=longest + 60, on_go=complete_all)
+    boss.close()
+    lat_start, lat_end, rates, total_req, total_time = [], [], [], 0, 0.0
+    per = []
+    for step, res in zip(steps, results):
+        if not res["ok"]:
+            raise BenchError(f"waiter for {step}: {res['error']}")
+        t0, t1 = done[step]
+        waited = res["detected"] - res["started"]
+        lat_start.append(res["detected"] - t0)
+        lat_end.append(res["detected"] - t1)
+        rates.append(res["requests"] / waited)
+        total_req += res["requests"]
+        total_time += waited
+        per.append({"step": step, "waited_s": waited, "latency_s": res["detected"] - t0,
+                    "requests": res["requests"], "labels": res["labels"]})
+    pooled = total_req / total_time
+    # While idle (from 4 s into a wait on), a waiter polls at its slowest rate.
+    idle = [(sum(1 for t in res["times"] if t >= 4.0), res["detected"] - res["started"] - 4.0)
+            for res in results if res["detected"] - res["started"] > 5.0]
+    idle_rate = sum(n for n, _ in idle) / sum(t for _, t in idle) if idle else float("nan")
+    figures = {"waiters": n, "delays_s": delays, "latency_from_complete_call_s": lat_start,
+               "latency_from_complete_return_s": lat_end, "pooled_requests_per_s": pooled,
+               "idle_requests_per_s": idle_rate,
+               "per_waiter": per}
+    b.row(section, "detection latency, median (complete called -> wait-for returned)",
+          ms(median(lat_start)), "< 500 ms", median(lat_start) < 0.5,
+          f"p90 {ms(percentile(lat_start, 90))}, max {ms(max(lat_start))}; {n} waiters, "
+          f"waits {delays[0]:.2f}-{delays[-1]:.1f} s")
+    b.row(section, "detection latency, median (from complete returning)", ms(median(lat_end)),
+          "", None, f"p90 {ms(percentile(lat_end, 90))}")
+    b.row(section, "requests/s per waiter, average over all waiting", f"{pooled:.2f}/s", "<= 2/s",
+          pooled <= 2.0, f"per waiter {min(rates):.2f}-{max(rates):.2f}/s (short waits cost most)")
+    b.row(section, "requests/s per waiter while idle (4 s into a wait and later)",
+          f"{idle_rate:.2f}/s", "", None,
+          f"from the {len(idle)} waits longer than 5 s; one GET steps/status per poll")
+    b.figures["barrier"] = figures
+
+
+# ==================================================================================================
+# 5. Contention
+# ==================================================================================================
+
+def scenario_contention(b):
+    section = "5 contention"
+    n_workers, n_steps = (20, 200) if b.quick else (50, 500)
+    project = "contend"
+    configs = [{"settings": b.settings(), "project": project, "agent": f"r{i:02d}",
+                "steps": n_steps, "policy": b.args.contention_policy, "deadline": 240}
+               for i in range(n_workers)]
+    go, results = b.workers("contend", configs, timeout=300)
+    won = [s for r in results for s in r["won"]]
+    errors = [e for r in results for e in r["errors"]]
+    winners = {}
+    for r, cfg in zip(results, configs):
+        for s in r["won"]:
+            winners.setdefault(s, []).append(cfg["agent"])
+    doubles = sum(1 for v in winners.values() if len(v) > 1)
+    # Check the store: every step ended once, by its one winner, with no takeover.
+    with b.client(project, "checker") as checker:
+        bad = []
+        for i in range(n_steps):
+            step = f"s{i:03d}"
+            status = checker.step_status(step)
+            if status["status"] != "complete" or status["generation"] != 1 or \
+                    [status["ended_by"]] != winners.get(step):
+                bad.append(step)
+    wall = max(r["ended"] for r in results) - go
+    requests = sum(r["requests"] for r in results)
+    labels = {}
+    for r in results:
+        for k, v in r["labels"].items():
+            labels[k] = labels.get(k, 0) + v
+    lost = sum(r["lost"] for r in results)
+    lists = sum(r["lists"] for r in results)
+    per_step = requests / n_steps
+    exactly_once = not bad and len(won) == n_steps and len(set(won)) == n_steps
+    b.figures["contention"] = {"workers": n_workers, "steps": n_steps,
+                               "policy": b.args.contention_policy, "wall_s": wall,
+                               "requests": requests, "requests_per_step": per_step,
+                               "lost_claims": lost, "listings": lists, "double_claims": doubles,
+                               "bad_steps": bad, "errors": errors, "labels": labels,
+                               "won_per_worker": [len(r["won"]) for r in results]}
+    b.row(section, f"{n_workers} processes, {n_steps} steps: every step done exactly once",
+          f"{len(set(won))}/{n_steps}", "all, once", exactly_once,
+          f"{len(bad)} steps wrong in the store; {len(errors)} errors" +
+          (f": {errors[0]}" if errors else ""))
+    b.row(section, "double claims", str(doubles), "0", doubles == 0, "")
+    b.row(section, "total wall time", f"{wall:.1f} s", "", None,
+          f"{n_steps / wall:.0f} steps/s; per worker {min(len(r['won']) for r in results)}-"
+          f"{max(len(r['won']) for r in results)} steps")
+    b.row(section, "requests per step (claim + complete + losses + listings)", f"{per_step:.1f}",
+          "<= 3", per_step <= 3.0,
+          f"{requests} requests; {lost} lost claims, {lists} listings; " +
+          ", ".join(f"{k} {v / n_steps:.2f}" for k, v in sorted(labels.items(),
+                                                               key=lambda kv: -kv[1])))
+
+
+# ==================================================================================================
+# 6. Inbox growth
+# ==================================================================================================
+
+def scenario_inbox(b):
+    section = "6 inbox"
+    sizes = [100, 1000] if b.quick else [100, 1000, 10000]
+    reps = 3 if b.quick else 7
+    project = "inbox"
+    sender, reader = b.client(project, "s"), b.client(project, "r")
+    reader.heartbeat(renew=False)
+    figures = {}
+    history = 0
+    for size in sizes:
+        start = time.perf_counter()
+        for i in range(size - history):
+            sender.send("r", f"old {history + i}")
+        seeded = time.perf_counter() - start
+        (caught_up, labels) = b.measure(lambda: reader.inbox())
+        if len(caught_up) != size - history:
+            raise BenchError(f"catch-up read {len(caught_up)} messages, not {size - history}")
+        history = size
+        times, counts, nbytes, sequences = [], [], [], []
+        for _ in range(reps):
+            for i in range(10):
+                sender.send("r", f"new {i}")
+            mark = b.log.mark()
+            t = time.perf_counter()
+            got = reader.inbox()
+            times.append(time.perf_counter() - t)
+            entries = b.log.since(mark)
+            if len(got) != 10:
+                raise BenchError(f"read {len(got)} new messages, not 10")
+            counts.append(len(entries))
+            nbytes.append(sum(e[2] for e in entries))
+            sequences.append([e[0] for e in entries])
+            history += 10
+        figures[size] = {"median_s": median(times), "all_s": times, "requests": counts,
+                         "bytes": nbytes, "labels": sequences[0], "seed_s": seeded,
+                         "catch_up_requests": len(labels)}
+        b.row(section, f"read 10 new, {size:,} old in the inbox",
+              f"{counts[0]} req, {ms(median(times))}", "", None,
+              f"{median(nbytes) / 1024:.0f} KiB received; {describe(sequences[0])}")
+    first, last = figures[sizes[0]], figures[sizes[-1]]
+    same = set(first["requests"]) == set(last["requests"]) and len(set(last["requests"])) == 1
+    ratio = last["median_s"] / first["median_s"]
+    b.row(section, f"requests flat from {sizes[0]:,} to {sizes[-1]:,} old", 
+          f"{first['requests'][0]} -> {last['requests'][0]}", "equal", same, "")
+    b.row(section, f"time flat from {sizes[0]:,} to {sizes[-1]:,} old", f"{ratio:.2f}x",
+          "<= 1.5x", ratio <= 1.5,
+          f"bytes received {median(first['bytes']) / 1024:.0f} -> "
+          f"{median(last['bytes']) / 1024:.0f} KiB")
+    sender.close()
+    reader.close()
+    b.figures["inbox"] = figures
+
+
+# ==================================================================================================
+# 7. Scale run
+# ==================================================================================================
+
+def scenario_scale(b):
+    section = "7 scale"
+    from worker import agent_name, dag
+    if b.quick:
+        n_agents, processes, layers, width = 20, 2, 5, 40
+    else:
+        n_agents, processes, layers, width = 100, 4, 10, 100
+    n_steps = layers * width
+    project = "scale"
+    base = {"settings": b.settings(), "project": project, "agents": n_agents, "layers": layers,
+            "width": width, "deps": 3, "seed": 6, "steal": 0.2, "deadline": 200,
+            "broadcasters": list(range(0, n_agents, 10))}
+    configs = [dict(base, mine=list(range(p, n_agents, processes))) for p in range(processes)]
+    go, results = b.workers("scale", configs, timeout=300)
+    agents = {}
+    for r in results:
+        agents.update(r["agents"])
+    done = [s for a in agents.values() for s in a["done"]]
+    errors = [e for a in agents.values() for e in a["errors"]]
+    finished = max(a.get("finished", go) for a in agents.values())
+    wall = finished - go
+    requests = sum(r["requests"] for r in results)
+    labels = {}
+    for r in results:
+        for k, v in r["labels"].items():
+            labels[k] = labels.get(k, 0) + v
+    graph = dag(layers, width, 3, 6)
+    # Messages: drain what is left, then every direct message must have reached its recipient
+    # once and every broadcast every other agent once.
+    received = {name: list(a["received"]) for name, a in agents.items()}
+    for name in agents:
+        with b.client(project, name) as c:
+            received[name] += [m["text"] for m in c.inbox()]
+    expected = {name: [] for name in agents}
+    for name, a in agents.items():
+        for to, text in a["sent"]:
+            if to == "_broadcast":
+                for other in agents:
+                    if other != name:
+                        expected[other].append(text)
+            else:
+                expected[to].append(text)
+    wrong_inboxes = [n for n in agents if sorted(received[n]) != sorted(expected[n])]
+    with b.client(project, "checker") as checker:
+        ended = sum(1 for e in checker.store.list(checker.key("steps") + "/")
+                    if e.key.endswith("/status.json"))
+    exactly_once = sorted(done) == sorted(graph) and ended == n_steps
+    lost = sum(a["lost"] for a in agents.values())
+    waited = sum(a["waited"] for a in agents.values())
+    deliveries = sum(len(v) for v in expected.values())
+    b.figures["scale"] = {"agents": n_agents, "processes": processes, "steps": n_steps,
+                          "layers": layers, "wall_s": wall, "steps_per_s": n_steps / wall,
+                          "requests": requests, "requests_per_step": requests / n_steps,
+                          "labels": labels, "lost_claims": lost, "barrier_wait_s": waited,
+                          "messages_sent": sum(len(a["sent"]) for a in agents.values()),
+                          "deliveries": deliveries, "wrong_inboxes": wrong_inboxes,
+                          "errors": errors}
+    b.row(section, f"{n_agents} agents ({processes} processes), {n_steps} steps in {layers} "
+          "layers: all done once", f"{len(set(done))}/{n_steps}", "all, once", exactly_once,
+          f"{len(errors)} errors" + (f": {errors[0]}" if errors else ""))
+    b.row(section, "messages delivered exactly once", f"{deliveries - 0} deliveries",
+          "all, once", not wrong_inboxes, f"{len(wrong_inboxes)} inboxes wrong")
+    b.row(section, "wall time / throughput", f"{wall:.1f} s", "", None,
+          f"{n_steps / wall:.1f} steps/s; {requests / wall:.0f} requests/s; "
+          f"barrier waits {waited / n_agents:.1f} s per agent; {lost} lost claims")
+    b.row(section, "requests total / per step", f"{requests} / {requests / n_steps:.1f}", "",
+          None, ", ".join(f"{k} {v / n_steps:.2f}"
+                          for k, v in sorted(labels.items(), key=lambda kv: -kv[1])))
+
+
+# ==================================================================================================
+# Driver
+# ==================================================================================================
+
+RUNNERS = {"cli": scenario_cli, "requests": scenario_requests, "throughput": scenario_throughput,
+           "barrier": scenario_barrier, "contention": scenario_contention,
+           "inbox": scenario_inbox, "scale": scenario_scale}
+
+
+def print_table(rows, out=sys.stdout):
+    cols = ("section", "measure", "value", "target", "result")
+    widths = {c: max([len(c)] + [len(str(r[c])) for r in rows]) for c in cols}
+    head = "  ".join(c.ljust(widths[c]) for c in cols) + "  detail"
+    print(head, file=out)
+    print("-" * len(head), file=out)
+    last = None
+    for r in rows:
+        if last is not None and r["section"] != last:
+            print(file=out)
+        last = r["section"]
+        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols) + "  " + r["detail"], file=out)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="scenarios: " + ", ".join(SCENARIOS))
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repetitions and smaller runs (about a minute)")
+    parser.add_argument("--only", metavar="NAME[,NAME]",
+                        help="run only these scenarios: " + ", ".join(SCENARIOS))
+    parser.add_argument("--python", default=sys.executable,
+                        help="interpreter for tracecraft commands and the python -c pass "
+                             "baseline (default: this one, %(default)s)")
+    parser.add_argument("--output", default=os.path.join(HERE, "results.json"),
+                        help="where to write the figures (default: %(default)s)")
+    parser.add_argument("--contention-policy", choices=("list", "scan"), default="list",
+                        help="how contention workers find steps: list steps/ and claim what is "
+                             "left (default), or try every step once in random order")
+    args = parser.parse_args(argv)
+    selected = SCENARIOS
+    if args.only:
+        selected = [s.strip() for s in args.only.split(",") if s.strip()]
+        unknown = [s for s in selected if s not in RUNNERS]
+        if unknown:
+            parser.error(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    started = time.time()
+    t0 = time.monotonic()
+    failed = []
+    with tempfile.TemporaryDirectory(prefix="tc-bench-") as tmp, SeaweedServer() as s3:
+        bench = Bench(args, s3, tmp)
+        bench.t0 = t0
+        bench.progress(f"SeaweedFS at {s3.endpoint} (started in {s3.startup_seconds:.1f} s)")
+        for name in selected:
+            bench.progress(f"scenario {name} ...")
+            t = time.monotonic()
+            try:
+                RUNNERS[name](bench)
+            except Exception as exc:  # noqa: BLE001 - one scenario failing must not hide the rest
+                traceback.print_exc()
+                failed.append(name)
+                bench.row(f"{SCENARIOS.index(name) + 1} {name}", "ERROR", type(exc).__name__, "",
+                          False, str(exc)[:300])
+            bench.figures.setdefault("durations_s", {})[name] = time.monotonic() - t
+            bench.progress(f"scenario {name} done in {time.monotonic() - t:.1f} s")
+    duration = time.monotonic() - t0
+    print()
+    print(f"tracecraft {tracecraft.__version__} benchmark, {time.strftime('%Y-%m-%d %H:%M:%S')}, "
+          f"{'quick' if args.quick else 'full'} run, {duration:.0f} s, python "
+          f"{platform.python_version()}, {os.cpu_count()} CPUs, load "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print()
+    print_table(bench.rows)
+    missed = [t for t in bench.targets if not t["pass"]]
+    print()
+    print(f"targets: {len(bench.targets) - len(missed)} pass, {len(missed)} MISS"
+          + (f"; scenarios failed: {', '.join(failed)}" if failed else ""))
+    results = {"meta": {"started": started, "duration_s": duration, "quick": args.quick,
+                        "scenarios": selected, "python": args.python,
+                        "python_version": platform.python_version(),
+                        "tracecraft_version": tracecraft.__version__, "cpus": os.cpu_count(),
+                        "platform": platform.platform(), "failed": failed},
+               "targets": bench.targets, "rows": bench.rows, "figures": bench.figures}
+    with open(args.output, "w") as f:
+        json.dump(results, f, indent=1, default=str)
+    print(f"figures written to {os.path.relpath(args.output)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Section 3's retry policy under injected faults: nothing lost, nothing duplicated.
+
+Every test runs against SeaweedFS behind FaultProxy, which fails 20% of requests: connections
+dropped before or after the store saw the request, 500/503 answers before or after it acted,
+delays, responses cut short.  The figures are printed (run pytest with -s to see them)."""
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+import tracecraft
+from conftest import CLI, REPO, clean_env
+from fakes import FaultProxy
+from scenario import run_seed_scenario
+
+RATE = 0.2
+
+
+@pytest.fixture
+def faulty(seaweed, bucket_name, monkeypatch):
+    """Settings for SeaweedFS seen through a 20% fault proxy; the retry budget is raised so
+    that a run of bad luck (0.2^12) is not mistaken for a store that is down."""
+    monkeypatch.setenv("TRACECRAFT_MAX_ATTEMPTS", "12")
+    monkeypatch.setenv("TRACECRAFT_TIMEOUT", "60")
+    tracecraft.open_store({"backend": "s3", "endpoint": seaweed.endpoint,
+                           "access_key": seaweed.access_key, "secret_key": seaweed.secret_key,
+                           "bucket": bucket_name, "_from_flags": True}).ensure_bucket()
+    proxy = FaultProxy(seaweed.endpoint, rate=RATE, seed=int(time.time()))
+    settings = {"backend": "s3", "endpoint": proxy.endpoint, "access_key": seaweed.access_key,
+                "secret_key": seaweed.secret_key, "region": "us-east-1", "bucket": bucket_name}
+    yield settings, proxy
+    proxy.stop()
+    print(f"\nfaults injected: {json.dumps(proxy.counts)}")
+
+
+def spawn(mode, settings, agent, start, n, *extra):
+    return subprocess.Popen([sys.executable, str(REPO / "tests" / "racer.py"), mode,
+                             json.dumps(settings), agent, str(start), str(n), *map(str, extra)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def outputs(procs):
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+        results.append([json.loads(line) for line in out.splitlines()])
+    return results
+
+
+def test_seed_scenario_completes(faulty, tmp_path):
+    settings, proxy = faulty
+    run_seed_scenario(settings, tmp_path, extra_env={"TRACECRAFT_MAX_ATTEMPTS": "12"})
+    assert sum(proxy.counts[k] for k in FaultProxy.KINDS) > 0
+
+
+def test_a_thousand_messages_arrive_exactly_once(faulty):
+    settings, proxy = faulty
+    start = time.time() + 2.0
+    senders = [spawn("send", settings, f"s{i}", start, 250, 0) for i in range(4)]
+    readers = [spawn("read", settings, agent, start, 0) for agent in ("r1", "r1", "r2", "r2")]
+    sent = [m for out in outputs(senders) for m in out]
+    got = outputs(readers)
+    assert len(sent) == 1000
+    for agent, received in (("r1", got[0] + got[1]), ("r2", got[2] + got[3])):
+        expected = sorted(m["text"] for m in sent if m["to"] in (agent, "_broadcast"))
+        assert sorted(received) == expected, (agent, len(received), len(expected))
+    print(f"\n1,000 messages, 0 lost, 0 duplicated; proxy: {proxy.counts}")
+
+
+def test_four_processes_fifty_increments(faulty):
+    settings, proxy = faulty
+    start = time.time() + 1.5
+    outputs([spawn("memincr", settings, f"w{i}", start, 50) for i in range(4)])
+    with tracecraft.connect(project="race", agent="observer", **settings) as client:
+        assert client.memory.get("counter") == 200
+        assert client.memory.record("counter")["revision"] == 200
+
+
+def test_twenty_racers_one_winner_who_knows_it(faulty):
+    settings, proxy = faulty
+    rounds = 3
+    start = time.time() + 2.5
+    results = outputs([spawn("claim", settings, f"racer{i}", start, rounds) for i in range(20)])
+    with tracecraft.connect(project="race", agent="observer", **settings) as client:
+        for n in range(rounds):
+            winners = [f"racer{i}" for i, r in enumerate(results) if r[n]["won"]]
+            assert len(winners) == 1, (n, winners)
+            assert client.step_status(f"step-{n}")["holder"] == winners[0]
+
+
+def test_a_store_that_keeps_failing_is_exit_4_within_the_deadline(seaweed, tmp_path, bucket_name):
+    proxy = FaultProxy(seaweed.endpoint, rate=1.0, kinds=("error_before",))
+    try:
+        runner = CLI(tmp_path, dict(clean_env(tmp_path), TRACECRAFT_MAX_ATTEMPTS="3"))
+        started = time.monotonic()
+        result = runner("init", "--project", "p", "--agent", "a", "--endpoint", proxy.endpoint,
+                        "--bucket", bucket_name, "--access-key", seaweed.access_key,
+                        "--secret-key", seaweed.secret_key)
+        assert result.returncode == 4
+        assert "the store answered 50" in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert time.monotonic() - started < 10
+        assert proxy.counts["requests"] == 3
+    finally:
+        proxy.stop()
