@@ -123,6 +123,7 @@ class CorruptObject(StoreError):
 # ==================================================================================================
 
 MAX_NAME = 128        # characters in one name or key segment
+MAX_NAME_BYTES = 200  # its UTF-8 bytes, so that it fits a file name on every file system
 MAX_KEY = 512         # characters in a whole memory key
 MAX_VALUE = 1 << 20   # bytes in one memory value or message, encoded as JSON
 BROADCAST = "_broadcast"
@@ -135,8 +136,11 @@ def check_name(kind, value, reserved_underscore=False):
     check_text(kind, value)
     if len(value) > MAX_NAME:
         raise UsageError(f"{kind} is {len(value)} characters long; the limit is {MAX_NAME}")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if any(ord(c) < 32 or ord(c) == 127 or c in "\ufffe\uffff" for c in value):
         raise UsageError(f"{kind} {value!r} contains a control character")
+    if len(value.encode("utf-8")) > MAX_NAME_BYTES:
+        raise UsageError(f"{kind} is {len(value.encode('utf-8'))} bytes long in UTF-8; the limit "
+                         f"is {MAX_NAME_BYTES}")
     if "/" in value or "\\" in value:
         raise UsageError(f"{kind} {value!r} must not contain '/' or '\\'")
     if value in (".", ".."):
@@ -353,13 +357,15 @@ class Transport:
         """Send a request, retrying per the policy; `make_headers()` signs each attempt afresh.
 
         A seekable file `body` is rewound before each attempt.  With `into`, a 200 answer's body is
-        streamed into that file instead of memory.  Returns a Response whose `attempts` tells the
-        caller whether a conditional write may have reached the store before."""
+        streamed into that file instead of memory.  Returns a Response whose `attempts` counts
+        the sends, which tells the caller whether a conditional write may have reached the
+        store before.  A kept-alive connection the server closed while idle is reopened
+        without using up an attempt (once: `reused` is false on the fresh connection)."""
         import http.client
         import random
         started = time.monotonic()
         deadline = started + self.timeout
-        last_error, attempt = None, 0
+        last_error, attempt, sent = None, 0, 0
         while attempt < self.max_attempts:
             attempt += 1
             if attempt > 1:
@@ -369,8 +375,10 @@ class Transport:
                 time.sleep(pause)
             if hasattr(body, "seek"):
                 body.seek(0)
+            reused = self._conn is not None and self._conn.sock is not None
             try:
                 conn = self._connection(max(0.05, min(ATTEMPT_TIMEOUT, deadline - time.monotonic())))
+                sent += 1
                 conn.request(method, target, body=body, headers=make_headers())
                 resp = conn.getresponse()
                 headers = {k.lower(): v for k, v in resp.getheaders()}
@@ -387,10 +395,13 @@ class Transport:
                     data = resp.read()
                 if headers.get("connection", "").lower() == "close":
                     self.close()
-                return Response(resp.status, headers, data, attempt)
+                return Response(resp.status, headers, data, sent)
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
                 last_error = _describe_network_error(exc)
+                if reused and isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError,
+                                               ConnectionResetError)):
+                    attempt -= 1   # the server had closed an idle connection: not a failure
         raise Unreachable(f"cannot reach the store at {self.scheme}://{self.host}:{self.port} "
                           f"({last_error}; {attempt} attempts in {time.monotonic() - started:.1f} s):"
                           " check the endpoint, the network and that the server is running")
@@ -409,10 +420,13 @@ def _describe_network_error(exc):
 
 
 def _copy_stream(source, target, total, progress, chunk=1 << 20):
+    import http.client
     done = 0
     while True:
         block = source.read(chunk)
         if not block:
+            if total and done < total:   # read(n) returns b"" when the peer hangs up early
+                raise http.client.IncompleteRead(b"", total - done)
             break
         target.write(block)
         done += len(block)
@@ -434,7 +448,7 @@ class Blob:
     def __init__(self, key, body, etag, size, last_modified=None, server_time=None):
         self.key, self.body, self.etag, self.size = key, body, etag, size
         self.last_modified, self.server_time = last_modified, server_time
-        self.chain = None   # nonces of the last conditional writes (see Client.write)
+        self.chain = None   # [writer, nonce] of the last conditional writes (Client.write)
 
 
 class Entry:
@@ -553,15 +567,12 @@ class LocalStore(Store):
         try:
             tmp, etag = self._write_temp(body, progress)
             try:
-                if if_match:
-                    with self._lock(key):
-                        if self._current_etag(key) != if_match:
-                            raise PreconditionFailed(f"{key} changed (version is not {if_match})")
-                        self._place(tmp, path, os.replace)
-                elif if_none_match:
-                    self._place(tmp, path, os.link)
-                else:
-                    self._place(tmp, path, os.replace)
+                # Every replacement holds the key's lock, so a compare-and-swap between its
+                # check and its rename can never be overtaken by a plain write or a delete.
+                with self._lock(key):
+                    if if_match and self._current_etag(key) != if_match:
+                        raise PreconditionFailed(f"{key} changed (version is not {if_match})")
+                    self._place(tmp, path, os.link if if_none_match else os.replace)
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
@@ -606,12 +617,9 @@ class LocalStore(Store):
     def delete(self, key, if_match=None):
         path = self._path(key)
         try:
-            if if_match:
-                with self._lock(key):
-                    if self._current_etag(key) != if_match:
-                        raise PreconditionFailed(f"{key} changed (version is not {if_match})")
-                    os.unlink(path)
-            else:
+            with self._lock(key):
+                if if_match and self._current_etag(key) != if_match:
+                    raise PreconditionFailed(f"{key} changed (version is not {if_match})")
                 try:
                     os.unlink(path)
                 except FileNotFoundError:
@@ -754,8 +762,12 @@ class S3Store(Store):
         self.bucket = check_bucket(bucket)
         self.region = region or "us-east-1"
         self.endpoint = (endpoint or f"https://s3.{self.region}.amazonaws.com").rstrip("/")
-        url = urlsplit(self.endpoint)
-        if url.scheme not in ("http", "https") or not url.hostname:
+        try:
+            url = urlsplit(self.endpoint)
+            port = url.port or (443 if url.scheme == "https" else 80)
+        except ValueError:
+            url, port = None, None
+        if url is None or url.scheme not in ("http", "https") or not url.hostname:
             raise ConfigError(f"endpoint {self.endpoint!r} is not an http(s) URL")
         if addressing not in ("path", "virtual"):
             raise ConfigError(f"addressing must be 'path' or 'virtual', not {addressing!r}")
@@ -764,7 +776,6 @@ class S3Store(Store):
                               "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE")
         self.access_key, self.secret_key, self.session_token = access_key, secret_key, session_token
         self.addressing = addressing
-        port = url.port or (443 if url.scheme == "https" else 80)
         host = url.hostname if addressing == "path" else f"{self.bucket}.{url.hostname}"
         default_port = port == (443 if url.scheme == "https" else 80)
         self.host_header = host if default_port else f"{host}:{port}"
@@ -836,6 +847,9 @@ class S3Store(Store):
                     else "the store does not know this access key")
             return BadCredentials(f"the store at {self.endpoint} refused the credentials ({code}): "
                                   f"{hint}; check --access-key/--secret-key or AWS_* variables")
+        if code == "RequestTimeTooSkewed":
+            return StoreError(f"the store at {self.endpoint} rejected the request time: this "
+                              "machine's clock is off by more than 15 minutes; fix it (NTP)")
         if status == 403 or code == "AccessDenied":
             return AccessDenied(f"access denied by the store for {method} {what} ({code or 403}): "
                                 "check that the credentials may read and write this bucket")
@@ -902,7 +916,12 @@ class S3Store(Store):
                 query.append(("continuation-token", token))
             elif start_after:
                 query.append(("start-after", start_after))
-            root = ET.fromstring(self.request("GET", query=query).body)
+            body = self.request("GET", query=query).body
+            try:
+                root = ET.fromstring(body)
+            except ET.ParseError:
+                raise StoreError(f"{self.endpoint} answered a listing that is not S3's XML "
+                                 "(is the endpoint an S3 server?)") from None
             token = None
             for node in root:
                 tag = node.tag.rpartition("}")[2]
@@ -1010,7 +1029,7 @@ def find_config(start=None):
     directory = os.path.abspath(start or os.getcwd())
     while True:
         candidate = os.path.join(directory, CONFIG_NAME)
-        if os.path.isfile(candidate):
+        if os.path.isfile(candidate) and _trusted(candidate):
             return candidate
         parent = os.path.dirname(directory)
         if parent == directory:
@@ -1018,6 +1037,19 @@ def find_config(start=None):
         directory = parent
     candidate = user_config_path()
     return candidate if os.path.isfile(candidate) else None
+
+
+def _trusted(path):
+    """A config found by walking up must be the user's own and not writable by others: one
+    planted in a shared parent (/tmp) could redirect an agent to someone else's store."""
+    if os.name != "posix":
+        return True
+    stat = os.stat(path)
+    if stat.st_uid != os.getuid() or stat.st_mode & 0o022:
+        print(f"tracecraft: warning: ignoring {path}: it is not owned by you or is writable by "
+              "others", file=sys.stderr)
+        return False
+    return True
 
 
 def load_config(path):
@@ -1069,15 +1101,17 @@ def _is_loopback(host):
 
 def write_config(path, config):
     """Write the config with mode 0600: it may hold a secret key."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write config {path}: {exc.strerror or exc}") from None
 
 
 def _aws_profile(name):
@@ -1091,7 +1125,7 @@ def _aws_profile(name):
         parser = configparser.RawConfigParser()
         try:
             parser.read(path, encoding="utf-8")
-        except (OSError, configparser.Error):
+        except (OSError, UnicodeDecodeError, configparser.Error):
             continue
         if parser.has_option(section, "aws_access_key_id"):
             get = lambda option: parser.get(section, option, fallback=None)  # noqa: E731
@@ -1110,19 +1144,25 @@ def resolve_credentials(settings):
         return env["HF_S3_ACCESS_KEY_ID"], env.get("HF_S3_SECRET_ACCESS_KEY"), None
     if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
         return env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_SESSION_TOKEN")
-    if env.get("AWS_PROFILE"):
-        found = _aws_profile(env["AWS_PROFILE"])
-        if not found:
-            raise ConfigError(f"AWS_PROFILE={env['AWS_PROFILE']} has no keys in ~/.aws/credentials "
-                              "or ~/.aws/config")
+    found = _aws_profile(env["AWS_PROFILE"]) if env.get("AWS_PROFILE") else None
+    if found:
         return found
     if settings.get("access_key") and settings.get("secret_key"):
         return settings["access_key"], settings["secret_key"], settings.get("session_token")
+    if env.get("AWS_PROFILE"):
+        raise ConfigError(f"AWS_PROFILE={env['AWS_PROFILE']} has no static keys in "
+                          "~/.aws/credentials or ~/.aws/config (SSO and role profiles are not "
+                          "supported: export AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY instead)")
     return _aws_profile("default") or (None, None, None)
 
 
 def open_store(settings):
     """The Store that `settings` (a config dict, possibly with overrides) describe."""
+    for field in ("backend", "bucket", "root", "endpoint", "region", "addressing", "project",
+                  "agent", "access_key", "secret_key"):
+        if settings.get(field) is not None and not isinstance(settings[field], str):
+            where = settings.get("_path") or "the settings"
+            raise ConfigError(f"{field!r} in {where} must be a string, not {settings[field]!r:.40}")
     backend = settings.get("backend") or "local"
     bucket = settings.get("bucket") or "tracecraft"
     if backend == "local":
@@ -1177,7 +1217,7 @@ ENDED = ("complete", "failed", "blocked")
 HISTORY_LIMIT, HISTORY_BYTES = 10, 64 * 1024
 LOG_WIDTH = 12          # message numbers are stored inverted, so a listing starts at the newest
 LOG_TOP = 10 ** LOG_WIDTH
-RECENT_WRITES = 16        # nonces a record keeps, to recognise a retried write that won
+RECENT_WRITERS = 32       # writers a record remembers, to recognise a retried write that won
 CONTENTION_SECONDS = 30.0  # how long a compare-and-swap loop keeps trying before it gives up
 _KEEP = object()
 
@@ -1197,7 +1237,12 @@ def _version(etag):
 
 def _quoted(version):
     version = str(version).strip()
-    return version if version.startswith('"') else f'"{version}"'
+    bare = version.strip('"')
+    if not bare or len(bare) > 128 or not all(c.isascii() and (c.isalnum() or c in "-_.")
+                                              for c in bare):
+        raise UsageError(f"{version!r:.60} is not a version (use the one `memory get --json` "
+                         "prints)")
+    return f'"{bare}"'
 
 
 def _retries(what):
@@ -1241,6 +1286,7 @@ class Client:
         self.unsafe_store = False          # set when init accepted a store failing the probe
         self.notes = []                    # warnings about the settings, from connect()
         self._log_tails = {}
+        self._writer = os.urandom(6).hex()   # this client, in records' "writers" (see write)
 
     def __repr__(self):
         return f"<tracecraft.Client project={self.project!r} agent={self.agent!r} on {self.store.describe()}>"
@@ -1278,13 +1324,19 @@ class Client:
         from read()) by compare-and-swap.  Returns the new ETag.
 
         A conditional write whose response is lost may have succeeded, and its retry then loses
-        to itself.  So every conditional write carries a nonce, and a record also keeps the nonces
-        of the last few writes before it ("recent"): a retried write that answers "precondition
-        failed" is read back, and it won if its nonce is there, even if others wrote since."""
+        to itself.  So every conditional write carries a nonce, and a record keeps the last nonce
+        of each of its recent writers ("writers", one entry per client, newest first): a retried
+        write that answers "precondition failed" is read back, and it won if its nonce is there.
+        Others may have written since, however many times, as long as fewer than RECENT_WRITERS
+        other clients did."""
+        if replacing is not None and not replacing.etag:
+            raise StoreError(f"the store returned no ETag for {key}, so it cannot be updated "
+                             "safely (compare-and-swap needs one)")
         if create_only or replacing is not None:
             nonce = os.urandom(8).hex()
-            chain = (replacing.chain or []) if replacing is not None else []
-            record = dict(record, nonce=nonce, recent=([nonce] + chain)[:RECENT_WRITES])
+            others = [w for w in (replacing.chain or []) if w[0] != self._writer] \
+                if replacing is not None else []
+            record = dict(record, writers=([[self._writer, nonce]] + others)[:RECENT_WRITERS])
         body = json.dumps(record, ensure_ascii=False, indent=1).encode("utf-8")
         try:
             return self.store.put(key, body, if_none_match=create_only,
@@ -1293,7 +1345,7 @@ class Client:
         except (PreconditionFailed, NoSuchKey) as exc:
             if exc.retried:
                 current = self.read(key, missing_ok=True)
-                if current and record["nonce"] in (current[1].chain or []):
+                if current and [self._writer, nonce] in (current[1].chain or []):
                     return current[1].etag
             if isinstance(exc, NoSuchKey):
                 raise PreconditionFailed(f"{key} is gone") from None
@@ -1301,7 +1353,7 @@ class Client:
 
     def read(self, key, missing_ok=False):
         """(record, blob) for a JSON object, or None when missing and `missing_ok`.  The
-        bookkeeping of conditional writes moves from the record to `blob.chain`."""
+        bookkeeping of conditional writes ("writers") moves from the record to `blob.chain`."""
         try:
             blob = self.store.get(key)
         except NoSuchKey:
@@ -1314,9 +1366,9 @@ class Client:
             raise CorruptObject(f"object {key} is not valid JSON (written by another tool?)") from None
         if not isinstance(record, dict):
             raise CorruptObject(f"object {key} is not a JSON object")
-        nonce, recent = record.pop("nonce", None), record.pop("recent", None)
-        blob.chain = [n for n in recent if isinstance(n, str)] if isinstance(recent, list) \
-            else [nonce] if nonce else []
+        writers = record.pop("writers", None)
+        blob.chain = [w for w in writers if isinstance(w, list) and len(w) == 2] \
+            if isinstance(writers, list) else []
         return record, blob
 
     def update(self, key, change, create=True):
@@ -1350,11 +1402,16 @@ class Client:
         return LOG_TOP - int(head) if head.isdigit() and len(head) == LOG_WIDTH else None
 
     def _log_tail(self, log):
-        for entry in self.store.list(self.key("messages", log) + "/", limit=1):
-            n = self._log_number(entry.key)
-            if n is not None:
-                return n
-        return 0
+        # The newest message lists first, after anything that is not a message at all (a
+        # folder marker, a stray file), which a short look usually gets past.
+        for limit in (8, None):
+            entries = list(self.store.list(self.key("messages", log) + "/", limit=limit))
+            for entry in entries:
+                n = self._log_number(entry.key)
+                if n is not None:
+                    return n
+            if limit is None or len(entries) < limit:
+                return 0
 
     def _log_since(self, log, after, contiguous=True):
         """Entries of a log numbered above `after`, oldest first: [(n, entry)].
@@ -1520,7 +1577,7 @@ class Client:
         try:
             self.write(key, lease, create_only=True)
             return self._claimed(step, lease)
-        except PreconditionFailed:
+        except (PreconditionFailed, ConditionalConflict):
             pass
         for _ in _retries(f"step {step}"):
             got = self.read(key, missing_ok=True)
@@ -1528,7 +1585,7 @@ class Client:
                 try:
                     self.write(key, lease, create_only=True)
                     return self._claimed(step, lease)
-                except PreconditionFailed:
+                except (PreconditionFailed, ConditionalConflict):
                     continue
             current, blob = got
             state, holder = current.get("state", "held"), current.get("agent")
@@ -1558,10 +1615,12 @@ class Client:
         me = self.me()
         got = self.read(self._step_key(step, "claim"), missing_ok=True)
         if got is None:
+            self._holding(remove=step)
             raise Refused(f"step {step} is not claimed; claim it first")
         lease, blob = got
         state, holder = lease.get("state", "held"), lease.get("agent")
         if state in ENDED:
+            self._holding(remove=step)
             raise Refused(f"step {step} is already {state}")
         if holder != me or state != "held":
             self._holding(remove=step)
@@ -1575,6 +1634,8 @@ class Client:
         lease, blob = self._own_lease(step, "renew")
         if ttl is None:
             ttl = _field(lease, "ttl", float, DEFAULT_TTL, f"lease of step {step}")
+        if ttl <= 0:
+            raise UsageError("the lease ttl must be positive")
         renewed = dict(lease, ttl=float(ttl), renewed_at=self.now())
         try:
             self.write(self._step_key(step, "claim"), renewed, replacing=blob)
@@ -1616,6 +1677,9 @@ class Client:
         lease, blob = got
         state, holder = lease.get("state", "held"), lease.get("agent")
         if state in ENDED:
+            if lease.get("ended_by") == me and state == status and \
+                    not self._exists(self._step_key(step, "status")):
+                return self._publish_end(step, lease)   # finish what a failed call began
             raise Refused(f"step {step} is already {state} (by {lease.get('ended_by', holder)})")
         live = blob is None or (state == "held" and self._lease_left(lease, blob) > 0)
         if not force and (holder != me or state != "held"):
@@ -1632,21 +1696,35 @@ class Client:
             raise LostLease(f"cannot end step {step}: this agent's lease expired "
                             f"{_duration(-self._lease_left(lease, blob))} ago; claim it again")
         forced = force and (holder != me or not live)
-        ended = dict(lease, state=status, ended_by=me, ended_at=self.now(), forced=forced)
+        # The lease itself records the end, note included: it is the one object changed by
+        # compare-and-swap, so it is the authority; status.json and handoff.json follow it.
+        ended = dict(lease, state=status, ended_by=me, ended_at=self.now(), forced=forced,
+                     note=note)
         try:
             if blob is None:
                 self.write(key, ended, create_only=True)
             else:
                 self.write(key, ended, replacing=blob)
-        except (PreconditionFailed, ConditionalConflict, NoSuchKey):
+        except (PreconditionFailed, ConditionalConflict):
             raise LostLease(f"cannot end step {step}: the lease changed meanwhile "
                             "(taken over or ended by another agent)") from None
-        record = self.record(step=step, status=status, holder=holder, generation=lease.get("generation", 1),
-                             note=note, forced=forced)
-        if note is not None:
-            self.write(self._step_key(step, "handoff"), self.record(step=step, note=note,
-                                                                    status=status))
-        self.write(self._step_key(step, "status"), record)   # last: wait-for watches it
+        return self._publish_end(step, ended)
+
+    @staticmethod
+    def _end_record(step, lease):
+        """How a step ended, from its ended lease."""
+        return {"step": step, "status": lease.get("state"), "holder": lease.get("agent"),
+                "generation": lease.get("generation", 1), "note": lease.get("note"),
+                "forced": bool(lease.get("forced")), "by": lease.get("ended_by"),
+                "at": lease.get("ended_at")}
+
+    def _publish_end(self, step, lease):
+        record = self._end_record(step, lease)
+        if record["note"] is not None:
+            self.write(self._step_key(step, "handoff"),
+                       {"step": step, "note": record["note"], "status": record["status"],
+                        "by": record["by"], "at": record["at"]})
+        self.write(self._step_key(step, "status"), record)
         self._holding(remove=step)
         return record
 
@@ -1671,12 +1749,14 @@ class Client:
                 "generation": lease.get("generation"), "lease_left": left,
                 "claimed_at": lease.get("at"), "ended_by": lease.get("ended_by"),
                 "ended_at": lease.get("ended_at"), "forced": lease.get("forced", False),
-                "note": handoff.get("note", status.get("note")), "handoff": handoff or None}
+                "note": handoff.get("note", lease.get("note", status.get("note"))),
+                "handoff": handoff or None}
 
     def wait_for(self, steps, timeout=300.0, on_complete=None):
-        """Block until every step is complete; return {step: status record}.  Raises StepEnded
-        at once when one ends failed or blocked, and WaitTimeout naming what is left.  Polls
-        fast at first and right after progress, backing off to every 2 s while idle."""
+        """Block until every step is complete; return {step: how it ended}.  Raises StepEnded
+        at once when one ends failed or blocked, and WaitTimeout naming what is left.  Watches
+        each step's lease (one read per step and round), polling fast at first and right after
+        progress, backing off to every 2 s while idle."""
         pending = list(dict.fromkeys(check_name("step id", s) for s in steps))
         if not pending:
             raise UsageError("wait-for needs at least one step id")
@@ -1684,20 +1764,19 @@ class Client:
         done, interval = {}, 0.05
         while True:
             for step in list(pending):
-                got = self.read(self._step_key(step, "status"), missing_ok=True)
-                if not got:
+                got = self.read(self._step_key(step, "claim"), missing_ok=True)
+                if not got or got[0].get("state") not in ENDED:
                     continue
-                record = got[0]
-                if record.get("status") in ("failed", "blocked"):
+                record = self._end_record(step, got[0])
+                if record["status"] != "complete":
                     note = f": {record['note']}" if record.get("note") else ""
                     raise StepEnded(f"step {step} ended {record['status']} "
-                                    f"(by {record.get('by')}){note}")
-                if record.get("status") == "complete":
-                    done[step] = record
-                    pending.remove(step)
-                    interval = 0.05
-                    if on_complete:
-                        on_complete(step, record)
+                                    f"(by {record['by']}){note}")
+                done[step] = record
+                pending.remove(step)
+                interval = 0.05
+                if on_complete:
+                    on_complete(step, record)
             if not pending:
                 return done
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -1737,6 +1816,7 @@ class Client:
     def heartbeat(self, renew=True):
         """Record that this agent is alive and, with `renew`, renew every lease it holds.
         Returns the agent record; leases found lost are dropped from it and reported."""
+        self.me()
         record = self._holding()
         if renew:
             for step in list(record.get("holding", [])):
@@ -1969,17 +2049,27 @@ class Artifacts:
                 self.client.key("artifacts", step, ".meta", name + ".json"), step)
 
     def upload(self, path, step=None, name=None, overwrite=False, progress=None):
-        """Upload a local file; refuses to replace an existing artifact unless `overwrite`."""
+        """Upload a local file ("-" reads standard input, which needs a `name`); refuses to
+        replace an existing artifact unless `overwrite`."""
         import hashlib
         import mimetypes
+        import shutil
+        import tempfile
+        if path == "-" and not name:
+            raise UsageError("uploading standard input needs a name (--name)")
         name = name or os.path.basename(os.path.abspath(path))
         data_key, meta_key, step = self._keys(name, step)
         try:
-            f = open(path, "rb")
+            f = sys.stdin.buffer if path == "-" else open(path, "rb")
+            if not f.seekable():   # a pipe: keep a copy, since a retry must send it again
+                spool = tempfile.TemporaryFile()
+                shutil.copyfileobj(f, spool)
+                f = spool
         except OSError as exc:
             raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
         with f:
             digest = hashlib.sha256()
+            f.seek(0)
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
             size = f.tell()
@@ -2227,15 +2317,20 @@ def _ignore_in_git(directory):
     """Add .tracecraft.json to the directory's .gitignore (it may hold a secret key)."""
     path = os.path.join(directory, ".gitignore")
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        lines = []
-    if CONFIG_NAME in lines or "/" + CONFIG_NAME in lines:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except FileNotFoundError:
+            text = ""
+        if CONFIG_NAME in text.splitlines() or "/" + CONFIG_NAME in text.splitlines():
+            return False
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(("" if not text or text.endswith("\n") else "\n") + CONFIG_NAME + "\n")
+        return True
+    except OSError as exc:
+        print(f"tracecraft: warning: could not add {CONFIG_NAME} to {path}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
         return False
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(CONFIG_NAME + "\n" if not lines or lines[-1] == "" else "\n" + CONFIG_NAME + "\n")
-    return True
 
 
 def cmd_init(args, out):
@@ -2307,6 +2402,8 @@ def _parse_value(text, force_string):
 
 
 def cmd_memory_set(args, out):
+    if args.value == "-":
+        args.value = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
     record = _client(args).memory.set(args.key, _parse_value(args.value, args.string),
                                       if_version=args.if_version, if_absent=args.if_absent)
     out.result(record, f"Set {args.key} = {_show_value(record['value'])}")
@@ -2579,7 +2676,7 @@ def build_parser():
                 "complete\n  tracecraft memory set build.attempts 3\n"
                 "  tracecraft memory set cfg '{\"a\": 1}'")
     p.add_argument("key", help="dotted key, e.g. design.status")
-    p.add_argument("value")
+    p.add_argument("value", help="the value; '-' reads it from standard input")
     p.add_argument("--string", action="store_true", help="store VALUE as a string, never JSON")
     p.add_argument("--if-version", metavar="V", help="write only if KEY is still at version V "
                                                      "(from `memory get --json`)")

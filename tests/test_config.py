@@ -59,3 +59,21 @@ def test_project_override_isolates_state(tmp_path):
     assert runner("memory", "get", "k", env={"TRACECRAFT_PROJECT": "two"}).returncode == 1
     assert runner("memory", "get", "k", "--project", "two").returncode == 1
     assert runner.ok("memory", "get", "k") == "1\n"
+
+
+def test_secrets_never_appear_in_output(seaweed, tmp_path, bucket_name):
+    secret = seaweed.secret_key
+    runner = CLI(tmp_path, clean_env(tmp_path))
+    outputs = [runner("init", "--project", "p", "--agent", "a", "--endpoint", seaweed.endpoint,
+                      "--bucket", bucket_name, "--access-key", seaweed.access_key,
+                      "--secret-key", secret, "--json")]
+    for args in (["doctor"], ["doctor", "--json"], ["agents", "--json"], ["claim", "s", "--json"],
+                 ["memory", "get", "missing", "--json"], ["heartbeat", "--json"]):
+        outputs.append(runner(*args))
+    wrong = CLI(tmp_path, dict(clean_env(tmp_path), AWS_ACCESS_KEY_ID=seaweed.access_key,
+                               AWS_SECRET_ACCESS_KEY=secret + "x"))
+    outputs.append(wrong("doctor"))
+    outputs.append(wrong("memory", "get", "k", "--json"))
+    assert outputs[0].returncode == 0 and outputs[-1].returncode == 4
+    for result in outputs:
+        assert secret not in result.stdout + result.stderr

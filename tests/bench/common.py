@@ -20,6 +20,9 @@ REPO = os.path.dirname(TESTS)
 for _path in (REPO, TESTS):
     if _path not in sys.path:
         sys.path.insert(0, _path)
+# run.py measures a snapshot of tracecraft.py taken at its start; its workers import that copy.
+if os.environ.get("BENCH_TRACECRAFT_DIR"):
+    sys.path.insert(0, os.environ["BENCH_TRACECRAFT_DIR"])
 
 
 # -- naming requests -----------------------------------------------------------------------------

@@ -37,9 +37,11 @@ from common import (HERE, REPO, describe, install_counter, median, percentile,  
 from proxy import CountingProxy  # noqa: E402
 from servers import SeaweedServer  # noqa: E402
 
-import tracecraft  # noqa: E402
-
-TRACECRAFT = os.path.join(REPO, "tracecraft.py")
+# tracecraft.py is measured from a snapshot taken when the run starts (others may be editing
+# the file meanwhile): this process, the command lines and the workers all use that copy.
+SOURCE = os.path.join(REPO, "tracecraft.py")
+TRACECRAFT = SOURCE      # set to the snapshot by main()
+tracecraft = None        # the snapshot, imported by main()
 WORKER = os.path.join(HERE, "worker.py")
 BUCKET = "bench"
 SCENARIOS = ["cli", "requests", "throughput", "barrier", "contention", "inbox", "scale"]
@@ -176,7 +178,11 @@ class Bench:
                 if proc.returncode != 0 or not lines:
                     raise BenchError(f"a {mode} worker exited {proc.returncode}: "
                                      f"{err.decode(errors='replace')[-800:]}")
-                results.append(json.loads(lines[-1]))
+                result = json.loads(lines[-1])
+                if result.get("tracecraft") != os.path.abspath(TRACECRAFT):
+                    raise BenchError(f"a {mode} worker imported {result.get('tracecraft')}, "
+                                     f"not the snapshot {TRACECRAFT}")
+                results.append(result)
             return go, results
         finally:
             for proc in procs:
@@ -552,9 +558,10 @@ def scenario_barrier(b):
           "", None, f"p90 {ms(percentile(lat_end, 90))}")
     b.row(section, "requests/s per waiter, average over all waiting", f"{pooled:.2f}/s", "<= 2/s",
           pooled <= 2.0, f"per waiter {min(rates):.2f}-{max(rates):.2f}/s (short waits cost most)")
+    kinds = sorted({k for res in results for k in res["labels"]})
     b.row(section, "requests/s per waiter while idle (4 s into a wait and later)",
           f"{idle_rate:.2f}/s", "", None,
-          f"from the {len(idle)} waits longer than 5 s; one GET steps/status per poll")
+          f"from the {len(idle)} waits longer than 5 s; each poll: {', '.join(kinds)}")
     b.figures["barrier"] = figures
 
 
@@ -771,8 +778,37 @@ def print_table(rows, out=sys.stdout):
         print("  ".join(str(r[c]).ljust(widths[c]) for c in cols) + "  " + r["detail"], file=out)
 
 
+def source_state(path):
+    """(sha256 prefix of tracecraft.py, whether it differs from git HEAD or None if unknown)."""
+    import hashlib
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:12]
+    try:
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "tracecraft.py"], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               timeout=10).returncode == 1
+    except (OSError, subprocess.SubprocessError):
+        dirty = None
+    return digest, dirty
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    global tracecraft, TRACECRAFT
+    snapshot = tempfile.mkdtemp(prefix="tc-bench-src-")
+    try:
+        shutil.copy(SOURCE, os.path.join(snapshot, "tracecraft.py"))
+        TRACECRAFT = os.path.join(snapshot, "tracecraft.py")
+        os.environ["BENCH_TRACECRAFT_DIR"] = snapshot     # for the workers (see common.py)
+        sys.path.insert(0, snapshot)
+        import tracecraft as module
+        tracecraft = module
+        return _main(argv)
+    finally:
+        shutil.rmtree(snapshot, ignore_errors=True)
+
+
+def _main(argv):
+    parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="scenarios: " + ", ".join(SCENARIOS))
     parser.add_argument("--quick", action="store_true",
@@ -796,6 +832,7 @@ def main(argv=None):
             parser.error(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
     started = time.time()
     t0 = time.monotonic()
+    digest, dirty = source_state(TRACECRAFT)
     failed = []
     with tempfile.TemporaryDirectory(prefix="tc-bench-") as tmp, SeaweedServer() as s3:
         bench = Bench(args, s3, tmp)
@@ -814,11 +851,17 @@ def main(argv=None):
             bench.figures.setdefault("durations_s", {})[name] = time.monotonic() - t
             bench.progress(f"scenario {name} done in {time.monotonic() - t:.1f} s")
     duration = time.monotonic() - t0
+    digest_end, _ = source_state(SOURCE)
     print()
-    print(f"tracecraft {tracecraft.__version__} benchmark, {time.strftime('%Y-%m-%d %H:%M:%S')}, "
+    print(f"tracecraft {tracecraft.__version__} (tracecraft.py sha256 {digest}"
+          f"{', uncommitted changes' if dirty else ''}) benchmark, "
+          f"{time.strftime('%Y-%m-%d %H:%M:%S')}, "
           f"{'quick' if args.quick else 'full'} run, {duration:.0f} s, python "
           f"{platform.python_version()}, {os.cpu_count()} CPUs, load "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    if digest_end != digest:
+        print(f"note: tracecraft.py changed during the run ({digest} -> {digest_end}); "
+              f"every figure is of the snapshot {digest} taken at the start")
     print()
     print_table(bench.rows)
     missed = [t for t in bench.targets if not t["pass"]]
@@ -828,7 +871,9 @@ def main(argv=None):
     results = {"meta": {"started": started, "duration_s": duration, "quick": args.quick,
                         "scenarios": selected, "python": args.python,
                         "python_version": platform.python_version(),
-                        "tracecraft_version": tracecraft.__version__, "cpus": os.cpu_count(),
+                        "tracecraft_version": tracecraft.__version__,
+                        "tracecraft_sha256": digest, "repo_tracecraft_sha256_at_end": digest_end,
+                        "uncommitted_changes": dirty, "cpus": os.cpu_count(),
                         "platform": platform.platform(), "failed": failed},
                "targets": bench.targets, "rows": bench.rows, "figures": bench.figures}
     with open(args.output, "w") as f:

@@ -30,7 +30,7 @@ def handshake():
 
 
 def report(data):
-    print(json.dumps(data), flush=True)
+    print(json.dumps(dict(data, tracecraft=os.path.abspath(tracecraft.__file__))), flush=True)
 
 
 # -- barrier: one waiter ---------------------------------------------------------------------------
