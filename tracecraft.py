@@ -474,7 +474,8 @@ class Store:
     list(prefix, start_after=None, limit=None)
                                        Entry objects in S3's order (by UTF-8 bytes), every page
                                        (or the first `limit` entries)
-    ensure_bucket() -> bool            create the bucket if missing; True when it was created
+    ensure_bucket(prefix="") -> bool   create the bucket if missing; True when it was created
+                                       (credentials scoped to `prefix` are checked there)
     """
     name = "store"
 
@@ -666,7 +667,7 @@ class LocalStore(Store):
                 continue
             yield Entry(key, stat.st_size, stat.st_mtime)
 
-    def ensure_bucket(self):
+    def ensure_bucket(self, prefix=""):
         created = not os.path.isdir(self.dir)
         try:
             os.makedirs(self.dir, exist_ok=True)
@@ -938,15 +939,16 @@ class S3Store(Store):
             if not token:
                 return
 
-    def ensure_bucket(self):
+    def ensure_bucket(self, prefix=""):
         try:
             self.request("HEAD")
             return False
         except NoSuchBucket:
             pass
         except AccessDenied:
-            # HEAD answers 403 without a body: tell wrong credentials from a missing permission.
-            self.request("GET", query=[("list-type", "2"), ("max-keys", "1")])
+            # HEAD answers 403 without a body: tell wrong credentials from a missing permission,
+            # and let credentials scoped to the project's prefix through.
+            self.request("GET", query=[("list-type", "2"), ("max-keys", "1"), ("prefix", prefix)])
             return False
         body = b""
         if self.region != "us-east-1":
@@ -2361,7 +2363,7 @@ def cmd_init(args, out):
         out.note(f"tracecraft: warning: {warning}")
     store = open_store(dict(config, _from_flags=bool(args.access_key)))
     with store:
-        created = store.ensure_bucket()
+        created = store.ensure_bucket(project + "/")
         client = Client(store, project, agent)
         failed = [f"{name}: {detail}" for name, ok, detail in client.probe() if not ok]
         if failed and not args.accept_unsafe_store:
