@@ -492,6 +492,113 @@ class Store:
         return self.name
 
 
+def _version(etag):
+    """Versions are ETags without their quotes; If-Match wants them quoted."""
+    return (etag or "").strip('"')
+
+
+def _is_loopback(host):
+    import ipaddress
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def write_config(path, config):
+    """Write the config with mode 0600: it may hold a secret key."""
+    tmp = path + ".tmp"
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write config {path}: {exc.strerror or exc}") from None
+
+
+def _aws_profile(name):
+    """Keys of one profile from ~/.aws/credentials, then ~/.aws/config ("profile NAME")."""
+    import configparser
+    home = os.path.expanduser("~")
+    files = [(os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(home, ".aws", "credentials"), name),
+             (os.environ.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config"),
+              name if name == "default" else f"profile {name}")]
+    for path, section in files:
+        parser = configparser.RawConfigParser()
+        try:
+            parser.read(path, encoding="utf-8")
+        except (OSError, UnicodeDecodeError, configparser.Error):
+            continue
+        if parser.has_option(section, "aws_access_key_id"):
+            get = lambda option: parser.get(section, option, fallback=None)  # noqa: E731
+            return get("aws_access_key_id"), get("aws_secret_access_key"), get("aws_session_token")
+    return None
+
+
+def resolve_credentials(settings):
+    """(access key, secret key, session token): flags, then AWS_* variables, then AWS_PROFILE,
+    then the config file, then the `default` profile (last, so that a user's everyday AWS
+    profile never overrides keys that were given to `tracecraft init` for this project)."""
+    if settings.get("access_key") and settings.get("secret_key") and settings.get("_from_flags"):
+        return settings["access_key"], settings["secret_key"], settings.get("session_token")
+    env = os.environ
+    if settings.get("backend") == "hf" and env.get("HF_S3_ACCESS_KEY_ID"):
+        return env["HF_S3_ACCESS_KEY_ID"], env.get("HF_S3_SECRET_ACCESS_KEY"), None
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        return env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_SESSION_TOKEN")
+    found = _aws_profile(env["AWS_PROFILE"]) if env.get("AWS_PROFILE") else None
+    if found:
+        return found
+    if settings.get("access_key") and settings.get("secret_key"):
+        return settings["access_key"], settings["secret_key"], settings.get("session_token")
+    if env.get("AWS_PROFILE"):
+        raise ConfigError(f"AWS_PROFILE={env['AWS_PROFILE']} has no static keys in "
+                          "~/.aws/credentials or ~/.aws/config (SSO and role profiles are not "
+                          "supported: export AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY instead)")
+    return _aws_profile("default") or (None, None, None)
+
+
+def open_store(settings):
+    """The Store that `settings` (a config dict, possibly with overrides) describe."""
+    for field in ("backend", "bucket", "root", "endpoint", "region", "addressing", "project",
+                  "agent", "access_key", "secret_key"):
+        if settings.get(field) is not None and not isinstance(settings[field], str):
+            where = settings.get("_path") or "the settings"
+            raise ConfigError(f"{field!r} in {where} must be a string, not {settings[field]!r:.40}")
+    backend = settings.get("backend") or "local"
+    bucket = settings.get("bucket") or "tracecraft"
+    if backend == "local":
+        return LocalStore(settings.get("root"), bucket)
+    if backend not in ("s3", "hf"):
+        raise ConfigError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    access_key, secret_key, token = resolve_credentials(settings)
+    cls = HFStore if backend == "hf" else S3Store
+    return cls(bucket, endpoint=settings.get("endpoint"), region=settings.get("region"),
+               access_key=access_key, secret_key=secret_key, session_token=token,
+               addressing=settings.get("addressing") or "path",
+               verify=not settings.get("insecure"))
+
+
+def resolve_settings(config_path=None, **overrides):
+    """Merge the discovered (or named) config file, the environment and explicit overrides."""
+    path = config_path or find_config()
+    settings = load_config(path) if path else {}
+    settings["_path"] = path
+    for key, value in overrides.items():
+        if value is not None:
+            settings[key] = value
+    for key, var in (("agent", "TRACECRAFT_AGENT"), ("project", "TRACECRAFT_PROJECT")):
+        if os.environ.get(var) and overrides.get(key) is None:
+            settings[key] = os.environ[var]
+    return settings
+
+
 def _md5_etag(data):
     import hashlib
     return '"' + hashlib.md5(data).hexdigest() + '"'
@@ -755,12 +862,13 @@ def _xml_field(body, tag):
 class S3Store(Store):
     """Any S3-compatible store, signed with SigV4 over one kept-alive connection."""
     name = "s3"
+    follows_redirects = False   # a gateway that answers GET with a CDN redirect sets this
 
     def __init__(self, bucket, endpoint=None, region="us-east-1", access_key=None, secret_key=None,
                  session_token=None, addressing="path", verify=True, timeout=None,
                  max_attempts=None):
         from urllib.parse import urlsplit
-        self.bucket = check_bucket(bucket)
+        self.bucket = self.check_bucket(bucket)
         self.region = region or "us-east-1"
         self.endpoint = (endpoint or f"https://s3.{self.region}.amazonaws.com").rstrip("/")
         try:
@@ -783,6 +891,8 @@ class S3Store(Store):
         # A path on the endpoint (a gateway's namespace, say) is part of every signed path.
         self.base_path = url.path.rstrip("/")
         self.transport = Transport(url.scheme, host, port, timeout, max_attempts, verify)
+
+    check_bucket = staticmethod(check_bucket)
 
     def describe(self):
         return f"s3 bucket {self.bucket} at {self.endpoint}"
@@ -820,8 +930,46 @@ class S3Store(Store):
             return out
 
         resp = self.transport.request(method, target, make_headers, body, into, progress)
+        if resp.status in (302, 307) and self.follows_redirects and method in ("GET", "HEAD"):
+            return self._follow(resp, method, key, into, progress)
         if resp.status >= 300:
             raise self._error(resp, method, key)
+        return resp
+
+    def _follow(self, redirect, method, key, into, progress):
+        """Fetch a redirect's target without our credentials: the Authorization header must
+        never leave for another host.  The gateway's ETag stays the version, and a body whose
+        MD5 does not match it (a stale CDN copy) is refused, since compare-and-swap relies on
+        body and version belonging together."""
+        from urllib.parse import urljoin, urlsplit
+        location = urljoin(self.endpoint + "/", redirect.headers.get("location", ""))
+        url = urlsplit(location)
+        if url.scheme != "https" and not (url.scheme == "http" and _is_loopback(url.hostname or "")):
+            raise StoreError(f"the store redirected {key} to {url.scheme}://{url.hostname}, which "
+                             "is not https: refused")
+        target = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        port = url.port or (443 if url.scheme == "https" else 80)
+        cdn = Transport(url.scheme, url.hostname, port, verify=self.transport.verify)
+        try:
+            resp = cdn.request(method, target, lambda: {"Host": url.netloc}, b"", into, progress)
+        finally:
+            cdn.close()
+        if resp.status != 200:
+            raise StoreError(f"fetching {key} from {url.hostname} (where the store redirected) "
+                             f"answered {resp.status}")
+        # The version and the store's clock come from the gateway, not the CDN; if its redirect
+        # does not carry them, ask the gateway itself.
+        gateway = redirect.headers
+        if not (gateway.get("etag") and gateway.get("last-modified")):
+            gateway = dict(self.request("HEAD", key).headers, date=gateway.get("date"))
+        for name in ("etag", "last-modified", "date"):
+            resp.headers[name] = gateway.get(name) or resp.headers.get(name)
+        etag = resp.headers["etag"]
+        bare = _version(etag)
+        if into is None and method == "GET" and len(bare) == 32 and \
+                all(c in "0123456789abcdef" for c in bare) and _md5_etag(resp.body) != f'"{bare}"':
+            raise StoreError(f"{url.hostname} served a copy of {key} that does not match its "
+                             "version (a stale cache?); try again")
         return resp
 
     def _error(self, resp, method, key):
@@ -996,13 +1144,60 @@ class _ProgressReader:
         return block
 
 
-class HFStore(S3Store):
-    """Hugging Face Storage Buckets through the Hub's S3-compatible gateway (its own issue)."""
-    name = "hf"
+HF_GATEWAY = "https://s3.hf.co"
 
-    def __init__(self, *args, **kwargs):
-        raise ConfigError("the hf backend is not built yet: it arrives with the Hugging Face "
-                          "Buckets issue; until then use --backend s3 or the local store")
+
+class HFStore(S3Store):
+    """Hugging Face Storage Buckets through the Hub's S3-compatible gateway.
+
+    The bucket is NAMESPACE/NAME; requests go to <gateway>/NAMESPACE/NAME/<key>, path-style, so
+    the namespace is part of every signed path.  The gateway lists with ListObjectsV2 only (all
+    tracecraft uses), keeps no user metadata (tracecraft keeps everything in its JSON bodies),
+    and may answer GET with a redirect to a CDN, followed without credentials."""
+    name = "hf"
+    follows_redirects = True
+
+    def __init__(self, bucket, endpoint=None, region=None, access_key=None, secret_key=None,
+                 **settings):
+        namespace, _, name = (bucket or "").partition("/")
+        self.namespace = self.check_bucket(namespace)
+        if not access_key or not secret_key:
+            hint = (" HF_TOKEN is set, but the gateway signs with S3 keys: generate them from "
+                    "your token at https://huggingface.co/settings/tokens (\"Generate S3 "
+                    "credentials\") and set HF_S3_ACCESS_KEY_ID/HF_S3_SECRET_ACCESS_KEY"
+                    if os.environ.get("HF_TOKEN") else
+                    " Generate them at https://huggingface.co/settings/tokens (\"Generate S3 "
+                    "credentials\" on a token with write access)")
+            raise ConfigError("no S3 credentials for Hugging Face: pass --access-key/--secret-key "
+                              "(HFAK...) to init, or set HF_S3_ACCESS_KEY_ID and "
+                              "HF_S3_SECRET_ACCESS_KEY." + hint)
+        gateway = (endpoint or HF_GATEWAY).rstrip("/")
+        super().__init__(self.check_bucket(name), endpoint=f"{gateway}/{self.namespace}",
+                         region="us-east-1", access_key=access_key, secret_key=secret_key,
+                         addressing="path", **{k: v for k, v in settings.items()
+                                               if k != "addressing"})
+
+    @staticmethod
+    def check_bucket(name):
+        ok = (isinstance(name, str) and 1 <= len(name) <= 96 and name[0].isalnum() and name.isascii()
+              and all(c.isalnum() or c in "-_." for c in name) and ".." not in name)
+        if not ok:
+            raise UsageError(f"Hugging Face bucket {name!r} is not valid: use NAMESPACE/NAME, each "
+                             "made of letters, digits, '-', '_' and '.'")
+        return name
+
+    @property
+    def hub_url(self):
+        return f"https://huggingface.co/buckets/{self.namespace}/{self.bucket}"
+
+    def describe(self):
+        return f"Hugging Face bucket {self.namespace}/{self.bucket} ({self.hub_url})"
+
+    def request(self, method, key=None, *args, **kwargs):
+        if key is not None and (key.startswith("/") or key.endswith("/") or "//" in key):
+            raise UsageError(f"the Hugging Face gateway refuses keys that start or end with '/' "
+                             f"or contain '//': {key!r}")
+        return super().request(method, key, *args, **kwargs)
 
 
 # ==================================================================================================
@@ -1091,106 +1286,6 @@ def config_warnings(settings):
     return warnings
 
 
-def _is_loopback(host):
-    import ipaddress
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def write_config(path, config):
-    """Write the config with mode 0600: it may hold a secret key."""
-    tmp = path + ".tmp"
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise ConfigError(f"cannot write config {path}: {exc.strerror or exc}") from None
-
-
-def _aws_profile(name):
-    """Keys of one profile from ~/.aws/credentials, then ~/.aws/config ("profile NAME")."""
-    import configparser
-    home = os.path.expanduser("~")
-    files = [(os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(home, ".aws", "credentials"), name),
-             (os.environ.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config"),
-              name if name == "default" else f"profile {name}")]
-    for path, section in files:
-        parser = configparser.RawConfigParser()
-        try:
-            parser.read(path, encoding="utf-8")
-        except (OSError, UnicodeDecodeError, configparser.Error):
-            continue
-        if parser.has_option(section, "aws_access_key_id"):
-            get = lambda option: parser.get(section, option, fallback=None)  # noqa: E731
-            return get("aws_access_key_id"), get("aws_secret_access_key"), get("aws_session_token")
-    return None
-
-
-def resolve_credentials(settings):
-    """(access key, secret key, session token): flags, then AWS_* variables, then AWS_PROFILE,
-    then the config file, then the `default` profile (last, so that a user's everyday AWS
-    profile never overrides keys that were given to `tracecraft init` for this project)."""
-    if settings.get("access_key") and settings.get("secret_key") and settings.get("_from_flags"):
-        return settings["access_key"], settings["secret_key"], settings.get("session_token")
-    env = os.environ
-    if settings.get("backend") == "hf" and env.get("HF_S3_ACCESS_KEY_ID"):
-        return env["HF_S3_ACCESS_KEY_ID"], env.get("HF_S3_SECRET_ACCESS_KEY"), None
-    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
-        return env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_SESSION_TOKEN")
-    found = _aws_profile(env["AWS_PROFILE"]) if env.get("AWS_PROFILE") else None
-    if found:
-        return found
-    if settings.get("access_key") and settings.get("secret_key"):
-        return settings["access_key"], settings["secret_key"], settings.get("session_token")
-    if env.get("AWS_PROFILE"):
-        raise ConfigError(f"AWS_PROFILE={env['AWS_PROFILE']} has no static keys in "
-                          "~/.aws/credentials or ~/.aws/config (SSO and role profiles are not "
-                          "supported: export AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY instead)")
-    return _aws_profile("default") or (None, None, None)
-
-
-def open_store(settings):
-    """The Store that `settings` (a config dict, possibly with overrides) describe."""
-    for field in ("backend", "bucket", "root", "endpoint", "region", "addressing", "project",
-                  "agent", "access_key", "secret_key"):
-        if settings.get(field) is not None and not isinstance(settings[field], str):
-            where = settings.get("_path") or "the settings"
-            raise ConfigError(f"{field!r} in {where} must be a string, not {settings[field]!r:.40}")
-    backend = settings.get("backend") or "local"
-    bucket = settings.get("bucket") or "tracecraft"
-    if backend == "local":
-        return LocalStore(settings.get("root"), bucket)
-    if backend not in ("s3", "hf"):
-        raise ConfigError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
-    access_key, secret_key, token = resolve_credentials(settings)
-    cls = HFStore if backend == "hf" else S3Store
-    return cls(bucket, endpoint=settings.get("endpoint"), region=settings.get("region"),
-               access_key=access_key, secret_key=secret_key, session_token=token,
-               addressing=settings.get("addressing") or "path",
-               verify=not settings.get("insecure"))
-
-
-def resolve_settings(config_path=None, **overrides):
-    """Merge the discovered (or named) config file, the environment and explicit overrides."""
-    path = config_path or find_config()
-    settings = load_config(path) if path else {}
-    settings["_path"] = path
-    for key, value in overrides.items():
-        if value is not None:
-            settings[key] = value
-    for key, var in (("agent", "TRACECRAFT_AGENT"), ("project", "TRACECRAFT_PROJECT")):
-        if os.environ.get(var) and overrides.get(key) is None:
-            settings[key] = os.environ[var]
-    return settings
 
 
 # ==================================================================================================
@@ -1232,11 +1327,6 @@ class LostLease(Refused):
 
 class StepEnded(Refused):
     """A step that wait-for waits on ended failed or blocked."""
-
-
-def _version(etag):
-    """Versions are ETags without their quotes; If-Match wants them quoted."""
-    return (etag or "").strip('"')
 
 
 def _quoted(version):
@@ -2352,14 +2442,17 @@ def cmd_init(args, out):
     check_agent(agent)
     if bool(args.access_key) != bool(args.secret_key):
         raise UsageError("give both --access-key and --secret-key, or neither")
+    if backend == "hf" and not args.bucket:
+        raise UsageError("--backend hf needs --bucket NAMESPACE/NAME (a bucket on the Hub)")
     config = {"version": 1, "backend": backend, "project": project, "agent": agent,
-              "bucket": check_bucket(args.bucket or "tracecraft")}
+              "bucket": args.bucket or "tracecraft"}
     if backend == "local":
         if args.root:
             config["root"] = os.path.abspath(os.path.expanduser(args.root))
     else:
         env = os.environ
-        endpoint = args.endpoint or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+        endpoint = args.endpoint or (None if backend == "hf" else
+                                     env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"))
         config.update(endpoint=endpoint, addressing=args.addressing or "path",
                       region=args.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
                       or "us-east-1")
@@ -2388,6 +2481,8 @@ def cmd_init(args, out):
     if created:
         lines.append(f"Created bucket {config['bucket']}")
     lines.append(f"Initialized project {project} as agent {agent} on {store.describe()}")
+    if isinstance(store, HFStore):
+        lines.append(f"Watch the agents coordinate at {store.hub_url}")
     if failed:
         lines.append("WARNING: this store ignores conditional writes; atomic operations are unsafe")
     lines.append(f"Wrote {path}")

@@ -119,6 +119,8 @@ def init_args(settings):
     args = ["--bucket", settings["bucket"]]
     if settings["backend"] == "local":
         return args + ["--root", settings["root"]]
+    if settings["backend"] == "hf":
+        args += ["--backend", "hf"]
     return args + ["--endpoint", settings["endpoint"], "--access-key", settings["access_key"],
                    "--secret-key", settings["secret_key"]]
 
