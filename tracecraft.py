@@ -24,7 +24,9 @@ ordered bottom-up; each may call only the sections above it:
   5. Configuration           finding .tracecraft.json, credentials, opening the configured store
   6. Coordination protocol   memory, messages, claims, steps, barriers, artifacts, agents
   7. Python API              connect()
-  8. Command line            argparse, human and --json output, main()
+  8. MCP server              `tracecraft mcp`: the API as Model Context Protocol tools, and the
+                             instructions an agent follows
+  9. Command line            argparse, human and --json output, main()
 """
 
 import json
@@ -1953,6 +1955,51 @@ class Client:
         return result
 
 
+    def status(self):
+        """One picture of the project: agents, steps by state (with holder and lease left),
+        unread message counts per agent, the latest handoff notes and the number of memory keys.
+        Costs one read per step and per agent, plus a few listings."""
+        steps = []
+        prefix = self.key("steps") + "/"
+        for entry in self.store.list(prefix):
+            step, _, name = entry.key[len(prefix):].partition("/")
+            if name != "claim.json":
+                continue
+            try:
+                info = self.step_status_from_lease(step)
+            except CorruptObject as exc:
+                self.warn(f"skipped {exc}")
+                continue
+            steps.append(info)
+        agents = self.agents()
+        broadcast_tail = self._log_tail(BROADCAST)
+        for agent in agents:
+            got = self.read(self.key("cursors", agent["agent"] + ".json"), missing_ok=True)
+            cursor = got[0] if got else {}
+            read_direct = cursor.get("direct", 0) if isinstance(cursor.get("direct"), int) else 0
+            read_all = cursor.get("broadcast", 0) if isinstance(cursor.get("broadcast"), int) else 0
+            agent["unread"] = max(0, self._log_tail(agent["agent"]) - read_direct) + \
+                max(0, broadcast_tail - read_all)
+        handoffs = sorted((s for s in steps if s.get("note")), key=lambda s: s.get("ended_at") or "",
+                          reverse=True)[:5]
+        return {"project": self.project, "agents": agents, "steps": steps,
+                "handoffs": [{"step": s["step"], "by": s["ended_by"], "at": s["ended_at"],
+                              "note": s["note"]} for s in handoffs],
+                "memory_keys": len(self.memory.list())}
+
+    def step_status_from_lease(self, step):
+        """step_status() from claim.json alone (one read): what status() shows for each step."""
+        got = self.read(self._step_key(step, "claim"), missing_ok=True)
+        lease, blob = got if got else ({}, None)
+        state = lease.get("state", "held") if lease else None
+        left = self._lease_left(lease, blob) if blob and state == "held" else None
+        shown = state if state in ENDED else ("in_progress" if left and left > 0 else "expired") \
+            if state == "held" else "pending"
+        return {"step": step, "status": shown, "holder": lease.get("agent") if shown != "pending"
+                else None, "generation": lease.get("generation"), "lease_left": left,
+                "ended_by": lease.get("ended_by"), "ended_at": lease.get("ended_at"),
+                "note": lease.get("note")}
+
     def _stamp_path(self):
         import hashlib
         ident = f"{self.store.describe()}\0{self.project}\0{self.agent}".encode("utf-8")
@@ -2289,8 +2336,189 @@ def connect(project=None, agent=None, *, config=None, **settings):
 
 
 # ==================================================================================================
-# 8. Command line.  Owns: argument parsing, human and --json output, and main(), the one place that
-#    turns errors into exit codes.  Calls: sections 1-7.
+# 8. MCP server.  Owns: `tracecraft mcp`, a Model Context Protocol server on stdin/stdout (JSON-RPC
+#    2.0, one message per line) whose tools map onto the Python API.  Calls: sections 1-7.
+# ==================================================================================================
+
+MCP_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")   # newest first
+
+
+def _schema(required=(), **properties):
+    """A JSON Schema object from keyword arguments: name=(type, description)."""
+    return {"type": "object", "required": list(required),
+            "properties": {name: {"type": kind, "description": text}
+                           for name, (kind, text) in properties.items()}}
+
+
+STEP = ("string", "Step id, e.g. 'design' or 'build-api'")
+NOTE = ("string", "Context for the next agent: what was done, where things are, what is left")
+
+MCP_TOOLS = [
+    ("memory_get", "Read a shared memory value (any JSON) with its version, author and time.",
+     _schema(["key"], key=("string", "Dotted key, e.g. 'design.status'")),
+     lambda c, a: c.memory.record(a["key"])),
+    ("memory_set", "Write a shared memory value. Strings, numbers, objects and lists are kept as "
+                   "JSON. Give if_version (from memory_get) or if_absent for compare-and-swap.",
+     _schema(["key", "value"], key=("string", "Dotted key"), value=({}, "Any JSON value"),
+             if_version=("string", "Write only if the key is still at this version"),
+             if_absent=("boolean", "Write only if the key is unset")),
+     lambda c, a: c.memory.set(a["key"], a["value"], if_version=a.get("if_version"),
+                               if_absent=bool(a.get("if_absent")))),
+    ("memory_list", "List shared memory keys, optionally under a prefix (whole segments).",
+     _schema(prefix=("string", "Key prefix, e.g. 'design'")),
+     lambda c, a: {"keys": c.memory.list(a.get("prefix") or "")}),
+    ("memory_incr", "Atomically add a number to a memory value (unset counts as 0).",
+     _schema(["key"], key=("string", "Dotted key"), by=("number", "Amount to add (default 1)")),
+     lambda c, a: c.memory.incr(a["key"], a.get("by", 1))),
+    ("send", "Send a message to another agent, or to '_broadcast' for every agent.",
+     _schema(["to", "text"], to=("string", "Agent id, or _broadcast"), text=("string", "Message")),
+     lambda c, a: c.send(a["to"], a["text"])),
+    ("inbox", "Read this agent's unread messages (direct and broadcast) and mark them read.",
+     _schema(peek=("boolean", "Do not mark them read"),
+             wait=("number", "Seconds to wait for a message if there is none yet")),
+     lambda c, a: {"messages": c.inbox(peek=bool(a.get("peek")), wait=a.get("wait") or None)}),
+    ("claim", "Claim a step as a lease before working on it; fails if another agent holds it.",
+     _schema(["step"], step=STEP, ttl=("number", "Lease length in seconds (default 1800)")),
+     lambda c, a: c.claim(a["step"], ttl=a.get("ttl"))),
+    ("renew", "Extend this agent's lease on a step during long work.",
+     _schema(["step"], step=STEP, ttl=("number", "New lease length in seconds")),
+     lambda c, a: c.renew(a["step"], ttl=a.get("ttl"))),
+    ("release", "Give a step's lease up so another agent can claim it.",
+     _schema(["step"], step=STEP), lambda c, a: c.release(a["step"])),
+    ("complete", "End a step this agent holds: complete (default), failed or blocked, with a "
+                 "handoff note.",
+     _schema(["step"], step=STEP, note=NOTE,
+             status=("string", "complete, failed or blocked (default complete)")),
+     lambda c, a: c.complete(a["step"], note=a.get("note"), status=a.get("status") or "complete")),
+    ("step_status", "Show a step's status, holder, lease time left and handoff note.",
+     _schema(["step"], step=STEP), lambda c, a: c.step_status(a["step"])),
+    ("wait_for", "Block until the given steps are complete (fails at once if one fails).",
+     _schema(["steps"], steps=("array", "Step ids"), timeout=("number", "Seconds (default 300)")),
+     lambda c, a: {"complete": c.wait_for(a["steps"], timeout=a.get("timeout", 300))}),
+    ("artifact_list", "List shared files, optionally of one step.",
+     _schema(step=STEP), lambda c, a: {"artifacts": c.artifacts.list(step=a.get("step"))}),
+    ("artifact_upload", "Share a local file with the other agents.",
+     _schema(["path"], path=("string", "Local file path"), step=STEP,
+             name=("string", "Name to store it under"),
+             overwrite=("boolean", "Replace an existing artifact")),
+     lambda c, a: c.artifacts.upload(a["path"], step=a.get("step"), name=a.get("name"),
+                                     overwrite=bool(a.get("overwrite")))),
+    ("artifact_download", "Download a shared file into the current directory (or dest).",
+     _schema(["name"], name=("string", "Artifact name"), step=STEP,
+             dest=("string", "File or directory to write to")),
+     lambda c, a: dict(zip(("path", "meta"), c.artifacts.download(a["name"], step=a.get("step"),
+                                                                   dest=a.get("dest"))))),
+    ("agents", "List agents: online / idle / offline, the steps they hold, when last seen.",
+     _schema(), lambda c, a: {"agents": c.agents()}),
+    ("status", "One picture of the project: agents, steps, unread messages, recent handoffs.",
+     _schema(), lambda c, a: c.status()),
+]
+for _name, _text, _schema_, _run in MCP_TOOLS:
+    _schema_["additionalProperties"] = False
+    if "value" in _schema_["properties"]:
+        _schema_["properties"]["value"].pop("type")   # any JSON value
+
+
+def serve_mcp(client, stdin=None, stdout=None):
+    """Answer MCP requests on stdin until it closes.  Tool errors are results with isError and
+    the command line's message; protocol errors are JSON-RPC errors."""
+    stdin = stdin or sys.stdin.buffer
+    stdout = stdout or sys.stdout.buffer
+    tools = {name: (text, schema, run) for name, text, schema, run in MCP_TOOLS}
+
+    def reply(message):
+        stdout.write(json.dumps(dict(message, jsonrpc="2.0"), ensure_ascii=False).encode() + b"\n")
+        stdout.flush()
+
+    for line in stdin:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+        except ValueError:
+            reply({"id": None, "error": {"code": -32700, "message": "parse error"}})
+            continue
+        if not isinstance(request, dict) or "method" not in request:
+            if isinstance(request, dict) and ("result" in request or "error" in request):
+                continue   # a response to nothing we asked
+            reply({"id": None, "error": {"code": -32600, "message": "invalid request"}})
+            continue
+        if "id" not in request:
+            continue       # notifications (initialized, cancelled) need no answer
+        method, params = request["method"], request.get("params") or {}
+        try:
+            result = _mcp_answer(client, tools, method, params)
+        except LookupError as exc:
+            reply({"id": request["id"], "error": {"code": -32601, "message": str(exc)}})
+            continue
+        except (TypeError, KeyError, ValueError) as exc:
+            reply({"id": request["id"], "error": {"code": -32602, "message": f"invalid params: {exc}"}})
+            continue
+        reply({"id": request["id"], "result": result})
+
+
+def _mcp_answer(client, tools, method, params):
+    if method == "initialize":
+        asked = params.get("protocolVersion")
+        return {"protocolVersion": asked if asked in MCP_VERSIONS else MCP_VERSIONS[0],
+                "capabilities": {"tools": {"listChanged": False}},
+                "serverInfo": {"name": "tracecraft", "version": __version__},
+                "instructions": agent_prompt(client.project, client.agent)}
+    if method == "ping":
+        return {}
+    if method == "tools/list":
+        return {"tools": [{"name": name, "description": text, "inputSchema": schema}
+                          for name, (text, schema, _) in tools.items()]}
+    if method == "tools/call":
+        name, arguments = params["name"], params.get("arguments") or {}
+        if name not in tools:
+            raise LookupError(f"unknown tool {name!r}")
+        if not isinstance(arguments, dict):
+            raise TypeError("arguments must be an object")
+        try:
+            data = tools[name][2](client, arguments)
+            data = data if isinstance(data, dict) else {"result": data}
+            client.touch()
+            text = json.dumps(data, ensure_ascii=False, default=str)
+            return {"content": [{"type": "text", "text": text}], "structuredContent": data,
+                    "isError": False}
+        except TracecraftError as exc:
+            return {"content": [{"type": "text", "text": str(exc)}], "isError": True}
+        except (KeyError, TypeError, ValueError) as exc:
+            return {"content": [{"type": "text", "text": f"bad arguments for {name}: {exc}"}],
+                    "isError": True}
+    raise LookupError(f"method not found: {method}")
+
+
+def agent_prompt(project, agent):
+    """The block an agent pastes into CLAUDE.md / AGENTS.md: who it is and how to behave."""
+    me = agent or "<your-agent-id>"
+    return f"""\
+## Coordination (tracecraft)
+
+You are agent `{me}` in project `{project}`. Other agents work on this project at the same time;
+coordinate through `tracecraft` (run it in a shell; add `--json` to parse its output).
+
+- Before working on a step, claim it: `tracecraft claim STEP` (exit 1 = someone else holds it:
+  pick another step). Claims are leases (30 min by default, `--ttl 2h` for longer work).
+- During long work, keep your leases alive: `tracecraft heartbeat` (or `tracecraft renew STEP`)
+  every few minutes.
+- When done, end the step with a useful note for the next agent:
+  `tracecraft complete STEP --note "what you did, where it is, what is left"`.
+  If you cannot finish: `tracecraft complete STEP --status failed --note "why"` (or
+  `--status blocked`), or `tracecraft release STEP` to hand it back.
+- Check messages between steps: `tracecraft inbox`. Tell others what they need:
+  `tracecraft send AGENT "message"` or `tracecraft send _broadcast "message"`.
+- Wait for dependencies instead of polling by hand: `tracecraft wait-for STEP [STEP...]`.
+- Share state and files: `tracecraft memory set KEY VALUE`, `tracecraft memory get KEY`,
+  `tracecraft artifact upload PATH --step STEP`, `tracecraft artifact download NAME --step STEP`.
+- See the whole picture: `tracecraft status`; who is online: `tracecraft agents`.
+"""
+
+
+# ==================================================================================================
+# 9. Command line.  Owns: argument parsing, human and --json output, and main(), the one place that
+#    turns errors into exit codes.  Calls: sections 1-8.
 # ==================================================================================================
 
 DESCRIPTION = """\
@@ -2705,6 +2933,57 @@ def cmd_doctor(args, out):
     return EXIT_OK if ok else EXIT_STORE
 
 
+def cmd_status(args, out):
+    client = _client(args)
+    interval = None if args.watch is None else parse_duration(args.watch)
+    while True:
+        info = client.status()
+        if interval is None or out.as_json:
+            out.result(info, *_status_lines(info))
+            return EXIT_OK
+        print("\033[H\033[2J" + "\n".join(_status_lines(info)), flush=True)
+        try:
+            time.sleep(interval)
+        except KeyboardInterrupt:
+            return EXIT_OK
+
+
+def _status_lines(info):
+    lines = [f"Project {info['project']}", "", "AGENTS"]
+    for a in info["agents"]:
+        lines.append(f"  {a['agent']:<16} {a['state']:<8} unread {a['unread']:<4} "
+                     f"seen {_ago(a['age_seconds']):<9} holding {', '.join(a['holding']) or '-'}")
+    order = {"in_progress": 0, "expired": 1, "failed": 2, "blocked": 3, "complete": 4, "pending": 5}
+    lines += ["", "STEPS"]
+    for st in sorted(info["steps"], key=lambda s: (order.get(s["status"], 9), s["step"])):
+        detail = ""
+        if st["status"] in ("in_progress", "expired"):
+            left = st["lease_left"] or 0
+            detail = f"{st['holder']} (generation {st['generation']}, " + \
+                (f"lease {_duration(left)} left)" if left > 0 else f"expired {_duration(-left)} ago)")
+        elif st["status"] in ENDED:
+            detail = f"by {st['ended_by']}"
+        lines.append(f"  {st['status']:<12} {st['step']:<24} {detail}")
+    if info["handoffs"]:
+        lines += ["", "RECENT HANDOFFS"]
+        lines += [f"  {h['step']} ({h['by']}, {h['at']}): {h['note']}" for h in info["handoffs"]]
+    lines += ["", f"MEMORY  {info['memory_keys']} keys"]
+    return lines
+
+
+def cmd_prompt(args, out):
+    project, agent = args.project or os.environ.get("TRACECRAFT_PROJECT"), args.agent
+    if find_config() or getattr(args, "config", None):
+        client = _client(args)
+        project, agent = client.project, agent or client.agent
+    text = agent_prompt(project or "<project>", agent)
+    out.result({"prompt": text}, text.rstrip("\n"))
+
+
+def cmd_mcp(args, out):
+    serve_mcp(_client(args))
+
+
 def build_parser():
     import argparse
     S = argparse.SUPPRESS
@@ -2772,6 +3051,14 @@ def build_parser():
             epilog="run it every few minutes during long work so leases do not expire.")
     command("doctor", cmd_doctor, "Check config, store, credentials, conditional writes, "
                                   "latency and clock skew.")
+    p = command("status", cmd_status, "One screen: agents, steps, unread messages, handoffs.")
+    p.add_argument("--watch", nargs="?", const="2", metavar="SECONDS",
+                   help="redraw every SECONDS (default 2) until interrupted")
+    command("prompt", cmd_prompt, "Print instructions for CLAUDE.md / AGENTS.md.",
+            epilog="use --agent NAME to write them for another agent.")
+    command("mcp", cmd_mcp, "Serve the tools over the Model Context Protocol (stdio).",
+            epilog="register it with Claude Code: claude mcp add tracecraft -- tracecraft mcp\n"
+                   "(set TRACECRAFT_AGENT in the client's environment for each agent)")
 
     memory = command("memory", None, "Shared key-value memory (values are JSON).")
     memory_commands = memory.add_subparsers(dest="memory_command", metavar="ACTION")
