@@ -454,11 +454,11 @@ class Blob:
 
 
 class Entry:
-    """One key of a listing."""
-    __slots__ = ("key", "size", "last_modified")
+    """One key of a listing; `etag` when the store lists it (S3 does, the local store does not)."""
+    __slots__ = ("key", "size", "last_modified", "etag")
 
-    def __init__(self, key, size, last_modified):
-        self.key, self.size, self.last_modified = key, size, last_modified
+    def __init__(self, key, size, last_modified, etag=None):
+        self.key, self.size, self.last_modified, self.etag = key, size, last_modified, etag
 
     def __repr__(self):
         return f"Entry({self.key!r}, {self.size})"
@@ -1079,7 +1079,7 @@ class S3Store(Store):
                 if tag == "Contents":
                     fields = {c.tag.rpartition("}")[2]: c.text or "" for c in node}
                     yield Entry(fields.get("Key", ""), int(fields.get("Size") or 0),
-                                _iso_date(fields.get("LastModified")))
+                                _iso_date(fields.get("LastModified")), fields.get("ETag"))
                     if left is not None:
                         left -= 1
                         if left <= 0:
@@ -1656,10 +1656,11 @@ class Client:
         return self.key("steps", check_name("step id", step), name + ".json")
 
     @staticmethod
-    def _lease_left(lease, blob):
+    def _lease_left(lease, blob, since=0.0):
         """Seconds until the lease expires, by the store's clock (its Last-Modified and Date),
-        so that a client with a skewed clock can neither steal a live lease nor keep a dead one."""
-        now = blob.server_time if blob.server_time is not None else time.time()
+        so that a client with a skewed clock can neither steal a live lease nor keep a dead one.
+        `since`: local seconds elapsed since `blob` was read (for a reused read)."""
+        now = (blob.server_time if blob.server_time is not None else time.time()) + since
         written = blob.last_modified if blob.last_modified is not None else now
         return written + _field(lease, "ttl", float, DEFAULT_TTL, f"lease {blob.key}") - now
 
@@ -1929,22 +1930,23 @@ class Client:
                     record["holding"].remove(step)
         return record
 
-    def agents(self):
+    def agents(self, cache=None):
         """Every agent with a record: id, state (online / idle / offline by heartbeat age, on
-        the store's clock), the steps it holds, when it was last seen."""
+        the store's clock), the steps it holds, when it was last seen.  `cache`: see status()."""
         result = []
+        cache = {} if cache is None else cache
         for entry in self.store.list(self.key("agents") + "/"):
             if not entry.key.endswith(".json"):
                 continue
             try:
-                got = self.read(entry.key, missing_ok=True)
+                got, since = self._read_listed(entry, cache)
             except CorruptObject as exc:
                 self.warn(f"skipped {exc}")
                 continue
             if not got:
                 continue
             record, blob = got
-            now = blob.server_time or time.time()
+            now = (blob.server_time or time.time()) + since
             age = max(0.0, now - blob.last_modified) if blob.last_modified else None
             state = ("offline" if age is None or age >= IDLE_SECONDS
                      else "idle" if age >= ONLINE_SECONDS else "online")
@@ -1955,10 +1957,14 @@ class Client:
         return result
 
 
-    def status(self):
+    def status(self, cache=None):
         """One picture of the project: agents, steps by state (with holder and lease left),
         unread message counts per agent, the latest handoff notes and the number of memory keys.
-        Costs one read per step and per agent, plus a few listings."""
+
+        Costs a few listings, one read per step and per agent, and two requests per agent for
+        unread counts.  Pass the same dict as `cache` to later calls (status --watch does): an
+        object whose listing shows it unchanged is not read again."""
+        cache = {} if cache is None else cache
         steps = []
         prefix = self.key("steps") + "/"
         for entry in self.store.list(prefix):
@@ -1966,12 +1972,13 @@ class Client:
             if name != "claim.json":
                 continue
             try:
-                info = self.step_status_from_lease(step)
-            except CorruptObject as exc:
+                got, since = self._read_listed(entry, cache)
+                info = self._lease_status(step, got, since)
+            except (CorruptObject, UsageError) as exc:
                 self.warn(f"skipped {exc}")
                 continue
             steps.append(info)
-        agents = self.agents()
+        agents = self.agents(cache)
         broadcast_tail = self._log_tail(BROADCAST)
         for agent in agents:
             got = self.read(self.key("cursors", agent["agent"] + ".json"), missing_ok=True)
@@ -1987,12 +1994,23 @@ class Client:
                               "note": s["note"]} for s in handoffs],
                 "memory_keys": len(self.memory.list())}
 
-    def step_status_from_lease(self, step):
-        """step_status() from claim.json alone (one read): what status() shows for each step."""
-        got = self.read(self._step_key(step, "claim"), missing_ok=True)
+    def _read_listed(self, entry, cache):
+        """read() an object seen in a listing, reusing the cached read while the listing shows
+        it unchanged.  Returns (record and blob, or None; seconds since that read)."""
+        signature = (entry.etag, entry.size, entry.last_modified)
+        hit = cache.get(entry.key)
+        if hit and hit[0] == signature:
+            return hit[1], time.monotonic() - hit[2]
+        got = self.read(entry.key, missing_ok=True)
+        cache[entry.key] = (signature, got, time.monotonic())
+        return got, 0.0
+
+    def _lease_status(self, step, got, since=0.0):
+        """What status() shows for one step, from its claim.json alone."""
+        check_name("step id", step)
         lease, blob = got if got else ({}, None)
         state = lease.get("state", "held") if lease else None
-        left = self._lease_left(lease, blob) if blob and state == "held" else None
+        left = self._lease_left(lease, blob, since) if blob and state == "held" else None
         shown = state if state in ENDED else ("in_progress" if left and left > 0 else "expired") \
             if state == "held" else "pending"
         return {"step": step, "status": shown, "holder": lease.get("agent") if shown != "pending"
@@ -2936,8 +2954,9 @@ def cmd_doctor(args, out):
 def cmd_status(args, out):
     client = _client(args)
     interval = None if args.watch is None else parse_duration(args.watch)
+    cache = {}
     while True:
-        info = client.status()
+        info = client.status(cache)
         if interval is None or out.as_json:
             out.result(info, *_status_lines(info))
             return EXIT_OK

@@ -9,7 +9,21 @@ from urllib.parse import urlsplit
 CONDITIONAL = {"if-match", "if-none-match"}
 
 
-class IgnoringConditionsProxy:
+class LoopbackServer:
+    """A threaded HTTP server on 127.0.0.1 and a free port; `stop()` ends it."""
+
+    def serve(self, handler):
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class IgnoringConditionsProxy(LoopbackServer):
     """Forwards every request to `upstream` without If-Match / If-None-Match."""
 
     def __init__(self, upstream):
@@ -41,18 +55,11 @@ class IgnoringConditionsProxy:
 
             do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = forward
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
 
-class FaultProxy:
+
+class FaultProxy(LoopbackServer):
     """A loopback proxy in front of a real S3 server that injects faults at a given rate:
     drops the connection before or after forwarding, answers 500 or 503 (before or after
     forwarding), delays, or cuts the response body short.  `counts` says what it did."""
@@ -127,11 +134,7 @@ class FaultProxy:
 
             do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = forward
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.serve(Handler)
 
     def pick(self):
         with self.lock:
@@ -142,6 +145,3 @@ class FaultProxy:
             self.counts[kind] += 1
             return kind
 
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()

@@ -15,9 +15,10 @@ import hmac
 import http.client
 import http.server
 import os
-import threading
 import time
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from fakes import LoopbackServer
 
 SAFE = "-_.~"
 
@@ -42,7 +43,7 @@ def _signature(secret, amz_date, region, creq):
     return hmac.new(key, sts.encode(), hashlib.sha256).hexdigest()
 
 
-class HFGateway:
+class HFGateway(LoopbackServer):
     access_key = "HFAK" + "TESTGATEWAY0001"
     secret_key = "hf-emulator-secret"
 
@@ -161,11 +162,4 @@ class HFGateway:
 
             do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = handle_any
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)

@@ -124,3 +124,30 @@ def test_prompt_mentions_only_commands_that_exist(cli):
         assert cli("--help").returncode == 0
         result = cli(*sub, "--help")
         assert result.returncode == 0, (sub, result.stderr)
+
+
+def test_status_watch_reuses_what_did_not_change(client_factory):
+    from test_messages import CountingStore
+    alice = client_factory("alice")
+    alice.claim("a")
+    alice.claim("b")
+    alice.complete("b", note="done")
+    alice.store = counting = CountingStore(alice.store)
+    cache = {}
+    first = alice.status(cache)
+    cost_first = counting.calls
+    second = alice.status(cache)
+    cost_second = counting.calls - cost_first
+    assert cost_second == cost_first - 3          # two leases and one agent record reused
+    assert [s["status"] for s in second["steps"]] == [s["status"] for s in first["steps"]]
+    lease_a = {s["step"]: s for s in second["steps"]}["a"]
+    assert 0 < lease_a["lease_left"] <= {s["step"]: s for s in first["steps"]}["a"]["lease_left"]
+    alice.store = counting.store
+    alice.complete("a")
+    assert {s["step"]: s["status"] for s in alice.status(cache)["steps"]}["a"] == "complete"
+
+
+def test_readme_shows_the_prompt_as_printed():
+    import tracecraft
+    from conftest import REPO
+    assert tracecraft.agent_prompt("myproject", "designer") in (REPO / "README.md").read_text()
