@@ -468,7 +468,7 @@ class Store:
     """The interface every backend implements.
 
     get(key, into=None) -> Blob        raises NoSuchKey; streams the bytes into a file if given
-    head(key) -> Blob                  the same without the bytes
+    head(key) -> Blob                  the same without the bytes (exists(key) asks just that)
     put(key, body, if_none_match=False, if_match=None, content_type=None, progress=None) -> etag
                                        create-only or compare-and-swap when asked; a lost condition
                                        raises PreconditionFailed; `body` is bytes or a binary file
@@ -483,6 +483,13 @@ class Store:
 
     def close(self):
         pass
+
+    def exists(self, key):
+        try:
+            self.head(key)
+            return True
+        except NoSuchKey:
+            return False
 
     def __enter__(self):
         return self
@@ -1046,15 +1053,8 @@ class S3Store(Store):
         except PreconditionFailed as exc:
             # A retried conditional delete whose first attempt went through finds nothing to
             # match; the object is gone either way, which is what was asked.
-            if not (exc.retried and not self._exists(key)):
+            if not (exc.retried and not self.exists(key)):
                 raise
-
-    def _exists(self, key):
-        try:
-            self.head(key)
-            return True
-        except NoSuchKey:
-            return False
 
     def list(self, prefix="", start_after=None, limit=None):
         import xml.etree.ElementTree as ET
@@ -1547,7 +1547,7 @@ class Client:
         n = self._log_tails.get(to)
         if n is None:
             n = self._log_tail(to)
-            if n == 0 and to != BROADCAST and not self._exists(self.key("agents", to + ".json")):
+            if n == 0 and to != BROADCAST and not self.store.exists(self.key("agents", to + ".json")):
                 self.warn(f"no agent {to} has been seen in project {self.project} yet; the "
                           "message waits in its inbox")
         for _ in _retries(f"the inbox of {to}"):
@@ -1560,13 +1560,6 @@ class Client:
                 continue
             self._log_tails[to] = n + 1
             return message
-
-    def _exists(self, key):
-        try:
-            self.store.head(key)
-            return True
-        except NoSuchKey:
-            return False
 
     def inbox(self, peek=False, everything=False, delete=False, wait=None):
         """This agent's unread messages, direct and broadcast, in one order all readers agree on
@@ -1781,7 +1774,7 @@ class Client:
         state, holder = lease.get("state", "held"), lease.get("agent")
         if state in ENDED:
             if lease.get("ended_by") == me and state == status and \
-                    not self._exists(self._step_key(step, "status")):
+                    not self.store.exists(self._step_key(step, "status")):
                 return self._publish_end(step, lease)   # finish what a failed call began
             raise Refused(f"step {step} is already {state} (by {lease.get('ended_by', holder)})")
         live = blob is None or (state == "held" and self._lease_left(lease, blob) > 0)
@@ -1836,24 +1829,14 @@ class Client:
         blocked), holder, generation, lease_left (seconds, by the store's clock), note, handoff."""
         check_name("step id", step)
         got = self.read(self._step_key(step, "claim"), missing_ok=True)
-        lease, blob = got if got else ({}, None)
+        lease = got[0] if got else {}
+        info = self._lease_status(step, got)
         status = (self.read(self._step_key(step, "status"), missing_ok=True) or ({}, None))[0]
         handoff = (self.read(self._step_key(step, "handoff"), missing_ok=True) or ({}, None))[0]
-        state = lease.get("state", "held") if lease else None
-        left = self._lease_left(lease, blob) if blob and state == "held" else None
-        if state in ENDED:
-            shown = state
-        elif state == "held":
-            shown = "in_progress" if left > 0 else "expired"
-        else:
-            shown = "pending"
-        holder = lease.get("agent") if state in ("held",) + ENDED else None
-        return {"step": step, "status": shown, "holder": holder,
-                "generation": lease.get("generation"), "lease_left": left,
-                "claimed_at": lease.get("at"), "ended_by": lease.get("ended_by"),
-                "ended_at": lease.get("ended_at"), "forced": lease.get("forced", False),
-                "note": handoff.get("note", lease.get("note", status.get("note"))),
-                "handoff": handoff or None}
+        info.update(claimed_at=lease.get("at"), forced=lease.get("forced", False),
+                    note=handoff.get("note", lease.get("note", status.get("note"))),
+                    handoff=handoff or None)
+        return info
 
     def wait_for(self, steps, timeout=300.0, on_complete=None):
         """Block until every step is complete; return {step: how it ended}.  Raises StepEnded

@@ -9,6 +9,16 @@ from urllib.parse import urlsplit
 CONDITIONAL = {"if-match", "if-none-match"}
 
 
+def send_head(handler, status, headers, length):
+    """Relay an upstream answer's status and headers, with our own Content-Length."""
+    handler.send_response(status)
+    for key, value in headers:
+        if key.lower() not in ("content-length", "transfer-encoding", "connection"):
+            handler.send_header(key, value)
+    handler.send_header("Content-Length", str(length))
+    handler.end_headers()
+
+
 class LoopbackServer:
     """A threaded HTTP server on 127.0.0.1 and a free port; `stop()` ends it."""
 
@@ -43,12 +53,7 @@ class IgnoringConditionsProxy(LoopbackServer):
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
-                self.send_response(resp.status)
-                for key, value in resp.getheaders():
-                    if key.lower() not in ("content-length", "transfer-encoding", "connection"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
+                send_head(self, resp.status, resp.getheaders(), len(data))
                 if self.command != "HEAD":
                     self.wfile.write(data)
                 conn.close()
@@ -118,12 +123,7 @@ class FaultProxy(LoopbackServer):
                     return
                 if fault == "error_after":
                     return self.error(500)
-                self.send_response(resp.status)
-                for key, value in resp.getheaders():
-                    if key.lower() not in ("content-length", "transfer-encoding", "connection"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
+                send_head(self, resp.status, resp.getheaders(), len(data))
                 if self.command == "HEAD":
                     return
                 if fault == "cut" and len(data) > 1:
