@@ -2216,18 +2216,23 @@ class Artifacts:
         except OSError as exc:
             raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
         with f:
-            digest = hashlib.sha256()
+            digest, md5 = hashlib.sha256(), hashlib.md5()
             f.seek(0)
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
+                md5.update(block)
             size = f.tell()
             ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
             try:
                 self.client.store.put(data_key, f, if_none_match=not overwrite, content_type=ctype,
                                       progress=progress)
-            except PreconditionFailed:
-                raise Refused(f"artifact {name} already exists in step {step} "
-                              "(use --overwrite to replace it)") from None
+            except PreconditionFailed as exc:
+                # A retried upload whose first attempt landed finds its own bytes there: the
+                # ETag of a single PUT is the MD5 of the content.
+                if not (exc.retried and self.client.store.head(data_key).etag ==
+                        f'"{md5.hexdigest()}"'):
+                    raise Refused(f"artifact {name} already exists in step {step} "
+                                  "(use --overwrite to replace it)") from None
         meta = self.client.record(name=name, step=step, size=size, sha256=digest.hexdigest(),
                                   content_type=ctype, uploader=self.client.agent)
         self.client.write(meta_key, meta)

@@ -58,3 +58,26 @@ def test_missing_artifact_and_file(client_factory, tmp_path):
                                              for f in os.listdir(tmp_path))
     with pytest.raises(tracecraft.UsageError, match="cannot read"):
         alice.artifacts.upload(str(tmp_path / "does-not-exist"))
+
+
+def test_a_retried_upload_that_landed_is_not_reported_as_a_clash(client_factory, tmp_path):
+    """The first PUT succeeded but its answer was lost: the retry's 412 is our own write."""
+    alice = client_factory("alice")
+    src = tmp_path / "a.bin"
+    src.write_bytes(b"payload")
+    real_put = alice.store.put
+
+    def put_twice(key, body, **kwargs):
+        if not key.endswith("a.bin"):
+            return real_put(key, body, **kwargs)
+        real_put(key, body, **kwargs)              # lands ...
+        exc = tracecraft.PreconditionFailed("412 on the retry")
+        exc.retried = True                         # ... and the retry finds it there
+        raise exc
+    alice.store.put = put_twice
+    meta = alice.artifacts.upload(str(src))
+    assert meta["size"] == 7
+    alice.store.put = real_put
+    src.write_bytes(b"different")
+    with pytest.raises(tracecraft.Refused, match="already exists"):
+        alice.artifacts.upload(str(src))
