@@ -218,10 +218,14 @@ UNRESERVED = "-_.~"
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 
 
+_ESCAPED = [chr(b) if chr(b).isascii() and (chr(b).isalnum() or chr(b) in UNRESERVED)
+            else f"%{b:02X}" for b in range(256)]
+
+
 def uri_encode(text, keep_slash=False):
     """S3's URI encoding: every byte of the UTF-8 form except A-Z a-z 0-9 - _ . ~ is %XX."""
-    from urllib.parse import quote
-    return quote(text, safe=UNRESERVED + ("/" if keep_slash else ""))
+    encoded = "".join([_ESCAPED[b] for b in text.encode("utf-8")])
+    return encoded.replace("%2F", "/") if keep_slash else encoded
 
 
 def _remove_dot_segments(path):
@@ -506,14 +510,33 @@ def _version(etag):
     return (etag or "").strip('"')
 
 
+def _split_url(url):
+    """(scheme, host, port, path) of an http(s) URL, or None if it is not one: what
+    urllib.parse.urlsplit says of an endpoint, without its import on every command."""
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in ("http", "https") or any(c in rest for c in "?#@ \\"):
+        return None
+    netloc, slash, path = rest.partition("/")
+    if netloc.startswith("["):              # an IPv6 address: [::1]:9000
+        host, _, port = netloc[1:].partition("]")
+        if port and not port.startswith(":"):
+            return None
+        port = port[1:]
+    else:
+        host, _, port = netloc.partition(":")
+    if not host or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+        return None
+    return scheme, host.lower(), int(port) if port else (443 if scheme == "https" else 80), \
+        slash + path
+
+
 def _is_loopback(host):
-    import ipaddress
-    if host == "localhost":
+    host = host.lower().strip("[]")
+    if host in ("localhost", "::1") or host.endswith(".localhost"):
         return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    parts = host.split(".")
+    return len(parts) == 4 and parts[0] == "127" and all(p.isdigit() and int(p) < 256 for p in parts)
 
 
 def write_config(path, config):
@@ -841,20 +864,39 @@ def default_local_root():
     return os.path.join(base, "tracecraft")
 
 
+_MONTHS = {m: i for i, m in enumerate("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split(), 1)}
+
+
+def _utc_seconds(year, month, day, hour, minute, second):
+    """Seconds since 1970 of a UTC time: calendar.timegm, without importing calendar."""
+    y = year - (month <= 2)
+    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    days = 365 * y + y // 4 - y // 100 + y // 400 + day_of_year - 719468
+    return days * 86400 + hour * 3600 + minute * 60 + second
+
+
 def _http_date(value):
     """Epoch seconds from an HTTP date header (Date, Last-Modified), or None."""
     if not value:
         return None
-    from email.utils import parsedate_tz, mktime_tz
+    parts = value.split()   # every S3 server sends the IMF-fixdate: Wed, 25 Nov 2026 10:08:06 GMT
+    try:
+        if len(parts) == 6 and parts[2] in _MONTHS and parts[5] == "GMT":
+            hour, minute, second = parts[4].split(":")
+            return _utc_seconds(int(parts[3]), _MONTHS[parts[2]], int(parts[1]), int(hour),
+                                int(minute), int(second))
+    except ValueError:
+        pass
+    from email.utils import parsedate_tz, mktime_tz   # the obsolete forms HTTP also allows
     parsed = parsedate_tz(value)
     return mktime_tz(parsed) if parsed else None
 
 
 def _iso_date(value):
-    """Epoch seconds from the ISO 8601 LastModified of a listing."""
-    import calendar
+    """Epoch seconds from the ISO 8601 LastModified of a listing (2026-11-25T10:08:06.123Z)."""
     try:
-        seconds = calendar.timegm(time.strptime(value[:19], "%Y-%m-%dT%H:%M:%S"))
+        seconds = _utc_seconds(int(value[0:4]), int(value[5:7]), int(value[8:10]),
+                               int(value[11:13]), int(value[14:16]), int(value[17:19]))
     except (TypeError, ValueError):
         return None
     fraction = value[19:].rstrip("Z")
@@ -876,17 +918,13 @@ class S3Store(Store):
     def __init__(self, bucket, endpoint=None, region="us-east-1", access_key=None, secret_key=None,
                  session_token=None, addressing="path", verify=True, timeout=None,
                  max_attempts=None):
-        from urllib.parse import urlsplit
         self.bucket = self.check_bucket(bucket)
         self.region = region or "us-east-1"
         self.endpoint = (endpoint or f"https://s3.{self.region}.amazonaws.com").rstrip("/")
-        try:
-            url = urlsplit(self.endpoint)
-            port = url.port or (443 if url.scheme == "https" else 80)
-        except ValueError:
-            url, port = None, None
-        if url is None or url.scheme not in ("http", "https") or not url.hostname:
+        url = _split_url(self.endpoint)
+        if url is None:
             raise ConfigError(f"endpoint {self.endpoint!r} is not an http(s) URL")
+        scheme, hostname, port, base_path = url
         if addressing not in ("path", "virtual"):
             raise ConfigError(f"addressing must be 'path' or 'virtual', not {addressing!r}")
         if not access_key or not secret_key:
@@ -894,12 +932,13 @@ class S3Store(Store):
                               "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE")
         self.access_key, self.secret_key, self.session_token = access_key, secret_key, session_token
         self.addressing = addressing
-        host = url.hostname if addressing == "path" else f"{self.bucket}.{url.hostname}"
-        default_port = port == (443 if url.scheme == "https" else 80)
-        self.host_header = host if default_port else f"{host}:{port}"
+        host = hostname if addressing == "path" else f"{self.bucket}.{hostname}"
+        default_port = port == (443 if scheme == "https" else 80)
+        bracketed = f"[{host}]" if ":" in host else host
+        self.host_header = bracketed if default_port else f"{bracketed}:{port}"
         # A path on the endpoint (a gateway's namespace, say) is part of every signed path.
-        self.base_path = url.path.rstrip("/")
-        self.transport = Transport(url.scheme, host, port, timeout, max_attempts, verify)
+        self.base_path = base_path.rstrip("/")
+        self.transport = Transport(scheme, host, port, timeout, max_attempts, verify)
 
     check_bucket = staticmethod(check_bucket)
 
@@ -1268,7 +1307,6 @@ def load_config(path):
 def config_warnings(settings):
     """What a user should hear about the settings in force: secrets readable by others,
     unencrypted or unverified connections."""
-    from urllib.parse import urlsplit
     warnings = []
     path = settings.get("_path")
     if path and settings.get("secret_key") and os.name == "posix":
@@ -1278,8 +1316,7 @@ def config_warnings(settings):
                             f"{mode:o}): run `chmod 600 {path}`")
     endpoint = settings.get("endpoint") or ""
     if settings.get("backend") in ("s3", "hf") and endpoint.startswith("http://"):
-        host = urlsplit(endpoint).hostname or ""
-        if not _is_loopback(host):
+        if not _is_loopback((_split_url(endpoint) or ("", ""))[1]):
             warnings.append(f"{endpoint} is plain http: requests, signatures and data cross the "
                             "network unencrypted; use https")
     if settings.get("insecure"):
@@ -1311,7 +1348,8 @@ def config_warnings(settings):
 JSON_TYPE = "application/json"
 ONLINE_SECONDS, IDLE_SECONDS = 120, 900
 HEARTBEAT_EVERY = 60
-WAIT_POLL_MAX = 0.8     # seconds between a waiter's polls when idle: detection ~0.4 s, 1.25 req/s
+WAIT_POLL_FAST = 0.2    # seconds between a waiter's polls at first and right after progress
+WAIT_POLL_MAX = 0.7     # ... growing to this while idle: detection ~0.35 s, ~1.4 requests/s
 DEFAULT_TTL = 1800.0
 ENDED = ("complete", "failed", "blocked")
 HISTORY_LIMIT, HISTORY_BYTES = 10, 64 * 1024
@@ -1381,7 +1419,7 @@ class Client:
         self.warn = lambda message: None   # the CLI prints these; a library user may set it
         self.unsafe_store = False          # set when init accepted a store failing the probe
         self.notes = []                    # warnings about the settings, from connect()
-        self._log_tails = {}
+        self._state_dir = None
         self._writer = os.urandom(6).hex()   # this client, in records' "writers" (see write)
 
     def __repr__(self):
@@ -1417,14 +1455,14 @@ class Client:
 
     def write(self, key, record, create_only=False, replacing=None):
         """Store a record: plainly, create-only, or replacing the version `replacing` (a Blob
-        from read()) by compare-and-swap.  Returns the new ETag.
+        from read()) by compare-and-swap.
 
         A conditional write whose response is lost may have succeeded, and its retry then loses
         to itself.  So every conditional write carries a nonce, and a record keeps the last nonce
         of each of its recent writers ("writers", one entry per client, newest first): a retried
         write that answers "precondition failed" is read back, and it won if its nonce is there.
         Others may have written since, however many times, as long as fewer than RECENT_WRITERS
-        other clients did."""
+        other clients did.  Returns the Blob written (with its ETag and writers)."""
         if replacing is not None and not replacing.etag:
             raise StoreError(f"the store returned no ETag for {key}, so it cannot be updated "
                              "safely (compare-and-swap needs one)")
@@ -1434,15 +1472,18 @@ class Client:
                 if replacing is not None else []
             record = dict(record, writers=([[self._writer, nonce]] + others)[:RECENT_WRITERS])
         body = json.dumps(record, ensure_ascii=False, indent=1).encode("utf-8")
+        written = Blob(key, body, None, len(body))
+        written.chain = record.get("writers", [])
         try:
-            return self.store.put(key, body, if_none_match=create_only,
-                                  if_match=replacing.etag if replacing is not None else None,
-                                  content_type=JSON_TYPE)
+            written.etag = self.store.put(key, body, if_none_match=create_only,
+                                          if_match=replacing.etag if replacing else None,
+                                          content_type=JSON_TYPE)
+            return written
         except (PreconditionFailed, NoSuchKey) as exc:
             if exc.retried:
                 current = self.read(key, missing_ok=True)
                 if current and [self._writer, nonce] in (current[1].chain or []):
-                    return current[1].etag
+                    return current[1]
             if isinstance(exc, NoSuchKey):
                 raise PreconditionFailed(f"{key} is gone") from None
             raise
@@ -1469,17 +1510,81 @@ class Client:
 
     def update(self, key, change, create=True):
         """Read-modify-write with compare-and-swap until it sticks: `change(record or None)`
-        returns the new record (or raises).  Returns (new record, its ETag)."""
-        for _ in _retries(key):
-            got = self.read(key, missing_ok=True)
+        returns the new record (or raises).  Returns (new record, the Blob written).
+
+        The first attempt starts from the version this agent last wrote, if it remembers one
+        (see _recall): one request instead of two while nobody else writes the key."""
+        got = self._recall_version(key)
+        for attempt in _retries(key):
+            if attempt or got is None:
+                got = self.read(key, missing_ok=True)
             if got is None and not create:
                 raise NotFound(f"no object {key}")
             new = change(got[0] if got else None)
             try:
-                return new, self.write(key, new, create_only=got is None,
-                                       replacing=got[1] if got else None)
-            except (PreconditionFailed, ConditionalConflict):
+                written = self.write(key, new, create_only=got is None,
+                                     replacing=got[1] if got else None)
+            except (PreconditionFailed, ConditionalConflict, NoSuchKey):
                 continue
+            self._remember_version(key, new, written)
+            return new, written
+
+    # -- what this agent remembers between calls ---------------------------------------------------
+    #
+    # A command-line call is a fresh process, so what one call learned (the lease it won, the
+    # version of a key it wrote, the tail of a log it sent to) would cost the next call a read to
+    # learn again.  Kept in the user's cache directory it saves that read.  It is only ever a
+    # hint: every write made with it is conditional, and a stale hint costs the read it saved.
+
+    def _state_path(self, kind, name=""):
+        import hashlib
+        if self._state_dir is None:
+            ident = f"{self.store.describe()}\0{self.project}\0{self.agent}".encode("utf-8")
+            base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                                    ".cache")
+            self._state_dir = os.path.join(base, "tracecraft", hashlib.sha1(ident).hexdigest())
+        if not name:
+            return os.path.join(self._state_dir, kind)
+        return os.path.join(self._state_dir, kind,
+                            hashlib.sha1(name.encode("utf-8")).hexdigest() + ".json")
+
+    def _recall(self, kind, name):
+        try:
+            with open(self._state_path(kind, name), "rb") as f:
+                found = json.loads(f.read())
+        except (OSError, ValueError):
+            return None
+        return found if isinstance(found, dict) and found.get("name") == name else None
+
+    def _remember(self, kind, name, data):
+        """Keep `data` (a dict) under kind/name, or forget it when `data` is None."""
+        path = self._state_path(kind, name)
+        try:
+            if data is None:
+                os.unlink(path)
+                return
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            temp = f"{path}.{os.getpid()}.tmp"
+            with open(temp, "w", encoding="utf-8") as f:
+                json.dump(dict(data, name=name), f, ensure_ascii=False)
+            os.replace(temp, path)
+        except OSError:
+            pass   # no cache directory: calls merely read what they would have remembered
+
+    def _remember_version(self, key, record, written):
+        if written.etag:
+            self._remember("versions", key, {"record": record, "etag": written.etag,
+                                             "chain": written.chain,
+                                             "written": time.time()})
+
+    def _recall_version(self, key):
+        """(record, Blob) of the version of `key` this agent last wrote, or None."""
+        found = self._recall("versions", key)
+        if not found or not isinstance(found.get("record"), dict) or not found.get("etag"):
+            return None
+        blob = Blob(key, None, found["etag"], 0, last_modified=found.get("written"))
+        blob.chain = found.get("chain") if isinstance(found.get("chain"), list) else []
+        return found["record"], blob
 
     # -- messages: one numbered log per inbox ---------------------------------------------------------
     #
@@ -1544,8 +1649,8 @@ class Client:
         check_text("message", text)
         if len(text.encode("utf-8")) > MAX_VALUE:
             raise UsageError(f"message is larger than the {MAX_VALUE // 1024} KiB limit")
-        n = self._log_tails.get(to)
-        if n is None:
+        n = (self._recall("tails", to) or {}).get("n")
+        if not isinstance(n, int):
             n = self._log_tail(to)
             if n == 0 and to != BROADCAST and not self.store.exists(self.key("agents", to + ".json")):
                 self.warn(f"no agent {to} has been seen in project {self.project} yet; the "
@@ -1558,7 +1663,7 @@ class Client:
             except (PreconditionFailed, ConditionalConflict):
                 n = max(n + 1, self._log_tail(to))
                 continue
-            self._log_tails[to] = n + 1
+            self._remember("tails", to, {"n": n + 1})
             return message
 
     def inbox(self, peek=False, everything=False, delete=False, wait=None):
@@ -1663,7 +1768,8 @@ class Client:
         Of any number of concurrent claimants exactly one wins: the first claim is create-only,
         and taking over an expired or released lease is a compare-and-swap on its ETag.  Each new
         holder gets the next generation number (a fencing token).  Raises Refused naming the
-        holder when the lease is live, or when the step has ended."""
+        holder when the lease is live, or when the step has ended.  A free step costs one
+        request."""
         me = self.me()
         ttl = float(DEFAULT_TTL if ttl is None else ttl)
         if ttl <= 0:
@@ -1671,16 +1777,14 @@ class Client:
         key = self._step_key(step, "claim")
         lease = self.record(step=step, agent=me, generation=1, ttl=ttl, state="held")
         try:
-            self.write(key, lease, create_only=True)
-            return self._claimed(step, lease)
+            return self._claimed(key, lease, self.write(key, lease, create_only=True))
         except (PreconditionFailed, ConditionalConflict):
             pass
         for _ in _retries(f"step {step}"):
             got = self.read(key, missing_ok=True)
             if got is None:
                 try:
-                    self.write(key, lease, create_only=True)
-                    return self._claimed(step, lease)
+                    return self._claimed(key, lease, self.write(key, lease, create_only=True))
                 except (PreconditionFailed, ConditionalConflict):
                     continue
             current, blob = got
@@ -1697,58 +1801,79 @@ class Client:
             taken = self.record(step=step, agent=me, generation=generation, ttl=ttl,
                                 state="held", previous=holder)
             try:
-                self.write(key, taken, replacing=blob)
-                return self._claimed(step, taken)
+                return self._claimed(key, taken, self.write(key, taken, replacing=blob))
             except (PreconditionFailed, ConditionalConflict, NoSuchKey):
                 continue
 
-    def _claimed(self, step, lease):
-        self._holding(add=step)
+    def _claimed(self, key, lease, written):
+        self._remember_version(key, lease, written)
         return dict(lease, expires_in=lease["ttl"])
 
     def _own_lease(self, step, verb):
         """(lease, blob) if this agent holds the step (even if expired but not taken over)."""
         me = self.me()
-        got = self.read(self._step_key(step, "claim"), missing_ok=True)
+        key = self._step_key(step, "claim")
+        got = self.read(key, missing_ok=True)
         if got is None:
-            self._holding(remove=step)
             raise Refused(f"step {step} is not claimed; claim it first")
         lease, blob = got
         state, holder = lease.get("state", "held"), lease.get("agent")
         if state in ENDED:
-            self._holding(remove=step)
+            self._remember("versions", key, None)
             raise Refused(f"step {step} is already {state}")
         if holder != me or state != "held":
-            self._holding(remove=step)
+            self._remember("versions", key, None)
             who = f"{holder} holds it now (generation {lease.get('generation', 1)})" \
                 if state == "held" else "the lease was released"
             raise LostLease(f"cannot {verb} step {step}: this agent lost it; {who}")
         return lease, blob
 
+    def _remembered_lease(self, key):
+        """The lease on `key` as this agent last wrote it, if it was then held by this agent."""
+        got = self._recall_version(key)
+        if got and got[0].get("agent") == self.agent and got[0].get("state") == "held":
+            return got
+        return None
+
+    def _change_own_lease(self, step, verb, change):
+        """Replace this agent's lease with `change(lease)` by compare-and-swap: first on the
+        version this agent remembers writing (one request), and if that is stale, on a fresh
+        read.  Raises LostLease when the lease is no longer this agent's."""
+        key = self._step_key(step, "claim")
+        remembered = self._remembered_lease(key)
+        if remembered:
+            new = change(remembered[0])
+            try:
+                self._remember_version(key, new, self.write(key, new, replacing=remembered[1]))
+                return new
+            except (PreconditionFailed, ConditionalConflict, NoSuchKey):
+                pass   # changed since: decide on what the store holds now
+        lease, blob = self._own_lease(step, verb)
+        new = change(lease)
+        try:
+            self._remember_version(key, new, self.write(key, new, replacing=blob))
+        except (PreconditionFailed, ConditionalConflict, NoSuchKey):
+            raise LostLease(f"cannot {verb} step {step}: the lease changed meanwhile "
+                            "(taken over?)") from None
+        return new
+
     def renew(self, step, ttl=None):
         """Extend this agent's lease on a step by its ttl (or a new one) from now."""
-        lease, blob = self._own_lease(step, "renew")
-        if ttl is None:
-            ttl = _field(lease, "ttl", float, DEFAULT_TTL, f"lease of step {step}")
-        if ttl <= 0:
+        if ttl is not None and ttl <= 0:
             raise UsageError("the lease ttl must be positive")
-        renewed = dict(lease, ttl=float(ttl), renewed_at=self.now())
-        try:
-            self.write(self._step_key(step, "claim"), renewed, replacing=blob)
-        except (PreconditionFailed, ConditionalConflict, NoSuchKey):
-            raise LostLease(f"cannot renew step {step}: the lease changed while renewing "
-                            "(taken over?)") from None
-        return dict(renewed, expires_in=renewed["ttl"])
+
+        def renewed(lease):
+            length = ttl if ttl is not None else _field(lease, "ttl", float, DEFAULT_TTL,
+                                                        f"lease of step {step}")
+            return dict(lease, ttl=float(length), renewed_at=self.now())
+        lease = self._change_own_lease(step, "renew", renewed)
+        return dict(lease, expires_in=lease["ttl"])
 
     def release(self, step):
         """Give a lease up so that the step can be claimed again at once."""
-        lease, blob = self._own_lease(step, "release")
-        released = dict(lease, state="released", released_at=self.now())
-        try:
-            self.write(self._step_key(step, "claim"), released, replacing=blob)
-        except (PreconditionFailed, ConditionalConflict, NoSuchKey):
-            raise LostLease(f"cannot release step {step}: the lease changed (taken over?)") from None
-        self._holding(remove=step)
+        released = self._change_own_lease(
+            step, "release", lambda lease: dict(lease, state="released", released_at=self.now()))
+        self._remember("versions", self._step_key(step, "claim"), None)
         return released
 
     def complete(self, step, note=None, force=False, status="complete"):
@@ -1757,13 +1882,28 @@ class Client:
         Only the holder of a live lease may end a step; `force` lets anyone, and is recorded.
         The lease is ended by a compare-and-swap, so a holder whose lease was taken over in the
         meantime is told it lost the step and writes nothing.  An unclaimed step is claimed
-        first.  Ending is final: it happens once."""
+        first.  Ending is final: it happens once.  After this agent's own claim it costs two
+        requests (three with a note): the lease, status.json and handoff.json."""
         me = self.me()
         if status not in ENDED:
             raise UsageError(f"status must be one of {', '.join(ENDED)}, not {status!r}")
         if note is not None:
             check_text("note", note)
         key = self._step_key(step, "claim")
+
+        def ended(lease, forced):
+            # The lease itself records the end, note included: it is the one object changed by
+            # compare-and-swap, so it is the authority; status.json and handoff.json follow it.
+            return dict(lease, state=status, ended_by=me, ended_at=self.now(), forced=forced,
+                        note=note)
+        remembered = None if force else self._remembered_lease(key)
+        if remembered and self._lease_left(*remembered) > 0:
+            end = ended(remembered[0], False)
+            try:
+                self.write(key, end, replacing=remembered[1])
+                return self._publish_end(step, end)
+            except (PreconditionFailed, ConditionalConflict, NoSuchKey):
+                pass   # changed since this agent wrote it: decide on what the store holds now
         got = self.read(key, missing_ok=True)
         if got is None:
             if not force:
@@ -1791,20 +1931,16 @@ class Client:
         if not force and not live:
             raise LostLease(f"cannot end step {step}: this agent's lease expired "
                             f"{_duration(-self._lease_left(lease, blob))} ago; claim it again")
-        forced = force and (holder != me or not live)
-        # The lease itself records the end, note included: it is the one object changed by
-        # compare-and-swap, so it is the authority; status.json and handoff.json follow it.
-        ended = dict(lease, state=status, ended_by=me, ended_at=self.now(), forced=forced,
-                     note=note)
+        end = ended(lease, force and (holder != me or not live))
         try:
             if blob is None:
-                self.write(key, ended, create_only=True)
+                self.write(key, end, create_only=True)
             else:
-                self.write(key, ended, replacing=blob)
+                self.write(key, end, replacing=blob)
         except (PreconditionFailed, ConditionalConflict):
             raise LostLease(f"cannot end step {step}: the lease changed meanwhile "
                             "(taken over or ended by another agent)") from None
-        return self._publish_end(step, ended)
+        return self._publish_end(step, end)
 
     @staticmethod
     def _end_record(step, lease):
@@ -1821,7 +1957,7 @@ class Client:
                        {"step": step, "note": record["note"], "status": record["status"],
                         "by": record["by"], "at": record["at"]})
         self.write(self._step_key(step, "status"), record)
-        self._holding(remove=step)
+        self._remember("versions", self._step_key(step, "claim"), None)
         return record
 
     def step_status(self, step):
@@ -1841,13 +1977,13 @@ class Client:
     def wait_for(self, steps, timeout=300.0, on_complete=None):
         """Block until every step is complete; return {step: how it ended}.  Raises StepEnded
         at once when one ends failed or blocked, and WaitTimeout naming what is left.  Watches
-        each step's lease (one read per step and round), polling fast at first and right after
-        progress, backing off to every WAIT_POLL_MAX seconds while idle."""
+        each step's lease (one read per step and round), every WAIT_POLL_FAST seconds right
+        after progress, backing off to every WAIT_POLL_MAX seconds while nothing happens."""
         pending = list(dict.fromkeys(check_name("step id", s) for s in steps))
         if not pending:
             raise UsageError("wait-for needs at least one step id")
         deadline = None if timeout is None else time.monotonic() + timeout
-        done, interval = {}, 0.05
+        done, interval = {}, WAIT_POLL_FAST
         while True:
             for step in list(pending):
                 got = self.read(self._step_key(step, "claim"), missing_ok=True)
@@ -1860,7 +1996,7 @@ class Client:
                                     f"(by {record['by']}){note}")
                 done[step] = record
                 pending.remove(step)
-                interval = 0.05
+                interval = WAIT_POLL_FAST
                 if on_complete:
                     on_complete(step, record)
             if not pending:
@@ -1874,25 +2010,16 @@ class Client:
 
     # -- agents ------------------------------------------------------------------------------------
 
-    def _holding(self, add=None, remove=None):
-        """Keep the agent record's list of held steps, and refresh its heartbeat."""
-        import socket
-
-        def change(record):
-            record = dict(record or {})
-            holding = [s for s in record.get("holding", []) if s != remove]
-            if add and add not in holding:
-                holding.append(add)
-            record.update(self.record(agent=self.agent, project=self.project,
-                                      host=socket.gethostname(), pid=os.getpid(),
-                                      last_seen=self.now(), holding=holding))
-            return record
-        if not self.agent:
-            return None
-        record = self.update(self.key("agents", self.agent + ".json"), change)[0]
+    def _publish_agent(self):
+        """Write this agent's record: who and where it is, and when it was last seen.  Only the
+        agent itself writes it, so a plain write does; what it holds is read from the leases."""
+        host = os.uname().nodename if hasattr(os, "uname") else os.environ.get("COMPUTERNAME")
+        record = self.record(agent=self.agent, project=self.project, host=host,
+                             pid=os.getpid(), last_seen=self.now())
+        self.write(self.key("agents", self.agent + ".json"), record)
+        stamp = self._state_path("heartbeat")
         try:
-            stamp = self._stamp_path()
-            os.makedirs(os.path.dirname(stamp), exist_ok=True)
+            os.makedirs(os.path.dirname(stamp), mode=0o700, exist_ok=True)
             with open(stamp, "w"):
                 pass
         except OSError:
@@ -1901,23 +2028,51 @@ class Client:
 
     def heartbeat(self, renew=True):
         """Record that this agent is alive and, with `renew`, renew every lease it holds.
-        Returns the agent record; leases found lost are dropped from it and reported."""
+        Returns the agent record, with `holding`: the steps renewed (leases found lost are
+        reported through warn())."""
         self.me()
-        record = self._holding()
-        if renew:
-            for step in list(record.get("holding", [])):
-                try:
-                    self.renew(step)
-                except Refused as exc:   # lost or ended: renew dropped it from the record
-                    self.warn(str(exc))
-                    record["holding"].remove(step)
-        return record
+        record = self._publish_agent()
+        renewed = []
+        for step in (s["step"] for s in self._active_leases() if s["holder"] == self.agent
+                     and s["status"] in ("in_progress", "expired")) if renew else ():
+            try:
+                self.renew(step)
+                renewed.append(step)
+            except Refused as exc:
+                self.warn(str(exc))
+        return dict(record, holding=renewed)
 
-    def agents(self, cache=None):
+    def _active_leases(self, cache=None):
+        """_lease_status() of every step that has not ended: one listing of steps/ (status.json
+        marks the ended ones) and one read per remaining lease."""
+        prefix = self.key("steps") + "/"
+        claims, ended = {}, set()
+        for entry in self.store.list(prefix):
+            step, _, name = entry.key[len(prefix):].partition("/")
+            if name == "claim.json":
+                claims[step] = entry
+            elif name == "status.json":
+                ended.add(step)
+        active = []
+        for step, entry in claims.items():
+            if step not in ended:
+                try:
+                    got, since = self._read_listed(entry, {} if cache is None else cache)
+                    active.append(self._lease_status(step, got, since))
+                except (CorruptObject, UsageError) as exc:
+                    self.warn(f"skipped {exc}")
+        return active
+
+    def agents(self, cache=None, steps=None):
         """Every agent with a record: id, state (online / idle / offline by heartbeat age, on
-        the store's clock), the steps it holds, when it was last seen.  `cache`: see status()."""
+        the store's clock), the steps it holds (from the leases; `steps`: _lease_status()
+        results already read), when it was last seen.  `cache`: see status()."""
         result = []
         cache = {} if cache is None else cache
+        holding = {}
+        for info in self._active_leases(cache) if steps is None else steps:
+            if info["status"] == "in_progress":
+                holding.setdefault(info["holder"], []).append(info["step"])
         for entry in self.store.list(self.key("agents") + "/"):
             if not entry.key.endswith(".json"):
                 continue
@@ -1933,10 +2088,10 @@ class Client:
             age = max(0.0, now - blob.last_modified) if blob.last_modified else None
             state = ("offline" if age is None or age >= IDLE_SECONDS
                      else "idle" if age >= ONLINE_SECONDS else "online")
-            holding = record.get("holding") if isinstance(record.get("holding"), list) else []
-            result.append({"agent": entry.key.rpartition("/")[2][:-5], "state": state,
-                           "holding": holding, "last_seen": record.get("last_seen"),
-                           "age_seconds": age, "host": record.get("host")})
+            agent = entry.key.rpartition("/")[2][:-5]
+            result.append({"agent": agent, "state": state, "holding": holding.get(agent, []),
+                           "last_seen": record.get("last_seen"), "age_seconds": age,
+                           "host": record.get("host")})
         return result
 
 
@@ -1961,7 +2116,7 @@ class Client:
                 self.warn(f"skipped {exc}")
                 continue
             steps.append(info)
-        agents = self.agents(cache)
+        agents = self.agents(cache, steps)
         broadcast_tail = self._log_tail(BROADCAST)
         for agent in agents:
             got = self.read(self.key("cursors", agent["agent"] + ".json"), missing_ok=True)
@@ -2001,12 +2156,6 @@ class Client:
                 "ended_by": lease.get("ended_by"), "ended_at": lease.get("ended_at"),
                 "note": lease.get("note")}
 
-    def _stamp_path(self):
-        import hashlib
-        ident = f"{self.store.describe()}\0{self.project}\0{self.agent}".encode("utf-8")
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        return os.path.join(base, "tracecraft", "heartbeats", hashlib.sha1(ident).hexdigest())
-
     def touch(self):
         """Refresh the heartbeat at most once a minute.  The last refresh is remembered in a
         stamp file in the user's cache directory, so that separate command-line processes of
@@ -2014,11 +2163,11 @@ class Client:
         if not self.agent:
             return
         try:
-            if time.time() - os.stat(self._stamp_path()).st_mtime < HEARTBEAT_EVERY:
+            if time.time() - os.stat(self._state_path("heartbeat")).st_mtime < HEARTBEAT_EVERY:
                 return
         except OSError:
             pass
-        self._holding()
+        self._publish_agent()
 
     def probe(self):
         """Check that the store honours conditional writes, on a scratch key under the project.
@@ -2094,11 +2243,12 @@ class Memory:
         if if_absent:
             try:
                 record = self.client.record(key=key, value=value, revision=1, history=[])
-                etag = self.client.write(path, record, create_only=True)
+                written = self.client.write(path, record, create_only=True)
             except PreconditionFailed:
                 raise Refused(f"memory key {key} is already set (version "
                               f"{self._current_version(key)})") from None
-            return dict(record, version=_version(etag))
+            self.client._remember_version(path, record, written)
+            return dict(record, version=_version(written.etag))
         if if_version is not None:
             got = self.client.read(path, missing_ok=True)
             current = _version(got[1].etag) if got else None
@@ -2107,13 +2257,14 @@ class Memory:
                               f"not {_version(_quoted(if_version))}")
             record = self._next(key, got[0], value)
             try:
-                etag = self.client.write(path, record, replacing=got[1])
+                written = self.client.write(path, record, replacing=got[1])
             except (PreconditionFailed, ConditionalConflict, NoSuchKey):
                 raise Refused(f"memory key {key} changed meanwhile (version is now "
                               f"{self._current_version(key)})") from None
-            return dict(record, version=_version(etag))
-        record, etag = self.client.update(path, lambda old: self._next(key, old, value))
-        return dict(record, version=_version(etag))
+            self.client._remember_version(path, record, written)
+            return dict(record, version=_version(written.etag))
+        record, written = self.client.update(path, lambda old: self._next(key, old, value))
+        return dict(record, version=_version(written.etag))
 
     def _current_version(self, key):
         got = self.client.read(self._key(key), missing_ok=True)
@@ -2129,8 +2280,8 @@ class Memory:
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise UsageError(f"memory key {key} holds {type(value).__name__}, not a number")
             return self._next(key, old, value + by)
-        record, etag = self.client.update(self._key(key), change)
-        return dict(record, version=_version(etag))
+        record, written = self.client.update(self._key(key), change)
+        return dict(record, version=_version(written.etag))
 
     def record(self, key):
         """The whole record: key, value, by, at, revision and version.  Raises NotFound."""
@@ -2172,6 +2323,7 @@ class Memory:
     def delete(self, key, if_version=None):
         """Delete a key (only if still at `if_version`, when given).  Raises NotFound if unset."""
         path = self._key(key)
+        self.client._remember("versions", path, None)
         if if_version is None:
             self.record(key)
             self.client.store.delete(path)
@@ -2991,8 +3143,28 @@ def cmd_mcp(args, out):
     serve_mcp(_client(args))
 
 
-def build_parser():
+class _Unbuilt:
+    """Stands in for the parser of a command this call does not run: its options are never
+    defined (building all of them costs more than the rest of a command's start-up)."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: self
+
+
+GLOBAL_VALUE_OPTIONS = ("--agent", "--project", "--config")
+
+
+def build_parser(argv=None):
+    """The argument parser; given `argv`, only the command it names is built in full (every
+    command is still listed, so help and errors read the same)."""
     import argparse
+    words = []
+    for i, word in enumerate(argv if argv is not None else ()):
+        if word == "--":
+            break
+        if not word.startswith("-") and not (i and argv[i - 1] in GLOBAL_VALUE_OPTIONS):
+            words.append(word)
+    wanted = words[:2] if argv is not None else None
     S = argparse.SUPPRESS
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=S,
@@ -3012,10 +3184,20 @@ def build_parser():
     parser.add_argument("--agent", help=S)
     parser.add_argument("--project", help=S)
     parser.add_argument("--config", help=S)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    # prog given, so that no help formatter (and its terminal-size probe) is built needlessly
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands",
+                                     prog="tracecraft")
     commands.required = True
+    built = []
 
     def command(name, func, summary, *, parent=commands, epilog=None):
+        if isinstance(parent, _Unbuilt):
+            return parent
+        depth = 0 if parent is commands else 1
+        if wanted is not None and (len(wanted) <= depth or wanted[depth] != name):
+            parent.add_parser(name, help=summary, add_help=False)
+            return _Unbuilt()
+        built.append(name)
         sub = parent.add_parser(name, parents=[common], help=summary, description=summary,
                                 epilog=epilog, formatter_class=raw)
         sub.set_defaults(func=func)
@@ -3068,7 +3250,8 @@ def build_parser():
                    "(set TRACECRAFT_AGENT in the client's environment for each agent)")
 
     memory = command("memory", None, "Shared key-value memory (values are JSON).")
-    memory_commands = memory.add_subparsers(dest="memory_command", metavar="ACTION")
+    memory_commands = memory.add_subparsers(dest="memory_command", metavar="ACTION",
+                                            prog="tracecraft memory")
     memory_commands.required = True
     p = command("set", cmd_memory_set, "Set KEY to VALUE (JSON if it parses, else a string).",
                 parent=memory_commands, epilog="examples:\n  tracecraft memory set design.status "
@@ -3146,7 +3329,8 @@ def build_parser():
     p.add_argument("--timeout", default="300", help="e.g. 30, 90s, 10m (default: 300s)")
 
     artifact = command("artifact", None, "Share files between agents.")
-    artifact_commands = artifact.add_subparsers(dest="artifact_command", metavar="ACTION")
+    artifact_commands = artifact.add_subparsers(dest="artifact_command", metavar="ACTION",
+                                                prog="tracecraft artifact")
     artifact_commands.required = True
     p = command("upload", cmd_artifact_upload, "Upload a file (refuses to replace one).",
                 parent=artifact_commands)
@@ -3162,6 +3346,8 @@ def build_parser():
     p = command("list", cmd_artifact_list, "List artifacts with size, type and uploader.",
                 parent=artifact_commands)
     p.add_argument("--step", help="only this step's artifacts")
+    if wanted is not None and not built:
+        return build_parser()   # no command named (or a misspelt one): argparse explains
     return parser
 
 
@@ -3171,7 +3357,7 @@ def main(argv=None):
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     out = Output(args.json)
     try:
         code = args.func(args, out)

@@ -82,6 +82,13 @@ def _open(settings):
     return store
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """What clients remember between calls (leases won, versions written, log tails) lives in
+    the cache directory: each test gets its own, as every machine has its own."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
 @pytest.fixture
 def store(settings):
     store = _open(settings)

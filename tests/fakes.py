@@ -145,3 +145,26 @@ class FaultProxy(LoopbackServer):
             self.counts[kind] += 1
             return kind
 
+
+class CountingStore:
+    """Wraps a store and counts requests: one per get/head/put/delete, one per listing page."""
+
+    def __init__(self, store):
+        self.store, self.calls = store, 0
+
+    def __getattr__(self, name):
+        attribute = getattr(self.store, name)
+        if name not in ("get", "head", "put", "delete"):
+            return attribute
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return attribute(*args, **kwargs)
+        return counted
+
+    def list(self, *args, **kwargs):
+        self.calls += 1
+        for n, entry in enumerate(self.store.list(*args, **kwargs)):
+            if n and n % 1000 == 0:
+                self.calls += 1
+            yield entry

@@ -127,8 +127,9 @@ def test_prompt_mentions_only_commands_that_exist(cli):
 
 
 def test_status_watch_reuses_what_did_not_change(client_factory):
-    from test_messages import CountingStore
+    from fakes import CountingStore
     alice = client_factory("alice")
+    alice.heartbeat(renew=False)
     alice.claim("a")
     alice.claim("b")
     alice.complete("b", note="done")

@@ -10,6 +10,7 @@ import pytest
 
 import tracecraft
 from conftest import REPO
+from fakes import CountingStore
 
 
 def texts(messages):
@@ -88,7 +89,7 @@ def test_bad_objects_in_the_log_do_not_stop_the_inbox(client_factory, store):
     store.put(bob._log_key("bob", 2), b"{broken")
     store.put(bob._log_key("bob", 3), b"[1, 2]")
     store.put("proj/messages/bob/stray.json", b"{}")
-    alice._log_tails.clear()
+    alice._remember("tails", "bob", None)
     alice.send("bob", "good2")
     warnings = []
     bob.warn = warnings.append
@@ -124,30 +125,6 @@ def test_reading_k_new_messages_costs_o_k_requests(client_factory, settings):
             alice.send("bob", "old")
         bob.inbox()
     assert counts[0] == counts[1] == 5 + 4   # k GETs, cursor GET and CAS, two listings
-
-
-class CountingStore:
-    """Wraps a store and counts requests: one per get/head/put/delete, one per listing page."""
-
-    def __init__(self, store):
-        self.store, self.calls = store, 0
-
-    def __getattr__(self, name):
-        attribute = getattr(self.store, name)
-        if name not in ("get", "head", "put", "delete"):
-            return attribute
-
-        def counted(*args, **kwargs):
-            self.calls += 1
-            return attribute(*args, **kwargs)
-        return counted
-
-    def list(self, *args, **kwargs):
-        self.calls += 1
-        for n, entry in enumerate(self.store.list(*args, **kwargs)):
-            if n and n % 1000 == 0:
-                self.calls += 1
-            yield entry
 
 
 def test_validation(client_factory):
