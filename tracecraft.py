@@ -210,7 +210,7 @@ def _duration(seconds):
 
 # ==================================================================================================
 # 3. SigV4 and transport.  Owns: AWS Signature Version 4 and the one HTTP request path with its
-#    retry policy.  Calls: section 1.  http.client and ssl are imported only when a request is made.
+#    retry policy.  Calls: section 1.  socket (and ssl, for https) is imported at the first request.
 # ==================================================================================================
 
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -320,13 +320,25 @@ def _retry_settings():
 ATTEMPT_TIMEOUT = 10.0   # seconds one socket operation may block, within the request's deadline
 
 
+class _ProtocolError(OSError):
+    """The server broke HTTP/1.1 framing: a bad status line or header, a body cut short.  An
+    OSError, so it is retried like any other failed connection."""
+
+
+_CHUNK = 64 * 1024    # bytes per write of a file body, and at most per read of an answer's body
+_MAX_LINE = 65536     # the longest status, header or chunk-size line accepted
+
+
 class Transport:
     """One kept-alive HTTP(S) connection to one host, and the one retry policy.
 
     Connection errors, timeouts and 429/5xx answers are retried with exponential backoff and full
     jitter, at most `max_attempts` times and within `timeout` seconds in all (defaults from
     TRACECRAFT_MAX_ATTEMPTS and TRACECRAFT_TIMEOUT); every other answer, 4xx errors included,
-    is returned to the caller at once."""
+    is returned to the caller at once.
+
+    The HTTP/1.1 client is our own, on a socket: importing http.client would take longer than
+    the rest of a command, and S3 needs only Content-Length, chunked and close-delimited bodies."""
 
     def __init__(self, scheme, host, port, timeout=None, max_attempts=None, verify=True):
         default_attempts, default_timeout = _retry_settings()
@@ -334,30 +346,34 @@ class Transport:
         self.timeout = timeout or default_timeout
         self.max_attempts = max(1, max_attempts or default_attempts)
         self.verify = verify
-        self._conn = None
+        self._sock = self._rfile = None
 
-    def _connection(self, timeout):
-        if self._conn is None:
-            import http.client
-            if self.scheme == "https":
-                import ssl
-                context = ssl.create_default_context()
-                if not self.verify:
-                    context.check_hostname = False
-                    context.verify_mode = ssl.CERT_NONE
-                self._conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout,
-                                                         context=context)
-            else:
-                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-        elif self._conn.sock is not None:
-            self._conn.sock.settimeout(timeout)
-        self._conn.timeout = timeout
-        return self._conn
+    def _connect(self, timeout):
+        import socket
+        # getaddrinfo() would load the idna codec to encode a str host name; ASCII needs none.
+        host = self.host.encode() if self.host.isascii() else self.host
+        sock = socket.create_connection((host, self.port), timeout)
+        # Each request is a small write on a kept-alive connection: Nagle's algorithm would hold
+        # it back until the server's delayed ACK of the previous answer.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.scheme == "https":
+            import ssl
+            context = ssl.create_default_context()
+            if not self.verify:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            try:
+                sock = context.wrap_socket(sock, server_hostname=self.host)
+            except OSError:
+                sock.close()
+                raise
+        self._sock, self._rfile = sock, sock.makefile("rb")
 
     def close(self):
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._sock is not None:
+            self._rfile.close()
+            self._sock.close()
+            self._sock = self._rfile = None
 
     def request(self, method, target, make_headers, body=b"", into=None, progress=None):
         """Send a request, retrying per the policy; `make_headers()` signs each attempt afresh.
@@ -366,8 +382,8 @@ class Transport:
         streamed into that file instead of memory.  Returns a Response whose `attempts` counts
         the sends, which tells the caller whether a conditional write may have reached the
         store before.  A kept-alive connection the server closed while idle is reopened
-        without using up an attempt (once: `reused` is false on the fresh connection)."""
-        import http.client
+        without using up an attempt: before sending if its close has arrived, else (once:
+        `reused` is false on the fresh connection) when the request goes unanswered."""
         import random
         started = time.monotonic()
         deadline = started + self.timeout
@@ -381,36 +397,153 @@ class Transport:
                 time.sleep(pause)
             if hasattr(body, "seek"):
                 body.seek(0)
-            reused = self._conn is not None and self._conn.sock is not None
+            if self._sock is not None and _readable(self._sock):
+                self.close()   # the server closed the idle connection; nothing was sent on it
+            reused = self._sock is not None
             try:
-                conn = self._connection(max(0.05, min(ATTEMPT_TIMEOUT, deadline - time.monotonic())))
+                timeout = max(0.05, min(ATTEMPT_TIMEOUT, deadline - time.monotonic()))
+                if reused:
+                    self._sock.settimeout(timeout)
+                else:
+                    self._connect(timeout)
                 sent += 1
-                conn.request(method, target, body=body, headers=make_headers())
-                resp = conn.getresponse()
-                headers = {k.lower(): v for k, v in resp.getheaders()}
-                if resp.status in RETRY_STATUSES and attempt < self.max_attempts:
-                    resp.read()
-                    last_error = f"HTTP {resp.status}"
+                if not self._ask(method, target, make_headers(), body):
+                    self.close()
+                    last_error = "the server closed the connection without answering"
+                    if reused:
+                        attempt -= 1   # it closed while idle, as our request was on its way
                     continue
-                if into is not None and resp.status == 200:
+                status, headers, keep = self._read_head()
+                parts = self._body(method, status, headers, keep)
+                if status in RETRY_STATUSES and attempt < self.max_attempts:
+                    for _ in parts:   # read to its end, so that the connection can be reused
+                        pass
+                    last_error = f"HTTP {status}"
+                    continue
+                if into is not None and status == 200:
                     into.seek(0)
                     into.truncate()
-                    _copy_stream(resp, into, int(headers.get("content-length") or 0), progress)
-                    data = b""
-                else:
-                    data = resp.read()
-                if headers.get("connection", "").lower() == "close":
-                    self.close()
-                return Response(resp.status, headers, data, sent)
-            except (OSError, http.client.HTTPException) as exc:
+                    _copy_stream(parts, into, int(headers.get("content-length") or 0), progress)
+                    return Response(status, headers, b"", sent)
+                return Response(status, headers, b"".join(parts), sent)
+            except OSError as exc:
                 self.close()
                 last_error = _describe_network_error(exc)
-                if reused and isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError,
-                                               ConnectionResetError)):
-                    attempt -= 1   # the server had closed an idle connection: not a failure
+            except BaseException:
+                self.close()   # a half-read answer must not be taken for the next one
+                raise
         raise Unreachable(f"cannot reach the store at {self.scheme}://{self.host}:{self.port} "
                           f"({last_error}; {attempt} attempts in {time.monotonic() - started:.1f} s):"
                           " check the endpoint, the network and that the server is running")
+
+    def _ask(self, method, target, headers, body):
+        """Send the request and wait for the answer to begin.  False if the connection closed
+        first (a broken pipe or reset while sending, EOF or a reset before the answer)."""
+        size = body.seek(0, os.SEEK_END) if hasattr(body, "read") else len(body)
+        lines = [f"{method} {target} HTTP/1.1", "Accept-Encoding: identity"]
+        lines += [f"{name}: {value}" for name, value in headers.items()
+                  if name.lower() != "content-length"]   # the framing is ours to state
+        if size or method in ("PUT", "POST"):
+            lines.append(f"Content-Length: {size}")
+        if any("\r" in line or "\n" in line for line in lines):
+            raise ValueError("a line break in the request target or a header value")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        try:
+            if hasattr(body, "read"):
+                body.seek(0)
+                self._sock.sendall(head)
+                for block in iter(lambda: body.read(_CHUNK), b""):
+                    self._sock.sendall(block)
+            else:
+                self._sock.sendall(head + body)   # one write, so a small request is one packet
+            return bool(self._rfile.peek(1))
+        except (BrokenPipeError, ConnectionResetError):
+            return False
+
+    def _read_head(self):
+        """(status, headers, keep) of the final answer, skipping 1xx interim ones.  Repeated
+        headers are joined with ", "; `keep` says whether the connection stays open after it."""
+        while True:
+            line = self._readline()
+            parts = line.split(None, 2)
+            if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3 \
+                    or not parts[1].isdigit():
+                raise _ProtocolError(f"not an HTTP/1.x status line: {line[:100]!r}")
+            headers = {}
+            while True:
+                line = self._readline()
+                if not line.strip():
+                    break
+                name, colon, value = line.decode("latin-1").partition(":")
+                if not colon:
+                    raise _ProtocolError(f"not an HTTP header line: {line[:100]!r}")
+                name, value = name.strip().lower(), value.strip()
+                headers[name] = f"{headers[name]}, {value}" if name in headers else value
+            status = int(parts[1])
+            if status >= 200:
+                break
+        length = headers.get("content-length", "0")
+        if not (length.isascii() and length.isdigit()):
+            raise _ProtocolError(f"not a Content-Length: {length[:100]!r}")
+        connection = headers.get("connection", "").lower()
+        keep = "keep-alive" in connection if parts[0] == b"HTTP/1.0" else "close" not in connection
+        return status, headers, keep
+
+    def _body(self, method, status, headers, keep):
+        """The answer's body, in pieces as they arrive.  Once all is read, closes the connection
+        if the answer was its last (Connection: close, or a body that ends with the connection)."""
+        if method == "HEAD" or status in (204, 304):
+            pass
+        elif "chunked" in headers.get("transfer-encoding", "").lower():
+            while True:
+                line = self._readline()
+                try:
+                    size = int(line.split(b";")[0], 16)
+                except ValueError:
+                    size = -1
+                if size < 0:
+                    raise _ProtocolError(f"not a chunk size: {line[:100]!r}")
+                if size == 0:
+                    break
+                yield from self._exactly(size)
+                if self._readline().strip():
+                    raise _ProtocolError("a chunk is longer than its size says")
+            while self._readline().strip():   # trailer headers: none is of use to us
+                pass
+        elif "content-length" in headers:
+            yield from self._exactly(int(headers["content-length"]))
+        else:
+            yield from iter(lambda: self._rfile.read1(_CHUNK), b"")
+            keep = False
+        if not keep:
+            self.close()
+
+    def _exactly(self, size):
+        while size:
+            block = self._rfile.read1(min(size, _CHUNK))
+            if not block:
+                raise _ProtocolError(f"the answer was cut short, {size} bytes before its end")
+            size -= len(block)
+            yield block
+
+    def _readline(self):
+        line = self._rfile.readline(_MAX_LINE + 1)
+        if len(line) > _MAX_LINE:
+            raise _ProtocolError(f"a line of the answer is longer than {_MAX_LINE} bytes")
+        if not line.endswith(b"\n"):
+            raise _ProtocolError("the connection closed in the middle of the answer")
+        return line
+
+
+def _readable(sock):
+    """Whether an idle kept-alive connection has anything to read: only the server closing it (or
+    garbage) can be there, and a request sent on it would be lost."""
+    import select
+    if hasattr(select, "poll"):   # select() cannot take descriptors above 1023
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([sock], [], [], 0)[0])
 
 
 def _describe_network_error(exc):
@@ -425,15 +558,9 @@ def _describe_network_error(exc):
     return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
 
 
-def _copy_stream(source, target, total, progress, chunk=1 << 20):
-    import http.client
+def _copy_stream(blocks, target, total, progress):
     done = 0
-    while True:
-        block = source.read(chunk)
-        if not block:
-            if total and done < total:   # read(n) returns b"" when the peer hangs up early
-                raise http.client.IncompleteRead(b"", total - done)
-            break
+    for block in blocks:
         target.write(block)
         done += len(block)
         if progress:
@@ -1166,7 +1293,7 @@ def _sha256_hex(body):
 
 
 class _ProgressReader:
-    """Wraps an upload file so http.client's reads report progress."""
+    """Wraps an upload file so the transport's reads report progress."""
 
     def __init__(self, f, progress):
         self.f, self.progress, self.total, self.done = f, progress, _file_size(f), 0

@@ -120,7 +120,6 @@ def install_counter():
     global _installed
     if _installed is not None:
         return _installed
-    import http.client
     import tracecraft
     log = RequestLog()
     original = tracecraft.Transport.request
@@ -145,14 +144,14 @@ def install_counter():
         return resp
 
     tracecraft.Transport.request = request
-    original_connect = http.client.HTTPConnection.connect
+    original_connect = tracecraft.Transport._connect
 
-    def connect(conn):
+    def connect(transport, timeout):
         with log.lock:
             log.connections += 1
-        return original_connect(conn)
+        return original_connect(transport, timeout)
 
-    http.client.HTTPConnection.connect = connect
+    tracecraft.Transport._connect = connect
     _installed = log
     return log
 
