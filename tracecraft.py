@@ -384,13 +384,13 @@ class Transport:
         store before.  A kept-alive connection the server closed while idle is reopened
         without using up an attempt: before sending if its close has arrived, else (once:
         `reused` is false on the fresh connection) when the request goes unanswered."""
-        import random
         started = time.monotonic()
         deadline = started + self.timeout
         last_error, attempt, sent = None, 0, 0
         while attempt < self.max_attempts:
             attempt += 1
             if attempt > 1:
+                import random
                 pause = random.uniform(0, min(2.0, 0.1 * 2 ** (attempt - 1)))
                 if time.monotonic() + pause >= deadline:
                     break
@@ -1475,7 +1475,7 @@ def config_warnings(settings):
 JSON_TYPE = "application/json"
 ONLINE_SECONDS, IDLE_SECONDS = 120, 900
 HEARTBEAT_EVERY = 60
-WAIT_POLL_FAST = 0.2    # seconds between a waiter's polls at first and right after progress
+WAIT_POLL_FAST = 0.35   # seconds between a waiter's polls at first and right after progress
 WAIT_POLL_MAX = 0.7     # ... growing to this while idle: detection ~0.35 s, ~1.4 requests/s
 DEFAULT_TTL = 1800.0
 ENDED = ("complete", "failed", "blocked")
@@ -1510,7 +1510,6 @@ def _retries(what):
     """Attempt numbers for a compare-and-swap loop, which returns from inside on success.
     Between attempts it sleeps a random, growing pause (so that racers spread out and none
     starves); after CONTENTION_SECONDS it gives up with a StoreError naming `what`."""
-    import random
     deadline = time.monotonic() + CONTENTION_SECONDS
     attempt = 0
     while True:
@@ -1519,6 +1518,7 @@ def _retries(what):
         if time.monotonic() > deadline:
             raise StoreError(f"{what} is contended: gave up after {attempt} attempts in "
                              f"{CONTENTION_SECONDS:g} s")
+        import random
         time.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** attempt)))
 
 
@@ -3293,7 +3293,19 @@ def build_parser(argv=None):
             words.append(word)
     wanted = words[:2] if argv is not None else None
     S = argparse.SUPPRESS
-    common = argparse.ArgumentParser(add_help=False)
+
+    class Formatter(argparse.RawDescriptionHelpFormatter):
+        # argparse makes a formatter for every option it defines, and by default each one
+        # imports shutil to ask for the terminal's width; ask the way shutil would, cheaply.
+        def __init__(self, prog):
+            columns = os.environ.get("COLUMNS", "")
+            try:
+                width = int(columns) if columns.isdigit() else os.get_terminal_size().columns
+            except OSError:
+                width = 80
+            super().__init__(prog, width=max(width, 40) - 2)
+    raw = Formatter
+    common = argparse.ArgumentParser(add_help=False, formatter_class=raw)
     common.add_argument("--json", action="store_true", default=S,
                         help="print one JSON document instead of human-readable lines")
     common.add_argument("--agent", default=S, metavar="ID",
@@ -3303,7 +3315,6 @@ def build_parser(argv=None):
     common.add_argument("--config", default=S, metavar="PATH",
                         help="config file to use (default: $TRACECRAFT_CONFIG, the nearest "
                              ".tracecraft.json, then ~/.config/tracecraft/config.json)")
-    raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog="tracecraft", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=raw)
     parser.add_argument("--version", action="version", version=f"tracecraft {__version__}")
