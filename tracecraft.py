@@ -3271,8 +3271,8 @@ def cmd_mcp(args, out):
 
 
 class _Unbuilt:
-    """Stands in for the parser of a command this call does not run: its options are never
-    defined (building all of them costs more than the rest of a command's start-up)."""
+    """Stands in for the parser of a command this call does not run: it is never built
+    (building all of them would cost more than the rest of a command's start-up)."""
 
     def __getattr__(self, name):
         return lambda *args, **kwargs: self
@@ -3282,8 +3282,8 @@ GLOBAL_VALUE_OPTIONS = ("--agent", "--project", "--config")
 
 
 def build_parser(argv=None):
-    """The argument parser; given `argv`, only the command it names is built in full (every
-    command is still listed, so help and errors read the same)."""
+    """The argument parser; given `argv`, only for the command it names (its help and errors
+    read the same: one that names no command gets the whole parser)."""
     import argparse
     words = []
     for i, word in enumerate(argv if argv is not None else ()):
@@ -3326,16 +3326,12 @@ def build_parser(argv=None):
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands",
                                      prog="tracecraft")
     commands.required = True
-    built = []
 
     def command(name, func, summary, *, parent=commands, epilog=None):
-        if isinstance(parent, _Unbuilt):
-            return parent
         depth = 0 if parent is commands else 1
-        if wanted is not None and (len(wanted) <= depth or wanted[depth] != name):
-            parent.add_parser(name, help=summary, add_help=False)
+        if isinstance(parent, _Unbuilt) or (wanted and len(wanted) > depth
+                                             and wanted[depth] != name):
             return _Unbuilt()
-        built.append(name)
         sub = parent.add_parser(name, parents=[common], help=summary, description=summary,
                                 epilog=epilog, formatter_class=raw)
         sub.set_defaults(func=func)
@@ -3484,8 +3480,9 @@ def build_parser(argv=None):
     p = command("list", cmd_artifact_list, "List artifacts with size, type and uploader.",
                 parent=artifact_commands)
     p.add_argument("--step", help="only this step's artifacts")
-    if wanted is not None and not built:
-        return build_parser()   # no command named (or a misspelt one): argparse explains
+    if wanted and any(not isinstance(group, _Unbuilt) and not group.choices
+                      for group in (commands, memory_commands, artifact_commands)):
+        return build_parser()   # a misspelt command: argparse lists the right ones
     return parser
 
 

@@ -824,9 +824,10 @@ def _main(argv):
                              "baseline (default: this one, %(default)s)")
     parser.add_argument("--output", default=os.path.join(HERE, "results.json"),
                         help="where to write the figures (default: %(default)s)")
-    parser.add_argument("--contention-policy", choices=("list", "scan"), default="list",
-                        help="how contention workers find steps: list steps/ and claim what is "
-                             "left (default), or try every step once in random order")
+    parser.add_argument("--contention-policy", choices=("runs", "list", "scan"), default="runs",
+                        help="how contention workers find steps: list steps/ and walk the "
+                             "free ones from a random place (runs, default) or in random order "
+                             "(list), or try every step once in random order (scan)")
     args = parser.parse_args(argv)
     selected = SCENARIOS
     if args.only:

@@ -58,9 +58,11 @@ def wait(cfg):
 # -- contention: claim from a pool until none is left -------------------------------------------
 
 def contend(cfg):
-    """Policy "list" (default): learn which steps are taken from one listing of steps/, claim
-    the others in random order, list again after a lost claim or when out of candidates; stop
-    when a listing shows every step taken.  Policy "scan": try every step once, in random order."""
+    """Policy "runs" (default): learn which steps are taken from one listing of steps/, then walk
+    the free ones in order from a random place; after a lost claim (another worker's run begins
+    there) list again and jump to a random free step.  Policy "list": the same listing, but claim
+    the free steps in random order.  Both stop when a listing shows every step taken.  Policy
+    "scan": try every step once, in random order."""
     log = install_counter()
     client = tracecraft.connect(project=cfg["project"], agent=cfg["agent"], **cfg["settings"])
     steps = [f"s{i:03d}" for i in range(cfg["steps"])]
@@ -69,10 +71,14 @@ def contend(cfg):
     stats = {"won": [], "lost": 0, "lists": 0, "errors": []}
 
     def candidates():
+        """The free steps, in the order they will be tried (the last one first)."""
         stats["lists"] += 1
         taken = {e.key[len(prefix):].split("/")[0] for e in client.store.list(prefix)
                  if e.key.endswith("/claim.json")}
         left = [s for s in steps if s not in taken]
+        if cfg["policy"] == "runs" and left:
+            start = rng.randrange(len(left))
+            return (left[start:] + left[:start])[::-1]
         rng.shuffle(left)
         return left
 
@@ -80,14 +86,15 @@ def contend(cfg):
     started = time.time()
     deadline = time.monotonic() + cfg["deadline"]
     mark = log.mark()
-    todo = candidates() if cfg["policy"] == "list" else rng.sample(steps, len(steps))
+    listing = cfg["policy"] in ("runs", "list")
+    todo = candidates() if listing else rng.sample(steps, len(steps))
     while todo and time.monotonic() < deadline:
         step = todo.pop()
         try:
             client.claim(step)
         except tracecraft.Refused:
             stats["lost"] += 1
-            if cfg["policy"] == "list":
+            if listing:
                 todo = candidates()
             continue
         except tracecraft.TracecraftError as exc:
@@ -98,7 +105,7 @@ def contend(cfg):
             stats["won"].append(step)
         except tracecraft.TracecraftError as exc:
             stats["errors"].append(f"complete {step}: {exc}")
-        if not todo and cfg["policy"] == "list":
+        if not todo and listing:
             todo = candidates()
     if todo:
         stats["errors"].append(f"deadline reached with {len(todo)} candidates left")
