@@ -260,10 +260,43 @@ def canonical_request(method, path, query, headers, payload_hash, normalize_path
     return "\n".join(lines), ";".join(names)
 
 
+_HASHES = {}
+_BUILTIN_HASHES = {"md5": ("_md5",), "sha1": ("_sha1",), "sha256": ("_sha2", "_sha256")}
+
+
+def _hash(name, data):
+    """hashlib.<name>(data) for md5, sha1 or sha256 of a small `data`.  hashlib loads OpenSSL's
+    libcrypto, which costs a command more than all of its signing; CPython's own implementations
+    load at once, so they are used when this build has them (OpenSSL is faster on big data)."""
+    if len(data) > 1 << 20:
+        import hashlib
+        return getattr(hashlib, name)(data)
+    new = _HASHES.get(name)
+    if new is None:
+        for module in _BUILTIN_HASHES[name]:
+            try:
+                new = getattr(__import__(module), name)
+                break
+            except (ImportError, AttributeError):
+                pass
+        else:
+            import hashlib
+            new = getattr(hashlib, name)
+        _HASHES[name] = new
+    return new(data)
+
+
+_OUTER_PAD = bytes(b ^ 0x5C for b in range(256))
+_INNER_PAD = bytes(b ^ 0x36 for b in range(256))
+
+
 def _hmac(key, text):
-    import hashlib
-    import hmac
-    return hmac.new(key, text.encode("utf-8"), hashlib.sha256).digest()
+    """HMAC-SHA256 (RFC 2104) over _hash: the hmac module would load OpenSSL."""
+    if len(key) > 64:
+        key = _hash("sha256", key).digest()
+    key = key.ljust(64, b"\0")
+    inner = _hash("sha256", key.translate(_INNER_PAD) + text.encode("utf-8")).digest()
+    return _hash("sha256", key.translate(_OUTER_PAD) + inner).digest()
 
 
 _signing_keys = {}
@@ -283,9 +316,8 @@ def signing_key(secret_key, date, region, service):
 
 
 def string_to_sign(amz_date, scope, creq):
-    import hashlib
     return "\n".join(["AWS4-HMAC-SHA256", amz_date, scope,
-                      hashlib.sha256(creq.encode("utf-8")).hexdigest()])
+                      _hash("sha256", creq.encode("utf-8")).hexdigest()])
 
 
 def authorization(access_key, secret_key, region, service, amz_date, creq, signed_headers):
@@ -759,8 +791,7 @@ def resolve_settings(config_path=None, **overrides):
 
 
 def _md5_etag(data):
-    import hashlib
-    return '"' + hashlib.md5(data).hexdigest() + '"'
+    return '"' + _hash("md5", data).hexdigest() + '"'
 
 
 class LocalStore(Store):
@@ -946,8 +977,7 @@ class LocalStore(Store):
         return created
 
     def _lock(self, key):
-        import hashlib
-        stripe = hashlib.md5(key.encode("utf-8")).hexdigest()[:2]
+        stripe = _hash("md5", key.encode("utf-8")).hexdigest()[:2]
         lockdir = os.path.join(self.root, ".locks", self.bucket)
         os.makedirs(lockdir, exist_ok=True)
         return _FileLock(os.path.join(lockdir, stripe + ".lock"))
@@ -1281,9 +1311,9 @@ class S3Store(Store):
 
 
 def _sha256_hex(body):
-    import hashlib
     if isinstance(body, (bytes, bytearray)):
-        return hashlib.sha256(body).hexdigest()
+        return _hash("sha256", body).hexdigest()
+    import hashlib
     digest = hashlib.sha256()
     body.seek(0)
     for block in iter(lambda: body.read(1 << 20), b""):
@@ -1664,16 +1694,15 @@ class Client:
     # hint: every write made with it is conditional, and a stale hint costs the read it saved.
 
     def _state_path(self, kind, name=""):
-        import hashlib
         if self._state_dir is None:
             ident = f"{self.store.describe()}\0{self.project}\0{self.agent}".encode("utf-8")
             base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
                                                                     ".cache")
-            self._state_dir = os.path.join(base, "tracecraft", hashlib.sha1(ident).hexdigest())
+            self._state_dir = os.path.join(base, "tracecraft", _hash("sha1", ident).hexdigest())
         if not name:
             return os.path.join(self._state_dir, kind)
         return os.path.join(self._state_dir, kind,
-                            hashlib.sha1(name.encode("utf-8")).hexdigest() + ".json")
+                            _hash("sha1", name.encode("utf-8")).hexdigest() + ".json")
 
     def _recall(self, kind, name):
         try:

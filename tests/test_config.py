@@ -1,5 +1,8 @@
 """Section 5: where settings and credentials come from."""
 import json
+import time
+
+import tracecraft
 
 from conftest import CLI, clean_env
 
@@ -77,3 +80,28 @@ def test_secrets_never_appear_in_output(seaweed, tmp_path, bucket_name):
     assert outputs[0].returncode == 0 and outputs[-1].returncode == 4
     for result in outputs:
         assert secret not in result.stdout + result.stderr
+
+
+def test_endpoint_urls_are_read_as_urllib_reads_them():
+    from urllib.parse import urlsplit
+    for url in ("http://127.0.0.1:9000", "https://s3.hf.co/ns", "http://[::1]:8333/",
+                "HTTPS://S3.Example.COM", "http://localhost:8333/base/path/"):
+        parts = urlsplit(url)
+        default = 443 if parts.scheme == "https" else 80
+        assert tracecraft._split_url(url) == (parts.scheme, parts.hostname,
+                                              parts.port or default, parts.path)
+    for bad in ("ftp://x", "http://", "http://h:99999", "http://h:abc", "localhost:9000",
+                "http://user@h", "http://h/?q"):
+        assert tracecraft._split_url(bad) is None, bad
+
+
+def test_dates_are_read_as_the_stdlib_reads_them():
+    import calendar
+    from email.utils import formatdate
+    for seconds in (0, 951782400, 1078099199, 1795601286, 4102444800):
+        assert tracecraft._http_date(formatdate(seconds, usegmt=True)) == seconds
+        iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        assert tracecraft._iso_date(iso + ".250Z") == seconds + 0.25
+        assert calendar.timegm(time.gmtime(seconds)) == tracecraft._iso_date(iso + "Z")
+    assert tracecraft._http_date("Sunday, 06-Nov-94 08:49:37 GMT") == 784111777   # RFC 850
+    assert tracecraft._http_date("nonsense") is None and tracecraft._iso_date("") is None

@@ -119,3 +119,25 @@ def test_matches_botocore(method, path, query, token, monkeypatch):
                                     creq, signed)
     assert request.headers["X-Amz-Date"] == amz_date
     assert ours == expected
+
+
+# -- the small stand-ins that keep hashlib, hmac and urllib.parse off the start-up path ----------
+
+def test_hashes_and_hmac_agree_with_hashlib():
+    import hmac
+    import random
+    rng = random.Random(7)
+    for size in (0, 1, 63, 64, 65, 200, (1 << 20) + 1):
+        data = rng.randbytes(size)
+        for name in ("md5", "sha1", "sha256"):
+            assert tracecraft._hash(name, data).hexdigest() == getattr(hashlib, name)(data).hexdigest()
+        key, text = rng.randbytes(size % 150), rng.randbytes(size % 300).hex()
+        assert tracecraft._hmac(key, text) == hmac.new(key, text.encode(), hashlib.sha256).digest()
+
+
+def test_uri_encode_agrees_with_urllib():
+    from urllib.parse import quote
+    samples = ["plain", "a b/c", "ü~é/ü", "%2F", "*!'()", "\x00\x7f", "日本/語 x", "a+b=c&d"]
+    for text in samples:
+        assert tracecraft.uri_encode(text) == quote(text, safe="-_.~")
+        assert tracecraft.uri_encode(text, keep_slash=True) == quote(text, safe="-_.~/")
