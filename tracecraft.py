@@ -1060,11 +1060,35 @@ def _iso_date(value):
     return seconds + (float(fraction) if fraction[:1] == "." and fraction[1:].isdigit() else 0)
 
 
-def _xml_field(body, tag):
-    """One field of a small S3 XML answer (errors, bucket location): no XML parser needed."""
+_XML_ENTITIES = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
+
+
+def _xml_values(text, tag, raw=False):
+    """The contents of every <tag> element of one of S3's small, flat XML answers (a listing,
+    an error), as text with entities resolved (unless `raw`): loading an XML parser would cost
+    a command more than reading its answer."""
     import re
-    match = re.search(rb"<%s>(.*?)</%s>" % (tag.encode(), tag.encode()), body or b"", re.S)
-    return match.group(1).decode("utf-8", "replace") if match else ""
+    found = re.findall(rf"<(?:\w+:)?{tag}(?:\s[^>]*)?>(.*?)</(?:\w+:)?{tag}>", text, re.S)
+    if raw:
+        return found
+
+    def resolve(match):
+        name = match.group(1)
+        try:
+            return chr(int(name[2:], 16) if name[1:2] in "xX" else int(name[1:])) \
+                if name[0] == "#" else _XML_ENTITIES[name]
+        except (KeyError, ValueError, OverflowError):
+            return match.group(0)
+    return [re.sub(r"&(#[0-9]+|#[xX][0-9a-fA-F]+|\w+);", resolve, value) if "&" in value
+            else value for value in found]
+
+
+def _xml_field(body, tag):
+    """The first <tag> of an XML answer (bytes or text), or ""."""
+    if isinstance(body, (bytes, bytearray)):
+        body = bytes(body).decode("utf-8", "replace")
+    values = _xml_values(body or "", tag)
+    return values[0] if values else ""
 
 
 class S3Store(Store):
@@ -1253,7 +1277,6 @@ class S3Store(Store):
                 raise
 
     def list(self, prefix="", start_after=None, limit=None):
-        import xml.etree.ElementTree as ET
         token, left = None, limit
         while True:
             query = [("list-type", "2"), ("prefix", prefix)]
@@ -1263,25 +1286,20 @@ class S3Store(Store):
                 query.append(("continuation-token", token))
             elif start_after:
                 query.append(("start-after", start_after))
-            body = self.request("GET", query=query).body
-            try:
-                root = ET.fromstring(body)
-            except ET.ParseError:
+            text = self.request("GET", query=query).body.decode("utf-8", "replace")
+            if "ListBucketResult" not in text:
                 raise StoreError(f"{self.endpoint} answered a listing that is not S3's XML "
-                                 "(is the endpoint an S3 server?)") from None
-            token = None
-            for node in root:
-                tag = node.tag.rpartition("}")[2]
-                if tag == "Contents":
-                    fields = {c.tag.rpartition("}")[2]: c.text or "" for c in node}
-                    yield Entry(fields.get("Key", ""), int(fields.get("Size") or 0),
-                                _iso_date(fields.get("LastModified")), fields.get("ETag"))
-                    if left is not None:
-                        left -= 1
-                        if left <= 0:
-                            return
-                elif tag == "NextContinuationToken":
-                    token = node.text
+                                 "(is the endpoint an S3 server?)")
+            for block in _xml_values(text, "Contents", raw=True):
+                size = _xml_field(block, "Size")
+                yield Entry(_xml_field(block, "Key"), int(size) if size.isdigit() else 0,
+                            _iso_date(_xml_field(block, "LastModified")),
+                            _xml_field(block, "ETag") or None)
+                if left is not None:
+                    left -= 1
+                    if left <= 0:
+                        return
+            token = _xml_field(text, "NextContinuationToken")
             if not token:
                 return
 

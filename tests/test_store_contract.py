@@ -7,7 +7,7 @@ import tracecraft
 from tracecraft import NoSuchKey, PreconditionFailed
 
 KEYS = ["plain.json", "with space/and+plus.json", "ünïcödé/ключ/日本.json",
-        "reserved!'()*~@$&=,;:.json", "pct%41/hash#q?.json", "tilde~/x"]
+        "reserved!'()*~@$&=,;:.json", "pct%41/hash#q?.json", "tilde~/x", "xml<b>&amp;\"'.json"]
 
 
 @pytest.mark.parametrize("key", KEYS)
