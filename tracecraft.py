@@ -329,6 +329,41 @@ _CHUNK = 64 * 1024    # bytes per write of a file body, and at most per read of 
 _MAX_LINE = 65536     # the longest status, header or chunk-size line accepted
 
 
+class _Reader:
+    """Buffered reading of an answer from a socket (or an ssl one): the part of makefile("rb")
+    the client uses, without socket.py.  `_buf[_pos:]` is what was received and not yet read."""
+
+    def __init__(self, sock):
+        self._sock, self._buf, self._pos = sock, b"", 0
+
+    def _receive(self):
+        """Receive once more, after what is left unread: False at the end of the stream."""
+        more = self._sock.recv(_CHUNK)
+        self._buf, self._pos = self._buf[self._pos:] + more, 0
+        return bool(more)
+
+    def wait(self):
+        """Block until a byte can be read: False if the stream ended first."""
+        return self._pos < len(self._buf) or self._receive()
+
+    def readline(self, limit):
+        """The next line with its b"\\n", cut short after `limit` bytes or by the stream's end."""
+        while True:
+            newline = self._buf.find(b"\n", self._pos, self._pos + limit)
+            if newline >= 0 or len(self._buf) - self._pos >= limit or not self._receive():
+                end = newline + 1 if newline >= 0 else min(len(self._buf), self._pos + limit)
+                line, self._pos = self._buf[self._pos:end], end
+                return line
+
+    def read1(self, size):
+        """At most `size` bytes (at least one, unless the stream ended) with at most one recv."""
+        if self._pos == len(self._buf):
+            return self._sock.recv(size)
+        block = self._buf[self._pos:self._pos + size]
+        self._pos += len(block)
+        return block
+
+
 class Transport:
     """One kept-alive HTTP(S) connection to one host, and the one retry policy.
 
@@ -346,7 +381,7 @@ class Transport:
         self.timeout = timeout or default_timeout
         self.max_attempts = max(1, max_attempts or default_attempts)
         self.verify = verify
-        self._sock = self._rfile = None
+        self._sock = self._reader = None
 
     def _connect(self, timeout):
         import socket
@@ -367,13 +402,12 @@ class Transport:
             except OSError:
                 sock.close()
                 raise
-        self._sock, self._rfile = sock, sock.makefile("rb")
+        self._sock, self._reader = sock, _Reader(sock)
 
     def close(self):
         if self._sock is not None:
-            self._rfile.close()
             self._sock.close()
-            self._sock = self._rfile = None
+            self._sock = self._reader = None
 
     def request(self, method, target, make_headers, body=b"", into=None, progress=None):
         """Send a request, retrying per the policy; `make_headers()` signs each attempt afresh.
@@ -456,7 +490,7 @@ class Transport:
                     self._sock.sendall(block)
             else:
                 self._sock.sendall(head + body)   # one write, so a small request is one packet
-            return bool(self._rfile.peek(1))
+            return self._reader.wait()
         except (BrokenPipeError, ConnectionResetError):
             return False
 
@@ -513,21 +547,21 @@ class Transport:
         elif "content-length" in headers:
             yield from self._exactly(int(headers["content-length"]))
         else:
-            yield from iter(lambda: self._rfile.read1(_CHUNK), b"")
+            yield from iter(lambda: self._reader.read1(_CHUNK), b"")
             keep = False
         if not keep:
             self.close()
 
     def _exactly(self, size):
         while size:
-            block = self._rfile.read1(min(size, _CHUNK))
+            block = self._reader.read1(min(size, _CHUNK))
             if not block:
                 raise _ProtocolError(f"the answer was cut short, {size} bytes before its end")
             size -= len(block)
             yield block
 
     def _readline(self):
-        line = self._rfile.readline(_MAX_LINE + 1)
+        line = self._reader.readline(_MAX_LINE + 1)
         if len(line) > _MAX_LINE:
             raise _ProtocolError(f"a line of the answer is longer than {_MAX_LINE} bytes")
         if not line.endswith(b"\n"):
