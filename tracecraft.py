@@ -210,7 +210,8 @@ def _duration(seconds):
 
 # ==================================================================================================
 # 3. SigV4 and transport.  Owns: AWS Signature Version 4 and the one HTTP request path with its
-#    retry policy.  Calls: section 1.  socket (and ssl, for https) is imported at the first request.
+#    retry policy.  Calls: section 1.  _socket (socket and ssl too, for https) is imported at the
+#    first request.
 # ==================================================================================================
 
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -384,20 +385,40 @@ class Transport:
         self._sock = self._reader = None
 
     def _connect(self, timeout):
-        import socket
+        # socket.create_connection() on _socket, which socket.py wraps: importing socket.py (every
+        # constant made an enum, selectors imported) would cost an http command 5% of its time.
+        import _socket
         # getaddrinfo() would load the idna codec to encode a str host name; ASCII needs none.
         host = self.host.encode() if self.host.isascii() else self.host
-        sock = socket.create_connection((host, self.port), timeout)
+        error = OSError(f"no address found for {self.host}")
+        for family, kind, proto, _, address in _socket.getaddrinfo(host, self.port, 0,
+                                                                   _socket.SOCK_STREAM):
+            sock = None
+            try:
+                sock = _socket.socket(family, kind, proto)
+                sock.settimeout(timeout)
+                sock.connect(address)
+                break
+            except OSError as exc:
+                error = exc
+                if sock is not None:
+                    sock.close()
+        else:
+            raise error
         # Each request is a small write on a kept-alive connection: Nagle's algorithm would hold
         # it back until the server's delayed ACK of the previous answer.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         if self.scheme == "https":
+            import socket
             import ssl
             context = ssl.create_default_context()
             if not self.verify:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
+            # ssl wraps only a socket.socket; one made from a descriptor starts without a timeout.
+            sock = socket.socket(sock.family, sock.type, sock.proto, sock.detach())
             try:
+                sock.settimeout(timeout)
                 sock = context.wrap_socket(sock, server_hostname=self.host)
             except OSError:
                 sock.close()
@@ -581,12 +602,12 @@ def _readable(sock):
 
 
 def _describe_network_error(exc):
-    import socket
+    import _socket
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
-    if isinstance(exc, (socket.timeout, TimeoutError)):
+    if isinstance(exc, (_socket.timeout, TimeoutError)):   # one class from 3.10 on
         return "timed out"
-    if isinstance(exc, socket.gaierror):
+    if isinstance(exc, _socket.gaierror):
         return f"cannot resolve host name: {exc.strerror}"
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
