@@ -210,7 +210,8 @@ def _duration(seconds):
 
 # ==================================================================================================
 # 3. SigV4 and transport.  Owns: AWS Signature Version 4 and the one HTTP request path with its
-#    retry policy.  Calls: section 1.  socket (and ssl, for https) is imported at the first request.
+#    retry policy.  Calls: section 1.  _socket (socket and ssl too, for https) is imported at the
+#    first request.
 # ==================================================================================================
 
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -361,6 +362,41 @@ _CHUNK = 64 * 1024    # bytes per write of a file body, and at most per read of 
 _MAX_LINE = 65536     # the longest status, header or chunk-size line accepted
 
 
+class _Reader:
+    """Buffered reading of an answer from a socket (or an ssl one): the part of makefile("rb")
+    the client uses, without socket.py.  `_buf[_pos:]` is what was received and not yet read."""
+
+    def __init__(self, sock):
+        self._sock, self._buf, self._pos = sock, b"", 0
+
+    def _receive(self):
+        """Receive once more, after what is left unread: False at the end of the stream."""
+        more = self._sock.recv(_CHUNK)
+        self._buf, self._pos = self._buf[self._pos:] + more, 0
+        return bool(more)
+
+    def wait(self):
+        """Block until a byte can be read: False if the stream ended first."""
+        return self._pos < len(self._buf) or self._receive()
+
+    def readline(self, limit):
+        """The next line with its b"\\n", cut short after `limit` bytes or by the stream's end."""
+        while True:
+            newline = self._buf.find(b"\n", self._pos, self._pos + limit)
+            if newline >= 0 or len(self._buf) - self._pos >= limit or not self._receive():
+                end = newline + 1 if newline >= 0 else min(len(self._buf), self._pos + limit)
+                line, self._pos = self._buf[self._pos:end], end
+                return line
+
+    def read1(self, size):
+        """At most `size` bytes (at least one, unless the stream ended) with at most one recv."""
+        if self._pos == len(self._buf):
+            return self._sock.recv(size)
+        block = self._buf[self._pos:self._pos + size]
+        self._pos += len(block)
+        return block
+
+
 class Transport:
     """One kept-alive HTTP(S) connection to one host, and the one retry policy.
 
@@ -378,34 +414,53 @@ class Transport:
         self.timeout = timeout or default_timeout
         self.max_attempts = max(1, max_attempts or default_attempts)
         self.verify = verify
-        self._sock = self._rfile = None
+        self._sock = self._reader = None
 
     def _connect(self, timeout):
-        import socket
+        # socket.create_connection() on _socket, which socket.py wraps: importing socket.py (every
+        # constant made an enum, selectors imported) would cost an http command 5% of its time.
+        import _socket
         # getaddrinfo() would load the idna codec to encode a str host name; ASCII needs none.
         host = self.host.encode() if self.host.isascii() else self.host
-        sock = socket.create_connection((host, self.port), timeout)
+        error = OSError(f"no address found for {self.host}")
+        for family, kind, proto, _, address in _socket.getaddrinfo(host, self.port, 0,
+                                                                   _socket.SOCK_STREAM):
+            sock = None
+            try:
+                sock = _socket.socket(family, kind, proto)
+                sock.settimeout(timeout)
+                sock.connect(address)
+                break
+            except OSError as exc:
+                error = exc
+                if sock is not None:
+                    sock.close()
+        else:
+            raise error
         # Each request is a small write on a kept-alive connection: Nagle's algorithm would hold
         # it back until the server's delayed ACK of the previous answer.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         if self.scheme == "https":
+            import socket
             import ssl
             context = ssl.create_default_context()
             if not self.verify:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
+            # ssl wraps only a socket.socket; one made from a descriptor starts without a timeout.
+            sock = socket.socket(sock.family, sock.type, sock.proto, sock.detach())
             try:
+                sock.settimeout(timeout)
                 sock = context.wrap_socket(sock, server_hostname=self.host)
             except OSError:
                 sock.close()
                 raise
-        self._sock, self._rfile = sock, sock.makefile("rb")
+        self._sock, self._reader = sock, _Reader(sock)
 
     def close(self):
         if self._sock is not None:
-            self._rfile.close()
             self._sock.close()
-            self._sock = self._rfile = None
+            self._sock = self._reader = None
 
     def request(self, method, target, make_headers, body=b"", into=None, progress=None):
         """Send a request, retrying per the policy; `make_headers()` signs each attempt afresh.
@@ -488,7 +543,7 @@ class Transport:
                     self._sock.sendall(block)
             else:
                 self._sock.sendall(head + body)   # one write, so a small request is one packet
-            return bool(self._rfile.peek(1))
+            return self._reader.wait()
         except (BrokenPipeError, ConnectionResetError):
             return False
 
@@ -545,21 +600,21 @@ class Transport:
         elif "content-length" in headers:
             yield from self._exactly(int(headers["content-length"]))
         else:
-            yield from iter(lambda: self._rfile.read1(_CHUNK), b"")
+            yield from iter(lambda: self._reader.read1(_CHUNK), b"")
             keep = False
         if not keep:
             self.close()
 
     def _exactly(self, size):
         while size:
-            block = self._rfile.read1(min(size, _CHUNK))
+            block = self._reader.read1(min(size, _CHUNK))
             if not block:
                 raise _ProtocolError(f"the answer was cut short, {size} bytes before its end")
             size -= len(block)
             yield block
 
     def _readline(self):
-        line = self._rfile.readline(_MAX_LINE + 1)
+        line = self._reader.readline(_MAX_LINE + 1)
         if len(line) > _MAX_LINE:
             raise _ProtocolError(f"a line of the answer is longer than {_MAX_LINE} bytes")
         if not line.endswith(b"\n"):
@@ -579,12 +634,12 @@ def _readable(sock):
 
 
 def _describe_network_error(exc):
-    import socket
+    import _socket
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
-    if isinstance(exc, (socket.timeout, TimeoutError)):
+    if isinstance(exc, (_socket.timeout, TimeoutError)):   # one class from 3.10 on
         return "timed out"
-    if isinstance(exc, socket.gaierror):
+    if isinstance(exc, _socket.gaierror):
         return f"cannot resolve host name: {exc.strerror}"
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text

@@ -355,3 +355,66 @@ def test_https_verifies_certificates_by_default(serve, tls_context):
     server = serve(ok(), tls=tls_context)
     with pytest.raises(tracecraft.Unreachable, match="CERTIFICATE_VERIFY_FAILED"):
         get(server.transport(max_attempts=1))
+
+
+def in_pieces(*pieces):
+    """An answer sent in pieces, each its own TCP segment: the client reads each before the next."""
+    def answer(conn):
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for piece in pieces:
+            conn.sendall(piece)
+            threading.Event().wait(0.005)
+        return True
+    return answer
+
+
+def test_answer_split_across_segments(serve):
+    server = serve(in_pieces(b"HTTP/1.1 200 O", b"K\r\nETag: \"e", b"1\"\r\nContent-Length: 5\r",
+                             b"\n\r\n", *(bytes([b]) for b in b"hello")),
+                   in_pieces(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"3", b"\r\nabc",
+                             b"\r", b"\n0\r\n", b"\r\n"),
+                   ok(b"third"))
+    t = server.transport()
+    resp = get(t)
+    assert (resp.status, resp.headers["etag"], resp.body) == (200, '"e1"', b"hello")
+    assert get(t).body == b"abc"
+    assert get(t).body == b"third"
+    t.close()
+    assert server.connections == 1
+
+
+class ScriptedSocket:
+    """Its recv() returns `receives` one at a time, then b"" as at the end of the stream."""
+
+    def __init__(self, *receives):
+        self.receives = list(receives)
+
+    def recv(self, size):
+        assert not self.receives or len(self.receives[0]) <= size
+        return self.receives.pop(0) if self.receives else b""
+
+
+def test_reader_lines_blocks_and_the_end_of_the_stream():
+    sock = ScriptedSocket(b"ab", b"c\nde", b"f\r\n0123456789\nxy", b"z")
+    reader = tracecraft._Reader(sock)
+    assert reader.wait()
+    assert reader.readline(100) == b"abc\n"   # a line split across receives
+    assert reader.readline(100) == b"def\r\n"
+    assert reader.readline(4) == b"0123"      # cut at the limit; the rest is still there
+    assert reader.readline(100) == b"456789\n"
+    assert reader.read1(1) == b"x" and reader.read1(100) == b"y"
+    assert sock.receives == [b"z"]            # read1 gave what was buffered before receiving
+    assert reader.read1(100) == b"z"
+    assert reader.readline(100) == b"" and reader.read1(10) == b"" and not reader.wait()
+
+
+def test_reader_returns_a_line_cut_short_by_the_end_of_the_stream():
+    reader = tracecraft._Reader(ScriptedSocket(b"HTTP/1.1 2", b"00 O"))
+    assert reader.readline(100) == b"HTTP/1.1 200 O"
+    assert reader.readline(100) == b""
+
+
+def test_overlong_header_line_is_refused(serve):
+    server = serve(then_close(b"HTTP/1.1 200 OK\r\nX-Long: " + b"x" * 70000 + b"\r\n\r\n"))
+    with pytest.raises(tracecraft.Unreachable, match="longer than 65536 bytes"):
+        get(server.transport(max_attempts=1))
