@@ -1692,7 +1692,8 @@ class Client:
         of each of its recent writers ("writers", one entry per client, newest first): a retried
         write that answers "precondition failed" is read back, and it won if its nonce is there.
         Others may have written since, however many times, as long as fewer than RECENT_WRITERS
-        other clients did.  Returns the Blob written (with its ETag and writers)."""
+        other clients did.  Returns the Blob written (with its ETag and writers; the ETag is None
+        when the write is known to have won but has been overwritten since)."""
         if replacing is not None and not replacing.etag:
             raise StoreError(f"the store returned no ETag for {key}, so it cannot be updated "
                              "safely (compare-and-swap needs one)")
@@ -1713,7 +1714,10 @@ class Client:
             if exc.retried:
                 current = self.read(key, missing_ok=True)
                 if current and [self._writer, nonce] in (current[1].chain or []):
-                    return current[1]
+                    if current[1].chain[0] == [self._writer, nonce]:
+                        return current[1]   # ours is still the current version
+                    written.etag = None     # ours won, but others wrote since: its version
+                    return written          # is gone, and must not be taken for theirs
             if isinstance(exc, NoSuchKey):
                 raise PreconditionFailed(f"{key} is gone") from None
             raise
@@ -2477,7 +2481,7 @@ class Memory:
                 raise Refused(f"memory key {key} is already set (version "
                               f"{self._current_version(key)})") from None
             self.client._remember_version(path, record, written)
-            return dict(record, version=_version(written.etag))
+            return dict(record, version=_version(written.etag) or None)
         if if_version is not None:
             got = self.client.read(path, missing_ok=True)
             current = _version(got[1].etag) if got else None
@@ -2491,9 +2495,9 @@ class Memory:
                 raise Refused(f"memory key {key} changed meanwhile (version is now "
                               f"{self._current_version(key)})") from None
             self.client._remember_version(path, record, written)
-            return dict(record, version=_version(written.etag))
+            return dict(record, version=_version(written.etag) or None)
         record, written = self.client.update(path, lambda old: self._next(key, old, value))
-        return dict(record, version=_version(written.etag))
+        return dict(record, version=_version(written.etag) or None)
 
     def _current_version(self, key):
         got = self.client.read(self._key(key), missing_ok=True)
@@ -2510,7 +2514,7 @@ class Memory:
                 raise UsageError(f"memory key {key} holds {type(value).__name__}, not a number")
             return self._next(key, old, value + by)
         record, written = self.client.update(self._key(key), change)
-        return dict(record, version=_version(written.etag))
+        return dict(record, version=_version(written.etag) or None)
 
     def record(self, key):
         """The whole record: key, value, by, at, revision and version.  Raises NotFound."""
