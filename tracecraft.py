@@ -1649,7 +1649,7 @@ class Client:
         self.warn = lambda message: None   # the CLI prints these; a library user may set it
         self.unsafe_store = False          # set when init accepted a store failing the probe
         self.notes = []                    # warnings about the settings, from connect()
-        self._state_dir = None
+        self._state_dir, self._memo, self._unsaved = None, {}, set()
         self._writer = os.urandom(6).hex()   # this client, in records' "writers" (see write)
 
     def __repr__(self):
@@ -1662,6 +1662,7 @@ class Client:
         self.close()
 
     def close(self):
+        self._save()
         self.store.close()
 
     # -- records -----------------------------------------------------------------------------------
@@ -1769,6 +1770,8 @@ class Client:
     # version of a key it wrote, the tail of a log it sent to) would cost the next call a read to
     # learn again.  Kept in the user's cache directory it saves that read.  It is only ever a
     # hint: every write made with it is conditional, and a stale hint costs the read it saved.
+    # A client keeps what it learns in memory and saves it when closed (a write per change
+    # would cost more than the request it saves); a client that is never closed only forgets.
 
     def _state_path(self, kind, name=""):
         if self._state_dir is None:
@@ -1782,27 +1785,36 @@ class Client:
                             _hash("sha1", name.encode("utf-8")).hexdigest() + ".json")
 
     def _recall(self, kind, name):
-        try:
-            with open(self._state_path(kind, name), "rb") as f:
-                found = json.loads(f.read())
-        except (OSError, ValueError):
-            return None
-        return found if isinstance(found, dict) and found.get("name") == name else None
+        if (kind, name) not in self._memo:
+            try:
+                with open(self._state_path(kind, name), "rb") as f:
+                    found = json.loads(f.read())
+            except (OSError, ValueError):
+                found = None
+            self._memo[kind, name] = found if isinstance(found, dict) and \
+                found.get("name") == name else None
+        return self._memo[kind, name]
 
     def _remember(self, kind, name, data):
         """Keep `data` (a dict) under kind/name, or forget it when `data` is None."""
-        path = self._state_path(kind, name)
-        try:
-            if data is None:
-                os.unlink(path)
-                return
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            temp = f"{path}.{os.getpid()}.tmp"
-            with open(temp, "w", encoding="utf-8") as f:
-                json.dump(dict(data, name=name), f, ensure_ascii=False)
-            os.replace(temp, path)
-        except OSError:
-            pass   # no cache directory: calls merely read what they would have remembered
+        self._memo[kind, name] = None if data is None else dict(data, name=name)
+        self._unsaved.add((kind, name))
+
+    def _save(self):
+        for kind, name in self._unsaved:
+            path, data = self._state_path(kind, name), self._memo[kind, name]
+            try:
+                if data is None:
+                    os.unlink(path)
+                    continue
+                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                temp = f"{path}.{os.getpid()}.tmp"
+                with open(temp, "w", encoding="utf-8") as f:
+                    f.write(json.dumps(data, ensure_ascii=False))
+                os.replace(temp, path)
+            except OSError:
+                pass   # no cache directory (or nothing to forget): only a read is lost
+        self._unsaved.clear()
 
     def _remember_version(self, key, record, written):
         if written.etag:
@@ -3608,7 +3620,6 @@ def main(argv=None):
                 client.touch()   # every command keeps its agent visible, at most once a minute
             except TracecraftError as exc:
                 client.warn(f"could not refresh the heartbeat: {exc}")
-            client.close()
         sys.stdout.flush()
         return code or EXIT_OK
     except TracecraftError as exc:
@@ -3628,6 +3639,9 @@ def main(argv=None):
         print(f"tracecraft: internal error: {type(exc).__name__}: {exc} (a bug; set "
               "TRACECRAFT_DEBUG=1 to see the traceback, and please report it)", file=sys.stderr)
         return EXIT_BUG
+    finally:
+        if getattr(args, "client", None) is not None:
+            args.client.close()   # saves what the client learned for the next call
 
 
 if __name__ == "__main__":

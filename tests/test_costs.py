@@ -62,6 +62,7 @@ def test_remembered_state_survives_the_process_and_is_only_a_hint(client_factory
     remembered; a lease taken over meanwhile is still refused to its old holder."""
     first = client_factory("alice")
     first.claim("s", ttl=1)
+    first.close()                                             # saves what it remembers
     later = client_factory("alice")
     calls = counted(later)
     assert cost(calls, lambda: later.renew("s", ttl=1)) == 1
@@ -78,8 +79,12 @@ def test_a_corrupt_or_missing_cache_changes_nothing(client_factory, tmp_path, mo
     alice = client_factory("alice")
     alice.claim("s")
     alice.memory.set("k", 1)
-    for path in (tmp_path / "cache").rglob("*.json"):
+    alice.close()
+    paths = list((tmp_path / "cache").rglob("*.json"))
+    assert len(paths) == 2
+    for path in paths:
         path.write_text("{not json")
+    alice = client_factory("alice")
     assert alice.complete("s")["status"] == "complete"
     assert alice.memory.set("k", 2)["revision"] == 2
     monkeypatch.setenv("XDG_CACHE_HOME", "/dev/null/nowhere")   # cannot be created
