@@ -2150,12 +2150,11 @@ class Client:
             except (PreconditionFailed, ConditionalConflict, NoSuchKey):
                 pass   # changed since this agent wrote it: decide on what the store holds now
         got = self.read(key, missing_ok=True)
-        if got is None:
-            if not force:
-                self.claim(step)
-            got = self.read(key, missing_ok=True) or ({"step": step, "agent": me, "generation": 1,
-                                                       "ttl": DEFAULT_TTL, "state": "held"}, None)
-        lease, blob = got
+        if got is None and not force:
+            self.claim(step)
+            return self.complete(step, note, force, status)   # on the lease just written
+        lease, blob = got or ({"step": step, "agent": me, "generation": 1, "ttl": DEFAULT_TTL,
+                               "state": "held"}, None)
         state, holder = lease.get("state", "held"), lease.get("agent")
         if state in ENDED:
             if lease.get("ended_by") == me and state == status and \

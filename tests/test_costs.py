@@ -31,6 +31,8 @@ def test_claim_and_complete_cost_one_then_two_or_three(client_factory):
     assert alice.step_status("b")["note"] == "n"
     alice.claim("c")
     assert cost(calls, lambda: alice.release("c")) == 1
+    assert cost(calls, lambda: alice.complete("fresh")) == 4     # read, claim, lease, status
+    assert alice.step_status("fresh")["status"] == "complete"
 
 
 def test_memory_set_costs_one_request_after_this_agents_own_write(client_factory):
@@ -101,7 +103,7 @@ def test_agents_derive_holdings_from_the_leases(client_factory):
     alice.claim("y", ttl=0.5)
     bob.claim("z")
     bob.complete("z")
-    time.sleep(0.7)
+    time.sleep(2.1)                     # S3 dates are whole seconds: a second either way
     listed = {a["agent"]: a for a in bob.agents()}
     assert listed["alice"]["holding"] == ["x"]                 # y expired, z ended
     assert alice.heartbeat()["holding"] == ["x", "y"]          # renews even the expired one
