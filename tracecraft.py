@@ -672,11 +672,13 @@ class Blob:
 
 
 class Entry:
-    """One key of a listing; `etag` when the store lists it (S3 does, the local store does not)."""
-    __slots__ = ("key", "size", "last_modified", "etag")
+    """One key of a listing; `etag` when the store lists it (S3 does, the local store does not),
+    and the store's own clock when it answered (`server_time`, epoch seconds)."""
+    __slots__ = ("key", "size", "last_modified", "etag", "server_time")
 
-    def __init__(self, key, size, last_modified, etag=None):
+    def __init__(self, key, size, last_modified, etag=None, server_time=None):
         self.key, self.size, self.last_modified, self.etag = key, size, last_modified, etag
+        self.server_time = server_time
 
     def __repr__(self):
         return f"Entry({self.key!r}, {self.size})"
@@ -1017,7 +1019,7 @@ class LocalStore(Store):
                 stat = os.stat(path)
             except FileNotFoundError:
                 continue
-            yield Entry(key, stat.st_size, stat.st_mtime)
+            yield Entry(key, stat.st_size, stat.st_mtime, server_time=time.time())
 
     def ensure_bucket(self, prefix=""):
         created = not os.path.isdir(self.dir)
@@ -1341,7 +1343,8 @@ class S3Store(Store):
                 query.append(("continuation-token", token))
             elif start_after:
                 query.append(("start-after", start_after))
-            text = self.request("GET", query=query).body.decode("utf-8", "replace")
+            resp = self.request("GET", query=query)
+            text, server_time = resp.body.decode("utf-8", "replace"), _http_date(resp.headers.get("date"))
             if "ListBucketResult" not in text:
                 raise StoreError(f"{self.endpoint} answered a listing that is not S3's XML "
                                  "(is the endpoint an S3 server?)")
@@ -1349,7 +1352,7 @@ class S3Store(Store):
                 size = _xml_field(block, "Size")
                 yield Entry(_xml_field(block, "Key"), int(size) if size.isdigit() else 0,
                             _iso_date(_xml_field(block, "LastModified")),
-                            _xml_field(block, "ETag") or None)
+                            _xml_field(block, "ETag") or None, server_time)
                 if left is not None:
                     left -= 1
                     if left <= 0:
@@ -1561,7 +1564,7 @@ def config_warnings(settings):
 # 6. Coordination protocol.  Owns: the object layout under <project>/ and what each record means.
 #    Calls: sections 1-5 (only through the Store interface).
 #
-#    agents/<id>.json                  heartbeat: last seen, host, steps held
+#    agents/<id>.json                  heartbeat: last seen, host (what it holds: see the leases)
 #    memory/<dots as slashes>.json     a JSON value, its revision and a few previous values
 #    messages/<agent>/<n>.json         inbox log; messages/_broadcast/<n>.json is everyone's
 #    cursors/<agent>.json              how far the agent has read each log
@@ -1586,6 +1589,7 @@ HISTORY_LIMIT, HISTORY_BYTES = 10, 64 * 1024
 LOG_WIDTH = 12          # message numbers are stored inverted, so a listing starts at the newest
 LOG_TOP = 10 ** LOG_WIDTH
 LOG_PAGE = 50           # keys in the first listing page of an inbox read
+LOG_HOLE_SECONDS = 30   # a gap in a log this old is a hole (see Client._behind_hole)
 RECENT_WRITERS = 32       # writers a record remembers, to recognise a retried write that won
 CONTENTION_SECONDS = 30.0  # how long a compare-and-swap loop keeps trying before it gives up
 _KEEP = object()
@@ -1704,7 +1708,8 @@ class Client:
                 if replacing is not None else []
             record = dict(record, writers=([[self._writer, nonce]] + others)[:RECENT_WRITERS])
         body = json.dumps(record, ensure_ascii=False, indent=1).encode("utf-8")
-        written = Blob(key, body, None, len(body))
+        # last_modified: this machine's clock when the write was sent; it landed no earlier
+        written = Blob(key, body, None, len(body), last_modified=time.time())
         written.chain = record.get("writers", [])
         try:
             written.etag = self.store.put(key, body, if_none_match=create_only,
@@ -1716,9 +1721,9 @@ class Client:
                 current = self.read(key, missing_ok=True)
                 if current and [self._writer, nonce] in (current[1].chain or []):
                     if current[1].chain[0] == [self._writer, nonce]:
-                        return current[1]   # ours is still the current version
-                    written.etag = None     # ours won, but others wrote since: its version
-                    return written          # is gone, and must not be taken for theirs
+                        written.etag = current[1].etag   # ours is still the current version
+                    return written   # else ours won, but others wrote since: its version is
+                                     # gone, and must not be taken for theirs
             if isinstance(exc, NoSuchKey):
                 raise PreconditionFailed(f"{key} is gone") from None
             raise
@@ -1732,16 +1737,23 @@ class Client:
             if missing_ok:
                 return None
             raise
+        return self._parse(blob), blob
+
+    @staticmethod
+    def _parse(blob):
+        """The record in a Blob's body; its "writers" move to `blob.chain`."""
         try:
             record = json.loads(blob.body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
-            raise CorruptObject(f"object {key} is not valid JSON (written by another tool?)") from None
+            raise CorruptObject(f"object {blob.key} is not valid JSON (written by another "
+                                "tool?)") from None
         if not isinstance(record, dict):
-            raise CorruptObject(f"object {key} is not a JSON object")
+            raise CorruptObject(f"object {blob.key} is not a JSON object")
         writers = record.pop("writers", None)
-        blob.chain = [w for w in writers if isinstance(w, list) and len(w) == 2] \
+        blob.chain = [w for w in writers if isinstance(w, list) and len(w) == 2
+                      and all(isinstance(part, str) for part in w)] \
             if isinstance(writers, list) else []
-        return record, blob
+        return record
 
     def update(self, key, change, create=True):
         """Read-modify-write with compare-and-swap until it sticks: `change(record or None)`
@@ -1749,19 +1761,24 @@ class Client:
 
         The first attempt starts from the version this agent last wrote, if it remembers one
         (see _recall): one request instead of two while nobody else writes the key."""
-        got = self._recall_version(key)
-        for attempt in _retries(key):
-            if attempt or got is None:
-                got = self.read(key, missing_ok=True)
+        hint = self._recall_version(key)
+        for _ in _retries(key):
+            got = hint or self.read(key, missing_ok=True)
             if got is None and not create:
                 raise NotFound(f"no object {key}")
-            new = change(got[0] if got else None)
             try:
+                new = change(got[0] if got else None)
                 written = self.write(key, new, create_only=got is None,
                                      replacing=got[1] if got else None)
             except (PreconditionFailed, ConditionalConflict, NoSuchKey):
+                hint = None
                 continue
-            self._remember_version(key, new, written)
+            except TracecraftError:
+                if hint is None:
+                    raise
+                hint = None   # judged on a hint: judge again on what the store holds
+                continue
+            self.remember_version(key, written)
             return new, written
 
     # -- what this agent remembers between calls ---------------------------------------------------
@@ -1816,20 +1833,27 @@ class Client:
                 pass   # no cache directory (or nothing to forget): only a read is lost
         self._unsaved.clear()
 
-    def _remember_version(self, key, record, written):
+    def remember_version(self, key, written):
+        """Remember a Blob this agent wrote (from write()) as the version of `key` it knows."""
         if written.etag:
-            self._remember("versions", key, {"record": record, "etag": written.etag,
-                                             "chain": written.chain,
-                                             "written": time.time()})
+            self._remember("versions", key, {"body": written.body.decode("utf-8"),
+                                             "etag": written.etag, "sent": written.last_modified})
 
     def _recall_version(self, key):
-        """(record, Blob) of the version of `key` this agent last wrote, or None."""
+        """(record, Blob) of the version of `key` this agent last wrote, or None: the very bytes
+        the store holds if the ETag still matches, parsed afresh for every caller.  The Blob's
+        last_modified is this machine's clock when that write was sent."""
         found = self._recall("versions", key)
-        if not found or not isinstance(found.get("record"), dict) or not found.get("etag"):
+        if not found or not isinstance(found.get("body"), str) or \
+                not isinstance(found.get("etag"), str) or \
+                not isinstance(found.get("sent"), (int, float)):
             return None
-        blob = Blob(key, None, found["etag"], 0, last_modified=found.get("written"))
-        blob.chain = found.get("chain") if isinstance(found.get("chain"), list) else []
-        return found["record"], blob
+        blob = Blob(key, found["body"].encode("utf-8"), found["etag"], 0,
+                    last_modified=found["sent"])
+        try:
+            return self._parse(blob), blob
+        except CorruptObject:
+            return None
 
     # -- messages: one numbered log per inbox ---------------------------------------------------------
     #
@@ -1881,10 +1905,22 @@ class Client:
             break
         found.reverse()
         if contiguous:
-            for i, (n, _) in enumerate(found):
-                if n != after + 1 + i:
+            expected = after + 1
+            for i, (n, entry) in enumerate(found):
+                if n != expected and not self._behind_hole(entry):
                     return found[:i]
+                expected = n + 1
         return found
+
+    @staticmethod
+    def _behind_hole(entry):
+        """Whether the gap before this listed message is a hole that will never fill.  A sender
+        takes number n+1 only once n exists (it listed the tail, or wrote n itself), so a gap is
+        normally a message written but not yet listed, for milliseconds.  But a sender's
+        remembered tail can outlive its store (wiped and made again under the same name): the
+        gap behind a message older than LOG_HOLE_SECONDS, by the store's clock, is such a hole."""
+        return entry.server_time is not None and entry.last_modified is not None and \
+            entry.server_time - entry.last_modified > LOG_HOLE_SECONDS
 
     def send(self, to, text):
         """Send `text` to agent `to`, or to everyone with to="_broadcast".  Returns the message."""
@@ -1895,7 +1931,7 @@ class Client:
         if len(text.encode("utf-8")) > MAX_VALUE:
             raise UsageError(f"message is larger than the {MAX_VALUE // 1024} KiB limit")
         n = (self._recall("tails", to) or {}).get("n")
-        if not isinstance(n, int):
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             n = self._log_tail(to)
             if n == 0 and to != BROADCAST and not self.store.exists(self.key("agents", to + ".json")):
                 self.warn(f"no agent {to} has been seen in project {self.project} yet; the "
@@ -2051,7 +2087,7 @@ class Client:
                 continue
 
     def _claimed(self, key, lease, written):
-        self._remember_version(key, lease, written)
+        self.remember_version(key, written)
         return dict(lease, expires_in=lease["ttl"])
 
     def _own_lease(self, step, verb):
@@ -2089,14 +2125,14 @@ class Client:
         if remembered:
             new = change(remembered[0])
             try:
-                self._remember_version(key, new, self.write(key, new, replacing=remembered[1]))
+                self.remember_version(key, self.write(key, new, replacing=remembered[1]))
                 return new
             except (PreconditionFailed, ConditionalConflict, NoSuchKey):
                 pass   # changed since: decide on what the store holds now
         lease, blob = self._own_lease(step, verb)
         new = change(lease)
         try:
-            self._remember_version(key, new, self.write(key, new, replacing=blob))
+            self.remember_version(key, self.write(key, new, replacing=blob))
         except (PreconditionFailed, ConditionalConflict, NoSuchKey):
             raise LostLease(f"cannot {verb} step {step}: the lease changed meanwhile "
                             "(taken over?)") from None
@@ -2272,18 +2308,23 @@ class Client:
 
     def heartbeat(self, renew=True):
         """Record that this agent is alive and, with `renew`, renew every lease it holds.
-        Returns the agent record, with `holding`: the steps renewed (leases found lost are
-        reported through warn())."""
+        Returns the agent record, with `holding`: the steps renewed.  Leases this agent
+        remembers holding that another agent took over are reported through warn()."""
         self.me()
         record = self._publish_agent()
         renewed = []
-        for step in (s["step"] for s in self._active_leases() if s["holder"] == self.agent
-                     and s["status"] in ("in_progress", "expired")) if renew else ():
-            try:
-                self.renew(step)
-                renewed.append(step)
-            except Refused as exc:
-                self.warn(str(exc))
+        for lease in self._active_leases() if renew else ():
+            step = lease["step"]
+            if lease["holder"] == self.agent and lease["status"] in ("in_progress", "expired"):
+                try:
+                    self.renew(step)
+                    renewed.append(step)
+                except Refused as exc:
+                    self.warn(str(exc))
+            elif self._remembered_lease(self._step_key(step, "claim")):
+                self.warn(f"this agent lost step {step}: {lease['holder']} holds it now "
+                          f"(generation {lease['generation']})")
+                self._remember("versions", self._step_key(step, "claim"), None)
         return dict(record, holding=renewed)
 
     def _active_leases(self, cache=None):
@@ -2337,7 +2378,6 @@ class Client:
                            "last_seen": record.get("last_seen"), "age_seconds": age,
                            "host": record.get("host")})
         return result
-
 
     def status(self, cache=None):
         """One picture of the project: agents, steps by state (with holder and lease left),
@@ -2491,7 +2531,7 @@ class Memory:
             except PreconditionFailed:
                 raise Refused(f"memory key {key} is already set (version "
                               f"{self._current_version(key)})") from None
-            self.client._remember_version(path, record, written)
+            self.client.remember_version(path, written)
             return dict(record, version=_version(written.etag) or None)
         if if_version is not None:
             got = self.client.read(path, missing_ok=True)
@@ -2505,7 +2545,7 @@ class Memory:
             except (PreconditionFailed, ConditionalConflict, NoSuchKey):
                 raise Refused(f"memory key {key} changed meanwhile (version is now "
                               f"{self._current_version(key)})") from None
-            self.client._remember_version(path, record, written)
+            self.client.remember_version(path, written)
             return dict(record, version=_version(written.etag) or None)
         record, written = self.client.update(path, lambda old: self._next(key, old, value))
         return dict(record, version=_version(written.etag) or None)

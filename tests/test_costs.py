@@ -108,3 +108,79 @@ def test_agents_derive_holdings_from_the_leases(client_factory):
     assert listed["alice"]["holding"] == ["x"]                 # y expired, z ended
     assert alice.heartbeat()["holding"] == ["x", "y"]          # renews even the expired one
     assert {a["agent"]: a for a in bob.agents()}["alice"]["holding"] == ["x", "y"]
+
+
+def test_a_remembered_tail_that_outlived_its_store_leaves_no_dead_inbox(client_factory,
+                                                                       monkeypatch):
+    """Alice remembers sending message 2; the messages are wiped (a store made again under the
+    same name).  Her next message is number 3: readers wait out the gap, then read past it."""
+    monkeypatch.setattr(tracecraft, "LOG_HOLE_SECONDS", 1)
+    alice, bob = client_factory("alice"), client_factory("bob")
+    alice.send("bob", "one")
+    alice.send("bob", "two")
+    for entry in list(alice.store.list("proj/messages/bob/")):
+        alice.store.delete(entry.key)
+    alice.send("bob", "after the reset")
+    assert bob.inbox() == []                      # a fresh gap: perhaps a message not yet listed
+    time.sleep(2.2)                               # S3 dates are whole seconds
+    assert [m["text"] for m in bob.inbox()] == ["after the reset"]
+    alice.send("bob", "next")
+    assert [m["text"] for m in bob.inbox()] == ["next"]
+
+
+def test_a_nonsense_remembered_tail_is_ignored(client_factory):
+    alice, bob = client_factory("alice"), client_factory("bob")
+    bob.heartbeat(renew=False)
+    for bad in (-3, True, "7", 2.5):
+        alice._remember("tails", "bob", {"n": bad})
+        alice.send("bob", f"with {bad!r}")
+    assert [m["text"] for m in bob.inbox()] == ["with -3", "with True", "with '7'", "with 2.5"]
+
+
+def test_hints_never_decide_an_answer(client_factory):
+    alice, bob = client_factory("alice"), client_factory("bob")
+    alice.memory.set("k", "text")
+    bob.memory.set("k", 5)
+    assert alice.memory.incr("k")["value"] == 6     # not "k holds str": that was the hint
+    todo = [1]
+    alice.memory.set("todo", todo)
+    todo.append(2)                                  # the caller's object changes afterwards
+    alice.memory.set("todo", todo)
+    assert [h["value"] for h in alice.memory.history("todo")] == [[1, 2], [1]]
+
+
+def test_heartbeat_reports_a_remembered_lease_taken_over(client_factory):
+    alice, bob = client_factory("alice"), client_factory("bob")
+    alice.claim("s", ttl=0.5)
+    time.sleep(2.1)
+    bob.claim("s")
+    warnings = []
+    alice.warn = warnings.append
+    assert alice.heartbeat()["holding"] == []
+    assert len(warnings) == 1 and "lost step s" in warnings[0] and "bob" in warnings[0]
+    alice.heartbeat()
+    assert len(warnings) == 1                       # said once: the lease is forgotten
+
+
+class SlowWrites(CountingStore):
+    """Answers every write `delay` seconds after the store took it."""
+
+    def __init__(self, store, delay):
+        super().__init__(store)
+        self.delay = delay
+
+    def put(self, *args, **kwargs):
+        etag = self.store.put(*args, **kwargs)
+        time.sleep(self.delay)
+        return etag
+
+
+def test_a_lease_answered_late_is_not_taken_for_a_live_one(client_factory):
+    """The lease began when the claim reached the store, not when its answer came back."""
+    alice = client_factory("alice")
+    store = alice.store
+    alice.store = SlowWrites(store, 2.5)
+    alice.claim("s", ttl=1)
+    alice.store = store
+    with pytest.raises(tracecraft.LostLease, match="expired"):
+        alice.complete("s")
