@@ -1768,15 +1768,16 @@ class Client:
                 raise NotFound(f"no object {key}")
             try:
                 new = change(got[0] if got else None)
-                written = self.write(key, new, create_only=got is None,
-                                     replacing=got[1] if got else None)
-            except (PreconditionFailed, ConditionalConflict, NoSuchKey):
-                hint = None
-                continue
             except TracecraftError:
                 if hint is None:
                     raise
                 hint = None   # judged on a hint: judge again on what the store holds
+                continue
+            try:
+                written = self.write(key, new, create_only=got is None,
+                                     replacing=got[1] if got else None)
+            except (PreconditionFailed, ConditionalConflict, NoSuchKey):
+                hint = None
                 continue
             self.remember_version(key, written)
             return new, written
@@ -2313,7 +2314,7 @@ class Client:
         self.me()
         record = self._publish_agent()
         renewed = []
-        for lease in self._active_leases() if renew else ():
+        for lease in self._leases(ended=False) if renew else ():
             step = lease["step"]
             if lease["holder"] == self.agent and lease["status"] in ("in_progress", "expired"):
                 try:
@@ -2327,26 +2328,28 @@ class Client:
                 self._remember("versions", self._step_key(step, "claim"), None)
         return dict(record, holding=renewed)
 
-    def _active_leases(self, cache=None):
-        """_lease_status() of every step that has not ended: one listing of steps/ (status.json
-        marks the ended ones) and one read per remaining lease."""
+    def _leases(self, cache=None, ended=True):
+        """_lease_status() of every step with a lease, in listing order; with ended=False only
+        of those not yet ended, whose leases need no read (status.json marks them in the same
+        listing).  One listing of steps/ and one read per lease; `cache`: see status()."""
         prefix = self.key("steps") + "/"
-        claims, ended = {}, set()
+        claims, finished = {}, set()
         for entry in self.store.list(prefix):
             step, _, name = entry.key[len(prefix):].partition("/")
             if name == "claim.json":
                 claims[step] = entry
             elif name == "status.json":
-                ended.add(step)
-        active = []
+                finished.add(step)
+        cache = {} if cache is None else cache
+        leases = []
         for step, entry in claims.items():
-            if step not in ended:
+            if ended or step not in finished:
                 try:
-                    got, since = self._read_listed(entry, {} if cache is None else cache)
-                    active.append(self._lease_status(step, got, since))
+                    got, since = self._read_listed(entry, cache)
+                    leases.append(self._lease_status(step, got, since))
                 except (CorruptObject, UsageError) as exc:
                     self.warn(f"skipped {exc}")
-        return active
+        return leases
 
     def agents(self, cache=None, steps=None):
         """Every agent with a record: id, state (online / idle / offline by heartbeat age, on
@@ -2355,7 +2358,7 @@ class Client:
         result = []
         cache = {} if cache is None else cache
         holding = {}
-        for info in self._active_leases(cache) if steps is None else steps:
+        for info in self._leases(cache, ended=False) if steps is None else steps:
             if info["status"] == "in_progress":
                 holding.setdefault(info["holder"], []).append(info["step"])
         for entry in self.store.list(self.key("agents") + "/"):
@@ -2387,19 +2390,7 @@ class Client:
         unread counts.  Pass the same dict as `cache` to later calls (status --watch does): an
         object whose listing shows it unchanged is not read again."""
         cache = {} if cache is None else cache
-        steps = []
-        prefix = self.key("steps") + "/"
-        for entry in self.store.list(prefix):
-            step, _, name = entry.key[len(prefix):].partition("/")
-            if name != "claim.json":
-                continue
-            try:
-                got, since = self._read_listed(entry, cache)
-                info = self._lease_status(step, got, since)
-            except (CorruptObject, UsageError) as exc:
-                self.warn(f"skipped {exc}")
-                continue
-            steps.append(info)
+        steps = self._leases(cache)
         agents = self.agents(cache, steps)
         broadcast_tail = self._log_tail(BROADCAST)
         for agent in agents:
@@ -2531,8 +2522,7 @@ class Memory:
             except PreconditionFailed:
                 raise Refused(f"memory key {key} is already set (version "
                               f"{self._current_version(key)})") from None
-            self.client.remember_version(path, written)
-            return dict(record, version=_version(written.etag) or None)
+            return self._written(path, record, written)
         if if_version is not None:
             got = self.client.read(path, missing_ok=True)
             current = _version(got[1].etag) if got else None
@@ -2545,9 +2535,13 @@ class Memory:
             except (PreconditionFailed, ConditionalConflict, NoSuchKey):
                 raise Refused(f"memory key {key} changed meanwhile (version is now "
                               f"{self._current_version(key)})") from None
-            self.client.remember_version(path, written)
-            return dict(record, version=_version(written.etag) or None)
+            return self._written(path, record, written)
         record, written = self.client.update(path, lambda old: self._next(key, old, value))
+        return dict(record, version=_version(written.etag) or None)
+
+    def _written(self, path, record, written):
+        """What set() returns for a conditional write of its own (update() remembers its own)."""
+        self.client.remember_version(path, written)
         return dict(record, version=_version(written.etag) or None)
 
     def _current_version(self, key):
