@@ -118,27 +118,50 @@ class CorruptObject(StoreError):
     """An object that tracecraft should be able to read is not valid JSON of the right shape."""
 
 
+class BadDigest(StoreError):
+    """The bytes a store received do not match the digest sent with them: the file being sent
+    changed while it was read."""
+
+
+class Cancelled(TracecraftError):
+    """A long call (a wait) was cancelled by its caller: an MCP client's notifications/cancelled."""
+
+
 # ==================================================================================================
-# 2. Names and keys.  Owns: validation of every name that becomes part of an object key.
-#    Calls: section 1.  Nothing can address an object outside <bucket>/<project>/ because every key
-#    is built from names that passed these checks.
+# 2. Names, keys and values.  Owns: the one set of rules for every name that becomes part of an
+#    object key, and for every number and JSON value tracecraft accepts, stores or prints.
+#    Calls: section 1.  Nothing can address an object outside <bucket>/<project>/ because every
+#    key is built from names that passed these checks.
 # ==================================================================================================
 
 MAX_NAME = 128        # characters in one name or key segment
 MAX_NAME_BYTES = 200  # its UTF-8 bytes, so that it fits a file name on every file system
 MAX_KEY = 512         # characters in a whole memory key
 MAX_VALUE = 1 << 20   # bytes in one memory value or message, encoded as JSON
+MAX_RECORD = 8 << 20  # bytes of one record read from the store (a value, its history, a message)
+MAX_DEPTH = 64        # levels of nesting in a JSON value
+MAX_INT = 2 ** 63 - 1  # integers are int64, as in most languages that read the records
+MAX_SECONDS = 366 * 86400.0   # the longest lease, wait or timeout
 BROADCAST = "_broadcast"
+
+# Characters that draw nothing but are letters or marks to Unicode (fillers, variation selectors,
+# the combining grapheme joiner, the blank braille pattern): names could hide them.
+_INVISIBLE = ((0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F),
+              (0x2800, 0x2800), (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFFA0, 0xFFA0),
+              (0xE0100, 0xE01EF))
 
 
 def check_name(kind, value, reserved_underscore=False):
     """Return `value` if it is a valid single-segment name, else raise UsageError saying why."""
     if not isinstance(value, str) or not value:
-        raise UsageError(f"{kind} must not be empty")
+        raise UsageError(f"{kind} must not be empty" if value in ("", None)
+                         else f"{kind} must be text, not {type(value).__name__}")
     check_text(kind, value)
     if len(value) > MAX_NAME:
         raise UsageError(f"{kind} is {len(value)} characters long; the limit is {MAX_NAME}")
-    if any(ord(c) < 32 or ord(c) == 127 or c in "\ufffe\uffff" for c in value):
+    if not value.isascii():
+        _check_unicode_name(kind, value)
+    elif not value.isprintable():
         raise UsageError(f"{kind} {value!r} contains a control character")
     if len(value.encode("utf-8")) > MAX_NAME_BYTES:
         raise UsageError(f"{kind} is {len(value.encode('utf-8'))} bytes long in UTF-8; the limit "
@@ -154,13 +177,114 @@ def check_name(kind, value, reserved_underscore=False):
     return value
 
 
+def _check_unicode_name(kind, value):
+    """A name is read by people, so it may hold only characters that show as themselves: no
+    control, format (zero-width, direction overrides), surrogate, private-use or unassigned
+    character, no space but U+0020, nothing invisible, and composed (NFC) so that two names
+    that look alike are alike.  (unicodedata is imported only for names that are not ASCII.)"""
+    import unicodedata
+    for c in value:
+        category, code = unicodedata.category(c), ord(c)
+        if category[0] == "C" or category in ("Zl", "Zp") or (category == "Zs" and c != " ") \
+                or any(low <= code <= high for low, high in _INVISIBLE):
+            raise UsageError(f"{kind} {value!r} contains U+{code:04X}, a control character or "
+                             "one that is invisible or changes the text's direction")
+    if not unicodedata.is_normalized("NFC", value):
+        raise UsageError(f"{kind} {value!r} is not in Unicode normal form NFC (write accented "
+                         "letters as one character)")
+
+
 def check_text(kind, value):
     """Text from the command line may hold undecodable bytes (surrogate escapes): refuse them."""
+    if not isinstance(value, str):
+        raise UsageError(f"{kind} must be text, not {type(value).__name__}")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise UsageError(f"{kind} is not valid UTF-8") from None
     return value
+
+
+def check_number(kind, value, low=0.0, high=MAX_SECONDS, low_inclusive=False):
+    """`value` as a float if it is a finite number in range, else UsageError (bool is no number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"{kind} must be a number, not {type(value).__name__}")
+    if not (low <= value if low_inclusive else low < value) or not value <= high:
+        bound = f"at least {low:g}" if low_inclusive else "positive" if low == 0 \
+            else f"more than {low:g}"
+        raise UsageError(f"{kind} must be {bound} and at most {high:g}, not {value!r:.30}")
+    return float(value)
+
+
+def check_json(kind, value):
+    """Refuse what no JSON reader can take back: NaN, infinities, integers beyond int64, nesting
+    deeper than MAX_DEPTH (a record wraps a value, so reading it back must not hit a limit)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > MAX_DEPTH:
+                raise UsageError(f"{kind} is nested more than {MAX_DEPTH} levels deep")
+            if isinstance(item, dict):
+                if not all(isinstance(k, str) for k in item):
+                    raise UsageError(f"{kind} has an object key that is not text")
+                item = item.values()
+            stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, float) and not item - item == 0:   # NaN or an infinity
+            raise UsageError(f"{kind} holds {item!r}, which is not a JSON number")
+        elif isinstance(item, int) and not isinstance(item, bool) and not -MAX_INT <= item <= MAX_INT:
+            raise UsageError(f"{kind} holds an integer beyond the 64-bit range")
+        elif isinstance(item, str):
+            check_text(kind, item)
+        elif not (item is None or isinstance(item, (bool, int, float))):
+            raise UsageError(f"{kind} is not JSON: it holds a {type(item).__name__}")
+    return value
+
+
+def _finite(text):
+    number = float(text)
+    if not number - number == 0:
+        raise ValueError(f"number {text[:20]} is out of range")
+    return number
+
+
+def _int64(text):
+    number = int(text)
+    if not -MAX_INT <= number <= MAX_INT:
+        raise ValueError("integer beyond the 64-bit range")
+    return number
+
+
+def _not_json(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads(data):
+    """Standard JSON only: json.loads also takes NaN and Infinity, reads 1e400 as infinity and
+    recurses without bound; each of those is a ValueError here."""
+    try:
+        return json.loads(data, parse_float=_finite, parse_int=_int64, parse_constant=_not_json)
+    except RecursionError:
+        raise ValueError("nested too deep") from None
+
+
+def dumps(value, indent=None):
+    """JSON as tracecraft writes and prints it: UTF-8 text kept as it is, never NaN."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, indent=indent)
+
+
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def shown(text):
+    """`text` made safe for a terminal: control characters (ESC and CSI start escape sequences,
+    CR and BS overwrite what was printed) and direction overrides become visible escapes like
+    \\x1b; other text is kept, a tab included.  For human output only: --json stays exact."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == "\t" or (ord(c) > 0x9F and c not in _BIDI)
+                   else ascii(c)[1:-1] for c in text)
 
 
 def check_agent(agent):
@@ -338,19 +462,24 @@ class Response:
 
 
 def _retry_settings():
-    def number(name, default, kind):
+    def number(name, default, kind, high):
         raw = os.environ.get(name)
         try:
             value = kind(raw) if raw else default
         except ValueError:
             value = 0
-        if value <= 0:
-            raise ConfigError(f"{name}={raw!r} is not a positive number")
+        if not 0 < value <= high:
+            raise ConfigError(f"{name}={shown(raw)!r:.40} is not a number from 1 to {high:g}")
         return value
-    return number("TRACECRAFT_MAX_ATTEMPTS", 5, int), number("TRACECRAFT_TIMEOUT", 30.0, float)
+    return (number("TRACECRAFT_MAX_ATTEMPTS", 5, int, 100),
+            number("TRACECRAFT_TIMEOUT", 30.0, float, 3600.0))
 
 
 ATTEMPT_TIMEOUT = 10.0   # seconds one socket operation may block, within the request's deadline
+TRANSFER_RATE = 64 * 1024   # bytes/s: a file transfer's deadline grows by a second per this many
+MAX_BODY = 16 << 20      # bytes of an answer held in memory (a listing page, an error)
+MAX_HEADERS = 256        # header lines in one answer, interim answers included
+MAX_INTERIM = 8          # 1xx answers before the final one
 
 
 class _ProtocolError(OSError):
@@ -364,14 +493,30 @@ _MAX_LINE = 65536     # the longest status, header or chunk-size line accepted
 
 class _Reader:
     """Buffered reading of an answer from a socket (or an ssl one): the part of makefile("rb")
-    the client uses, without socket.py.  `_buf[_pos:]` is what was received and not yet read."""
+    the client uses, without socket.py.  `_buf[_pos:]` is what was received and not yet read.
+
+    Every receive is bounded by `deadline` (time.monotonic()), so a server that trickles a byte
+    at a time cannot hold a request past it; `grace` seconds per byte received extend it (set
+    for file transfers, which may be long but must keep moving)."""
 
     def __init__(self, sock):
         self._sock, self._buf, self._pos = sock, b"", 0
+        self.deadline, self.grace = None, 0.0
+
+    def recv(self, size):
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("timed out")
+            self._sock.settimeout(min(ATTEMPT_TIMEOUT, left))
+        data = self._sock.recv(size)
+        if self.grace and self.deadline is not None:
+            self.deadline += len(data) * self.grace
+        return data
 
     def _receive(self):
         """Receive once more, after what is left unread: False at the end of the stream."""
-        more = self._sock.recv(_CHUNK)
+        more = self.recv(_CHUNK)
         self._buf, self._pos = self._buf[self._pos:] + more, 0
         return bool(more)
 
@@ -391,7 +536,7 @@ class _Reader:
     def read1(self, size):
         """At most `size` bytes (at least one, unless the stream ended) with at most one recv."""
         if self._pos == len(self._buf):
-            return self._sock.recv(size)
+            return self.recv(size)
         block = self._buf[self._pos:self._pos + size]
         self._pos += len(block)
         return block
@@ -402,8 +547,10 @@ class Transport:
 
     Connection errors, timeouts and 429/5xx answers are retried with exponential backoff and full
     jitter, at most `max_attempts` times and within `timeout` seconds in all (defaults from
-    TRACECRAFT_MAX_ATTEMPTS and TRACECRAFT_TIMEOUT); every other answer, 4xx errors included,
-    is returned to the caller at once.
+    TRACECRAFT_MAX_ATTEMPTS and TRACECRAFT_TIMEOUT): the deadline bounds the whole request,
+    whatever the server does (trickling bytes, endless interim answers), except that a file
+    transfer gets a second more per TRANSFER_RATE bytes moved.  Every other answer, 4xx errors
+    included, is returned to the caller at once.
 
     The HTTP/1.1 client is our own, on a socket: importing http.client would take longer than
     the rest of a command, and S3 needs only Content-Length, chunked and close-delimited bodies."""
@@ -462,17 +609,21 @@ class Transport:
             self._sock.close()
             self._sock = self._reader = None
 
-    def request(self, method, target, make_headers, body=b"", into=None, progress=None):
+    def request(self, method, target, make_headers, body=b"", into=None, progress=None,
+                limit=MAX_BODY, deadline=None):
         """Send a request, retrying per the policy; `make_headers()` signs each attempt afresh.
 
         A seekable file `body` is rewound before each attempt.  With `into`, a 200 answer's body is
-        streamed into that file instead of memory.  Returns a Response whose `attempts` counts
-        the sends, which tells the caller whether a conditional write may have reached the
-        store before.  A kept-alive connection the server closed while idle is reopened
-        without using up an attempt: before sending if its close has arrived, else (once:
-        `reused` is false on the fresh connection) when the request goes unanswered."""
+        streamed into that file instead of memory; any other body larger than `limit` bytes
+        raises CorruptObject.  `deadline` (time.monotonic()) replaces the transport's own, for a
+        request that continues another.  Returns a Response whose `attempts` counts the sends,
+        which tells the caller whether a conditional write may have reached the store before.
+        A kept-alive connection the server closed while idle is reopened without using up an
+        attempt: before sending if its close has arrived, else (once: `reused` is false on the
+        fresh connection) when the request goes unanswered."""
         started = time.monotonic()
-        deadline = started + self.timeout
+        deadline = deadline or started + self.timeout
+        streamed = hasattr(body, "read") or into is not None
         last_error, attempt, sent = None, 0, 0
         while attempt < self.max_attempts:
             attempt += 1
@@ -488,11 +639,15 @@ class Transport:
                 self.close()   # the server closed the idle connection; nothing was sent on it
             reused = self._sock is not None
             try:
-                timeout = max(0.05, min(ATTEMPT_TIMEOUT, deadline - time.monotonic()))
+                timeout = min(ATTEMPT_TIMEOUT, deadline - time.monotonic())
+                if timeout <= 0:
+                    raise TimeoutError("timed out")
                 if reused:
                     self._sock.settimeout(timeout)
                 else:
                     self._connect(timeout)
+                self._reader.deadline = deadline
+                self._reader.grace = 1.0 / TRANSFER_RATE if streamed else 0.0
                 sent += 1
                 if not self._ask(method, target, make_headers(), body):
                     self.close()
@@ -502,17 +657,16 @@ class Transport:
                     continue
                 status, headers, keep = self._read_head()
                 parts = self._body(method, status, headers, keep)
-                if status in RETRY_STATUSES and attempt < self.max_attempts:
-                    for _ in parts:   # read to its end, so that the connection can be reused
-                        pass
-                    last_error = f"HTTP {status}"
-                    continue
                 if into is not None and status == 200:
                     into.seek(0)
                     into.truncate()
                     _copy_stream(parts, into, int(headers.get("content-length") or 0), progress)
                     return Response(status, headers, b"", sent)
-                return Response(status, headers, b"".join(parts), sent)
+                data = _collect(parts, int(headers.get("content-length") or 0), limit)
+                if status in RETRY_STATUSES and attempt < self.max_attempts:
+                    last_error = f"HTTP {status}"
+                    continue
+                return Response(status, headers, data, sent)
             except OSError as exc:
                 self.close()
                 last_error = _describe_network_error(exc)
@@ -526,7 +680,7 @@ class Transport:
     def _ask(self, method, target, headers, body):
         """Send the request and wait for the answer to begin.  False if the connection closed
         first (a broken pipe or reset while sending, EOF or a reset before the answer)."""
-        size = body.seek(0, os.SEEK_END) if hasattr(body, "read") else len(body)
+        size = _file_size(body) if hasattr(body, "read") else len(body)
         lines = [f"{method} {target} HTTP/1.1", "Accept-Encoding: identity"]
         lines += [f"{name}: {value}" for name, value in headers.items()
                   if name.lower() != "content-length"]   # the framing is ours to state
@@ -535,40 +689,61 @@ class Transport:
         if any("\r" in line or "\n" in line for line in lines):
             raise ValueError("a line break in the request target or a header value")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        reader = self._reader
         try:
             if hasattr(body, "read"):
                 body.seek(0)
-                self._sock.sendall(head)
-                for block in iter(lambda: body.read(_CHUNK), b""):
-                    self._sock.sendall(block)
+                self._send(head)
+                left = size
+                while left > 0:   # exactly the size announced, though the file may grow
+                    block = body.read(min(_CHUNK, left))
+                    if not block:
+                        raise BadDigest("the file being sent became shorter while it was sent")
+                    left -= len(block)
+                    self._send(block)
+                    reader.deadline += len(block) * reader.grace
             else:
-                self._sock.sendall(head + body)   # one write, so a small request is one packet
-            return self._reader.wait()
+                self._send(head + body)   # one write, so a small request is one packet
+            return reader.wait()
         except (BrokenPipeError, ConnectionResetError):
             return False
 
+    def _send(self, data):
+        left = self._reader.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        self._sock.settimeout(min(ATTEMPT_TIMEOUT, left))
+        self._sock.sendall(data)   # the timeout bounds the whole sendall (Python 3.5+)
+
     def _read_head(self):
-        """(status, headers, keep) of the final answer, skipping 1xx interim ones.  Repeated
-        headers are joined with ", "; `keep` says whether the connection stays open after it."""
-        while True:
+        """(status, headers, keep) of the final answer, skipping 1xx interim ones (at most
+        MAX_INTERIM).  Repeated headers are joined with ", "; `keep` says whether the
+        connection stays open after it."""
+        lines = 0
+        for _ in range(MAX_INTERIM + 1):
             line = self._readline()
             parts = line.split(None, 2)
             if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3 \
                     or not parts[1].isdigit():
                 raise _ProtocolError(f"not an HTTP/1.x status line: {line[:100]!r}")
-            headers = {}
+            found = {}
             while True:
                 line = self._readline()
                 if not line.strip():
                     break
+                lines += 1
+                if lines > MAX_HEADERS:
+                    raise _ProtocolError(f"more than {MAX_HEADERS} header lines in the answer")
                 name, colon, value = line.decode("latin-1").partition(":")
                 if not colon:
                     raise _ProtocolError(f"not an HTTP header line: {line[:100]!r}")
-                name, value = name.strip().lower(), value.strip()
-                headers[name] = f"{headers[name]}, {value}" if name in headers else value
+                found.setdefault(name.strip().lower(), []).append(value.strip())
             status = int(parts[1])
             if status >= 200:
                 break
+        else:
+            raise _ProtocolError(f"more than {MAX_INTERIM} interim (1xx) answers")
+        headers = {name: ", ".join(values) for name, values in found.items()}
         length = headers.get("content-length", "0")
         if not (length.isascii() and length.isdigit()):
             raise _ProtocolError(f"not a Content-Length: {length[:100]!r}")
@@ -595,8 +770,11 @@ class Transport:
                 yield from self._exactly(size)
                 if self._readline().strip():
                     raise _ProtocolError("a chunk is longer than its size says")
-            while self._readline().strip():   # trailer headers: none is of use to us
-                pass
+            for _ in range(MAX_HEADERS):   # trailer headers: none is of use to us
+                if not self._readline().strip():
+                    break
+            else:
+                raise _ProtocolError(f"more than {MAX_HEADERS} trailer lines in the answer")
         elif "content-length" in headers:
             yield from self._exactly(int(headers["content-length"]))
         else:
@@ -620,6 +798,22 @@ class Transport:
         if not line.endswith(b"\n"):
             raise _ProtocolError("the connection closed in the middle of the answer")
         return line
+
+
+def _collect(parts, announced, limit):
+    """The pieces of a body joined, refusing (before reading it, when its length is announced)
+    a body larger than `limit`: a hostile or broken store must not exhaust memory."""
+    if announced > limit:
+        raise CorruptObject(f"the store's answer is {announced} bytes long, more than the "
+                            f"{limit} tracecraft accepts")
+    data, size = [], 0
+    for block in parts:
+        size += len(block)
+        if size > limit:
+            raise CorruptObject(f"the store's answer is longer than the {limit} bytes tracecraft "
+                                "accepts")
+        data.append(block)
+    return b"".join(data)
 
 
 def _readable(sock):
@@ -654,6 +848,58 @@ def _copy_stream(blocks, target, total, progress):
             progress(done, total)
 
 
+class FileBody:
+    """The first `size` bytes of a binary file, read as a request body from its start: a file
+    that grows while it is sent is sent as it was when measured.  Reports progress, and keeps
+    the MD5 of what it read since the last rewind, so that the sender knows what it sent."""
+
+    def __init__(self, f, size=None, progress=None):
+        import hashlib
+        self.f, self.progress, self._md5 = f, progress, hashlib.md5
+        self.size = _file_size(f) if size is None else size
+        self.seek(0)
+
+    def seek(self, offset, whence=os.SEEK_SET):
+        if whence == os.SEEK_END:
+            return self.size
+        self.f.seek(offset)
+        self.done, self.md5 = offset, self._md5()
+        return offset
+
+    def tell(self):
+        return self.done
+
+    def read(self, n=-1):
+        n = self.size - self.done if n < 0 else min(n, self.size - self.done)
+        block = self.f.read(n) if n > 0 else b""
+        self.done += len(block)
+        self.md5.update(block)
+        if self.progress:
+            self.progress(self.done, self.size)
+        return block
+
+
+class HashingFile:
+    """A file being written that keeps the SHA-256 of what was written since it was last
+    truncated (a retried download starts again)."""
+
+    def __init__(self, f):
+        import hashlib
+        self.f, self._sha256 = f, hashlib.sha256
+        self.sha256 = self._sha256()
+
+    def seek(self, *args):
+        return self.f.seek(*args)
+
+    def truncate(self, *args):
+        self.sha256 = self._sha256()
+        return self.f.truncate(*args)
+
+    def write(self, block):
+        self.sha256.update(block)
+        return self.f.write(block)
+
+
 # ==================================================================================================
 # 4. Stores.  Owns: the Store interface and its backends.  Calls: sections 1-3.  All coordination
 #    code goes through these five operations and nothing bypasses them; keys are relative to the
@@ -663,12 +909,13 @@ def _copy_stream(blocks, target, total, progress):
 class Blob:
     """An object read from a store: its bytes (None for head, or when streamed to a file), its
     ETag, its Last-Modified time and the store's own clock at the time of the answer (epoch s)."""
-    __slots__ = ("key", "body", "etag", "size", "last_modified", "server_time", "chain")
+    __slots__ = ("key", "body", "etag", "size", "last_modified", "server_time", "chain", "sent")
 
     def __init__(self, key, body, etag, size, last_modified=None, server_time=None):
         self.key, self.body, self.etag, self.size = key, body, etag, size
         self.last_modified, self.server_time = last_modified, server_time
         self.chain = None   # [writer, nonce] of the last conditional writes (Client.write)
+        self.sent = None    # (time.time(), time.monotonic()) when this was written (Client.write)
 
 
 class Entry:
@@ -755,100 +1002,78 @@ def _is_loopback(host):
     return len(parts) == 4 and parts[0] == "127" and all(p.isdigit() and int(p) < 256 for p in parts)
 
 
-def write_config(path, config):
-    """Write the config with mode 0600: it may hold a secret key."""
-    tmp = path + ".tmp"
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise ConfigError(f"cannot write config {path}: {exc.strerror or exc}") from None
-
-
-def _aws_profile(name):
-    """Keys of one profile from ~/.aws/credentials, then ~/.aws/config ("profile NAME")."""
-    import configparser
-    home = os.path.expanduser("~")
-    files = [(os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(home, ".aws", "credentials"), name),
-             (os.environ.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config"),
-              name if name == "default" else f"profile {name}")]
-    for path, section in files:
-        parser = configparser.RawConfigParser()
-        try:
-            parser.read(path, encoding="utf-8")
-        except (OSError, UnicodeDecodeError, configparser.Error):
-            continue
-        if parser.has_option(section, "aws_access_key_id"):
-            get = lambda option: parser.get(section, option, fallback=None)  # noqa: E731
-            return get("aws_access_key_id"), get("aws_secret_access_key"), get("aws_session_token")
-    return None
-
-
-def resolve_credentials(settings):
-    """(access key, secret key, session token): flags, then AWS_* variables, then AWS_PROFILE,
-    then the config file, then the `default` profile (last, so that a user's everyday AWS
-    profile never overrides keys that were given to `tracecraft init` for this project)."""
-    if settings.get("access_key") and settings.get("secret_key") and settings.get("_from_flags"):
-        return settings["access_key"], settings["secret_key"], settings.get("session_token")
-    env = os.environ
-    if settings.get("backend") == "hf" and env.get("HF_S3_ACCESS_KEY_ID"):
-        return env["HF_S3_ACCESS_KEY_ID"], env.get("HF_S3_SECRET_ACCESS_KEY"), None
-    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
-        return env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_SESSION_TOKEN")
-    found = _aws_profile(env["AWS_PROFILE"]) if env.get("AWS_PROFILE") else None
-    if found:
-        return found
-    if settings.get("access_key") and settings.get("secret_key"):
-        return settings["access_key"], settings["secret_key"], settings.get("session_token")
-    if env.get("AWS_PROFILE"):
-        raise ConfigError(f"AWS_PROFILE={env['AWS_PROFILE']} has no static keys in "
-                          "~/.aws/credentials or ~/.aws/config (SSO and role profiles are not "
-                          "supported: export AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY instead)")
-    return _aws_profile("default") or (None, None, None)
-
-
-def open_store(settings):
-    """The Store that `settings` (a config dict, possibly with overrides) describe."""
-    for field in ("backend", "bucket", "root", "endpoint", "region", "addressing", "project",
-                  "agent", "access_key", "secret_key"):
-        if settings.get(field) is not None and not isinstance(settings[field], str):
-            where = settings.get("_path") or "the settings"
-            raise ConfigError(f"{field!r} in {where} must be a string, not {settings[field]!r:.40}")
-    backend = settings.get("backend") or "local"
-    bucket = settings.get("bucket") or "tracecraft"
-    if backend == "local":
-        return LocalStore(settings.get("root"), bucket)
-    if backend not in ("s3", "hf"):
-        raise ConfigError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
-    access_key, secret_key, token = resolve_credentials(settings)
-    cls = HFStore if backend == "hf" else S3Store
-    return cls(bucket, endpoint=settings.get("endpoint"), region=settings.get("region"),
-               access_key=access_key, secret_key=secret_key, session_token=token,
-               addressing=settings.get("addressing") or "path",
-               verify=not settings.get("insecure"))
-
-
-def resolve_settings(config_path=None, **overrides):
-    """Merge the discovered (or named) config file, the environment and explicit overrides."""
-    path = config_path or find_config()
-    settings = load_config(path) if path else {}
-    settings["_path"] = path
-    for key, value in overrides.items():
-        if value is not None:
-            settings[key] = value
-    for key, var in (("agent", "TRACECRAFT_AGENT"), ("project", "TRACECRAFT_PROJECT")):
-        if os.environ.get(var) and overrides.get(key) is None:
-            settings[key] = os.environ[var]
-    return settings
-
-
 def _md5_etag(data):
     return '"' + _hash("md5", data).hexdigest() + '"'
+
+
+# -- local files: every file tracecraft makes on this machine is made here ---------------------------
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+STALE_TEMP_SECONDS = 3600   # a temporary file this old was left by a write that was killed
+
+
+def create_exclusive(directory, prefix, mode=0o600):
+    """(fd, path) of a new empty file in `directory` with a random name, opened for reading and
+    writing.  O_EXCL and O_NOFOLLOW: a name planted in advance, a symbolic link above all, makes
+    the creation fail instead of writing through it."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC | getattr(os, "O_BINARY", 0)
+    while True:
+        path = os.path.join(directory, f"{prefix}{os.urandom(8).hex()}.tmp")
+        try:
+            return os.open(path, flags, mode), path
+        except FileExistsError:
+            continue
+
+
+def replace_file(path, data, mode=0o600):
+    """Write `data` (bytes) to `path` atomically: a new exclusive file beside it, renamed over
+    it.  A reader sees the old file or the new one, never a part; a link at `path` is replaced,
+    not followed."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = create_exclusive(directory, "." + os.path.basename(path) + ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        unlink_quietly(tmp)
+
+
+def unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def sweep(directory, prefix, older_than=STALE_TEMP_SECONDS):
+    """Remove the temporary files (`prefix`*.tmp) that killed writes left in `directory`: only
+    this user's regular files, and only once they are `older_than` seconds old, so that a
+    write in progress keeps its file."""
+    now = time.time()
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.startswith(prefix) and entry.name.endswith(".tmp"):
+                    stat = entry.stat(follow_symlinks=False)
+                    if entry.is_file(follow_symlinks=False) and now - stat.st_mtime > older_than \
+                            and getattr(os, "getuid", lambda: stat.st_uid)() == stat.st_uid:
+                        unlink_quietly(entry.path)
+    except OSError:
+        pass   # cleaning up is a courtesy: never a reason to fail
+
+
+def current_directory():
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        raise UsageError("the current directory no longer exists (deleted?): cd to another "
+                         "one") from None
+
+
+def _hostname():
+    return os.uname().nodename if hasattr(os, "uname") else os.environ.get("COMPUTERNAME", "")
 
 
 class LocalStore(Store):
@@ -857,13 +1082,19 @@ class LocalStore(Store):
     Writes go to a temporary file that is renamed into place, so a reader never sees half an
     object.  Create-only is link(2), which fails atomically when the name exists.  Compare-and-swap
     and conditional delete hold an exclusive lock (flock on one of 256 lock files chosen by the
-    key's hash) around read-compare-write.  ETags are MD5 hex digests of the content, as on S3."""
+    key's hash) around read-compare-write, waited for at most the request deadline.  ETags are
+    MD5 hex digests of the content, as on S3.  The store's clock is the file system's: the time
+    the kernel stamps on a file made in the store.  Objects are plain files inside the store's
+    own directory: a symbolic link in the store is never followed."""
     name = "local"
 
-    def __init__(self, root=None, bucket="tracecraft"):
+    def __init__(self, root=None, bucket="tracecraft", timeout=None):
         self.root = os.path.abspath(os.path.expanduser(root or default_local_root()))
         self.bucket = check_bucket(bucket)
         self.dir = os.path.join(self.root, self.bucket)
+        self.timeout = timeout or _retry_settings()[1]
+        self._real, self._safe = None, set()      # see _within
+        self._offset, self._offset_at = None, 0.0  # see now
 
     def describe(self):
         return f"local directory {self.dir}"
@@ -874,35 +1105,92 @@ class LocalStore(Store):
             raise UsageError(f"invalid object key {key!r}")
         return os.path.join(self.dir, *parts)
 
+    def _within(self, path):
+        """Refuse a path that a symbolic link in the store would lead out of it (checked once
+        per directory and process: a link needs write access to the store to plant)."""
+        parent = os.path.dirname(path)
+        if parent in self._safe:
+            return
+        if self._real is None:
+            self._real = os.path.realpath(self.dir)
+        real = os.path.realpath(parent)
+        if real != self._real and not real.startswith(self._real + os.sep):
+            raise StoreError(f"local store: {parent} leads out of the store through a symbolic "
+                             "link: refused")
+        if os.path.isdir(parent):
+            self._safe.add(parent)
+
     def _fail(self, exc, key):
+        import errno
         if isinstance(exc, (IsADirectoryError, NotADirectoryError)):
             return UsageError(f"object key {key!r} conflicts with another key in {self.dir} "
                               "(one is a prefix of the other)")
-        reason = exc.strerror or str(exc)
-        return StoreError(f"local store: cannot access {exc.filename or self.dir}: {reason}")
+        reason = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
+                  getattr(errno, "EDQUOT", -1): "the disk quota is used up",
+                  errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                  errno.ELOOP: "a symbolic link is in the way"}.get(exc.errno,
+                                                                      exc.strerror or str(exc))
+        return StoreError(f"local store: {reason} ({exc.filename or self.dir})")
 
-    def get(self, key, into=None):
+    def now(self):
+        """The store's clock: the kernel's stamp on a file made in the store (the file server's,
+        for a store on a network file system), never this process's idea of the time, which a
+        wrong clock or a faked one may shift.  Kept as an offset from time.time(), measured
+        again every 10 s; a store this process cannot write to leaves it its own clock."""
+        if self._offset is None or time.monotonic() - self._offset_at > 10:
+            self._offset, self._offset_at = 0.0, time.monotonic()
+            try:
+                fd, path = create_exclusive(self._tmpdir(), "clock-")
+                try:
+                    self._offset = os.fstat(fd).st_mtime - time.time()
+                finally:
+                    os.close(fd)
+                    unlink_quietly(path)
+            except OSError:
+                pass
+        return time.time() + self._offset
+
+    def _tmpdir(self):
+        path = os.path.join(self.root, ".tmp")
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def get(self, key, into=None, progress=None):
         path = self._path(key)
         try:
-            with open(path, "rb") as f:
-                stat = os.fstat(f.fileno())
+            self._within(path)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW | _CLOEXEC
+                         | getattr(os, "O_BINARY", 0))
+        except FileNotFoundError:
+            raise NoSuchKey(f"no object {key}") from None
+        except OSError as exc:
+            raise self._fail(exc, key) from None
+        try:
+            with os.fdopen(fd, "rb") as f:
+                stat = os.fstat(fd)
+                if not _is_regular(stat):
+                    raise CorruptObject(f"{key} in the local store is not a regular file")
                 if into is None:
-                    data = f.read()
+                    data = f.read(MAX_RECORD + 1)
+                    if len(data) > MAX_RECORD:
+                        raise CorruptObject(f"object {key} is larger than {MAX_RECORD} bytes: "
+                                            "not a tracecraft record")
                     etag = _md5_etag(data)
                 else:
                     import hashlib
-                    digest = hashlib.md5()
+                    digest, done = hashlib.md5(), 0
                     into.seek(0)
                     into.truncate()
                     for block in iter(lambda: f.read(1 << 20), b""):
                         digest.update(block)
                         into.write(block)
+                        done += len(block)
+                        if progress:
+                            progress(done, stat.st_size)
                     data, etag = None, '"' + digest.hexdigest() + '"'
-        except FileNotFoundError:
-            raise NoSuchKey(f"no object {key}") from None
         except OSError as exc:
             raise self._fail(exc, key) from None
-        return Blob(key, data, etag, stat.st_size, stat.st_mtime, time.time())
+        return Blob(key, data, etag, stat.st_size, stat.st_mtime, self.now())
 
     def head(self, key):
         blob = self.get(key)
@@ -915,13 +1203,18 @@ class LocalStore(Store):
         except NoSuchKey:
             return None
 
-    def put(self, key, body, if_none_match=False, if_match=None, content_type=None, progress=None):
+    def put(self, key, body, if_none_match=False, if_match=None, content_type=None, progress=None,
+            digests=None):
         if if_none_match and if_match:
             raise UsageError("a write cannot be both create-only and compare-and-swap")
         path = self._path(key)
         try:
+            self._within(path)
             tmp, etag = self._write_temp(body, progress)
             try:
+                if digests and etag != f'"{digests[1]}"':
+                    raise BadDigest(f"{key}: the bytes received do not match their MD5 (the file "
+                                    "changed while it was read)")
                 # Every replacement holds the key's lock, so a compare-and-swap between its
                 # check and its rename can never be overtaken by a plain write or a delete.
                 with self._lock(key):
@@ -929,8 +1222,7 @@ class LocalStore(Store):
                         raise PreconditionFailed(f"{key} changed (version is not {if_match})")
                     self._place(tmp, path, os.link if if_none_match else os.replace)
             finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+                unlink_quietly(tmp)
         except FileExistsError:
             raise PreconditionFailed(f"{key} already exists") from None
         except OSError as exc:
@@ -948,30 +1240,32 @@ class LocalStore(Store):
         return how(tmp, path)
 
     def _write_temp(self, body, progress):
+        """(path, ETag) of a new temporary file holding `body`; removed again if writing fails."""
         import hashlib
-        import tempfile
-        tmpdir = os.path.join(self.root, ".tmp")
-        os.makedirs(tmpdir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=tmpdir, prefix="put-")
-        digest = hashlib.md5()
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(body, (bytes, bytearray)):
-                f.write(body)
-                digest.update(body)
-            else:
-                body.seek(0)
-                total, done = _file_size(body), 0
-                for block in iter(lambda: body.read(1 << 20), b""):
-                    f.write(block)
-                    digest.update(block)
-                    done += len(block)
-                    if progress:
-                        progress(done, total)
+        tmpdir = self._tmpdir()
+        fd, tmp = create_exclusive(tmpdir, "put-", 0o666)
+        try:
+            digest = hashlib.md5()
+            with os.fdopen(fd, "wb") as f:
+                if isinstance(body, (bytes, bytearray)):
+                    f.write(body)
+                    digest.update(body)
+                else:
+                    sweep(tmpdir, "put-")   # a file body: as good a time as any to tidy up
+                    body = body if isinstance(body, FileBody) else FileBody(body, None, progress)
+                    body.seek(0)
+                    for block in iter(lambda: body.read(1 << 20), b""):
+                        f.write(block)
+                        digest.update(block)
+        except BaseException:
+            unlink_quietly(tmp)
+            raise
         return tmp, '"' + digest.hexdigest() + '"'
 
     def delete(self, key, if_match=None):
         path = self._path(key)
         try:
+            self._within(path)
             with self._lock(key):
                 if if_match and self._current_etag(key) != if_match:
                     raise PreconditionFailed(f"{key} changed (version is not {if_match})")
@@ -998,36 +1292,46 @@ class LocalStore(Store):
                 entries = list(os.scandir(directory))
             except (FileNotFoundError, NotADirectoryError):
                 return
+            except OSError as exc:
+                raise self._fail(exc, rel) from None
             for entry in entries:
                 key = rel + entry.name
+                if entry.is_symlink():
+                    continue   # never an object: a link is not followed
                 if entry.is_dir(follow_symlinks=False):
                     if (key + "/").startswith(prefix) or prefix.startswith(key + "/"):
                         walk(entry.path, key + "/")
                 elif key.startswith(prefix) and (start_after is None or key > start_after):
                     found.append((key, entry.path))
 
-        walk(self._path(base) if base else self.dir, base + "/" if base else "")
+        top = self._path(base + "/x")[:-2] if base else self.dir
+        self._within(os.path.join(top, "x"))
+        walk(top, base + "/" if base else "")
         # Python orders str by code point, which is exactly the UTF-8 byte order S3 lists in.
         found.sort()
-        return self._entries(found[:limit])
+        return self._entries(found[:limit], self.now())
 
-    @staticmethod
-    def _entries(found):
+    def _entries(self, found, now):
         """Stat lazily: a caller that stops early (at a cursor, say) pays only for what it read."""
         for key, path in found:
             try:
-                stat = os.stat(path)
+                stat = os.lstat(path)
             except FileNotFoundError:
                 continue
-            yield Entry(key, stat.st_size, stat.st_mtime, server_time=time.time())
+            except OSError as exc:
+                raise self._fail(exc, key) from None
+            yield Entry(key, stat.st_size, stat.st_mtime, server_time=now)
 
-    def ensure_bucket(self, prefix=""):
+    def ensure_bucket(self, prefix="", create=True):
         created = not os.path.isdir(self.dir)
+        if created and not create:
+            raise NoSuchBucket(f"the local store {self.dir} does not exist (run `tracecraft init` "
+                               "where agents write to it first)")
         try:
-            os.makedirs(self.dir, exist_ok=True)
-            probe = os.path.join(self.root, ".tmp")
-            os.makedirs(probe, exist_ok=True)
-            if not os.access(self.dir, os.W_OK):
+            if create:
+                os.makedirs(self.dir, exist_ok=True)
+                sweep(self._tmpdir(), "put-")
+            if not os.access(self.dir, os.W_OK if create else os.R_OK | os.X_OK):
                 raise PermissionError(13, "permission denied", self.dir)
         except OSError as exc:
             raise self._fail(exc, "") from None
@@ -1037,35 +1341,112 @@ class LocalStore(Store):
         stripe = _hash("md5", key.encode("utf-8")).hexdigest()[:2]
         lockdir = os.path.join(self.root, ".locks", self.bucket)
         os.makedirs(lockdir, exist_ok=True)
-        return _FileLock(os.path.join(lockdir, stripe + ".lock"))
+        return _FileLock(os.path.join(lockdir, stripe + ".lock"), self.timeout, key)
+
+
+def _is_regular(stat):
+    import stat as modes
+    return modes.S_ISREG(stat.st_mode)
 
 
 class _FileLock:
-    """An exclusive inter-process lock on a file: flock on POSIX, msvcrt.locking on Windows."""
+    """An exclusive inter-process lock on a file (flock on POSIX, msvcrt.locking on Windows),
+    waited for at most `timeout` seconds: a process stopped while it holds the lock must not
+    hang every writer behind it.  The holder writes its pid and host into the file, so that a
+    writer that gives up can say who holds it."""
 
-    def __init__(self, path):
-        self.path = path
+    def __init__(self, path, timeout, key):
+        self.path, self.timeout, self.key = path, timeout, key
 
     def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o666)
         try:
-            import fcntl
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        except ImportError:
-            import msvcrt
+            try:
+                import fcntl
+                take = lambda: fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # noqa: E731
+            except ImportError:
+                import msvcrt
+                take = lambda: msvcrt.locking(self.fd, msvcrt.LK_NBLCK, 1)  # noqa: E731
+            deadline, pause = time.monotonic() + self.timeout, 0.0005
             while True:
                 try:
-                    msvcrt.locking(self.fd, msvcrt.LK_LOCK, 1)
+                    take()
                     break
-                except OSError:
-                    continue
+                except OSError:   # BlockingIOError from flock, PermissionError from msvcrt
+                    if time.monotonic() >= deadline:
+                        raise StoreError(f"local store: {self.key} stayed locked for "
+                                         f"{self.timeout:g} s by {self._holder()} (stopped or "
+                                         f"hung?); the lock is {self.path}") from None
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.02)
+            os.lseek(self.fd, 0, os.SEEK_SET)
+            os.write(self.fd, f"{os.getpid()} {_hostname()}\n".encode().ljust(72))
+        except BaseException:
+            os.close(self.fd)
+            raise
         return self
+
+    def _holder(self):
+        try:
+            os.lseek(self.fd, 0, os.SEEK_SET)
+            words = os.read(self.fd, 72).decode("utf-8", "replace").split() + [""]
+        except OSError:
+            words = [""]
+        pid, host = words[0], words[1] if len(words) > 2 else ""
+        if not pid.isdigit():
+            return "another process"
+        state = ""
+        if host == _hostname():
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    code = f.read().rpartition(b")")[2].split()[0]
+                state = {b"T": " (stopped)", b"t": " (stopped)", b"Z": " (a zombie)"}.get(code, "")
+            except (OSError, IndexError):
+                pass
+        return f"process {pid} on {shown(host) or 'an unknown host'}{state}"
 
     def __exit__(self, *exc):
         os.close(self.fd)   # closing the descriptor releases the lock
 
 
+class ReadOnlyStore(Store):
+    """A store seen by a read-only observer (`init --read-only`): reads pass through, and every
+    write is refused here, before it is sent, whatever asked for it."""
+
+    def __init__(self, store):
+        self.store, self.name = store, store.name
+
+    def __getattr__(self, name):   # now(), bucket, endpoint, ...: the store's own
+        return getattr(self.store, name)
+
+    def get(self, *args, **kwargs):
+        return self.store.get(*args, **kwargs)
+
+    def head(self, key):
+        return self.store.head(key)
+
+    def list(self, *args, **kwargs):
+        return self.store.list(*args, **kwargs)
+
+    def describe(self):
+        return self.store.describe()
+
+    def close(self):
+        self.store.close()
+
+    def put(self, key, *args, **kwargs):
+        raise UsageError(f"this is a read-only observer (init --read-only): it writes nothing "
+                         f"(refused: a write to {key})")
+
+    delete = put
+
+    def ensure_bucket(self, prefix="", create=False):
+        return self.store.ensure_bucket(prefix, create=False)
+
+
 def _file_size(f):
+    if isinstance(f, FileBody):
+        return f.size
     here = f.tell()
     f.seek(0, os.SEEK_END)
     size = f.tell()
@@ -1123,21 +1504,33 @@ _XML_ENTITIES = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
 def _xml_values(text, tag, raw=False):
     """The contents of every <tag> element of one of S3's small, flat XML answers (a listing,
     an error), as text with entities resolved (unless `raw`): loading an XML parser would cost
-    a command more than reading its answer."""
+    a command more than reading its answer.  Each element is found by one search for its start
+    and one for its end, never backtracking over the text: a hostile answer (unclosed tags, a
+    tag without its '>') costs time in proportion to its length."""
     import re
-    found = re.findall(rf"<(?:\w+:)?{tag}(?:\s[^>]*)?>(.*?)</(?:\w+:)?{tag}>", text, re.S)
+    opening = re.compile(rf"<(?:\w{{1,64}}:)?{tag}(?:\s[^>]{{0,200}})?>")
+    closing = re.compile(rf"</(?:\w{{1,64}}:)?{tag}\s*>")
+    found, pos = [], 0
+    while True:
+        start = opening.search(text, pos)
+        end = start and closing.search(text, start.end())
+        if not end:
+            break   # no more, or an element left open: the answer was cut short or is not S3's
+        found.append(text[start.end():end.start()])
+        pos = end.end()
     if raw:
         return found
 
     def resolve(match):
         name = match.group(1)
         try:
-            return chr(int(name[2:], 16) if name[1:2] in "xX" else int(name[1:])) \
+            char = chr(int(name[2:], 16) if name[1:2] in "xX" else int(name[1:])) \
                 if name[0] == "#" else _XML_ENTITIES[name]
         except (KeyError, ValueError, OverflowError):
             return match.group(0)
-    return [re.sub(r"&(#[0-9]+|#[xX][0-9a-fA-F]+|\w+);", resolve, value) if "&" in value
-            else value for value in found]
+        return match.group(0) if "\ud800" <= char <= "\udfff" else char   # no lone surrogates
+    return [re.sub(r"&(#[0-9]{1,8}|#[xX][0-9a-fA-F]{1,8}|\w{1,16});", resolve, value)
+            if "&" in value else value for value in found]
 
 
 def _xml_field(body, tag):
@@ -1168,6 +1561,14 @@ class S3Store(Store):
         if not access_key or not secret_key:
             raise ConfigError("no S3 credentials: pass --access-key/--secret-key to init, or set "
                               "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE")
+        for what, value in (("access key", access_key), ("secret key", secret_key),
+                            ("session token", session_token)):
+            # Never shown, whatever it is: a credential's value must not reach an error message.
+            if value is not None and not (isinstance(value, str) and value.isascii()
+                                          and value.isprintable() and " " not in value):
+                raise ConfigError(f"the S3 {what} is not printable ASCII text without spaces: "
+                                  "check where it comes from (init's flags, AWS_* variables, "
+                                  "the AWS profile or the config file)")
         self.access_key, self.secret_key, self.session_token = access_key, secret_key, session_token
         self.addressing = addressing
         host = hostname if addressing == "path" else f"{self.bucket}.{hostname}"
@@ -1191,7 +1592,7 @@ class S3Store(Store):
         return self.base_path + bucket_part + ("/" + key if key else "/" if not bucket_part else "")
 
     def request(self, method, key=None, query=(), headers=(), body=b"", payload_hash=None,
-                into=None, progress=None):
+                into=None, progress=None, limit=MAX_BODY):
         """Sign and send one request; S3 error answers become typed exceptions."""
         path = self._path(key)
         query = list(query)
@@ -1215,14 +1616,19 @@ class S3Store(Store):
                 out["Content-Length"] = str(_file_size(body))
             return out
 
-        resp = self.transport.request(method, target, make_headers, body, into, progress)
+        deadline = time.monotonic() + self.transport.timeout
+        try:
+            resp = self.transport.request(method, target, make_headers, body, into, progress,
+                                          limit)
+        except CorruptObject as exc:
+            raise CorruptObject(f"{key or 'a listing'}: {exc}") from None
         if resp.status in (302, 307) and self.follows_redirects and method in ("GET", "HEAD"):
-            return self._follow(resp, method, key, into, progress)
+            return self._follow(resp, method, key, into, progress, deadline)
         if resp.status >= 300:
             raise self._error(resp, method, key)
         return resp
 
-    def _follow(self, redirect, method, key, into, progress):
+    def _follow(self, redirect, method, key, into, progress, deadline):
         """Fetch a redirect's target without our credentials: the Authorization header must
         never leave for another host.  The gateway's ETag stays the version, and a body whose
         MD5 does not match it (a stale CDN copy) is refused, since compare-and-swap relies on
@@ -1231,18 +1637,19 @@ class S3Store(Store):
         location = urljoin(self.endpoint + "/", redirect.headers.get("location", ""))
         url = urlsplit(location)
         if url.scheme != "https" and not (url.scheme == "http" and _is_loopback(url.hostname or "")):
-            raise StoreError(f"the store redirected {key} to {url.scheme}://{url.hostname}, which "
-                             "is not https: refused")
+            raise StoreError(f"the store redirected {key} to {shown(url.scheme)}://"
+                             f"{shown(url.hostname)}, which is not https: refused")
         target = (url.path or "/") + (f"?{url.query}" if url.query else "")
         port = url.port or (443 if url.scheme == "https" else 80)
         cdn = Transport(url.scheme, url.hostname, port, verify=self.transport.verify)
         try:
-            resp = cdn.request(method, target, lambda: {"Host": url.netloc}, b"", into, progress)
+            resp = cdn.request(method, target, lambda: {"Host": url.netloc}, b"", into, progress,
+                               MAX_RECORD, deadline)
         finally:
             cdn.close()
         if resp.status != 200:
-            raise StoreError(f"fetching {key} from {url.hostname} (where the store redirected) "
-                             f"answered {resp.status}")
+            raise StoreError(f"fetching {key} from {shown(url.hostname)} (where the store "
+                             f"redirected) answered {resp.status}")
         # The version and the store's clock come from the gateway, not the CDN; if its redirect
         # does not carry them, ask the gateway itself.
         gateway = redirect.headers
@@ -1254,8 +1661,8 @@ class S3Store(Store):
         bare = _version(etag)
         if into is None and method == "GET" and len(bare) == 32 and \
                 all(c in "0123456789abcdef" for c in bare) and _md5_etag(resp.body) != f'"{bare}"':
-            raise StoreError(f"{url.hostname} served a copy of {key} that does not match its "
-                             "version (a stale cache?); try again")
+            raise StoreError(f"{shown(url.hostname)} served a copy of {key} that does not match "
+                             "its version (a stale cache?); try again")
         return resp
 
     def _error(self, resp, method, key):
@@ -1264,8 +1671,9 @@ class S3Store(Store):
         return error
 
     def _classify(self, resp, method, key):
-        code = _xml_field(resp.body, "Code")
-        message = _xml_field(resp.body, "Message")
+        # What the server says is shown cleaned and cut short: it may be anything at all.
+        code = shown(_xml_field(resp.body, "Code")[:64])
+        message = shown(_xml_field(resp.body, "Message")[:300])
         what = f"{key}" if key else f"bucket {self.bucket}"
         status = resp.status
         if code == "NoSuchBucket" or (status == 404 and not key):
@@ -1282,6 +1690,9 @@ class S3Store(Store):
                     else "the store does not know this access key")
             return BadCredentials(f"the store at {self.endpoint} refused the credentials ({code}): "
                                   f"{hint}; check --access-key/--secret-key or AWS_* variables")
+        if code in ("BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"):
+            return BadDigest(f"the store refused {what}: the bytes it received do not match "
+                             "their digest (the file changed while it was sent)")
         if code == "RequestTimeTooSkewed":
             return StoreError(f"the store at {self.endpoint} rejected the request time: this "
                               "machine's clock is off by more than 15 minutes; fix it (NTP)")
@@ -1292,7 +1703,7 @@ class S3Store(Store):
                           + (f": {message}" if message else ""))
 
     def get(self, key, into=None, progress=None):
-        resp = self.request("GET", key, into=into, progress=progress)
+        resp = self.request("GET", key, into=into, progress=progress, limit=MAX_RECORD)
         return self._blob(key, resp, None if into is not None else resp.body)
 
     def head(self, key):
@@ -1304,7 +1715,8 @@ class S3Store(Store):
         return Blob(key, body, h.get("etag"), size, _http_date(h.get("last-modified")),
                     _http_date(h.get("date")))
 
-    def put(self, key, body, if_none_match=False, if_match=None, content_type=None, progress=None):
+    def put(self, key, body, if_none_match=False, if_match=None, content_type=None, progress=None,
+            digests=None):
         if if_none_match and if_match:
             raise UsageError("a write cannot be both create-only and compare-and-swap")
         headers = [("content-type", content_type or "application/octet-stream")]
@@ -1312,12 +1724,20 @@ class S3Store(Store):
             headers.append(("if-none-match", "*"))
         elif if_match:
             headers.append(("if-match", if_match))
-        payload_hash = None
         if not isinstance(body, (bytes, bytearray)):
-            payload_hash = _sha256_hex(body)
-            if progress:
-                body = _ProgressReader(body, progress)
-        resp = self.request("PUT", key, headers=headers, body=body, payload_hash=payload_hash)
+            body = body if isinstance(body, FileBody) else FileBody(body, None, progress)
+            if digests is None:
+                import hashlib
+                sha256, md5 = hashlib.sha256(), hashlib.md5()
+                for block in iter(lambda: body.read(1 << 20), b""):
+                    sha256.update(block)
+                    md5.update(block)
+                digests = sha256.hexdigest(), md5.hexdigest()
+        if digests:   # the store checks both, so bytes that changed on the way never land
+            import base64
+            headers.append(("content-md5", base64.b64encode(bytes.fromhex(digests[1])).decode()))
+        resp = self.request("PUT", key, headers=headers, body=body,
+                            payload_hash=digests[0] if digests else None)
         return resp.headers.get("etag")
 
     def delete(self, key, if_match=None):
@@ -1387,35 +1807,7 @@ class S3Store(Store):
 
 
 def _sha256_hex(body):
-    if isinstance(body, (bytes, bytearray)):
-        return _hash("sha256", body).hexdigest()
-    import hashlib
-    digest = hashlib.sha256()
-    body.seek(0)
-    for block in iter(lambda: body.read(1 << 20), b""):
-        digest.update(block)
-    body.seek(0)
-    return digest.hexdigest()
-
-
-class _ProgressReader:
-    """Wraps an upload file so the transport's reads report progress."""
-
-    def __init__(self, f, progress):
-        self.f, self.progress, self.total, self.done = f, progress, _file_size(f), 0
-
-    def seek(self, *args):
-        self.done = 0
-        return self.f.seek(*args)
-
-    def tell(self):
-        return self.f.tell()
-
-    def read(self, n=-1):
-        block = self.f.read(n)
-        self.done += len(block)
-        self.progress(self.done, self.total)
-        return block
+    return _hash("sha256", body).hexdigest()
 
 
 HF_GATEWAY = "https://s3.hf.co"
@@ -1482,6 +1874,7 @@ class HFStore(S3Store):
 
 CONFIG_NAME = ".tracecraft.json"
 BACKENDS = ("local", "s3", "hf")
+SECRET_FIELDS = ("secret_key", "session_token", "access_key")   # values never shown
 
 
 def user_config_path():
@@ -1497,7 +1890,7 @@ def find_config(start=None):
         if not os.path.isfile(explicit):
             raise ConfigError(f"TRACECRAFT_CONFIG names {explicit}, which is not a file")
         return explicit
-    directory = os.path.abspath(start or os.getcwd())
+    directory = os.path.abspath(start or current_directory())
     while True:
         candidate = os.path.join(directory, CONFIG_NAME)
         if os.path.isfile(candidate) and _trusted(candidate):
@@ -1515,10 +1908,13 @@ def _trusted(path):
     planted in a shared parent (/tmp) could redirect an agent to someone else's store."""
     if os.name != "posix":
         return True
-    stat = os.stat(path)
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return False
     if stat.st_uid != os.getuid() or stat.st_mode & 0o022:
-        print(f"tracecraft: warning: ignoring {path}: it is not owned by you or is writable by "
-              "others", file=sys.stderr)
+        print(f"tracecraft: warning: ignoring {shown(path)}: it is not owned by you or is "
+              "writable by others", file=sys.stderr)
         return False
     return True
 
@@ -1526,7 +1922,7 @@ def _trusted(path):
 def load_config(path):
     try:
         with open(path, "rb") as f:
-            config = json.loads(f.read().decode("utf-8"))
+            config = loads(f.read().decode("utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
     except ValueError as exc:
@@ -1543,7 +1939,10 @@ def config_warnings(settings):
     warnings = []
     path = settings.get("_path")
     if path and settings.get("secret_key") and os.name == "posix":
-        mode = os.stat(path).st_mode & 0o777
+        try:
+            mode = os.stat(path).st_mode & 0o777
+        except OSError:
+            mode = 0
         if mode & 0o077:
             warnings.append(f"{path} holds a secret key and is readable by others (mode "
                             f"{mode:o}): run `chmod 600 {path}`")
@@ -1558,6 +1957,99 @@ def config_warnings(settings):
     return warnings
 
 
+def write_config(path, config):
+    """Write the config with mode 0600 (it may hold a secret key), atomically and never through
+    a link planted at its name or at a temporary one."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        replace_file(path, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot write config {path}: {exc.strerror or exc}") from None
+
+
+def _aws_profile(name):
+    """Keys of one profile from ~/.aws/credentials, then ~/.aws/config ("profile NAME")."""
+    import configparser
+    home = os.path.expanduser("~")
+    files = [(os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(home, ".aws", "credentials"), name),
+             (os.environ.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config"),
+              name if name == "default" else f"profile {name}")]
+    for path, section in files:
+        parser = configparser.RawConfigParser()
+        try:
+            parser.read(path, encoding="utf-8")
+        except (OSError, UnicodeDecodeError, configparser.Error):
+            continue
+        if parser.has_option(section, "aws_access_key_id"):
+            get = lambda option: parser.get(section, option, fallback=None)  # noqa: E731
+            return get("aws_access_key_id"), get("aws_secret_access_key"), get("aws_session_token")
+    return None
+
+
+def resolve_credentials(settings):
+    """(access key, secret key, session token): flags, then AWS_* variables, then AWS_PROFILE,
+    then the config file, then the `default` profile (last, so that a user's everyday AWS
+    profile never overrides keys that were given to `tracecraft init` for this project)."""
+    if settings.get("access_key") and settings.get("secret_key") and settings.get("_from_flags"):
+        return settings["access_key"], settings["secret_key"], settings.get("session_token")
+    env = os.environ
+    if settings.get("backend") == "hf" and env.get("HF_S3_ACCESS_KEY_ID"):
+        return env["HF_S3_ACCESS_KEY_ID"], env.get("HF_S3_SECRET_ACCESS_KEY"), None
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        return env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_SESSION_TOKEN")
+    found = _aws_profile(env["AWS_PROFILE"]) if env.get("AWS_PROFILE") else None
+    if found:
+        return found
+    if settings.get("access_key") and settings.get("secret_key"):
+        return settings["access_key"], settings["secret_key"], settings.get("session_token")
+    if env.get("AWS_PROFILE"):
+        raise ConfigError(f"AWS_PROFILE={env['AWS_PROFILE']} has no static keys in "
+                          "~/.aws/credentials or ~/.aws/config (SSO and role profiles are not "
+                          "supported: export AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY instead)")
+    return _aws_profile("default") or (None, None, None)
+
+
+def open_store(settings):
+    """The Store that `settings` (a config dict, possibly with overrides) describe."""
+    for field in ("backend", "bucket", "root", "endpoint", "region", "addressing", "project",
+                  "agent", "access_key", "secret_key", "session_token"):
+        value = settings.get(field)
+        if value is not None and not isinstance(value, str):
+            where = settings.get("_path") or "the settings"
+            what = "" if field in SECRET_FIELDS else f" {shown(repr(value)):.40}"
+            raise ConfigError(f"{field!r} in {where} must be a string, not a "
+                              f"{type(value).__name__}{what}")
+    store = _open_backend(settings)
+    return ReadOnlyStore(store) if settings.get("read_only") else store
+
+
+def _open_backend(settings):
+    backend = settings.get("backend") or "local"
+    bucket = settings.get("bucket") or "tracecraft"
+    if backend == "local":
+        return LocalStore(settings.get("root"), bucket)
+    if backend not in ("s3", "hf"):
+        raise ConfigError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    access_key, secret_key, token = resolve_credentials(settings)
+    cls = HFStore if backend == "hf" else S3Store
+    return cls(bucket, endpoint=settings.get("endpoint"), region=settings.get("region"),
+               access_key=access_key, secret_key=secret_key, session_token=token,
+               addressing=settings.get("addressing") or "path",
+               verify=not settings.get("insecure"))
+
+
+def resolve_settings(config_path=None, **overrides):
+    """Merge the discovered (or named) config file, the environment and explicit overrides."""
+    path = config_path or find_config()
+    settings = load_config(path) if path else {}
+    settings["_path"] = path
+    for key, value in overrides.items():
+        if value is not None:
+            settings[key] = value
+    for key, var in (("agent", "TRACECRAFT_AGENT"), ("project", "TRACECRAFT_PROJECT")):
+        if os.environ.get(var) and overrides.get(key) is None:
+            settings[key] = os.environ[var]
+    return settings
 
 
 # ==================================================================================================
@@ -1568,14 +2060,17 @@ def config_warnings(settings):
 #    memory/<dots as slashes>.json     a JSON value, its revision and a few previous values
 #    messages/<agent>/<n>.json         inbox log; messages/_broadcast/<n>.json is everyone's
 #    cursors/<agent>.json              how far the agent has read each log
-#    steps/<id>/claim.json             the lease: holder, generation, ttl, state
+#    steps/<id>/claim.json             the lease: holder, generation, ttl, state, and how it ended
 #    steps/<id>/status.json            written when the step ends: complete, failed or blocked
 #    steps/<id>/handoff.json           the note for the next agent
 #    artifacts/<step|shared>/<name>    shared files; artifacts/<step>/.meta/<name>.json describes one
 #
 #    Every atomic promise is a conditional write: a claim is create-only, a takeover or a renewal
 #    is a compare-and-swap on the lease's ETag, a memory update is a compare-and-swap, and a
-#    message takes the next number of its log with a create-only write.
+#    message takes the next number of its log with a create-only write.  Everything read from
+#    the store is checked against the shape of its record: an object written by hand or by
+#    another tool is reported (CorruptObject: exit 4 when asked for by name, a warning and
+#    skipped in a listing), never crashed on.
 # ==================================================================================================
 
 JSON_TYPE = "application/json"
@@ -1592,6 +2087,8 @@ LOG_PAGE = 50           # keys in the first listing page of an inbox read
 LOG_HOLE_SECONDS = 30   # a gap in a log this old is a hole (see Client._behind_hole)
 RECENT_WRITERS = 32       # writers a record remembers, to recognise a retried write that won
 CONTENTION_SECONDS = 30.0  # how long a compare-and-swap loop keeps trying before it gives up
+CLOCK_MARGIN = 1.0      # S3 stamps whole seconds: a lease judged on this machine's clock is
+                        # taken to end this much earlier than its ttl says
 _KEEP = object()
 
 
@@ -1608,8 +2105,8 @@ def _quoted(version):
     bare = version.strip('"')
     if not bare or len(bare) > 128 or not all(c.isascii() and (c.isalnum() or c in "-_.")
                                               for c in bare):
-        raise UsageError(f"{version!r:.60} is not a version (use the one `memory get --json` "
-                         "prints)")
+        raise UsageError(f"{shown(version)!r:.60} is not a version (use the one `memory get "
+                         "--json` prints)")
     return f'"{bare}"'
 
 
@@ -1629,15 +2126,118 @@ def _retries(what):
         time.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** attempt)))
 
 
-def _field(record, name, kind, default, where):
+_TYPE_NAMES = {str: "text", int: "an integer", float: "a number", list: "a list", dict: "an object",
+               bool: "true or false", type(None): "null"}
+
+
+def _field(record, name, kinds, where, default=None, low=None, high=None):
     """A field of a record read from the store, checked: objects written by hand or by another
-    tool must be reported as corrupt, never crash a command."""
+    tool must be reported as corrupt, never crash a command.  `kinds`: a type or a tuple of
+    them (float takes an int too; a bool passes only for bool); `low`/`high` bound a number."""
     value = record.get(name, default)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise CorruptObject(f"{where} is not a tracecraft record: its {name!r} is {value!r:.40}")
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    if float in kinds and type(value) is int:
+        value = float(value)
+    ok = isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+    if ok and isinstance(value, (int, float)) and not isinstance(value, bool):
+        ok = (low is None or value >= low) and (high is None or value <= high)
+    if not ok:
+        wanted = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+        bounds = f" from {low:g} to {high:g}" if low is not None and high is not None else ""
+        raise CorruptObject(f"{where} is not a tracecraft record: its {name!r} is "
+                            f"{shown(repr(value)):.40} (wanted {wanted}{bounds})")
     return value
+
+
+def _seconds(value):
+    return f"{value:g}s"
+
+
+def _rounded(seconds):
+    """A duration as --json shows it: whole seconds, or to the millisecond when not whole."""
+    if seconds is None:
+        return None
+    whole = round(seconds)
+    return whole if abs(seconds - whole) < 0.0005 or abs(seconds) >= 60 else round(seconds, 3)
+
+
+class Lease:
+    """One step's lease, read from steps/<id>/claim.json and judged by the store's clock.
+
+    A step's lease goes through these states (what status() shows is in parentheses):
+
+        (no claim.json)  --claim-->  held  --complete | --status failed | blocked-->  ended
+          (pending)                   |  ^  (in_progress)                      (complete, failed,
+                                      |  |                                      blocked): final
+                        release       |  |  claim (generation + 1)
+                                      v  |
+                                    released (pending)
+
+        held, once its ttl has passed on the store's clock (expired): its holder may still
+        renew it but not end it; another agent's claim takes it over (generation + 1), and
+        then the old holder has lost it: its renew, release and complete are refused.
+
+    `got` is (record, blob) from Client.read(), or None; `since`: local seconds since the read
+    (a read reused by status --watch).  A record that is not shaped like a lease raises
+    CorruptObject."""
+    __slots__ = ("step", "record", "blob", "since")
+
+    def __init__(self, step, got, since=0.0):
+        self.step, self.since = step, since
+        self.record, self.blob = got if got else ({}, None)
+        if got:
+            self._check()
+
+    def _check(self):
+        record, where = self.record, f"lease {self.blob.key}"
+        if record.get("state", "held") not in ("held", "released") + ENDED:
+            raise CorruptObject(f"{where} is not a tracecraft record: its state is "
+                                f"{shown(repr(record.get('state'))):.40}")
+        check = [("agent", str), ("generation", int, 1, 1, MAX_INT),
+                 ("ttl", float, DEFAULT_TTL, 0.001, MAX_SECONDS), ("forced", bool, False)]
+        check += [(name, (str, type(None))) for name in ("note", "ended_by", "ended_at", "at",
+                                                        "previous", "renewed_at")]
+        for name, kinds, *bounds in check:
+            record[name] = _field(record, name, kinds, where, *bounds)
+
+    @property
+    def state(self):
+        return self.record.get("state", "held") if self.blob else None
+
+    @property
+    def holder(self):
+        return self.record.get("agent")
+
+    @property
+    def ended_by(self):
+        return self.record.get("ended_by")
+
+    def left(self):
+        """Seconds until the lease expires, by the store's clock (its Last-Modified and Date),
+        so that a client with a skewed clock can neither steal a live lease nor keep a dead one;
+        None for a lease that is not held."""
+        if self.state != "held":
+            return None
+        blob = self.blob
+        now = (blob.server_time if blob.server_time is not None else time.time()) + self.since
+        written = blob.last_modified if blob.last_modified is not None else now
+        return written + self.record["ttl"] - now
+
+    def status(self):
+        state = self.state
+        if state in ENDED:
+            return state
+        return ("in_progress" if self.left() > 0 else "expired") if state == "held" else "pending"
+
+    def shape(self):
+        """The step as --json, MCP and the API show it, everywhere the same."""
+        status, record = self.status(), self.record
+        return {"step": self.step, "status": status,
+                "holder": self.holder if status != "pending" else None,
+                "generation": record.get("generation"), "ttl": _rounded(record.get("ttl")),
+                "lease_left": _rounded(self.left()), "claimed_at": record.get("at"),
+                "ended_by": record.get("ended_by"), "ended_at": record.get("ended_at"),
+                "forced": bool(record.get("forced")), "note": record.get("note")}
 
 
 class Client:
@@ -1647,13 +2247,15 @@ class Client:
         self.store = store
         self.project = check_name("project", project)
         self.agent = check_agent(agent) if agent else None
+        self.read_only = isinstance(store, ReadOnlyStore)
         self.clock = clock              # stamps records; coordination itself never trusts it
         self.memory = Memory(self)
         self.artifacts = Artifacts(self)
         self.warn = lambda message: None   # the CLI prints these; a library user may set it
+        self.cancel = None                 # a threading.Event that ends a wait (the MCP server)
         self.unsafe_store = False          # set when init accepted a store failing the probe
         self.notes = []                    # warnings about the settings, from connect()
-        self._state_dir, self._memo, self._unsaved = None, {}, set()
+        self._state_dir, self._memo, self._unsaved, self._warned = None, {}, set(), set()
         self._writer = os.urandom(6).hex()   # this client, in records' "writers" (see write)
 
     def __repr__(self):
@@ -1669,6 +2271,11 @@ class Client:
         self._save()
         self.store.close()
 
+    def warn_once(self, message):
+        if message not in self._warned:
+            self._warned.add(message)
+            self.warn(message)
+
     # -- records -----------------------------------------------------------------------------------
 
     def key(self, *parts):
@@ -1676,7 +2283,8 @@ class Client:
 
     def me(self):
         if not self.agent:
-            raise UsageError("no agent id: pass --agent to `tracecraft init`, or set TRACECRAFT_AGENT")
+            raise UsageError("no agent id: pass --agent to `tracecraft init`, or set TRACECRAFT_AGENT"
+                             + (" (a read-only observer has none)" if self.read_only else ""))
         return self.agent
 
     def now(self):
@@ -1707,10 +2315,15 @@ class Client:
             others = [w for w in (replacing.chain or []) if w[0] != self._writer] \
                 if replacing is not None else []
             record = dict(record, writers=([[self._writer, nonce]] + others)[:RECENT_WRITERS])
-        body = json.dumps(record, ensure_ascii=False, indent=1).encode("utf-8")
+        try:
+            body = dumps(record, indent=1).encode("utf-8")
+        except (ValueError, RecursionError):
+            raise UsageError(f"{key}: the record holds a number that is not finite, or is nested "
+                             "too deep") from None
         # last_modified: this machine's clock when the write was sent; it landed no earlier
         written = Blob(key, body, None, len(body), last_modified=time.time())
-        written.chain = record.get("writers", [])
+        written.sent, written.chain = (written.last_modified, time.monotonic()), \
+            record.get("writers", [])
         try:
             written.etag = self.store.put(key, body, if_none_match=create_only,
                                           if_match=replacing.etag if replacing else None,
@@ -1743,7 +2356,7 @@ class Client:
     def _parse(blob):
         """The record in a Blob's body; its "writers" move to `blob.chain`."""
         try:
-            record = json.loads(blob.body.decode("utf-8"))
+            record = loads(blob.body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
             raise CorruptObject(f"object {blob.key} is not valid JSON (written by another "
                                 "tool?)") from None
@@ -1806,8 +2419,8 @@ class Client:
         if (kind, name) not in self._memo:
             try:
                 with open(self._state_path(kind, name), "rb") as f:
-                    found = json.loads(f.read())
-            except (OSError, ValueError):
+                    found = loads(f.read(MAX_RECORD))
+            except (OSError, ValueError, UnicodeDecodeError):
                 found = None
             self._memo[kind, name] = found if isinstance(found, dict) and \
                 found.get("name") == name else None
@@ -1818,6 +2431,9 @@ class Client:
         self._memo[kind, name] = None if data is None else dict(data, name=name)
         self._unsaved.add((kind, name))
 
+    def forget_version(self, key):
+        self._remember("versions", key, None)
+
     def _save(self):
         for kind, name in self._unsaved:
             path, data = self._state_path(kind, name), self._memo[kind, name]
@@ -1826,11 +2442,8 @@ class Client:
                     os.unlink(path)
                     continue
                 os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-                temp = f"{path}.{os.getpid()}.tmp"
-                with open(temp, "w", encoding="utf-8") as f:
-                    f.write(json.dumps(data, ensure_ascii=False))
-                os.replace(temp, path)
-            except OSError:
+                replace_file(path, dumps(data).encode("utf-8"))
+            except (OSError, ValueError):
                 pass   # no cache directory (or nothing to forget): only a read is lost
         self._unsaved.clear()
 
@@ -1838,23 +2451,64 @@ class Client:
         """Remember a Blob this agent wrote (from write()) as the version of `key` it knows."""
         if written.etag:
             self._remember("versions", key, {"body": written.body.decode("utf-8"),
-                                             "etag": written.etag, "sent": written.last_modified})
+                                             "etag": written.etag, "sent": written.sent[0],
+                                             "mono": written.sent[1]})
 
     def _recall_version(self, key):
         """(record, Blob) of the version of `key` this agent last wrote, or None: the very bytes
-        the store holds if the ETag still matches, parsed afresh for every caller.  The Blob's
-        last_modified is this machine's clock when that write was sent."""
+        the store holds if the ETag still matches, parsed afresh for every caller.
+
+        The Blob is dated for judging a lease on this machine's clock, safely: the write landed
+        no earlier than it was sent, and the time since then is the larger of what the wall
+        clock and the monotonic clock say (a wall clock stepped back cannot make a lease look
+        younger; after a reboot, when the monotonic clock restarts, the lease looks expired)."""
         found = self._recall("versions", key)
         if not found or not isinstance(found.get("body"), str) or \
                 not isinstance(found.get("etag"), str) or \
-                not isinstance(found.get("sent"), (int, float)):
+                not all(isinstance(found.get(f), (int, float)) and not isinstance(found[f], bool)
+                        for f in ("sent", "mono")):
             return None
+        now, mono = time.time(), time.monotonic()
+        elapsed = max(now - found["sent"], mono - found["mono"]) if mono >= found["mono"] \
+            else MAX_SECONDS
         blob = Blob(key, found["body"].encode("utf-8"), found["etag"], 0,
-                    last_modified=found["sent"])
+                    last_modified=now - elapsed - CLOCK_MARGIN, server_time=now)
         try:
             return self._parse(blob), blob
         except CorruptObject:
             return None
+
+    # -- the one wait loop ---------------------------------------------------------------------------
+
+    def poll(self, attempt, timeout, timed_out, fast=WAIT_POLL_FAST, slow=WAIT_POLL_MAX):
+        """Call attempt() -> (result, progressed) until its result is not None, pausing `fast`
+        seconds at first and after progress, growing to `slow` while nothing happens.  After
+        `timeout` seconds (None: no limit) raises WaitTimeout(timed_out()).  While it waits the
+        agent's heartbeat stays fresh, and `cancel` (when set) ends it with Cancelled."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = fast
+        while True:
+            if self.cancel is not None and self.cancel.is_set():
+                raise Cancelled("cancelled")
+            result, progressed = attempt()
+            if result is not None:
+                return result
+            if progressed:
+                interval = fast
+            try:
+                self.touch()
+            except StoreError:
+                pass   # the next attempt says what is wrong with the store
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise WaitTimeout(timed_out())
+            pause = interval if left is None else min(interval, left)
+            if self.cancel is not None:
+                if self.cancel.wait(pause):
+                    raise Cancelled("cancelled")
+            else:
+                time.sleep(pause)
+            interval = min(interval * 1.5, slow)
 
     # -- messages: one numbered log per inbox ---------------------------------------------------------
     #
@@ -1862,15 +2516,24 @@ class Client:
     # (always ascending) starts at the newest.  The tail is one listing of one key, and reading
     # k new messages lists only as far back as the reader's cursor: O(k), whatever the history.
     # Numbers are taken with create-only writes, so each is used once; nothing depends on clocks.
+    # A number stays taken for good: `inbox --delete` empties a message (an object of 0 bytes,
+    # which readers skip without reading it) instead of removing it, so a sender that remembers
+    # an older tail can never write below a reader's cursor.  An object whose name is not
+    # exactly that of a message is not one: it is skipped, and moves no cursor and no tail.
 
     def _log_key(self, log, n):
         return self.key("messages", log, f"{LOG_TOP - n:0{LOG_WIDTH}d}-{n}.json")
 
-    @staticmethod
-    def _log_number(key):
+    def _log_number(self, key):
+        """The number of the message at `key`, or None (with a warning) for anything else."""
         name = key.rpartition("/")[2]
-        head = name.partition("-")[0]
-        return LOG_TOP - int(head) if head.isdigit() and len(head) == LOG_WIDTH else None
+        head, dash, tail = name.partition("-")
+        if dash and len(head) == LOG_WIDTH and head.isdigit() and tail.endswith(".json"):
+            number = tail[:-5]
+            if number.isdigit() and number[0] != "0" and int(head) == LOG_TOP - int(number):
+                return int(number)
+        self.warn_once(f"skipped {key}: not a message of tracecraft's (a stray object in the log)")
+        return None
 
     def _log_tail(self, log):
         # The newest message lists first, after anything that is not a message at all (a
@@ -1932,12 +2595,14 @@ class Client:
         if len(text.encode("utf-8")) > MAX_VALUE:
             raise UsageError(f"message is larger than the {MAX_VALUE // 1024} KiB limit")
         n = (self._recall("tails", to) or {}).get("n")
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < LOG_TOP - 1:
             n = self._log_tail(to)
             if n == 0 and to != BROADCAST and not self.store.exists(self.key("agents", to + ".json")):
                 self.warn(f"no agent {to} has been seen in project {self.project} yet; the "
                           "message waits in its inbox")
         for _ in _retries(f"the inbox of {to}"):
+            if n + 1 >= LOG_TOP:
+                raise StoreError(f"the inbox of {to} is full: it holds {LOG_TOP - 1} numbers")
             message = self.record(**{"from": sender}, to=to, seq=n + 1,
                                   kind="broadcast" if to == BROADCAST else "direct", text=text)
             try:
@@ -1946,7 +2611,7 @@ class Client:
                 n = max(n + 1, self._log_tail(to))
                 continue
             self._remember("tails", to, {"n": n + 1})
-            return message
+            return _message_shape(message)
 
     def inbox(self, peek=False, everything=False, delete=False, wait=None):
         """This agent's unread messages, direct and broadcast, in one order all readers agree on
@@ -1954,31 +2619,30 @@ class Client:
 
         The read position lives in the bucket (cursors/<agent>.json) and moves by compare-and-swap
         before anything is returned, so two readers of one inbox never get the same message.
-        `everything` returns all messages without moving it; `delete` also removes the direct
-        messages read (the newest one stays, as the log's tail); `wait` (seconds, or True for
-        no limit) blocks until at least one unread message arrives."""
+        `everything` returns all messages without moving it; `delete` also empties the direct
+        messages read (their numbers stay taken); `wait` (seconds, or True for no limit) blocks
+        until at least one unread message arrives, raising WaitTimeout when the time is up."""
         me = self.me()
         if delete and (peek or everything):
             raise UsageError("--delete removes messages as it reads them: it cannot be combined "
                              "with --peek or --all")
-        deadline = None if wait in (None, True, False) else time.monotonic() + wait
-        interval = 0.1
-        while True:
-            messages = self._read_inbox(me, peek, everything, delete)
-            if messages or not wait or everything:
-                return messages
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(f"no new message within {_seconds(wait)}")
-            time.sleep(interval if deadline is None
-                       else max(0, min(interval, deadline - time.monotonic())))
-            interval = min(interval * 1.5, 2.0)
+        if wait is None or wait is False or everything:
+            return self._read_inbox(me, peek, everything, delete)
+        timeout = None if wait is True else check_number("the wait", wait, 0, MAX_SECONDS, True)
+        return self.poll(lambda: (self._read_inbox(me, peek, everything, delete) or None, False),
+                         timeout, lambda: f"no new message within {_seconds(timeout)}", 0.1, 2.0)
+
+    def _cursor(self, got, where):
+        if not got:
+            return {"direct": 0, "broadcast": 0}
+        return {kind: _field(got[0], kind, int, where, 0, 0, LOG_TOP - 1)
+                for kind in ("direct", "broadcast")}
 
     def _read_inbox(self, me, peek, everything, delete):
         cursor_key = self.key("cursors", me + ".json")
         for _ in _retries(f"the inbox of {me}"):
             got = self.read(cursor_key, missing_ok=True)
-            cursor = {kind: _field(got[0], kind, int, 0, f"cursor {cursor_key}") if got else 0
-                      for kind in ("direct", "broadcast")}
+            cursor = self._cursor(got, f"cursor {cursor_key}")
             start = {"direct": 0, "broadcast": 0} if everything else cursor
             logs = {kind: self._log_since(me if kind == "direct" else BROADCAST, start[kind],
                                           contiguous=not everything)
@@ -1994,19 +2658,19 @@ class Client:
                 except (PreconditionFailed, ConditionalConflict):
                     continue   # another reader took these; start again from its position
             messages = self._merge(logs, me)
-            if delete and logs["direct"]:
-                newest = max(n for n, _ in logs["direct"])
-                for n, entry in logs["direct"]:
-                    if n != newest:
-                        self.store.delete(entry.key)
+            for n, entry in logs["direct"] if delete else ():
+                if entry.size:
+                    self.store.put(entry.key, b"", content_type=JSON_TYPE)
             return messages
 
     def _merge(self, logs, me):
-        """Fetch and merge the two logs: by the store's Last-Modified, then kind, then number."""
+        """Fetch and merge the two logs: by the store's Last-Modified, then kind, then number.
+        Emptied messages (0 bytes) are skipped without a read."""
         tagged = []
         for kind, entries in logs.items():
             for n, entry in entries:
-                tagged.append(((entry.last_modified or 0, kind, n), kind, n, entry))
+                if entry.size:
+                    tagged.append(((entry.last_modified or 0, kind, n), kind, n, entry))
         # Within one log the order is the log's own; across logs the store's clock decides.
         result = []
         queues = {kind: [t for t in tagged if t[1] == kind] for kind in logs}
@@ -2015,16 +2679,11 @@ class Client:
             _, _, n, entry = queues[kind].pop(0)
             try:
                 got = self.read(entry.key, missing_ok=True)
+                message = _message_shape(got[0], entry.key) if got and got[1].body else None
             except CorruptObject as exc:
                 self.warn(f"skipped {exc}")
                 continue
-            if got is None:
-                continue
-            message = got[0]
-            if not isinstance(message.get("text"), str) or not message.get("from"):
-                self.warn(f"skipped {entry.key}: not a tracecraft message")
-                continue
-            if kind == "broadcast" and message.get("from") == me:
+            if message is None or (kind == "broadcast" and message["from"] == me):
                 continue
             message.update(kind=kind, seq=n)
             result.append(message)
@@ -2035,14 +2694,8 @@ class Client:
     def _step_key(self, step, name):
         return self.key("steps", check_name("step id", step), name + ".json")
 
-    @staticmethod
-    def _lease_left(lease, blob, since=0.0):
-        """Seconds until the lease expires, by the store's clock (its Last-Modified and Date),
-        so that a client with a skewed clock can neither steal a live lease nor keep a dead one.
-        `since`: local seconds elapsed since `blob` was read (for a reused read)."""
-        now = (blob.server_time if blob.server_time is not None else time.time()) + since
-        written = blob.last_modified if blob.last_modified is not None else now
-        return written + _field(lease, "ttl", float, DEFAULT_TTL, f"lease {blob.key}") - now
+    def _lease(self, step):
+        return Lease(step, self.read(self._step_key(step, "claim"), missing_ok=True))
 
     def claim(self, step, ttl=None):
         """Claim a step as a lease of `ttl` seconds (default 30 minutes).
@@ -2051,45 +2704,42 @@ class Client:
         and taking over an expired or released lease is a compare-and-swap on its ETag.  Each new
         holder gets the next generation number (a fencing token).  Raises Refused naming the
         holder when the lease is live, or when the step has ended.  A free step costs one
-        request."""
+        request.  Returns the step (Lease.shape()) with `already_held`."""
         me = self.me()
-        ttl = float(DEFAULT_TTL if ttl is None else ttl)
-        if ttl <= 0:
-            raise UsageError("the lease ttl must be positive")
+        ttl = DEFAULT_TTL if ttl is None else check_number("the lease ttl", ttl)
         key = self._step_key(step, "claim")
         lease = self.record(step=step, agent=me, generation=1, ttl=ttl, state="held")
         try:
-            return self._claimed(key, lease, self.write(key, lease, create_only=True))
+            return self._claimed(step, key, lease, self.write(key, lease, create_only=True))
         except (PreconditionFailed, ConditionalConflict):
             pass
         for _ in _retries(f"step {step}"):
             got = self.read(key, missing_ok=True)
             if got is None:
                 try:
-                    return self._claimed(key, lease, self.write(key, lease, create_only=True))
+                    return self._claimed(step, key, lease, self.write(key, lease, create_only=True))
                 except (PreconditionFailed, ConditionalConflict):
                     continue
-            current, blob = got
-            state, holder = current.get("state", "held"), current.get("agent")
-            if state in ENDED:
-                raise Refused(f"step {step} is already {state} (by {current.get('ended_by', holder)})")
-            left = self._lease_left(current, blob)
-            if state == "held" and left > 0:
-                if holder == me:
-                    return dict(current, already_held=True, expires_in=left)
-                raise Refused(f"step {step} is held by {holder} (generation "
-                              f"{current.get('generation', 1)}, lease ends in {_duration(left)})")
-            generation = _field(current, "generation", int, 1, f"lease {key}") + 1
-            taken = self.record(step=step, agent=me, generation=generation, ttl=ttl,
-                                state="held", previous=holder)
+            current = Lease(step, got)
+            if current.state in ENDED:
+                raise Refused(f"step {step} is already {current.state} "
+                              f"(by {current.ended_by or current.holder})")
+            left = current.left()
+            if current.state == "held" and left > 0:
+                if current.holder == me:
+                    return dict(current.shape(), already_held=True)
+                raise Refused(f"step {step} is held by {current.holder} (generation "
+                              f"{current.record['generation']}, lease ends in {_duration(left)})")
+            taken = self.record(step=step, agent=me, generation=current.record["generation"] + 1,
+                                ttl=ttl, state="held", previous=current.holder)
             try:
-                return self._claimed(key, taken, self.write(key, taken, replacing=blob))
+                return self._claimed(step, key, taken, self.write(key, taken, replacing=got[1]))
             except (PreconditionFailed, ConditionalConflict, NoSuchKey):
                 continue
 
-    def _claimed(self, key, lease, written):
+    def _claimed(self, step, key, lease, written):
         self.remember_version(key, written)
-        return dict(lease, expires_in=lease["ttl"])
+        return dict(Lease(step, (lease, written)).shape(), already_held=False)
 
     def _own_lease(self, step, verb):
         """(lease, blob) if this agent holds the step (even if expired but not taken over)."""
@@ -2098,22 +2748,25 @@ class Client:
         got = self.read(key, missing_ok=True)
         if got is None:
             raise Refused(f"step {step} is not claimed; claim it first")
-        lease, blob = got
-        state, holder = lease.get("state", "held"), lease.get("agent")
-        if state in ENDED:
-            self._remember("versions", key, None)
-            raise Refused(f"step {step} is already {state}")
-        if holder != me or state != "held":
-            self._remember("versions", key, None)
-            who = f"{holder} holds it now (generation {lease.get('generation', 1)})" \
-                if state == "held" else "the lease was released"
+        lease = Lease(step, got)
+        if lease.state in ENDED:
+            self.forget_version(key)
+            raise Refused(f"step {step} is already {lease.state}")
+        if lease.holder != me or lease.state != "held":
+            self.forget_version(key)
+            who = f"{lease.holder} holds it now (generation {lease.record['generation']})" \
+                if lease.state == "held" else "the lease was released"
             raise LostLease(f"cannot {verb} step {step}: this agent lost it; {who}")
-        return lease, blob
+        return got
 
     def _remembered_lease(self, key):
         """The lease on `key` as this agent last wrote it, if it was then held by this agent."""
         got = self._recall_version(key)
         if got and got[0].get("agent") == self.agent and got[0].get("state") == "held":
+            try:
+                Lease(key, got)
+            except CorruptObject:
+                return None
             return got
         return None
 
@@ -2126,51 +2779,52 @@ class Client:
         if remembered:
             new = change(remembered[0])
             try:
-                self.remember_version(key, self.write(key, new, replacing=remembered[1]))
-                return new
+                written = self.write(key, new, replacing=remembered[1])
+                self.remember_version(key, written)
+                return Lease(step, (new, written))
             except (PreconditionFailed, ConditionalConflict, NoSuchKey):
                 pass   # changed since: decide on what the store holds now
         lease, blob = self._own_lease(step, verb)
         new = change(lease)
         try:
-            self.remember_version(key, self.write(key, new, replacing=blob))
+            written = self.write(key, new, replacing=blob)
         except (PreconditionFailed, ConditionalConflict, NoSuchKey):
             raise LostLease(f"cannot {verb} step {step}: the lease changed meanwhile "
                             "(taken over?)") from None
-        return new
+        self.remember_version(key, written)
+        return Lease(step, (new, written))
 
     def renew(self, step, ttl=None):
         """Extend this agent's lease on a step by its ttl (or a new one) from now."""
-        if ttl is not None and ttl <= 0:
-            raise UsageError("the lease ttl must be positive")
-
-        def renewed(lease):
-            length = ttl if ttl is not None else _field(lease, "ttl", float, DEFAULT_TTL,
-                                                        f"lease of step {step}")
-            return dict(lease, ttl=float(length), renewed_at=self.now())
-        lease = self._change_own_lease(step, "renew", renewed)
-        return dict(lease, expires_in=lease["ttl"])
+        if ttl is not None:
+            ttl = check_number("the lease ttl", ttl)
+        lease = self._change_own_lease(step, "renew", lambda lease: dict(
+            lease, ttl=lease["ttl"] if ttl is None else ttl, renewed_at=self.now()))
+        return lease.shape()
 
     def release(self, step):
         """Give a lease up so that the step can be claimed again at once."""
         released = self._change_own_lease(
             step, "release", lambda lease: dict(lease, state="released", released_at=self.now()))
-        self._remember("versions", self._step_key(step, "claim"), None)
-        return released
+        self.forget_version(self._step_key(step, "claim"))
+        return released.shape()
 
     def complete(self, step, note=None, force=False, status="complete"):
         """End a step: `complete` (default), `failed` or `blocked`, with a handoff note.
 
-        Only the holder of a live lease may end a step; `force` lets anyone, and is recorded.
-        The lease is ended by a compare-and-swap, so a holder whose lease was taken over in the
-        meantime is told it lost the step and writes nothing.  An unclaimed step is claimed
-        first.  Ending is final: it happens once.  After this agent's own claim it costs two
-        requests (three with a note): the lease, status.json and handoff.json."""
+        Only the holder of a live lease may end a step, and only once: of two calls ending it
+        at the same time (even by the same agent) one succeeds and the other is refused.
+        `force` lets anyone end any step, claimed or not, and is recorded.  The lease is ended by
+        a compare-and-swap, so a holder whose lease was taken over in the meantime is told it
+        lost the step and writes nothing.  After this agent's own claim it costs two requests
+        (three with a note): the lease, status.json and handoff.json."""
         me = self.me()
         if status not in ENDED:
-            raise UsageError(f"status must be one of {', '.join(ENDED)}, not {status!r}")
+            raise UsageError(f"status must be one of {', '.join(ENDED)}, not {shown(status)!r:.40}")
         if note is not None:
             check_text("note", note)
+            if len(note.encode("utf-8")) > MAX_VALUE:
+                raise UsageError(f"note is larger than the {MAX_VALUE // 1024} KiB limit")
         key = self._step_key(step, "claim")
 
         def ended(lease, forced):
@@ -2179,31 +2833,29 @@ class Client:
             return dict(lease, state=status, ended_by=me, ended_at=self.now(), forced=forced,
                         note=note)
         remembered = None if force else self._remembered_lease(key)
-        if remembered and self._lease_left(*remembered) > 0:
+        if remembered and Lease(step, remembered).left() > 0:
             end = ended(remembered[0], False)
             try:
-                self.write(key, end, replacing=remembered[1])
-                return self._publish_end(step, end)
+                return self._publish_end(step, end, self.write(key, end, replacing=remembered[1]))
             except (PreconditionFailed, ConditionalConflict, NoSuchKey):
                 pass   # changed since this agent wrote it: decide on what the store holds now
         got = self.read(key, missing_ok=True)
+        lease = Lease(step, got)
         if got is None and not force:
-            self.claim(step)
-            return self.complete(step, note, force, status)   # on the lease just written
-        lease, blob = got or ({"step": step, "agent": me, "generation": 1, "ttl": DEFAULT_TTL,
-                               "state": "held"}, None)
-        state, holder = lease.get("state", "held"), lease.get("agent")
-        if state in ENDED:
-            if lease.get("ended_by") == me and state == status and \
-                    not self.store.exists(self._step_key(step, "status")):
-                return self._publish_end(step, lease)   # finish what a failed call began
-            raise Refused(f"step {step} is already {state} (by {lease.get('ended_by', holder)})")
-        live = blob is None or (state == "held" and self._lease_left(lease, blob) > 0)
-        if not force and (holder != me or state != "held"):
-            generation = lease.get("generation", 1)
-            if state != "held":
+            raise Refused(f"step {step} is not claimed by anyone: claim it first (tracecraft "
+                          f"claim {step}), or end it anyway with --force")
+        if lease.state in ENDED:
+            if not self.store.exists(self._step_key(step, "status")):
+                self._publish_end(step, lease.record, got[1])   # finish what a failed call began
+            by = lease.ended_by or lease.holder
+            raise Refused(f"step {step} is already {lease.state} (by {by}"
+                          + (", this agent)" if by == me else ")"))
+        holder, live = lease.holder, got is None or (lease.state == "held" and lease.left() > 0)
+        if not force and (holder != me or lease.state != "held"):
+            generation = lease.record["generation"]
+            if lease.state != "held":
                 reason = "its lease was released; claim it first"
-            elif lease.get("previous") == me:
+            elif lease.record.get("previous") == me:
                 reason = f"this agent lost it: {holder} took it over (generation {generation})"
             else:
                 reason = (f"it is held by {holder} (generation {generation}); only the holder "
@@ -2211,127 +2863,116 @@ class Client:
             raise LostLease(f"cannot end step {step}: {reason}")
         if not force and not live:
             raise LostLease(f"cannot end step {step}: this agent's lease expired "
-                            f"{_duration(-self._lease_left(lease, blob))} ago; claim it again")
-        end = ended(lease, force and (holder != me or not live))
+                            f"{_duration(-lease.left())} ago; claim it again")
+        if got is None:
+            end = ended({"step": step, "agent": me, "generation": 1, "ttl": DEFAULT_TTL}, True)
+        else:
+            end = ended(lease.record, force and (holder != me or not live))
         try:
-            if blob is None:
-                self.write(key, end, create_only=True)
-            else:
-                self.write(key, end, replacing=blob)
-        except (PreconditionFailed, ConditionalConflict):
+            written = self.write(key, end, create_only=got is None,
+                                 replacing=got[1] if got else None)
+        except (PreconditionFailed, ConditionalConflict, NoSuchKey):
             raise LostLease(f"cannot end step {step}: the lease changed meanwhile "
                             "(taken over or ended by another agent)") from None
-        return self._publish_end(step, end)
+        return self._publish_end(step, end, written)
 
-    @staticmethod
-    def _end_record(step, lease):
-        """How a step ended, from its ended lease."""
-        return {"step": step, "status": lease.get("state"), "holder": lease.get("agent"),
-                "generation": lease.get("generation", 1), "note": lease.get("note"),
-                "forced": bool(lease.get("forced")), "by": lease.get("ended_by"),
-                "at": lease.get("ended_at")}
-
-    def _publish_end(self, step, lease):
-        record = self._end_record(step, lease)
-        if record["note"] is not None:
+    def _publish_end(self, step, lease, written):
+        """Write status.json and handoff.json after the ended lease; return the step."""
+        shape = Lease(step, (lease, written)).shape()
+        if shape["note"] is not None:
             self.write(self._step_key(step, "handoff"),
-                       {"step": step, "note": record["note"], "status": record["status"],
-                        "by": record["by"], "at": record["at"]})
-        self.write(self._step_key(step, "status"), record)
-        self._remember("versions", self._step_key(step, "claim"), None)
-        return record
+                       {"step": step, "note": shape["note"], "status": shape["status"],
+                        "by": shape["ended_by"], "at": shape["ended_at"]})
+        self.write(self._step_key(step, "status"),
+                   {"step": step, "status": shape["status"], "holder": shape["holder"],
+                    "generation": shape["generation"], "note": shape["note"],
+                    "forced": shape["forced"], "by": shape["ended_by"], "at": shape["ended_at"]})
+        self.forget_version(self._step_key(step, "claim"))
+        return shape
 
     def step_status(self, step):
-        """A dict: step, status (pending / in_progress / expired / complete / failed /
-        blocked), holder, generation, lease_left (seconds, by the store's clock), note, handoff."""
-        check_name("step id", step)
-        got = self.read(self._step_key(step, "claim"), missing_ok=True)
-        lease = got[0] if got else {}
-        info = self._lease_status(step, got)
-        status = (self.read(self._step_key(step, "status"), missing_ok=True) or ({}, None))[0]
-        handoff = (self.read(self._step_key(step, "handoff"), missing_ok=True) or ({}, None))[0]
-        info.update(claimed_at=lease.get("at"), forced=lease.get("forced", False),
-                    note=handoff.get("note", lease.get("note", status.get("note"))),
-                    handoff=handoff or None)
-        return info
+        """The step (Lease.shape()): status (pending / in_progress / expired / complete / failed
+        / blocked), holder, generation, ttl, lease_left (seconds, by the store's clock),
+        claimed_at, ended_by, ended_at, forced, note.  One read: the lease records its end."""
+        return self._lease(step).shape()
 
     def wait_for(self, steps, timeout=300.0, on_complete=None):
-        """Block until every step is complete; return {step: how it ended}.  Raises StepEnded
-        at once when one ends failed or blocked, and WaitTimeout naming what is left.  Watches
-        each step's lease (one read per step and round), every WAIT_POLL_FAST seconds right
-        after progress, backing off to every WAIT_POLL_MAX seconds while nothing happens."""
+        """Block until every step is complete; return {step: Lease.shape()}.  Raises StepEnded
+        at once when one ends failed or blocked, and WaitTimeout naming what is left (timeout
+        None: no limit).  Watches each step's lease (one read per step and round), every
+        WAIT_POLL_FAST seconds right after progress, backing off to every WAIT_POLL_MAX seconds
+        while nothing happens."""
+        if isinstance(steps, str) or not isinstance(steps, (list, tuple)):
+            raise UsageError("wait-for needs a list of step ids")
         pending = list(dict.fromkeys(check_name("step id", s) for s in steps))
         if not pending:
             raise UsageError("wait-for needs at least one step id")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        done, interval = {}, WAIT_POLL_FAST
-        while True:
+        if timeout is not None:
+            timeout = check_number("the timeout", timeout, 0, MAX_SECONDS, True)
+        done = {}
+
+        def attempt():
+            progressed = False
             for step in list(pending):
-                got = self.read(self._step_key(step, "claim"), missing_ok=True)
-                if not got or got[0].get("state") not in ENDED:
+                lease = self._lease(step)
+                if lease.state not in ENDED:
                     continue
-                record = self._end_record(step, got[0])
-                if record["status"] != "complete":
-                    note = f": {record['note']}" if record.get("note") else ""
-                    raise StepEnded(f"step {step} ended {record['status']} "
-                                    f"(by {record['by']}){note}")
-                done[step] = record
+                shape = lease.shape()
+                if shape["status"] != "complete":
+                    note = f": {shape['note']}" if shape["note"] else ""
+                    raise StepEnded(f"step {step} ended {shape['status']} "
+                                    f"(by {shape['ended_by']}){note}")
+                done[step] = shape
                 pending.remove(step)
-                interval = WAIT_POLL_FAST
+                progressed = True
                 if on_complete:
-                    on_complete(step, record)
-            if not pending:
-                return done
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise WaitTimeout(f"timed out after {_seconds(timeout)} waiting for: "
-                                  + ", ".join(pending))
-            time.sleep(interval if remaining is None else min(interval, remaining))
-            interval = min(interval * 1.5, WAIT_POLL_MAX)
+                    on_complete(step, shape)
+            return (done if not pending else None), progressed
+        return self.poll(attempt, timeout,
+                         lambda: f"timed out after {_seconds(timeout)} waiting for: "
+                         + ", ".join(pending))
 
     # -- agents ------------------------------------------------------------------------------------
 
     def _publish_agent(self):
         """Write this agent's record: who and where it is, and when it was last seen.  Only the
         agent itself writes it, so a plain write does; what it holds is read from the leases."""
-        host = os.uname().nodename if hasattr(os, "uname") else os.environ.get("COMPUTERNAME")
-        record = self.record(agent=self.agent, project=self.project, host=host,
+        record = self.record(agent=self.agent, project=self.project, host=_hostname(),
                              pid=os.getpid(), last_seen=self.now())
         self.write(self.key("agents", self.agent + ".json"), record)
         stamp = self._state_path("heartbeat")
         try:
             os.makedirs(os.path.dirname(stamp), mode=0o700, exist_ok=True)
-            with open(stamp, "w"):
-                pass
+            replace_file(stamp, b"")
         except OSError:
             pass   # no cache directory: heartbeats are merely refreshed more often
         return record
 
     def heartbeat(self, renew=True):
         """Record that this agent is alive and, with `renew`, renew every lease it holds.
-        Returns the agent record, with `holding`: the steps renewed.  Leases this agent
-        remembers holding that another agent took over are reported through warn()."""
+        Returns the agent (as agents() shows it), with `holding`: the steps renewed.  Leases
+        this agent remembers holding that another agent took over are reported through warn()."""
         self.me()
         record = self._publish_agent()
         renewed = []
         for lease in self._leases(ended=False) if renew else ():
-            step = lease["step"]
-            if lease["holder"] == self.agent and lease["status"] in ("in_progress", "expired"):
+            step = lease.step
+            if lease.holder == self.agent and lease.state == "held":
                 try:
                     self.renew(step)
                     renewed.append(step)
                 except Refused as exc:
                     self.warn(str(exc))
             elif self._remembered_lease(self._step_key(step, "claim")):
-                self.warn(f"this agent lost step {step}: {lease['holder']} holds it now "
-                          f"(generation {lease['generation']})")
-                self._remember("versions", self._step_key(step, "claim"), None)
-        return dict(record, holding=renewed)
+                self.warn(f"this agent lost step {step}: {lease.holder} holds it now "
+                          f"(generation {lease.record.get('generation')})")
+                self.forget_version(self._step_key(step, "claim"))
+        return _agent_shape(self.agent, record, 0.0, renewed)
 
     def _leases(self, cache=None, ended=True):
-        """_lease_status() of every step with a lease, in listing order; with ended=False only
-        of those not yet ended, whose leases need no read (status.json marks them in the same
-        listing).  One listing of steps/ and one read per lease; `cache`: see status()."""
+        """The Lease of every step with one, in listing order; with ended=False only of those
+        not yet ended, whose leases need no read (status.json marks them in the same listing).
+        One listing of steps/ and one read per lease; `cache`: see status()."""
         prefix = self.key("steps") + "/"
         claims, finished = {}, set()
         for entry in self.store.list(prefix):
@@ -2345,63 +2986,68 @@ class Client:
         for step, entry in claims.items():
             if ended or step not in finished:
                 try:
+                    check_name("step id", step)
                     got, since = self._read_listed(entry, cache)
-                    leases.append(self._lease_status(step, got, since))
+                    leases.append(Lease(step, got, since))
                 except (CorruptObject, UsageError) as exc:
-                    self.warn(f"skipped {exc}")
+                    self.warn_once(f"skipped {entry.key}: {exc}")
         return leases
 
-    def agents(self, cache=None, steps=None):
-        """Every agent with a record: id, state (online / idle / offline by heartbeat age, on
-        the store's clock), the steps it holds (from the leases; `steps`: _lease_status()
-        results already read), when it was last seen.  `cache`: see status()."""
+    def agents(self, cache=None, leases=None):
+        """Every agent with a record: agent, state (online / idle / offline by heartbeat age, on
+        the store's clock), holding (the steps it holds, from the leases; `leases`: _leases()
+        already read), last_seen, age_seconds, host.  `cache`: see status()."""
         result = []
         cache = {} if cache is None else cache
         holding = {}
-        for info in self._leases(cache, ended=False) if steps is None else steps:
-            if info["status"] == "in_progress":
-                holding.setdefault(info["holder"], []).append(info["step"])
-        for entry in self.store.list(self.key("agents") + "/"):
-            if not entry.key.endswith(".json"):
-                continue
+        for lease in self._leases(cache, ended=False) if leases is None else leases:
+            if lease.status() == "in_progress":
+                holding.setdefault(lease.holder, []).append(lease.step)
+        prefix = self.key("agents") + "/"
+        for entry in self.store.list(prefix):
+            agent = entry.key[len(prefix):-5]
             try:
+                if not entry.key.endswith(".json") or "/" in agent:
+                    raise UsageError("not an agent's record")
+                check_agent(agent)
                 got, since = self._read_listed(entry, cache)
-            except CorruptObject as exc:
-                self.warn(f"skipped {exc}")
+                if not got:
+                    continue
+                record, blob = got
+                for name in ("host", "last_seen"):
+                    _field(record, name, (str, type(None)), f"agent record {entry.key}")
+            except (CorruptObject, UsageError) as exc:
+                self.warn_once(f"skipped {entry.key}: {exc}")
                 continue
-            if not got:
-                continue
-            record, blob = got
             now = (blob.server_time or time.time()) + since
             age = max(0.0, now - blob.last_modified) if blob.last_modified else None
-            state = ("offline" if age is None or age >= IDLE_SECONDS
-                     else "idle" if age >= ONLINE_SECONDS else "online")
-            agent = entry.key.rpartition("/")[2][:-5]
-            result.append({"agent": agent, "state": state, "holding": holding.get(agent, []),
-                           "last_seen": record.get("last_seen"), "age_seconds": age,
-                           "host": record.get("host")})
+            result.append(_agent_shape(agent, record, age, holding.get(agent, [])))
         return result
 
     def status(self, cache=None):
-        """One picture of the project: agents, steps by state (with holder and lease left),
-        unread message counts per agent, the latest handoff notes and the number of memory keys.
+        """One picture of the project: agents (each with `unread`, the messages it has not read),
+        steps (Lease.shape() each), the latest handoff notes and the number of memory keys.
 
         Costs a few listings, one read per step and per agent, and two requests per agent for
         unread counts.  Pass the same dict as `cache` to later calls (status --watch does): an
         object whose listing shows it unchanged is not read again."""
         cache = {} if cache is None else cache
-        steps = self._leases(cache)
-        agents = self.agents(cache, steps)
+        leases = self._leases(cache)
+        agents = self.agents(cache, leases)
         broadcast_tail = self._log_tail(BROADCAST)
         for agent in agents:
-            got = self.read(self.key("cursors", agent["agent"] + ".json"), missing_ok=True)
-            cursor = got[0] if got else {}
-            read_direct = cursor.get("direct", 0) if isinstance(cursor.get("direct"), int) else 0
-            read_all = cursor.get("broadcast", 0) if isinstance(cursor.get("broadcast"), int) else 0
-            agent["unread"] = max(0, self._log_tail(agent["agent"]) - read_direct) + \
-                max(0, broadcast_tail - read_all)
-        handoffs = sorted((s for s in steps if s.get("note")), key=lambda s: s.get("ended_at") or "",
-                          reverse=True)[:5]
+            where = f"cursor of {agent['agent']}"
+            try:
+                cursor = self._cursor(self.read(self.key("cursors", agent["agent"] + ".json"),
+                                                missing_ok=True), where)
+            except CorruptObject as exc:
+                self.warn_once(f"skipped {exc}")
+                cursor = {"direct": 0, "broadcast": 0}
+            agent["unread"] = max(0, self._log_tail(agent["agent"]) - cursor["direct"]) + \
+                max(0, broadcast_tail - cursor["broadcast"])
+        steps = [lease.shape() for lease in leases]
+        handoffs = sorted((s for s in steps if s["note"] is not None),
+                          key=lambda s: s["ended_at"] or "", reverse=True)[:5]
         return {"project": self.project, "agents": agents, "steps": steps,
                 "handoffs": [{"step": s["step"], "by": s["ended_by"], "at": s["ended_at"],
                               "note": s["note"]} for s in handoffs],
@@ -2418,27 +3064,15 @@ class Client:
         cache[entry.key] = (signature, got, time.monotonic())
         return got, 0.0
 
-    def _lease_status(self, step, got, since=0.0):
-        """What status() shows for one step, from its claim.json alone."""
-        check_name("step id", step)
-        lease, blob = got if got else ({}, None)
-        state = lease.get("state", "held") if lease else None
-        left = self._lease_left(lease, blob, since) if blob and state == "held" else None
-        shown = state if state in ENDED else ("in_progress" if left and left > 0 else "expired") \
-            if state == "held" else "pending"
-        return {"step": step, "status": shown, "holder": lease.get("agent") if shown != "pending"
-                else None, "generation": lease.get("generation"), "lease_left": left,
-                "ended_by": lease.get("ended_by"), "ended_at": lease.get("ended_at"),
-                "note": lease.get("note")}
-
     def touch(self):
         """Refresh the heartbeat at most once a minute.  The last refresh is remembered in a
         stamp file in the user's cache directory, so that separate command-line processes of
-        one agent share the limit and most calls cost no request for it."""
-        if not self.agent:
+        one agent share the limit and most calls cost no request for it.  A read-only observer
+        is never an agent, and writes nothing."""
+        if not self.agent or self.read_only:
             return
         try:
-            if time.time() - os.stat(self._state_path("heartbeat")).st_mtime < HEARTBEAT_EVERY:
+            if 0 <= time.time() - os.stat(self._state_path("heartbeat")).st_mtime < HEARTBEAT_EVERY:
                 return
         except OSError:
             pass
@@ -2475,6 +3109,27 @@ class Client:
         return checks
 
 
+def _agent_shape(agent, record, age, holding):
+    """An agent as shown everywhere: agent, state, holding, last_seen, age_seconds, host."""
+    state = ("offline" if age is None or age >= IDLE_SECONDS
+             else "idle" if age >= ONLINE_SECONDS else "online")
+    return {"agent": agent, "state": state, "holding": holding,
+            "last_seen": record.get("last_seen"),
+            "age_seconds": None if age is None else int(age), "host": record.get("host")}
+
+
+def _message_shape(record, key=None):
+    """A message as shown everywhere: seq, kind, from, to, text, at.  With `key` (a record
+    read from the store) its fields are checked first."""
+    if key is not None:
+        where = f"message {key}"
+        for name, kinds in (("from", str), ("text", str), ("to", (str, type(None))),
+                            ("at", (str, type(None)))):
+            _field(record, name, kinds, where)
+    return {"seq": record.get("seq"), "kind": record.get("kind"), "from": record["from"],
+            "to": record.get("to"), "text": record["text"], "at": record.get("at")}
+
+
 class Memory:
     """Shared key-value memory (`tc.memory`): JSON values under dotted keys, each write a
     compare-and-swap that keeps the revision number and the last few values."""
@@ -2488,31 +3143,48 @@ class Memory:
 
     @staticmethod
     def _check_value(value):
-        try:
-            encoded = json.dumps(value, ensure_ascii=False)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"memory value is not JSON-serialisable: {exc}") from None
-        check_text("memory value", encoded)
-        if len(encoded.encode("utf-8")) > MAX_VALUE:
+        check_json("memory value", value)
+        if len(dumps(value).encode("utf-8")) > MAX_VALUE:
             raise UsageError(f"memory value is larger than the {MAX_VALUE // 1024} KiB limit")
+
+    @staticmethod
+    def _checked(record, key):
+        """A memory record read from the store, checked against its shape."""
+        where = f"memory key {key}"
+        if "value" not in record:
+            raise CorruptObject(f"{where} has no value (written by another tool?)")
+        _field(record, "revision", int, where, 1, 1, MAX_INT)
+        for entry in _field(record, "history", list, where, []):
+            if not isinstance(entry, dict) or "value" not in entry:
+                raise CorruptObject(f"{where} is not a tracecraft record: its history holds "
+                                    f"{shown(repr(entry)):.40}")
+        for name in ("by", "at"):
+            _field(record, name, (str, type(None)), where)
+        return record
 
     def _next(self, key, old, value):
         record = self.client.record(key=key, value=value, revision=1, history=[])
         if old is not None:
+            old = self._checked(old, key)
             previous = {k: old.get(k) for k in ("value", "by", "at", "revision")}
-            history = [previous] + _field(old, "history", list, [], f"memory key {key}")
+            history = [previous] + old.get("history", [])
             while len(history) > HISTORY_LIMIT or (
-                    len(history) > 1 and len(json.dumps(history, ensure_ascii=False)) > HISTORY_BYTES):
+                    len(history) > 1 and len(dumps(history)) > HISTORY_BYTES):
                 history.pop()
-            record.update(revision=_field(old, "revision", int, 0, f"memory key {key}") + 1,
-                          history=history)
+            record.update(revision=old.get("revision", 0) + 1, history=history)
         return record
 
-    def set(self, key, value, if_version=None, if_absent=False):
-        """Store any JSON value under `key`; returns the record with its new `version`.
+    @staticmethod
+    def _shape(record, written):
+        """A key as shown everywhere: key, value, version, revision, by, at."""
+        return {"key": record.get("key"), "value": record["value"],
+                "version": _version(written.etag) or None, "revision": record.get("revision", 1),
+                "by": record.get("by"), "at": record.get("at")}
 
-        `if_absent` writes only if the key is unset; `if_version` only if the key is still at
-        that version.  A lost condition raises Refused saying what the current version is."""
+    def set(self, key, value, if_version=None, if_absent=False):
+        """Store any JSON value under `key`; returns the key (key, value, version, revision, by,
+        at).  `if_absent` writes only if the key is unset; `if_version` only if the key is still
+        at that version.  A lost condition raises Refused saying what the current version is."""
         self._check_value(value)
         path = self._key(key)
         if if_absent:
@@ -2537,40 +3209,43 @@ class Memory:
                               f"{self._current_version(key)})") from None
             return self._written(path, record, written)
         record, written = self.client.update(path, lambda old: self._next(key, old, value))
-        return dict(record, version=_version(written.etag) or None)
+        return self._shape(record, written)
 
     def _written(self, path, record, written):
         """What set() returns for a conditional write of its own (update() remembers its own)."""
         self.client.remember_version(path, written)
-        return dict(record, version=_version(written.etag) or None)
+        return self._shape(record, written)
 
     def _current_version(self, key):
         got = self.client.read(self._key(key), missing_ok=True)
         return _version(got[1].etag) if got else "(unset)"
 
     def incr(self, key, by=1):
-        """Add `by` to a number atomically (an unset key counts as 0); returns the new value."""
-        if not isinstance(by, (int, float)) or isinstance(by, bool):
-            raise UsageError(f"increment must be a number, not {by!r}")
+        """Add `by` to a number atomically (an unset key counts as 0); returns the key.  The sum
+        stays a JSON number: finite, and an integer within 64 bits."""
+        if isinstance(by, bool) or not isinstance(by, (int, float)):
+            raise UsageError(f"increment must be a number, not {shown(repr(by)):.40}")
+        check_json("increment", by)
 
         def change(old):
             value = (old or {}).get("value", 0)
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise UsageError(f"memory key {key} holds {type(value).__name__}, not a number")
-            return self._next(key, old, value + by)
+            total = value + by
+            if not (total - total == 0 and (isinstance(total, float) or abs(total) <= MAX_INT)):
+                raise UsageError(f"memory key {key} would overflow: {value!r:.30} + {by!r:.30} "
+                                 "is beyond the range of a JSON number")
+            return self._next(key, old, total)
         record, written = self.client.update(self._key(key), change)
-        return dict(record, version=_version(written.etag) or None)
+        return self._shape(record, written)
 
     def record(self, key):
-        """The whole record: key, value, by, at, revision and version.  Raises NotFound."""
+        """The key: key, value, version, revision, by, at.  Raises NotFound when unset."""
         try:
             record, blob = self.client.read(self._key(key))
         except NoSuchKey:
             raise NotFound(f"memory key {key} is not set") from None
-        if "value" not in record:
-            raise CorruptObject(f"memory key {key} has no value (written by another tool?)")
-        record["version"] = _version(blob.etag)
-        return record
+        return self._shape(self._checked(record, key), blob)
 
     def get(self, key, default=_KEEP):
         """The value stored under `key`; `default` if given and the key is missing."""
@@ -2583,27 +3258,38 @@ class Memory:
 
     def history(self, key):
         """The current and previous values, newest first: [{value, by, at, revision}]."""
-        record = self.record(key)
-        current = {k: record.get(k) for k in ("value", "by", "at", "revision")}
-        return [current] + list(record.get("history") or [])
+        try:
+            record, _ = self.client.read(self._key(key))
+        except NoSuchKey:
+            raise NotFound(f"memory key {key} is not set") from None
+        record = self._checked(record, key)
+        return [{k: entry.get(k) for k in ("value", "by", "at", "revision")}
+                for entry in [record] + record.get("history", [])]
 
     def list(self, prefix=""):
-        """Keys under `prefix`, matched by whole segments: `phase1` never returns `phase10.x`."""
+        """Keys under `prefix`, matched by whole segments: `phase1` never returns `phase10.x`.
+        Objects whose names are not memory keys are skipped with a warning."""
         root = self.client.key("memory")
         base = root + "/" + check_memory_key(prefix).replace(".", "/") if prefix else root + "/"
         keys = []
         for entry in self.client.store.list(base):
             rest = entry.key[len(base):]
-            if entry.key.endswith(".json") and (not prefix or rest == ".json" or rest[:1] == "/"):
-                keys.append(entry.key[len(root) + 1:-5].replace("/", "."))
+            if not prefix or rest == ".json" or rest[:1] == "/":
+                try:
+                    if not entry.key.endswith(".json"):
+                        raise UsageError("not a memory key's record")
+                    keys.append(check_memory_key(entry.key[len(root) + 1:-5].replace("/", ".")))
+                except UsageError as exc:
+                    self.client.warn_once(f"skipped {entry.key}: {exc}")
         return keys
 
     def delete(self, key, if_version=None):
         """Delete a key (only if still at `if_version`, when given).  Raises NotFound if unset."""
         path = self._key(key)
-        self.client._remember("versions", path, None)
+        self.client.forget_version(path)
         if if_version is None:
-            self.record(key)
+            if not self.client.store.exists(path):   # a corrupt record can be deleted too
+                raise NotFound(f"memory key {key} is not set")
             self.client.store.delete(path)
             return
         try:
@@ -2614,8 +3300,16 @@ class Memory:
 
 
 class Artifacts:
-    """Shared files (`tc.artifacts`): bytes kept exactly, with size, SHA-256 and content type."""
+    """Shared files (`tc.artifacts`): bytes kept exactly, with size, SHA-256 and content type.
+
+    An artifact is two objects, its bytes and its metadata, which no store can write together.
+    So the metadata is written first, naming the upload about to happen, and keeps the entries
+    of the last few uploads before it ("previous"); the bytes follow.  Whatever a crash or a
+    race leaves behind (the new bytes, the old ones, another upload's), the bytes are described
+    by one of those entries: a download finds the one whose SHA-256 matches what it received,
+    and an upload that loses a race to replace the bytes tries again after the winner."""
     DEFAULT_STEP = "shared"
+    PREVIOUS = 8   # earlier uploads an artifact's metadata keeps
 
     def __init__(self, client):
         self.client = client
@@ -2626,117 +3320,325 @@ class Artifacts:
         return (self.client.key("artifacts", step, name),
                 self.client.key("artifacts", step, ".meta", name + ".json"), step)
 
-    def upload(self, path, step=None, name=None, overwrite=False, progress=None):
-        """Upload a local file ("-" reads standard input, which needs a `name`); refuses to
-        replace an existing artifact unless `overwrite`."""
-        import hashlib
-        import mimetypes
-        import shutil
-        import tempfile
-        if path == "-" and not name:
+    def upload(self, source, step=None, name=None, overwrite=False, progress=None):
+        """Upload a file: a path, or a binary file object (then `name` is needed).  Refuses to
+        replace an existing artifact unless `overwrite`.  What is recorded is what was sent: a
+        file that grows meanwhile is sent as it was when the upload began, and one changed in
+        place while it is sent is refused by the store (BadDigest).  Returns the artifact."""
+        if not isinstance(source, str) and not name:
             raise UsageError("uploading standard input needs a name (--name)")
-        name = name or os.path.basename(os.path.abspath(path))
+        name = name or os.path.basename(os.path.abspath(source))
         data_key, meta_key, step = self._keys(name, step)
-        try:
-            f = sys.stdin.buffer if path == "-" else open(path, "rb")
-            if not f.seekable():   # a pipe: keep a copy, since a retry must send it again
-                spool = tempfile.TemporaryFile()
-                shutil.copyfileobj(f, spool)
-                f = spool
-        except OSError as exc:
-            raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
-        with f:
-            digest, md5 = hashlib.sha256(), hashlib.md5()
-            f.seek(0)
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-                md5.update(block)
-            size = f.tell()
-            ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        import mimetypes
+        ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        with self._readable(source) as f:
             try:
-                self.client.store.put(data_key, f, if_none_match=not overwrite, content_type=ctype,
-                                      progress=progress)
-            except PreconditionFailed as exc:
-                # A retried upload whose first attempt landed finds its own bytes there: the
-                # ETag of a single PUT is the MD5 of the content.
-                if not (exc.retried and self.client.store.head(data_key).etag ==
-                        f'"{md5.hexdigest()}"'):
-                    raise Refused(f"artifact {name} already exists in step {step} "
-                                  "(use --overwrite to replace it)") from None
-        meta = self.client.record(name=name, step=step, size=size, sha256=digest.hexdigest(),
-                                  content_type=ctype, uploader=self.client.agent)
-        self.client.write(meta_key, meta)
-        return meta
+                size = _file_size(f)   # what is sent: a file that grows is sent as it is now
+                sha256, md5 = _file_digests(f, size)
+            except OSError as exc:
+                raise UsageError(f"cannot read {source}: {exc.strerror or exc}") from None
+            entry = {"size": size, "sha256": sha256, "md5": md5, "content_type": ctype,
+                     "uploader": self.client.agent, "at": self.client.now()}
+            body = FileBody(f, size, progress)
+            try:
+                (self._replace if overwrite else self._create)(data_key, meta_key, name, step,
+                                                               entry, body)
+            except BadDigest:
+                raise UsageError(f"{source} changed while it was being uploaded: upload it again "
+                                 "once it is complete") from None
+            except OSError as exc:
+                raise UsageError(f"cannot read {source}: {exc.strerror or exc}") from None
+            if body.md5.hexdigest() != md5:   # a store that checks no digest took other bytes
+                raise UsageError(f"{source} changed while it was being uploaded: upload it again "
+                                 "once it is complete")
+        return _artifact_shape(name, step, entry)
+
+    @staticmethod
+    def _readable(source):
+        """The source as a seekable binary file: a copy of a pipe (a retry must send it again)."""
+        import tempfile
+        try:
+            f = open(source, "rb") if isinstance(source, str) else source
+            if f.seekable():
+                return f
+            import shutil
+            spool = tempfile.TemporaryFile()
+            shutil.copyfileobj(f, spool)
+            return spool
+        except OSError as exc:
+            raise UsageError(f"cannot read {source}: {exc.strerror or exc}") from None
+
+    def _intent(self, meta_key, name, step, entry, current):
+        """Write the metadata naming `entry` as the artifact's content, before its bytes are
+        sent, keeping what `current` (read(), or None) said of the uploads before."""
+        previous = []
+        if current:
+            record = _meta_record(current[0], meta_key)
+            previous = [u for u in [{k: record[k] for k in _ENTRY_FIELDS}] + record["previous"]
+                        if u["sha256"] != entry["sha256"]][:self.PREVIOUS]
+        record = self.client.record(name=name, step=step, **entry, previous=previous)
+        return self.client.write(meta_key, record, create_only=current is None,
+                                 replacing=current[1] if current else None)
+
+    def _landed(self, data_key, entry):
+        """Whether the bytes at `data_key` are those of `entry` (a retried PUT that landed)."""
+        try:
+            return self.client.store.head(data_key).etag == f'"{entry["md5"]}"'
+        except NoSuchKey:
+            return False
+
+    def _create(self, data_key, meta_key, name, step, entry, body):
+        """A new artifact: metadata then bytes, both create-only (two requests)."""
+        exists = Refused(f"artifact {name} already exists in step {step} (use --overwrite to "
+                         "replace it)")
+        try:
+            written = self._intent(meta_key, name, step, entry, None)
+        except PreconditionFailed:
+            # Metadata without bytes is an upload that never sent them: take its place.
+            current = self.client.read(meta_key, missing_ok=True)
+            if self.client.store.exists(data_key):
+                if self._landed(data_key, entry):
+                    return   # this very upload, retried
+                raise exists from None
+            try:
+                written = self._intent(meta_key, name, step, entry, current)
+            except (PreconditionFailed, ConditionalConflict, NoSuchKey):
+                raise Refused(f"artifact {name} in step {step} is being uploaded by another "
+                              "agent") from None
+        try:
+            self.client.store.put(data_key, body, if_none_match=True,
+                                  content_type=entry["content_type"],
+                                  digests=(entry["sha256"], entry["md5"]))
+        except PreconditionFailed as exc:
+            if exc.retried and self._landed(data_key, entry):
+                return
+            # Bytes that were there without metadata (written by another tool): take back the
+            # metadata just written, which describes other bytes.
+            if written.etag:
+                try:
+                    self.client.store.delete(meta_key, if_match=written.etag)
+                except (PreconditionFailed, NoSuchKey):
+                    pass
+            raise exists from None
+
+    def _replace(self, data_key, meta_key, name, step, entry, body):
+        """Replace an artifact: metadata by compare-and-swap, then the bytes by compare-and-swap
+        on the version read before, so that of racing uploads each replaces the one before it,
+        in turn, and the bytes left are always described."""
+        for _ in _retries(f"artifact {step}/{name}"):
+            current = self.client.read(meta_key, missing_ok=True)
+            try:
+                before = self.client.store.head(data_key).etag
+            except NoSuchKey:
+                before = None
+            try:
+                self._intent(meta_key, name, step, entry, current)
+            except (PreconditionFailed, ConditionalConflict, NoSuchKey):
+                continue
+            try:
+                self.client.store.put(data_key, body, if_none_match=before is None,
+                                      if_match=before, content_type=entry["content_type"],
+                                      digests=(entry["sha256"], entry["md5"]))
+                return
+            except (PreconditionFailed, ConditionalConflict, NoSuchKey) as exc:
+                if exc.retried and self._landed(data_key, entry):
+                    return
+                continue   # another upload replaced the bytes first: go again, after it
 
     def list(self, step=None):
-        """Metadata of every artifact (of one step, or all), sorted by step and name."""
-        prefix = self.client.key("artifacts") + "/"
-        if step:
-            prefix += check_name("step id", step) + "/"
+        """Every artifact (of one step, or all), sorted by step and name: name, step, size,
+        sha256, content_type, uploader, at.  Objects that are not artifacts are skipped with a
+        warning."""
+        root = self.client.key("artifacts") + "/"
+        prefix = root + (check_name("step id", step) + "/" if step else "")
         result = []
         for entry in self.client.store.list(prefix):
-            parts = entry.key[len(self.client.key("artifacts")) + 1:].split("/")
-            if len(parts) != 2:
-                continue   # .meta records, or objects tracecraft did not write
-            meta = self._meta(parts[1], parts[0], entry)
-            result.append(meta)
+            parts = entry.key[len(root):].split("/")
+            if len(parts) == 3 and parts[1] == ".meta":
+                continue
+            try:
+                if len(parts) != 2:
+                    raise UsageError("not an artifact (artifacts are <step>/<name>)")
+                data_key, meta_key, _ = self._keys(parts[1], parts[0])
+                got = self.client.read(meta_key, missing_ok=True)
+                result.append(self._listed(parts[1], parts[0], entry, got))
+            except (CorruptObject, UsageError) as exc:
+                self.client.warn_once(f"skipped {entry.key}: {exc}")
         return result
 
-    def _meta(self, name, step, entry=None):
-        got = None
-        try:
-            got = self.client.read(self._keys(name, step)[1], missing_ok=True)
-            if got:
-                _field(got[0], "size", int, 0, f"metadata of artifact {step}/{name}")
-        except CorruptObject as exc:
-            self.client.warn(str(exc))
-            got = None
-        if got:
-            return got[0]
-        if entry is None:
-            return None
-        return {"name": name, "step": step, "size": entry.size, "sha256": None,
-                "content_type": None, "uploader": None, "at": None}
+    def _listed(self, name, step, entry, got):
+        """What a listing shows of one artifact: the upload whose bytes are there, told by the
+        listed ETag where the store lists one (S3), else by the size."""
+        if not got:
+            return _artifact_shape(name, step, {"size": entry.size})
+        record = _meta_record(got[0], got[1].key)
+        uploads = [record] + record["previous"]
+        if entry.etag:
+            matching = [u for u in uploads if f'"{u.get("md5")}"' == entry.etag]
+        else:
+            matching = [u for u in uploads if u["size"] == entry.size]
+        return _artifact_shape(name, step, (matching or uploads)[0])
 
-    def download(self, name, step=None, dest=None, progress=None):
-        """Download into the current directory (or `dest`: a file or directory path).  The name
-        is validated, so it can never place a file outside the destination directory."""
-        import hashlib
-        import tempfile
-        data_key, _, step = self._keys(name, step)
-        if dest is None:
-            dest = os.path.join(os.getcwd(), name)
-        elif os.path.isdir(dest):
-            dest = os.path.join(dest, name)
-        directory = os.path.dirname(os.path.abspath(dest))
+    def download(self, name, step=None, dest=None, progress=None, overwrite=False):
+        """Download into the current directory (or `dest`: a file or directory path), verified
+        by SHA-256 against the upload it came from.  Writes only regular files: refuses to
+        replace anything else (a device, a FIFO, a link), and an existing file unless
+        `overwrite`; a new file gets the mode the user's umask gives.  Returns (path, artifact).
+        The name is validated, so it can never place a file outside the destination directory."""
+        data_key, meta_key, step = self._keys(name, step)
+        dest, replacing = _destination(dest, name, overwrite)
+        directory = os.path.dirname(dest)
+        sweep(directory, ".tracecraft-")
         try:
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tracecraft-")
+            fd, tmp = create_exclusive(directory, ".tracecraft-", 0o666)
         except OSError as exc:
-            raise UsageError(f"cannot write to {directory}: {exc.strerror or exc}") from None
+            raise UsageError(f"cannot write to {directory}: {_local_reason(exc)}") from None
         try:
-            with os.fdopen(fd, "w+b") as f:
-                try:
-                    self.client.store.get(data_key, into=f, **({"progress": progress}
-                                                               if progress else {}))
-                except NoSuchKey:
-                    raise NotFound(f"no artifact {name} in step {step}") from None
-                f.seek(0)
-                digest = hashlib.sha256()
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            meta = self._meta(name, step) or {}
-            if meta.get("sha256") and meta["sha256"] != digest.hexdigest():
-                raise CorruptObject(f"artifact {name} does not match its recorded SHA-256 "
-                                    "(changed while downloading? try again)")
-            os.replace(tmp, dest)
+            try:
+                with os.fdopen(fd, "w+b") as f:
+                    into = HashingFile(f)
+                    try:
+                        blob = self.client.store.get(data_key, into=into, progress=progress)
+                    except NoSuchKey:
+                        raise NotFound(f"no artifact {name} in step {step}") from None
+                artifact = self._verified(name, step, meta_key, into.sha256.hexdigest(), blob)
+                if replacing is not None:
+                    os.chmod(tmp, replacing.st_mode & 0o777)
+                    os.replace(tmp, dest)
+                else:
+                    _place_new(tmp, dest, name)
+            except OSError as exc:
+                raise UsageError(f"cannot write {dest}: {_local_reason(exc)}") from None
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return dest, meta
+            unlink_quietly(tmp)
+        return dest, artifact
+
+    def _verified(self, name, step, meta_key, sha256, blob):
+        """The upload whose bytes were received (by their SHA-256), or CorruptObject."""
+        got = self.client.read(meta_key, missing_ok=True)
+        if got is None:
+            self.client.warn(f"artifact {name} in step {step} has no metadata: its bytes could "
+                             "not be verified")
+            return _artifact_shape(name, step, {"size": blob.size, "sha256": sha256})
+        record = _meta_record(got[0], got[1].key)
+        for upload in [record] + record["previous"]:
+            if upload["sha256"] == sha256 and upload["size"] == blob.size:
+                if upload is not record:
+                    self._heal(meta_key, got, record, upload)
+                return _artifact_shape(name, step, upload)
+        raise CorruptObject(f"artifact {name} in step {step} matches none of its recorded "
+                            "uploads (SHA-256): changed while downloading? try again")
+
+    def _heal(self, meta_key, got, record, upload):
+        """The bytes are an earlier upload's (a later one died before sending its bytes, or lost
+        a race): once that later one is a minute old, make the metadata say so."""
+        blob = got[1]
+        if self.client.read_only or blob.server_time is None or blob.last_modified is None or \
+                blob.server_time - blob.last_modified < 60:
+            return
+        previous = [u for u in [{k: record[k] for k in _ENTRY_FIELDS}] + record["previous"]
+                    if u is not upload and u["sha256"] != upload["sha256"]][:self.PREVIOUS]
+        healed = dict(got[0], **{k: upload[k] for k in _ENTRY_FIELDS}, previous=previous)
+        try:
+            self.client.write(meta_key, healed, replacing=blob)
+        except (PreconditionFailed, ConditionalConflict, NoSuchKey):
+            pass   # someone else changed it: theirs is newer
 
 
-def _seconds(value):
-    return f"{value:g}s"
+_ENTRY_FIELDS = ("size", "sha256", "md5", "content_type", "uploader", "at")
+
+
+def _meta_record(record, where):
+    """An artifact's metadata read from the store, checked: the current upload's fields and its
+    previous uploads' (metadata from before "previous" existed has none)."""
+    where = f"metadata {where}"
+
+    def entry(upload):
+        if not isinstance(upload, dict):
+            raise CorruptObject(f"{where} is not a tracecraft record: an upload is "
+                                f"{shown(repr(upload)):.40}")
+        _field(upload, "size", int, where, None, 0, MAX_INT)
+        sha = _field(upload, "sha256", str, where)
+        if len(sha) != 64 or not all(c in "0123456789abcdef" for c in sha):
+            raise CorruptObject(f"{where} is not a tracecraft record: its sha256 is not one")
+        for name in ("md5", "content_type", "uploader", "at"):
+            _field(upload, name, (str, type(None)), where)
+        return {k: upload.get(k) for k in _ENTRY_FIELDS}
+    checked = entry(record)
+    checked["previous"] = [entry(u) for u in _field(record, "previous", list, where, [])]
+    return checked
+
+
+def _artifact_shape(name, step, upload):
+    """An artifact as shown everywhere: name, step, size, sha256, content_type, uploader, at."""
+    return {"name": name, "step": step, "size": upload.get("size"),
+            "sha256": upload.get("sha256"), "content_type": upload.get("content_type"),
+            "uploader": upload.get("uploader"), "at": upload.get("at")}
+
+
+def _file_digests(f, size):
+    """(SHA-256, MD5) hex digests of the first `size` bytes of a file, in one pass."""
+    import hashlib
+    sha256, md5 = hashlib.sha256(), hashlib.md5()
+    f.seek(0)
+    left = size
+    while left > 0:
+        block = f.read(min(1 << 20, left))
+        if not block:
+            raise BadDigest("the file became shorter while it was read")
+        sha256.update(block)
+        md5.update(block)
+        left -= len(block)
+    return sha256.hexdigest(), md5.hexdigest()
+
+
+def _local_reason(exc):
+    import errno
+    return {errno.ENOSPC: "the disk is full", getattr(errno, "EDQUOT", -1): "the disk quota is "
+            "used up", errno.EROFS: "the file system is read-only"}.get(
+                exc.errno, exc.strerror or str(exc))
+
+
+def _destination(dest, name, overwrite):
+    """(absolute path to write, its lstat if an existing regular file is to be replaced)."""
+    if dest is None:
+        dest = os.path.join(current_directory(), name)
+    elif not isinstance(dest, str) or not dest:
+        raise UsageError("the download's destination must be a path, not empty")
+    elif os.path.isdir(dest):
+        dest = os.path.join(dest, name)
+    dest = os.path.join(current_directory(), dest) if not os.path.isabs(dest) else dest
+    try:
+        found = os.lstat(dest)
+    except FileNotFoundError:
+        if not os.path.isdir(os.path.dirname(dest)):
+            raise UsageError(f"cannot write {dest}: no directory {os.path.dirname(dest)}") from None
+        return dest, None
+    except OSError as exc:
+        raise UsageError(f"cannot write {dest}: {_local_reason(exc)}") from None
+    import stat
+    if stat.S_ISLNK(found.st_mode):
+        raise UsageError(f"{dest} is a symbolic link: not replaced (remove it or choose another "
+                         "path)")
+    if stat.S_ISDIR(found.st_mode):
+        raise UsageError(f"{dest} is a directory")
+    if not stat.S_ISREG(found.st_mode):
+        raise UsageError(f"{dest} is not a regular file (a device, FIFO or socket): not replaced")
+    if not overwrite:
+        raise Refused(f"{dest} already exists (use --overwrite to replace it)")
+    return dest, found
+
+
+def _place_new(tmp, dest, name):
+    """Give the downloaded file its name, failing if one appeared there meanwhile."""
+    try:
+        os.link(tmp, dest)
+    except FileExistsError:
+        raise Refused(f"{dest} already exists (use --overwrite to replace it)") from None
+    except OSError:   # a file system without hard links
+        if os.path.lexists(dest):
+            raise Refused(f"{dest} already exists (use --overwrite to replace it)") from None
+        os.replace(tmp, dest)
 
 
 # ==================================================================================================
@@ -2750,14 +3652,16 @@ def connect(project=None, agent=None, *, config=None, **settings):
     nearest .tracecraft.json, ~/.config/tracecraft/config.json) and the environment
     (TRACECRAFT_AGENT, TRACECRAFT_PROJECT, AWS_*).  With no config at all the local store is used.
     `settings`: backend ("local", "s3", "hf"), bucket, root, endpoint, region, access_key,
-    secret_key, addressing ("path" or "virtual"), insecure.
+    secret_key, session_token, addressing ("path" or "virtual"), insecure, read_only (an
+    observer that writes nothing).
 
         tc = tracecraft.connect(project="demo", agent="designer", backend="local")
         tc.claim("design"); tc.memory.set("design.status", "complete")
         tc.complete("design", note="mockups in artifacts"); tc.send("developer", "ready")
     """
     unknown = set(settings) - {"backend", "bucket", "root", "endpoint", "region", "access_key",
-                               "secret_key", "session_token", "addressing", "insecure"}
+                               "secret_key", "session_token", "addressing", "insecure",
+                               "read_only"}
     if unknown:
         raise TypeError(f"connect() got unknown settings: {', '.join(sorted(unknown))}")
     resolved = resolve_settings(config, project=project, agent=agent, **settings)
@@ -2773,183 +3677,355 @@ def connect(project=None, agent=None, *, config=None, **settings):
 
 # ==================================================================================================
 # 8. MCP server.  Owns: `tracecraft mcp`, a Model Context Protocol server on stdin/stdout (JSON-RPC
-#    2.0, one message per line) whose tools map onto the Python API.  Calls: sections 1-7.
+#    2.0, one message per line) whose tools map onto the Python API, and the instructions an
+#    agent follows.  Calls: sections 1-7.
 # ==================================================================================================
 
 MCP_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")   # newest first
+MCP_WORKERS = 8   # tool calls run at once; more wait for one to finish
+
+
+def _arg(kind, text, **more):
+    """One argument of a tool's input schema; `kind` None takes any JSON value."""
+    return dict({"type": kind, "description": text} if kind else {"description": text}, **more)
 
 
 def _schema(required=(), **properties):
-    """A JSON Schema object from keyword arguments: name=(type, description)."""
-    return {"type": "object", "required": list(required),
-            "properties": {name: {"type": kind, "description": text}
-                           for name, (kind, text) in properties.items()}}
+    return {"type": "object", "required": list(required), "properties": properties,
+            "additionalProperties": False}
 
 
-STEP = ("string", "Step id, e.g. 'design' or 'build-api'")
-NOTE = ("string", "Context for the next agent: what was done, where things are, what is left")
+STEP = _arg("string", "Step id, e.g. 'design' or 'build-api'")
+NOTE = _arg("string", "Context for the next agent: what was done, where things are, what is left")
+KEY = _arg("string", "Dotted key, e.g. 'design.status'")
+VERSION = _arg("string", "Act only if the key is still at this version (from memory_get)")
+TTL = _arg("number", "Lease length in seconds (default 1800)", exclusiveMinimum=0,
+           maximum=MAX_SECONDS)
+SECONDS = _arg("number", "Seconds", minimum=0, maximum=MAX_SECONDS)
 
-MCP_TOOLS = [
-    ("memory_get", "Read a shared memory value (any JSON) with its version, author and time.",
-     _schema(["key"], key=("string", "Dotted key, e.g. 'design.status'")),
-     lambda c, a: c.memory.record(a["key"])),
-    ("memory_set", "Write a shared memory value. Strings, numbers, objects and lists are kept as "
+MCP_TOOLS = {   # name: (description, input schema, run(client, arguments) -> dict)
+    "memory_get": ("Read a shared memory value (any JSON) with its version, author and time.",
+                   _schema(["key"], key=KEY), lambda c, a: c.memory.record(a["key"])),
+    "memory_set": ("Write a shared memory value. Strings, numbers, objects and lists are kept as "
                    "JSON. Give if_version (from memory_get) or if_absent for compare-and-swap.",
-     _schema(["key", "value"], key=("string", "Dotted key"), value=({}, "Any JSON value"),
-             if_version=("string", "Write only if the key is still at this version"),
-             if_absent=("boolean", "Write only if the key is unset")),
-     lambda c, a: c.memory.set(a["key"], a["value"], if_version=a.get("if_version"),
-                               if_absent=bool(a.get("if_absent")))),
-    ("memory_list", "List shared memory keys, optionally under a prefix (whole segments).",
-     _schema(prefix=("string", "Key prefix, e.g. 'design'")),
-     lambda c, a: {"keys": c.memory.list(a.get("prefix") or "")}),
-    ("memory_incr", "Atomically add a number to a memory value (unset counts as 0).",
-     _schema(["key"], key=("string", "Dotted key"), by=("number", "Amount to add (default 1)")),
-     lambda c, a: c.memory.incr(a["key"], a.get("by", 1))),
-    ("send", "Send a message to another agent, or to '_broadcast' for every agent.",
-     _schema(["to", "text"], to=("string", "Agent id, or _broadcast"), text=("string", "Message")),
-     lambda c, a: c.send(a["to"], a["text"])),
-    ("inbox", "Read this agent's unread messages (direct and broadcast) and mark them read.",
-     _schema(peek=("boolean", "Do not mark them read"),
-             wait=("number", "Seconds to wait for a message if there is none yet")),
-     lambda c, a: {"messages": c.inbox(peek=bool(a.get("peek")), wait=a.get("wait") or None)}),
-    ("claim", "Claim a step as a lease before working on it; fails if another agent holds it.",
-     _schema(["step"], step=STEP, ttl=("number", "Lease length in seconds (default 1800)")),
-     lambda c, a: c.claim(a["step"], ttl=a.get("ttl"))),
-    ("renew", "Extend this agent's lease on a step during long work.",
-     _schema(["step"], step=STEP, ttl=("number", "New lease length in seconds")),
-     lambda c, a: c.renew(a["step"], ttl=a.get("ttl"))),
-    ("release", "Give a step's lease up so another agent can claim it.",
-     _schema(["step"], step=STEP), lambda c, a: c.release(a["step"])),
-    ("complete", "End a step this agent holds: complete (default), failed or blocked, with a "
+                   _schema(["key", "value"], key=KEY, value=_arg(None, "Any JSON value"),
+                           if_version=VERSION,
+                           if_absent=_arg("boolean", "Write only if the key is unset")),
+                   lambda c, a: c.memory.set(a["key"], a["value"], a.get("if_version"),
+                                             bool(a.get("if_absent")))),
+    "memory_incr": ("Atomically add a number to a memory value (unset counts as 0).",
+                    _schema(["key"], key=KEY, by=_arg("number", "Amount to add (default 1)")),
+                    lambda c, a: c.memory.incr(a["key"], a.get("by", 1))),
+    "memory_list": ("List shared memory keys, optionally under a prefix (whole segments).",
+                    _schema(prefix=_arg("string", "Key prefix, e.g. 'design'")),
+                    lambda c, a: {"keys": c.memory.list(a.get("prefix") or "")}),
+    "memory_history": ("A memory key's current and previous values, newest first.",
+                       _schema(["key"], key=KEY),
+                       lambda c, a: {"key": a["key"], "history": c.memory.history(a["key"])}),
+    "memory_delete": ("Delete a memory key.", _schema(["key"], key=KEY, if_version=VERSION),
+                      lambda c, a: c.memory.delete(a["key"], a.get("if_version"))
+                      or {"key": a["key"], "deleted": True}),
+    "send": ("Send a message to another agent, or to '_broadcast' for every agent.",
+             _schema(["to", "text"], to=_arg("string", "Agent id, or _broadcast"),
+                     text=_arg("string", "The message")),
+             lambda c, a: c.send(a["to"], a["text"])),
+    "inbox": ("Read this agent's unread messages (direct and broadcast) and mark them read.",
+              _schema(peek=_arg("boolean", "Do not mark them read"),
+                      all=_arg("boolean", "Every message, read or not (marks nothing)"),
+                      delete=_arg("boolean", "Also delete the direct messages read"),
+                      wait=_arg("number", "Seconds to wait for a message if there is none yet",
+                                minimum=0, maximum=MAX_SECONDS)),
+              lambda c, a: {"messages": c.inbox(bool(a.get("peek")), bool(a.get("all")),
+                                                bool(a.get("delete")), a.get("wait") or None)}),
+    "claim": ("Claim a step as a lease before working on it; fails if another agent holds it.",
+              _schema(["step"], step=STEP, ttl=TTL), lambda c, a: c.claim(a["step"], a.get("ttl"))),
+    "renew": ("Extend this agent's lease on a step during long work.",
+              _schema(["step"], step=STEP, ttl=TTL), lambda c, a: c.renew(a["step"], a.get("ttl"))),
+    "release": ("Give a step's lease up so another agent can claim it.",
+                _schema(["step"], step=STEP), lambda c, a: c.release(a["step"])),
+    "complete": ("End a step this agent holds: complete (default), failed or blocked, with a "
                  "handoff note.",
-     _schema(["step"], step=STEP, note=NOTE,
-             status=("string", "complete, failed or blocked (default complete)")),
-     lambda c, a: c.complete(a["step"], note=a.get("note"), status=a.get("status") or "complete")),
-    ("step_status", "Show a step's status, holder, lease time left and handoff note.",
-     _schema(["step"], step=STEP), lambda c, a: c.step_status(a["step"])),
-    ("wait_for", "Block until the given steps are complete (fails at once if one fails).",
-     _schema(["steps"], steps=("array", "Step ids"), timeout=("number", "Seconds (default 300)")),
-     lambda c, a: {"complete": c.wait_for(a["steps"], timeout=a.get("timeout", 300))}),
-    ("artifact_list", "List shared files, optionally of one step.",
-     _schema(step=STEP), lambda c, a: {"artifacts": c.artifacts.list(step=a.get("step"))}),
-    ("artifact_upload", "Share a local file with the other agents.",
-     _schema(["path"], path=("string", "Local file path"), step=STEP,
-             name=("string", "Name to store it under"),
-             overwrite=("boolean", "Replace an existing artifact")),
-     lambda c, a: c.artifacts.upload(a["path"], step=a.get("step"), name=a.get("name"),
-                                     overwrite=bool(a.get("overwrite")))),
-    ("artifact_download", "Download a shared file into the current directory (or dest).",
-     _schema(["name"], name=("string", "Artifact name"), step=STEP,
-             dest=("string", "File or directory to write to")),
-     lambda c, a: dict(zip(("path", "meta"), c.artifacts.download(a["name"], step=a.get("step"),
-                                                                   dest=a.get("dest"))))),
-    ("agents", "List agents: online / idle / offline, the steps they hold, when last seen.",
-     _schema(), lambda c, a: {"agents": c.agents()}),
-    ("status", "One picture of the project: agents, steps, unread messages, recent handoffs.",
-     _schema(), lambda c, a: c.status()),
-]
-for _name, _text, _schema_, _run in MCP_TOOLS:
-    _schema_["additionalProperties"] = False
-    if "value" in _schema_["properties"]:
-        _schema_["properties"]["value"].pop("type")   # any JSON value
+                 _schema(["step"], step=STEP, note=NOTE,
+                         status=_arg("string", "How it ended (default complete)", enum=list(ENDED)),
+                         force=_arg("boolean", "End a step this agent does not hold (recorded)")),
+                 lambda c, a: c.complete(a["step"], a.get("note"), bool(a.get("force")),
+                                         a.get("status", "complete"))),
+    "step_status": ("A step's status, holder, lease time left and handoff note.",
+                    _schema(["step"], step=STEP), lambda c, a: c.step_status(a["step"])),
+    "wait_for": ("Block until the given steps are complete (fails at once if one fails).",
+                 _schema(["steps"], steps=_arg("array", "Step ids", items={"type": "string"},
+                                               minItems=1),
+                         timeout=dict(SECONDS, description="Seconds to wait (default 300)")),
+                 lambda c, a: {"complete": c.wait_for(a["steps"], a.get("timeout", 300))}),
+    "heartbeat": ("Record that this agent is alive and renew every lease it holds.",
+                  _schema(), lambda c, a: c.heartbeat()),
+    "artifact_list": ("List shared files, optionally of one step.",
+                      _schema(step=STEP), lambda c, a: {"artifacts": c.artifacts.list(a.get("step"))}),
+    "artifact_upload": ("Share a local file with the other agents.",
+                        _schema(["path"], path=_arg("string", "Local file path"), step=STEP,
+                                name=_arg("string", "Name to store it under"),
+                                overwrite=_arg("boolean", "Replace an existing artifact")),
+                        lambda c, a: c.artifacts.upload(a["path"], a.get("step"), a.get("name"),
+                                                        bool(a.get("overwrite")))),
+    "artifact_download": ("Download a shared file into the current directory (or dest).",
+                          _schema(["name"], name=_arg("string", "Artifact name"), step=STEP,
+                                  dest=_arg("string", "File or directory to write to"),
+                                  overwrite=_arg("boolean", "Replace an existing file")),
+                          lambda c, a: _downloaded(*c.artifacts.download(
+                              a["name"], a.get("step"), a.get("dest"),
+                              overwrite=bool(a.get("overwrite"))))),
+    "agents": ("List agents: online / idle / offline, the steps they hold, when last seen.",
+               _schema(), lambda c, a: {"agents": c.agents()}),
+    "status": ("One picture of the project: agents, steps, unread messages, recent handoffs.",
+               _schema(), lambda c, a: c.status()),
+}
 
 
-def serve_mcp(client, stdin=None, stdout=None):
-    """Answer MCP requests on stdin until it closes.  Tool errors are results with isError and
-    the command line's message; protocol errors are JSON-RPC errors."""
+def _downloaded(path, artifact):
+    return dict(artifact, path=path)
+
+
+def _invalid(spec, value):
+    """What is wrong with `value` for one schema of MCP_TOOLS, or None."""
+    kind = spec.get("type")
+    if kind == "string" and not isinstance(value, str):
+        return "must be text"
+    if kind == "boolean" and not isinstance(value, bool):
+        return "must be true or false"
+    if kind == "number":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value - value == 0:
+            return "must be a finite number"
+        if value < spec.get("minimum", value) or value > spec.get("maximum", value) or \
+                value <= spec.get("exclusiveMinimum", value - 1):
+            low = spec.get("minimum", spec.get("exclusiveMinimum", "-"))
+            return f"must be from {low} to {spec.get('maximum', '-')}" + \
+                (" (not 0)" if "exclusiveMinimum" in spec else "")
+    if kind == "array":
+        if not isinstance(value, list) or len(value) < spec.get("minItems", 0):
+            return f"must be a list of at least {spec.get('minItems', 0)}"
+        for item in value:
+            problem = _invalid(spec["items"], item)
+            if problem:
+                return f"has an item that {problem}"
+    if "enum" in spec and value not in spec["enum"]:
+        return f"must be one of {', '.join(spec['enum'])}"
+    return None
+
+
+def _check_arguments(name, schema, arguments):
+    """A UsageError naming the argument when `arguments` do not fit the tool's schema."""
+    properties = schema["properties"]
+    accepted = ", ".join(properties) or "no arguments"
+    for argument in arguments:
+        if argument not in properties:
+            raise UsageError(f"{name} has no argument {shown(argument)!r:.60}; it takes: {accepted}")
+    for argument in schema["required"]:
+        if argument not in arguments:
+            raise UsageError(f"{name} needs the argument {argument!r} "
+                             f"({properties[argument]['description']})")
+    for argument, value in arguments.items():
+        problem = _invalid(properties[argument], value)
+        if problem:
+            raise UsageError(f"{name}: argument {argument!r} {problem}")
+
+
+def serve_mcp(open_client, stdin=None, stdout=None):
+    """Answer MCP requests on stdin until it closes.  `open_client()` makes a Client: each tool
+    call runs in a thread of its own with a client of its own (a client is one connection), so
+    a ping or a status is answered while a wait_for waits, and notifications/cancelled ends a
+    wait (a cancelled call gets no answer, as the protocol asks).  Tool failures are results
+    with isError and the command line's message; protocol errors are JSON-RPC errors.  While
+    the server runs, the agent's heartbeat stays fresh."""
+    import threading
     stdin = stdin or sys.stdin.buffer
     stdout = stdout or sys.stdout.buffer
-    tools = {name: (text, schema, run) for name, text, schema, run in MCP_TOOLS}
+    first = open_client()
+    idle, running, clients = [first], {}, [first]
+    output, state = threading.Lock(), threading.Lock()
+    slots, stopping = threading.Semaphore(MCP_WORKERS), threading.Event()
 
     def reply(message):
-        stdout.write(json.dumps(dict(message, jsonrpc="2.0"), ensure_ascii=False).encode() + b"\n")
-        stdout.flush()
+        data = (dumps(dict(message, jsonrpc="2.0")) + "\n").encode("utf-8")
+        with output:
+            stdout.write(data)
+            stdout.flush()
+
+    def call(request_id, name, arguments, cancel):
+        try:
+            with state:
+                client = idle.pop() if idle else None
+            if client is None:
+                client = open_client()
+                with state:
+                    clients.append(client)
+            client.cancel = cancel
+            result = _tool_result(client, name, arguments)
+            client.cancel = None
+            with state:
+                idle.append(client)
+            if not cancel.is_set():
+                reply({"id": request_id, "result": result})
+        except Cancelled:
+            pass
+        except TracecraftError as exc:   # opening a client failed
+            reply({"id": request_id, "result": _tool_error(str(exc))})
+        finally:
+            with state:
+                running.pop(request_id, None)
+            slots.release()
+
+    def beat():
+        client = open_client()
+        with state:
+            clients.append(client)
+        while True:
+            try:
+                client.touch()
+            except TracecraftError:
+                pass
+            if stopping.wait(HEARTBEAT_EVERY / 2):
+                return
+    threading.Thread(target=beat, daemon=True).start()
 
     for line in stdin:
         if not line.strip():
             continue
         try:
-            request = json.loads(line)
-        except ValueError:
+            request = loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
             reply({"id": None, "error": {"code": -32700, "message": "parse error"}})
             continue
-        if not isinstance(request, dict) or "method" not in request:
+        if not isinstance(request, dict) or not isinstance(request.get("method"), str):
             if isinstance(request, dict) and ("result" in request or "error" in request):
                 continue   # a response to nothing we asked
             reply({"id": None, "error": {"code": -32600, "message": "invalid request"}})
             continue
-        if "id" not in request:
-            continue       # notifications (initialized, cancelled) need no answer
         method, params = request["method"], request.get("params") or {}
+        if "id" not in request:   # a notification: initialized, cancelled, ...
+            if method == "notifications/cancelled" and isinstance(params, dict):
+                with state:
+                    cancel = running.get(_hashable(params.get("requestId")))
+                if cancel is not None:
+                    cancel.set()
+            continue
+        request_id = request["id"]
         try:
-            result = _mcp_answer(client, tools, method, params)
+            if not isinstance(params, dict):
+                raise TypeError("params must be an object")
+            if method != "tools/call":
+                reply({"id": request_id, "result": _mcp_answer(first, method, params)})
+                continue
+            name, arguments = params.get("name"), params.get("arguments") or {}
+            if name not in MCP_TOOLS:
+                raise TypeError(f"unknown tool {shown(repr(name)):.60}: the tools are "
+                                + ", ".join(MCP_TOOLS))
+            if not isinstance(arguments, dict):
+                raise TypeError("arguments must be an object")
         except LookupError as exc:
-            reply({"id": request["id"], "error": {"code": -32601, "message": str(exc)}})
+            reply({"id": request_id, "error": {"code": -32601, "message": str(exc)}})
             continue
-        except (TypeError, KeyError, ValueError) as exc:
-            reply({"id": request["id"], "error": {"code": -32602, "message": f"invalid params: {exc}"}})
+        except TypeError as exc:
+            reply({"id": request_id, "error": {"code": -32602, "message": f"invalid params: {exc}"}})
             continue
-        reply({"id": request["id"], "result": result})
+        cancel = threading.Event()
+        slots.acquire()
+        with state:
+            running[_hashable(request_id)] = cancel
+        threading.Thread(target=call, args=(request_id, name, arguments, cancel),
+                         daemon=True).start()
+    stopping.set()
+    with state:
+        waiting = list(running.values())
+    for cancel in waiting:   # the client went away: nobody waits for these answers
+        cancel.set()
+    for _ in range(MCP_WORKERS):
+        slots.acquire(timeout=5)
+    for client in clients:
+        client.close()
 
 
-def _mcp_answer(client, tools, method, params):
+def _hashable(request_id):
+    return request_id if isinstance(request_id, (str, int, float, type(None))) else repr(request_id)
+
+
+def _tool_error(text):
+    return {"content": [{"type": "text", "text": text}], "isError": True}
+
+
+def _tool_result(client, name, arguments):
+    """The result of one tools/call: structured data and its text, or a tool error."""
+    description, schema, run = MCP_TOOLS[name]
+    try:
+        _check_arguments(name, schema, arguments)
+        data = run(client, arguments)
+        return {"content": [{"type": "text", "text": dumps(data)}], "structuredContent": data,
+                "isError": False}
+    except Cancelled:
+        raise
+    except TracecraftError as exc:
+        return _tool_error(str(exc))
+    except Exception as exc:   # a bug: the session must go on, and say so
+        return _tool_error(f"internal error in tracecraft ({type(exc).__name__}: {exc}): a bug, "
+                           "please report it")
+
+
+def _mcp_answer(client, method, params):
     if method == "initialize":
         asked = params.get("protocolVersion")
         return {"protocolVersion": asked if asked in MCP_VERSIONS else MCP_VERSIONS[0],
                 "capabilities": {"tools": {"listChanged": False}},
                 "serverInfo": {"name": "tracecraft", "version": __version__},
-                "instructions": agent_prompt(client.project, client.agent)}
+                "instructions": agent_prompt(client.project, client.agent, tools=True)}
     if method == "ping":
         return {}
     if method == "tools/list":
         return {"tools": [{"name": name, "description": text, "inputSchema": schema}
-                          for name, (text, schema, _) in tools.items()]}
-    if method == "tools/call":
-        name, arguments = params["name"], params.get("arguments") or {}
-        if name not in tools:
-            raise LookupError(f"unknown tool {name!r}")
-        if not isinstance(arguments, dict):
-            raise TypeError("arguments must be an object")
-        try:
-            data = tools[name][2](client, arguments)
-            data = data if isinstance(data, dict) else {"result": data}
-            client.touch()
-            text = json.dumps(data, ensure_ascii=False, default=str)
-            return {"content": [{"type": "text", "text": text}], "structuredContent": data,
-                    "isError": False}
-        except TracecraftError as exc:
-            return {"content": [{"type": "text", "text": str(exc)}], "isError": True}
-        except (KeyError, TypeError, ValueError) as exc:
-            return {"content": [{"type": "text", "text": f"bad arguments for {name}: {exc}"}],
-                    "isError": True}
-    raise LookupError(f"method not found: {method}")
+                          for name, (text, schema, _) in MCP_TOOLS.items()]}
+    raise LookupError(f"method not found: {shown(method):.60}")
 
 
-def agent_prompt(project, agent):
-    """The block an agent pastes into CLAUDE.md / AGENTS.md: who it is and how to behave."""
+# What an agent is told, as (the command line's words, the MCP tools' words) per line.
+PROMPT = [
+    ("coordinate through `tracecraft` (run it in a shell; add `--json` to parse its output).",
+     "coordinate through the tracecraft tools (each returns JSON; an error says what is wrong)."),
+    ("", ""),
+    ("- Before working on a step, claim it: `tracecraft claim STEP` (exit 1 = someone else holds it:\n"
+     "  pick another step). Claims are leases (30 min by default, `--ttl 2h` for longer work).",
+     "- Before working on a step, claim it: `claim` with `step` (an error naming the holder =\n"
+     "  someone else holds it: pick another step). Claims are leases (30 min by default; `ttl`\n"
+     "  in seconds for longer work)."),
+    ("- During long work, keep your leases alive: `tracecraft heartbeat` (or `tracecraft renew STEP`)\n"
+     "  every few minutes.",
+     "- During long work, keep your leases alive: `heartbeat` (or `renew`) every few minutes."),
+    ("- When done, end the step with a useful note for the next agent:\n"
+     "  `tracecraft complete STEP --note \"what you did, where it is, what is left\"`.\n"
+     "  If you cannot finish: `tracecraft complete STEP --status failed --note \"why\"` (or\n"
+     "  `--status blocked`), or `tracecraft release STEP` to hand it back.",
+     "- When done, end the step with `complete` and a useful `note` for the next agent: what\n"
+     "  you did, where it is, what is left. If you cannot finish: `complete` with `status`\n"
+     "  \"failed\" (or \"blocked\") and a `note` saying why, or `release` to hand it back."),
+    ("- Check messages between steps: `tracecraft inbox`. Tell others what they need:\n"
+     "  `tracecraft send AGENT \"message\"` or `tracecraft send _broadcast \"message\"`.",
+     "- Check messages between steps: `inbox`. Tell others what they need: `send` with `to`\n"
+     "  (an agent, or `_broadcast` for everyone) and `text`."),
+    ("- Wait for dependencies instead of polling by hand: `tracecraft wait-for STEP [STEP...]`.",
+     "- Wait for dependencies instead of polling by hand: `wait_for` with `steps`."),
+    ("- Share state and files: `tracecraft memory set KEY VALUE`, `tracecraft memory get KEY`,\n"
+     "  `tracecraft artifact upload PATH --step STEP`, `tracecraft artifact download NAME --step STEP`.",
+     "- Share state and files: `memory_set`, `memory_get`, `memory_incr`, `artifact_upload`,\n"
+     "  `artifact_download`."),
+    ("- See the whole picture: `tracecraft status`; who is online: `tracecraft agents`.",
+     "- See the whole picture: `status`; who is online: `agents`."),
+]
+
+
+def agent_prompt(project, agent, tools=False):
+    """The block an agent pastes into CLAUDE.md / AGENTS.md: who it is and how to behave;
+    with `tools`, the same in the words of the MCP tools (the server's instructions)."""
     me = agent or "<your-agent-id>"
-    return f"""\
-## Coordination (tracecraft)
-
-You are agent `{me}` in project `{project}`. Other agents work on this project at the same time;
-coordinate through `tracecraft` (run it in a shell; add `--json` to parse its output).
-
-- Before working on a step, claim it: `tracecraft claim STEP` (exit 1 = someone else holds it:
-  pick another step). Claims are leases (30 min by default, `--ttl 2h` for longer work).
-- During long work, keep your leases alive: `tracecraft heartbeat` (or `tracecraft renew STEP`)
-  every few minutes.
-- When done, end the step with a useful note for the next agent:
-  `tracecraft complete STEP --note "what you did, where it is, what is left"`.
-  If you cannot finish: `tracecraft complete STEP --status failed --note "why"` (or
-  `--status blocked`), or `tracecraft release STEP` to hand it back.
-- Check messages between steps: `tracecraft inbox`. Tell others what they need:
-  `tracecraft send AGENT "message"` or `tracecraft send _broadcast "message"`.
-- Wait for dependencies instead of polling by hand: `tracecraft wait-for STEP [STEP...]`.
-- Share state and files: `tracecraft memory set KEY VALUE`, `tracecraft memory get KEY`,
-  `tracecraft artifact upload PATH --step STEP`, `tracecraft artifact download NAME --step STEP`.
-- See the whole picture: `tracecraft status`; who is online: `tracecraft agents`.
-"""
+    lines = "\n".join(pair[bool(tools)] for pair in PROMPT)
+    return (f"## Coordination (tracecraft)\n\nYou are agent `{me}` in project `{project}`. Other "
+            f"agents work on this project at the same time;\n{lines}\n")
 
 
 # ==================================================================================================
@@ -2978,20 +4054,26 @@ exit codes:
 
 
 class Output:
-    """Human lines on stdout, notes on stderr; with --json, one JSON document on stdout."""
+    """Human lines on stdout, notes on stderr; with --json, one JSON document on stdout.  What
+    agents wrote reaches a person's terminal only through shown(): an escape sequence in a
+    message cannot rewrite the screen or the clipboard.  --json stays exact."""
 
     def __init__(self, as_json):
         self.as_json = as_json
 
     def result(self, data, *lines):
         if self.as_json:
-            print(json.dumps(data, ensure_ascii=False, indent=2))
+            print(dumps(data, indent=2))
         else:
             for line in lines:
-                print(line)
+                for part in str(line).split("\n"):
+                    print(shown(part))
 
     def note(self, text):
-        print(text, file=sys.stderr)
+        print(shown(text), file=sys.stderr)
+
+    def warn(self, text):
+        self.note(f"tracecraft: warning: {text}")
 
     def progress(self, verb, name):
         """A progress callback for long transfers, shown only on a terminal."""
@@ -3006,8 +4088,8 @@ class Output:
             state["shown"] = now
             percent = 100 * done // total if total else 100
             end = "\n" if done >= total else ""
-            print(f"\r{verb} {name}: {percent}% of {_size(total)}", end=end, file=sys.stderr,
-                  flush=True)
+            print(f"\r{verb} {shown(name)}: {percent}% of {_size(total)}", end=end,
+                  file=sys.stderr, flush=True)
         return report
 
 
@@ -3023,6 +4105,12 @@ def _ago(seconds):
     return "never" if seconds is None else _duration(seconds) + " ago"
 
 
+def _indented(text, prefix="    "):
+    """Text of several lines with every line after the first indented, so that what an agent
+    wrote can never pass for a line of tracecraft's own."""
+    return str(text).replace("\n", "\n" + prefix)
+
+
 def parse_duration(text):
     """Seconds from `90`, `90s`, `10m`, `2h`, `1d`; UsageError otherwise."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -3033,27 +4121,48 @@ def parse_duration(text):
         value = float(number) * (scale or 1)
     except ValueError:
         value = -1
-    if not (0 <= value < float("inf")):
-        raise UsageError(f"{text!r} is not a duration (use e.g. 30, 90s, 10m or 2h)")
+    if not 0 <= value <= MAX_SECONDS:   # NaN fails this too
+        raise UsageError(f"{shown(text)!r:.40} is not a duration (use e.g. 30, 90s, 10m or "
+                         f"2h; at most {MAX_SECONDS // 86400:g} days)")
     return value
+
+
+def _stdin_text(what):
+    """Standard input as text, without the line break(s) that end it (as $(...) does)."""
+    return sys.stdin.buffer.read().decode("utf-8", "surrogateescape").rstrip("\r\n")
+
+
+def _open_client(args, warn):
+    """A new Client for this command's settings."""
+    path = getattr(args, "config", None)
+    for flag, check in (("project", lambda v: check_name("project", v)), ("agent", check_agent)):
+        value = getattr(args, flag, None)
+        if value == "":
+            raise UsageError(f"--{flag}: no {'agent id' if flag == 'agent' else 'project'} "
+                             "given (it is empty)")
+        if value is not None:
+            try:
+                check(value)
+            except UsageError as exc:
+                raise UsageError(f"--{flag}: {exc}") from None
+    if path is None and not find_config():
+        raise ConfigError("no tracecraft config found here, in any parent directory or in "
+                          f"{user_config_path()}: run `tracecraft init` first (or set "
+                          "TRACECRAFT_CONFIG)")
+    client = connect(project=args.project, agent=args.agent, config=path)
+    client.warn = warn
+    for note in client.notes:
+        client.warn(note)
+    if client.unsafe_store:
+        client.warn("this store ignores conditional writes (accepted at init with "
+                    "--accept-unsafe-store): claims, memory updates and inboxes are not safe")
+    return client
 
 
 def _client(args):
     """The Client a command works with (opened once per process and kept on `args`)."""
     if getattr(args, "client", None) is None:
-        path = getattr(args, "config", None)
-        if path is None and not find_config():
-            raise ConfigError("no tracecraft config found here, in any parent directory or in "
-                              f"{user_config_path()}: run `tracecraft init` first (or set "
-                              "TRACECRAFT_CONFIG)")
-        client = connect(project=args.project, agent=args.agent, config=path)
-        client.warn = lambda message: print(f"tracecraft: warning: {message}", file=sys.stderr)
-        for note in client.notes:
-            client.warn(note)
-        if client.unsafe_store:
-            client.warn("this store ignores conditional writes (accepted at init with "
-                        "--accept-unsafe-store): claims, memory updates and inboxes are not safe")
-        args.client = client
+        args.client = _open_client(args, args.out.warn)
     return args.client
 
 
@@ -3078,9 +4187,12 @@ def _git_work_tree(directory):
 
 
 def _ignore_in_git(directory):
-    """Add .tracecraft.json to the directory's .gitignore (it may hold a secret key)."""
+    """Add .tracecraft.json to the directory's .gitignore (it may hold a secret key); never
+    through a link."""
     path = os.path.join(directory, ".gitignore")
     try:
+        if os.path.islink(path):
+            raise OSError(0, "it is a symbolic link")
         try:
             with open(path, encoding="utf-8", errors="replace") as f:
                 text = f.read()
@@ -3088,11 +4200,11 @@ def _ignore_in_git(directory):
             text = ""
         if CONFIG_NAME in text.splitlines() or "/" + CONFIG_NAME in text.splitlines():
             return False
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(("" if not text or text.endswith("\n") else "\n") + CONFIG_NAME + "\n")
+        replace_file(path, (text + ("" if not text or text.endswith("\n") else "\n")
+                            + CONFIG_NAME + "\n").encode("utf-8"), 0o644)
         return True
     except OSError as exc:
-        print(f"tracecraft: warning: could not add {CONFIG_NAME} to {path}: "
+        print(f"tracecraft: warning: could not add {CONFIG_NAME} to {shown(path)}: "
               f"{exc.strerror or exc}", file=sys.stderr)
         return False
 
@@ -3101,15 +4213,22 @@ def cmd_init(args, out):
     s3_options = ("endpoint", "access_key", "secret_key", "region", "addressing")
     backend = args.backend or ("s3" if any(getattr(args, o) for o in s3_options) else "local")
     project = args.project or os.environ.get("TRACECRAFT_PROJECT") or "default"
-    agent = args.agent or os.environ.get("TRACECRAFT_AGENT") or _default_agent()
     check_name("project", project)
-    check_agent(agent)
+    if args.read_only:
+        if args.agent:
+            raise UsageError("--read-only makes an observer, which has no agent id: drop --agent")
+        agent = None
+    else:
+        agent = args.agent or os.environ.get("TRACECRAFT_AGENT") or _default_agent()
+        check_agent(agent)
     if bool(args.access_key) != bool(args.secret_key):
         raise UsageError("give both --access-key and --secret-key, or neither")
     if backend == "hf" and not args.bucket:
         raise UsageError("--backend hf needs --bucket NAMESPACE/NAME (a bucket on the Hub)")
     config = {"version": 1, "backend": backend, "project": project, "agent": agent,
               "bucket": args.bucket or "tracecraft"}
+    if args.read_only:
+        config["read_only"] = True
     if backend == "local":
         if args.root:
             config["root"] = os.path.abspath(os.path.expanduser(args.root))
@@ -3125,81 +4244,96 @@ def cmd_init(args, out):
         if args.insecure:
             config["insecure"] = True
     for warning in config_warnings(config):
-        out.note(f"tracecraft: warning: {warning}")
+        out.warn(warning)
     store = open_store(dict(config, _from_flags=bool(args.access_key)))
+    failed = []
     with store:
         created = store.ensure_bucket(project + "/")
         client = Client(store, project, agent)
-        failed = [f"{name}: {detail}" for name, ok, detail in client.probe() if not ok]
-        if failed and not args.accept_unsafe_store:
-            raise StoreError(f"{store.describe()} ignores conditional writes ({'; '.join(failed)})"
-                             ": claims, leases, memory updates and inboxes would not be safe on "
-                             "it. Use a store that honours If-None-Match/If-Match (AWS S3, "
-                             "MinIO, R2, SeaweedFS, Ceph), or pass --accept-unsafe-store to "
-                             "accept the risk")
-        config["unsafe_store"] = bool(failed)
-        client.heartbeat(renew=False)
-    path = user_config_path() if args.user else os.path.join(os.getcwd(), CONFIG_NAME)
+        if args.read_only:
+            list(store.list(client.key(""), limit=1))   # the one thing an observer needs
+        else:
+            try:
+                failed = [f"{name}: {detail}" for name, ok, detail in client.probe() if not ok]
+            except AccessDenied as exc:
+                raise AccessDenied(f"{exc}; credentials that may only read and list can watch "
+                                   "as an observer: tracecraft init --read-only") from None
+            if failed and not args.accept_unsafe_store:
+                raise StoreError(f"{store.describe()} ignores conditional writes "
+                                 f"({'; '.join(failed)}): claims, leases, memory updates and "
+                                 "inboxes would not be safe on it. Use a store that honours "
+                                 "If-None-Match/If-Match (AWS S3, MinIO, R2, SeaweedFS, Ceph), "
+                                 "or pass --accept-unsafe-store to accept the risk")
+            config["unsafe_store"] = bool(failed)
+            client.heartbeat(renew=False)
+    path = user_config_path() if args.user else os.path.join(current_directory(), CONFIG_NAME)
     write_config(path, config)
     lines = []
     if created:
-        lines.append(f"Created bucket {config['bucket']}")
-    lines.append(f"Initialized project {project} as agent {agent} on {store.describe()}")
+        lines.append(f"Created local store {store.dir}" if isinstance(store, LocalStore)
+                     else f"Created bucket {config['bucket']}")
+    who = "as a read-only observer" if args.read_only else f"as agent {agent}"
+    lines.append(f"Initialized project {project} {who} on {store.describe()}")
     if isinstance(store, HFStore):
         lines.append(f"Watch the agents coordinate at {store.hub_url}")
     if failed:
         lines.append("WARNING: this store ignores conditional writes; atomic operations are unsafe")
     lines.append(f"Wrote {path}")
-    if not args.user and _git_work_tree(os.getcwd()) and _ignore_in_git(os.getcwd()):
+    if not args.user and _git_work_tree(current_directory()) and \
+            _ignore_in_git(current_directory()):
         lines.append(f"Added {CONFIG_NAME} to .gitignore")
     safe = {k: v for k, v in config.items() if k != "secret_key"}
     out.result(dict(safe, config_path=path, bucket_created=created), *lines)
 
 
 def _show_value(value):
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return value if isinstance(value, str) else dumps(value)
 
 
 def _parse_value(text, force_string):
+    """A value from the command line: JSON if it parses as standard JSON, else the text."""
     check_text("memory value", text)
     if force_string:
         return text
     try:
-        return json.loads(text)
-    except ValueError:
+        return loads(text)
+    except ValueError as exc:
+        if "out of range" in str(exc) or "64-bit" in str(exc):
+            raise UsageError(f"memory value {shown(text)!r:.40} is a number beyond the range "
+                             "of JSON numbers (use --string to keep it as text)") from None
+        if "nested too deep" in str(exc):
+            raise UsageError("memory value is nested too deep") from None
         return text
 
 
 def cmd_memory_set(args, out):
-    if args.value == "-":
-        args.value = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
-    record = _client(args).memory.set(args.key, _parse_value(args.value, args.string),
+    value = _stdin_text("memory value") if args.value == "-" else args.value
+    record = _client(args).memory.set(args.key, _parse_value(value, args.string),
                                       if_version=args.if_version, if_absent=args.if_absent)
     out.result(record, f"Set {args.key} = {_show_value(record['value'])}")
 
 
 def cmd_memory_get(args, out):
     record = _client(args).memory.record(args.key)
-    record.pop("history", None)
     out.result(record, _show_value(record["value"]))
 
 
 def cmd_memory_incr(args, out):
-    by = _parse_value(args.by, False)
-    record = _client(args).memory.incr(args.key, by)
-    record.pop("history", None)
+    record = _client(args).memory.incr(args.key, _parse_value(args.by, False))
     out.result(record, _show_value(record["value"]))
 
 
 def cmd_memory_history(args, out):
     entries = _client(args).memory.history(args.key)
     out.result({"key": args.key, "history": entries},
-               *[f"{e.get('revision')}  {e.get('at')}  {e.get('by')}  {_show_value(e.get('value'))}"
+               *[f"{e['revision']}  {e['at']}  {e['by']}  {_indented(_show_value(e['value']))}"
                  for e in entries])
 
 
 def cmd_memory_list(args, out):
     keys = _client(args).memory.list(args.prefix or "")
+    if not keys and not out.as_json:
+        out.note("No keys" + (f" under {args.prefix}" if args.prefix else ""))
     out.result({"keys": keys}, *keys)
 
 
@@ -3211,9 +4345,9 @@ def cmd_memory_delete(args, out):
 def cmd_send(args, out):
     text = " ".join(args.message)
     if text == "-":
-        text = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
+        text = _stdin_text("message")
     message = _client(args).send(args.to, text)
-    out.result(message, f"Sent to {args.to}: {text}")
+    out.result(message, f"Sent to {args.to}: {_indented(text)}")
 
 
 def cmd_inbox(args, out):
@@ -3221,23 +4355,26 @@ def cmd_inbox(args, out):
                                           else parse_duration(args.wait))
     messages = _client(args).inbox(peek=args.peek, everything=args.all, delete=args.delete,
                                    wait=wait)
-    lines = [f"[{m.get('at')}] ({m.get('kind', 'direct')}) {m.get('from')}: {m.get('text')}"
-             for m in messages]
+    lines = [f"[{m['at']}] ({m['kind']}) {m['from']}: {_indented(m['text'])}" for m in messages]
     if not messages and not out.as_json:
         out.note("No new messages" if not args.all else "No messages")
     out.result({"messages": messages}, *lines)
 
 
+def _ttl(args):
+    return parse_duration(args.ttl) if args.ttl else None
+
+
 def cmd_claim(args, out):
     client = _client(args)
-    lease = client.claim(args.step, ttl=parse_duration(args.ttl) if args.ttl else None)
-    verb = "Already holding" if lease.get("already_held") else "Claimed"
+    lease = client.claim(args.step, ttl=_ttl(args))
+    verb = "Already holding" if lease["already_held"] else "Claimed"
     out.result(lease, f"{verb} step {args.step} as {client.agent}")
 
 
 def cmd_renew(args, out):
-    lease = _client(args).renew(args.step, ttl=parse_duration(args.ttl) if args.ttl else None)
-    out.result(lease, f"Renewed step {args.step} for {_duration(lease['expires_in'])}")
+    lease = _client(args).renew(args.step, ttl=_ttl(args))
+    out.result(lease, f"Renewed step {args.step} for {_duration(lease['lease_left'])}")
 
 
 def cmd_release(args, out):
@@ -3249,7 +4386,7 @@ def cmd_complete(args, out):
     record = _client(args).complete(args.step, note=args.note, force=args.force,
                                     status=args.status)
     verb = {"complete": "Completed", "failed": "Marked failed:", "blocked": "Marked blocked:"}
-    extra = " (forced)" if record.get("forced") else ""
+    extra = " (forced)" if record["forced"] else ""
     out.result(record, f"{verb[args.status]} step {args.step}{extra}"
                + (" with a handoff note" if args.note is not None else ""))
 
@@ -3269,7 +4406,7 @@ def cmd_step_status(args, out):
         lines.append(f"  {info['status']} by {info['ended_by']} at {info['ended_at']}"
                      + (" (forced)" if info["forced"] else ""))
     if info["note"] is not None:
-        lines.append(f"  handoff: {info['note']}")
+        lines.append(f"  handoff: {_indented(info['note'], '           ')}")
     out.result(info, *lines)
     return EXIT_OK if info["status"] == "complete" else EXIT_NO
 
@@ -3279,16 +4416,19 @@ def cmd_wait_for(args, out):
     timeout = parse_duration(args.timeout)
     if not out.as_json:
         out.note(f"Waiting for: {', '.join(args.steps)} (timeout {_seconds(timeout)})")
-    shown = (lambda step, record: print(f"\u2713 {step} complete", flush=True)) \
+    shown_done = (lambda step, record: print(f"\u2713 {shown(step)} complete", flush=True)) \
         if not out.as_json else None
-    done = client.wait_for(args.steps, timeout=timeout, on_complete=shown)
+    done = client.wait_for(args.steps, timeout=timeout, on_complete=shown_done)
     out.result({"complete": done})
 
 
 def cmd_artifact_upload(args, out):
     client = _client(args)
+    if args.path == "-" and not args.name:
+        raise UsageError("uploading standard input needs a name (--name)")
+    source = sys.stdin.buffer if args.path == "-" else args.path
     name = args.name or os.path.basename(os.path.abspath(args.path))
-    meta = client.artifacts.upload(args.path, step=args.step, name=args.name,
+    meta = client.artifacts.upload(source, step=args.step, name=args.name,
                                    overwrite=args.overwrite,
                                    progress=out.progress("Uploading", name))
     out.result(meta, f"Uploaded {meta['name']} ({_size(meta['size'])}) to step {meta['step']}")
@@ -3297,15 +4437,15 @@ def cmd_artifact_upload(args, out):
 def cmd_artifact_download(args, out):
     client = _client(args)
     path, meta = client.artifacts.download(args.name, step=args.step, dest=args.output,
-                                           progress=out.progress("Downloading", args.name))
-    size = os.path.getsize(path)
-    out.result(dict(meta, path=path), f"Downloaded {args.name} ({_size(size)}) to {path}")
+                                           progress=out.progress("Downloading", args.name),
+                                           overwrite=args.overwrite)
+    out.result(dict(meta, path=path), f"Downloaded {args.name} ({_size(meta['size'])}) to {path}")
 
 
 def cmd_artifact_list(args, out):
     items = _client(args).artifacts.list(step=args.step)
-    lines = [f"{m['step']}/{m['name']}  {_size(m.get('size') or 0)}  "
-             f"{m.get('content_type') or '?'}  by {m.get('uploader') or '?'}  {m.get('at') or ''}"
+    lines = [f"{m['step']}/{m['name']}  {_size(m['size'] or 0)}  "
+             f"{m['content_type'] or '?'}  by {m['uploader'] or '?'}  {m['at'] or ''}"
              for m in items]
     if not items and not out.as_json:
         out.note("No artifacts")
@@ -3326,8 +4466,12 @@ def cmd_agents(args, out):
 
 def cmd_heartbeat(args, out):
     record = _client(args).heartbeat(renew=True)
-    held = ", ".join(record.get("holding") or []) or "no steps"
+    held = ", ".join(record["holding"]) or "no steps"
     out.result(record, f"Heartbeat recorded for {record['agent']} (renewed: {held})")
+
+
+def _latency(seconds):
+    return f"{seconds * 1000:.1f} ms" if seconds >= 0.001 else f"{seconds * 1000:.3f} ms"
 
 
 def cmd_doctor(args, out):
@@ -3336,31 +4480,43 @@ def cmd_doctor(args, out):
     checks = []
     path = getattr(args, "config", None) or find_config()
     checks.append(("config", bool(path), path or "none found: run `tracecraft init`"))
-    client = None
     if path:
         try:
             client = _client(args)
-            checks.append(("identity", bool(client.agent),
-                           f"agent {client.agent or '(none)'} in project {client.project}"))
+            store, local = client.store, isinstance(client.store.store if client.read_only
+                                                     else client.store, LocalStore)
+            checks.append(("identity", bool(client.agent) or client.read_only,
+                           f"agent {client.agent} in project {client.project}" if client.agent
+                           else f"a read-only observer of project {client.project}"
+                           if client.read_only else f"no agent id in project {client.project}"))
             timings, skews = [], []
             probe_key = client.key("_probe", "latency.json")
-            client.store.put(probe_key, b"{}", content_type=JSON_TYPE)
+            if not client.read_only:
+                store.put(probe_key, b"{}", content_type=JSON_TYPE)
             for _ in range(5):
                 started = time.monotonic()
-                blob = client.store.get(probe_key)
+                if client.read_only:
+                    entries = list(store.list(client.key(""), limit=1))
+                    when = entries[0].server_time if entries else None
+                else:
+                    when = store.get(probe_key).server_time
                 timings.append(time.monotonic() - started)
-                if blob.server_time:
-                    skews.append(time.time() - blob.server_time)
-            client.store.delete(probe_key)
-            checks.append(("store", True, f"{client.store.describe()}: reachable, credentials "
-                           f"accepted, read/write ok; median latency "
-                           f"{statistics.median(timings) * 1000:.1f} ms"))
+                if when and not local:
+                    skews.append(time.time() - when)
+            if not client.read_only:
+                store.delete(probe_key)
+            access = "readable (read-only observer)" if client.read_only else \
+                "readable and writable" if local else "reachable, credentials accepted, " \
+                "read/write ok"
+            checks.append(("store", True, f"{store.describe()}: {access}; median latency "
+                           f"{_latency(statistics.median(timings))}"))
             if skews:
                 skew = statistics.median(skews)
                 checks.append(("clock", abs(skew) < 30, f"this machine is {abs(skew):.1f} s "
                                f"{'ahead of' if skew > 0 else 'behind'} the store (leases use "
                                "the store's clock)"))
-            checks += client.probe()
+            if not client.read_only:
+                checks += client.probe()
         except TracecraftError as exc:
             checks.append(("store", False, str(exc)))
     ok = all(passed for _, passed, _ in checks)
@@ -3372,13 +4528,17 @@ def cmd_doctor(args, out):
 def cmd_status(args, out):
     client = _client(args)
     interval = None if args.watch is None else parse_duration(args.watch)
+    if interval is not None and interval < 0.5:
+        raise UsageError("--watch: redraw at most every 0.5 s (a smaller interval would keep a "
+                         "core busy and flood the store with requests)")
     cache = {}
     while True:
         info = client.status(cache)
         if interval is None or out.as_json:
             out.result(info, *_status_lines(info))
             return EXIT_OK
-        print("\033[H\033[2J" + "\n".join(_status_lines(info)), flush=True)
+        print("\033[H\033[2J" + "\n".join(shown(line) for text in _status_lines(info)
+                                          for line in text.split("\n")), flush=True)
         try:
             time.sleep(interval)
         except KeyboardInterrupt:
@@ -3403,22 +4563,27 @@ def _status_lines(info):
         lines.append(f"  {st['status']:<12} {st['step']:<24} {detail}")
     if info["handoffs"]:
         lines += ["", "RECENT HANDOFFS"]
-        lines += [f"  {h['step']} ({h['by']}, {h['at']}): {h['note']}" for h in info["handoffs"]]
+        lines += [f"  {h['step']} ({h['by']}, {h['at']}): {_indented(h['note'])}"
+                  for h in info["handoffs"]]
     lines += ["", f"MEMORY  {info['memory_keys']} keys"]
     return lines
 
 
 def cmd_prompt(args, out):
-    project, agent = args.project or os.environ.get("TRACECRAFT_PROJECT"), args.agent
-    if find_config() or getattr(args, "config", None):
-        client = _client(args)
-        project, agent = client.project, agent or client.agent
+    """Print the instructions: no store is opened and nothing is written (an agent named here
+    is not registered by it)."""
+    project = args.project or os.environ.get("TRACECRAFT_PROJECT")
+    agent = args.agent or os.environ.get("TRACECRAFT_AGENT")
+    path = getattr(args, "config", None) or find_config()
+    if path:
+        settings = resolve_settings(path, project=args.project, agent=args.agent)
+        project, agent = settings.get("project"), settings.get("agent")
     text = agent_prompt(project or "<project>", agent)
     out.result({"prompt": text}, text.rstrip("\n"))
 
 
 def cmd_mcp(args, out):
-    serve_mcp(_client(args))
+    serve_mcp(lambda: _open_client(args, out.warn))
 
 
 class _Unbuilt:
@@ -3485,7 +4650,7 @@ def build_parser(argv=None):
             return _Unbuilt()
         sub = parent.add_parser(name, parents=[common], help=summary, description=summary,
                                 epilog=epilog, formatter_class=raw)
-        sub.set_defaults(func=func)
+        sub.set_defaults(func=func, parser=sub)   # its errors show its own usage
         return sub
 
     p = command("init", cmd_init, "Configure the store, project and agent for this directory.",
@@ -3513,6 +4678,9 @@ def build_parser(argv=None):
     p.add_argument("--accept-unsafe-store", action="store_true",
                    help="use a store that ignores conditional writes (DANGEROUS: claims, "
                         "leases, memory updates and inboxes can then collide)")
+    p.add_argument("--read-only", action="store_true",
+                   help="watch as an observer: read everything, write nothing (no agent id, no "
+                        "heartbeat, no probe writes), for credentials that may only list and read")
     p.add_argument("--user", action="store_true",
                    help=f"write the user config ({user_config_path()}) instead of "
                         f"./{CONFIG_NAME}")
@@ -3628,6 +4796,7 @@ def build_parser(argv=None):
     p.add_argument("name")
     p.add_argument("--step", help="the step it belongs to (default: shared)")
     p.add_argument("-o", "--output", metavar="PATH", help="file or directory to write to")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p = command("list", cmd_artifact_list, "List artifacts with size, type and uploader.",
                 parent=artifact_commands)
     p.add_argument("--step", help="only this step's artifacts")
@@ -3637,44 +4806,63 @@ def build_parser(argv=None):
     return parser
 
 
+def _on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)   # unwinds like Ctrl-C: partial files removed, cache saved
+
+
 def main(argv=None):
     """Run the command line; returns the exit code (see the table in section 1)."""
     argv = sys.argv[1:] if argv is None else argv
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    args = build_parser(argv).parse_args(argv)
-    out = Output(args.json)
     try:
-        code = args.func(args, out)
-        client = getattr(args, "client", None)
-        if client is not None:
-            try:
-                client.touch()   # every command keeps its agent visible, at most once a minute
-            except TracecraftError as exc:
-                client.warn(f"could not refresh the heartbeat: {exc}")
+        import _signal   # signal.py would build its enums: only the handler is needed
+        _signal.signal(_signal.SIGTERM, _on_sigterm)
+    except (ImportError, AttributeError, ValueError):
+        pass   # no SIGTERM here, or not the main thread
+    parser = build_parser(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    out = args.out = Output(args.json)
+    code = EXIT_BUG
+    try:
+        code = args.func(args, out) or EXIT_OK
         sys.stdout.flush()
-        return code or EXIT_OK
     except TracecraftError as exc:
+        code = exc.exit_code
         if out.as_json:
-            print(json.dumps({"error": str(exc), "exit_code": exc.exit_code}, ensure_ascii=False))
-        print(f"tracecraft: {exc}", file=sys.stderr)
-        return exc.exit_code
+            print(dumps({"error": str(exc), "exit_code": code}))
+        out.note(f"tracecraft: {exc}")
     except KeyboardInterrupt:
-        print("tracecraft: interrupted", file=sys.stderr)
-        return 130
+        code = 130
+        out.note("tracecraft: interrupted")
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
+        code = EXIT_OK
+    except OSError as exc:   # this machine's own files and devices failed: not a bug of ours
+        code = EXIT_STORE
+        where = f" ({exc.filename})" if exc.filename else ""
+        out.note(f"tracecraft: {exc.strerror or exc}{where}")
     except Exception as exc:
         if os.environ.get("TRACECRAFT_DEBUG"):
             raise
-        print(f"tracecraft: internal error: {type(exc).__name__}: {exc} (a bug; set "
-              "TRACECRAFT_DEBUG=1 to see the traceback, and please report it)", file=sys.stderr)
-        return EXIT_BUG
+        out.note(f"tracecraft: internal error: {type(exc).__name__}: {exc} (a bug; set "
+                 "TRACECRAFT_DEBUG=1 to see the traceback, and please report it)")
     finally:
-        if getattr(args, "client", None) is not None:
-            args.client.close()   # saves what the client learned for the next call
+        client = getattr(args, "client", None)
+        if client is not None:
+            try:
+                # Every command that reached the store keeps its agent visible, whatever the
+                # answer was (at most once a minute); bad input and a failing store do not.
+                if code in (EXIT_OK, EXIT_NO, EXIT_TIMEOUT):
+                    client.touch()
+            except TracecraftError as exc:
+                client.warn(f"could not refresh the heartbeat: {exc}")
+            finally:
+                client.close()   # saves what the client learned for the next call
+    return code
 
 
 if __name__ == "__main__":

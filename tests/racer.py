@@ -27,7 +27,7 @@ def claim(client, start, rounds):
             time.sleep(delay)
         try:
             record = client.claim(f"step-{r}")
-            won, holder = not record.get("already_held"), record["agent"]
+            won, holder = not record["already_held"], record["holder"]
         except tracecraft.Refused as exc:
             won, holder = False, str(exc)
         print(json.dumps({"round": r, "won": won, "holder": holder}), flush=True)

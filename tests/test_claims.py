@@ -131,18 +131,20 @@ def test_force_is_recorded(client_factory):
     with pytest.raises(tracecraft.LostLease, match="held by alice"):
         bob.complete("s")
     record = bob.complete("s", force=True, note="alice vanished")
-    assert record["forced"] is True and record["by"] == "bob" and record["holder"] == "alice"
+    assert record["forced"] is True and record["ended_by"] == "bob" and record["holder"] == "alice"
     info = bob.step_status("s")
     assert info["forced"] is True and info["ended_by"] == "bob" and info["note"] == "alice vanished"
 
 
 def test_failed_and_blocked_stop_wait_for(client_factory):
     alice = client_factory("alice")
+    alice.claim("a")
     alice.complete("a")
     alice.claim("b")
     alice.complete("b", status="failed", note="tests are red")
     with pytest.raises(tracecraft.StepEnded, match="step b ended failed.*tests are red"):
         alice.wait_for(["a", "b"], timeout=5)
+    alice.claim("c")
     alice.complete("c", status="blocked", note="needs a key")
     assert alice.step_status("c")["status"] == "blocked"
     with pytest.raises(tracecraft.StepEnded, match="blocked"):
@@ -151,6 +153,8 @@ def test_failed_and_blocked_stop_wait_for(client_factory):
 
 def test_wait_for_returns_statuses(client_factory):
     alice = client_factory("alice")
+    for step in ("a", "b"):
+        alice.claim(step)
     alice.complete("a", note="n1")
     alice.complete("b")
     done = alice.wait_for(["a", "b", "a"], timeout=1)

@@ -18,7 +18,8 @@ def test_seed_scenario(settings, tmp_path):
 
 def test_json_output_is_one_document(cli):
     claim = json.loads(cli.ok("--json", "claim", "s1"))
-    assert claim["agent"] == "designer" and claim["step"] == "s1" and claim["at"].endswith("Z")
+    assert claim["holder"] == "designer" and claim["step"] == "s1"
+    assert claim["claimed_at"].endswith("Z") and claim["already_held"] is False
     assert json.loads(cli.ok("memory", "set", "n", "42", "--json"))["value"] == 42
     got = json.loads(cli.ok("memory", "get", "n", "--json"))
     assert got["value"] == 42 and got["by"] == "designer" and got["version"]
@@ -56,14 +57,16 @@ def test_complete_rules(cli):
     other = cli("complete", "s", agent="mallory")
     assert other.returncode == 1 and "held by designer" in other.stderr
     forced = json.loads(cli.ok("complete", "s", "--force", "--json", agent="mallory"))
-    assert forced["forced"] is True and forced["by"] == "mallory"
+    assert forced["forced"] is True and forced["ended_by"] == "mallory"
     again = cli("complete", "s")
     assert again.returncode == 1 and "already complete" in again.stderr
     assert cli("claim", "s", agent="late").returncode == 1
-    # Completing an unclaimed step claims it first.
-    cli.ok("complete", "fresh", "--note", "did it in one go")
+    # Only a holder ends a step: an unclaimed one (a typo, say) is refused, unless forced.
+    fresh = cli("complete", "fresh", "--note", "did it in one go")
+    assert fresh.returncode == 1 and "not claimed" in fresh.stderr
+    cli.ok("complete", "fresh", "--note", "did it in one go", "--force")
     info = json.loads(cli("step-status", "fresh", "--json").stdout)
-    assert info["status"] == "complete" and info["holder"] == "designer"
+    assert info["status"] == "complete" and info["holder"] == "designer" and info["forced"]
     assert info["note"] == "did it in one go"
 
 

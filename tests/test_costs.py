@@ -31,7 +31,11 @@ def test_claim_and_complete_cost_one_then_two_or_three(client_factory):
     assert alice.step_status("b")["note"] == "n"
     alice.claim("c")
     assert cost(calls, lambda: alice.release("c")) == 1
-    assert cost(calls, lambda: alice.complete("fresh")) == 4     # read, claim, lease, status
+    before = calls.calls
+    with pytest.raises(tracecraft.Refused, match="not claimed"):
+        alice.complete("fresh")
+    assert calls.calls - before == 1                            # one read: nobody holds it
+    assert cost(calls, lambda: alice.complete("fresh", force=True)) == 3   # read, end, status
     assert alice.step_status("fresh")["status"] == "complete"
 
 

@@ -40,10 +40,11 @@ def test_seed_scenario_through_mcp_tool_calls(cli):
                 for name in ("memory_get", "memory_set", "memory_list", "memory_incr", "send",
                              "inbox", "claim", "renew", "release", "complete", "step_status",
                              "wait_for", "artifact_list", "artifact_upload",
-                             "artifact_download", "agents", "status"):
+                             "artifact_download", "agents", "status", "heartbeat",
+                             "memory_delete", "memory_history"):
                     assert name in tools and tools[name].description
                     assert tools[name].input_schema["type"] == "object"
-                assert data(await call(designer, "claim", step="design"))["agent"] == "designer"
+                assert data(await call(designer, "claim", step="design"))["holder"] == "designer"
                 held = await call(developer, "claim", step="design")
                 assert held.is_error and "held by designer" in held.content[0].text
                 await call(designer, "memory_set", key="design.status", value="complete")
@@ -60,7 +61,7 @@ def test_seed_scenario_through_mcp_tool_calls(cli):
                 assert done["complete"]["design"]["note"] == "done"
                 status = data(await call(developer, "step_status", step="design"))
                 assert status["status"] == "complete" and status["note"] == "done"
-                assert data(await call(developer, "claim", step="implementation"))["agent"] == \
+                assert data(await call(developer, "claim", step="implementation"))["holder"] == \
                     "developer"
                 listed = data(await call(developer, "artifact_list"))["artifacts"]
                 assert [a["name"] for a in listed] == ["mockup.html"]
@@ -82,6 +83,7 @@ def test_seed_scenario_through_mcp_tool_calls(cli):
 def test_status_shows_every_state(cli):
     cli.ok("claim", "working")
     cli.ok("claim", "short", "--ttl", "1")
+    cli.ok("claim", "done")
     cli.ok("complete", "done", "--note", "all good")
     cli.ok("claim", "broken")
     cli.ok("complete", "broken", "--status", "failed", "--note", "red")
@@ -99,8 +101,8 @@ def test_status_shows_every_state(cli):
     assert states == {"working": "in_progress", "short": "expired", "done": "complete",
                       "broken": "failed", "stuck": "blocked", "given-back": "pending"}
     for step in info["steps"]:
-        assert set(step) == {"step", "status", "holder", "generation", "lease_left", "ended_by",
-                             "ended_at", "note"}
+        assert set(step) == {"step", "status", "holder", "generation", "ttl", "lease_left",
+                             "claimed_at", "ended_by", "ended_at", "forced", "note"}
     assert info["memory_keys"] == 1
     assert [h["step"] for h in info["handoffs"]][:2] in (["broken", "done"], ["done", "broken"])
     human = cli.ok("status")
