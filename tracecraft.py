@@ -187,10 +187,10 @@ def _check_unicode_name(kind, value):
         category, code = unicodedata.category(c), ord(c)
         if category[0] == "C" or category in ("Zl", "Zp") or (category == "Zs" and c != " ") \
                 or any(low <= code <= high for low, high in _INVISIBLE):
-            raise UsageError(f"{kind} {value!r} contains U+{code:04X}, a control character or "
+            raise UsageError(f"{kind} {value!a} contains U+{code:04X}, a control character or "
                              "one that is invisible or changes the text's direction")
     if not unicodedata.is_normalized("NFC", value):
-        raise UsageError(f"{kind} {value!r} is not in Unicode normal form NFC (write accented "
+        raise UsageError(f"{kind} {value!a} is not in Unicode normal form NFC (write accented "
                          "letters as one character)")
 
 
@@ -1193,9 +1193,7 @@ class LocalStore(Store):
         return Blob(key, data, etag, stat.st_size, stat.st_mtime, self.now())
 
     def head(self, key):
-        blob = self.get(key)
-        blob.body = None
-        return blob
+        return self.get(key, into=_Discard())
 
     def _current_etag(self, key):
         try:
@@ -1342,6 +1340,15 @@ class LocalStore(Store):
         lockdir = os.path.join(self.root, ".locks", self.bucket)
         os.makedirs(lockdir, exist_ok=True)
         return _FileLock(os.path.join(lockdir, stripe + ".lock"), self.timeout, key)
+
+
+class _Discard:
+    """A file that keeps nothing: LocalStore.head() reads an object only for its MD5 ETag."""
+
+    def seek(self, *args):
+        return 0
+
+    truncate = write = seek
 
 
 def _is_regular(stat):
@@ -1501,7 +1508,7 @@ def _iso_date(value):
 _XML_ENTITIES = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
 
 
-def _xml_values(text, tag, raw=False):
+def _xml_values(text, tag, raw=False, complete=False):
     """The contents of every <tag> element of one of S3's small, flat XML answers (a listing,
     an error), as text with entities resolved (unless `raw`): loading an XML parser would cost
     a command more than reading its answer.  Each element is found by one search for its start
@@ -1515,6 +1522,9 @@ def _xml_values(text, tag, raw=False):
         start = opening.search(text, pos)
         end = start and closing.search(text, start.end())
         if not end:
+            if start and complete:
+                raise StoreError(f"the store answered XML that is not S3's: a <{tag}> is left "
+                                 "open (cut short?)")
             break   # no more, or an element left open: the answer was cut short or is not S3's
         found.append(text[start.end():end.start()])
         pos = end.end()
@@ -1768,7 +1778,7 @@ class S3Store(Store):
             if "ListBucketResult" not in text:
                 raise StoreError(f"{self.endpoint} answered a listing that is not S3's XML "
                                  "(is the endpoint an S3 server?)")
-            for block in _xml_values(text, "Contents", raw=True):
+            for block in _xml_values(text, "Contents", raw=True, complete=True):
                 size = _xml_field(block, "Size")
                 yield Entry(_xml_field(block, "Key"), int(size) if size.isdigit() else 0,
                             _iso_date(_xml_field(block, "LastModified")),
@@ -2530,7 +2540,8 @@ class Client:
         head, dash, tail = name.partition("-")
         if dash and len(head) == LOG_WIDTH and head.isdigit() and tail.endswith(".json"):
             number = tail[:-5]
-            if number.isdigit() and number[0] != "0" and int(head) == LOG_TOP - int(number):
+            if number.isdigit() and number[0] != "0" and 0 < int(number) < LOG_TOP \
+                    and int(head) == LOG_TOP - int(number):
                 return int(number)
         self.warn_once(f"skipped {key}: not a message of tracecraft's (a stray object in the log)")
         return None
@@ -3461,23 +3472,29 @@ class Artifacts:
                     raise UsageError("not an artifact (artifacts are <step>/<name>)")
                 data_key, meta_key, _ = self._keys(parts[1], parts[0])
                 got = self.client.read(meta_key, missing_ok=True)
-                result.append(self._listed(parts[1], parts[0], entry, got))
+                result.append(self._listed(parts[1], parts[0], entry, got, data_key))
             except (CorruptObject, UsageError) as exc:
                 self.client.warn_once(f"skipped {entry.key}: {exc}")
         return result
 
-    def _listed(self, name, step, entry, got):
+    def _listed(self, name, step, entry, got, data_key):
         """What a listing shows of one artifact: the upload whose bytes are there, told by the
-        listed ETag where the store lists one (S3), else by the size."""
+        listed ETag where the store lists one (S3), else by the size (and, when uploads of that
+        size differ, by the bytes' ETag)."""
         if not got:
             return _artifact_shape(name, step, {"size": entry.size})
         record = _meta_record(got[0], got[1].key)
-        uploads = [record] + record["previous"]
-        if entry.etag:
-            matching = [u for u in uploads if f'"{u.get("md5")}"' == entry.etag]
-        else:
-            matching = [u for u in uploads if u["size"] == entry.size]
-        return _artifact_shape(name, step, (matching or uploads)[0])
+        uploads, etag = [record] + record["previous"], entry.etag
+
+        def fits(upload):
+            if etag and upload["md5"]:
+                return f'"{upload["md5"]}"' == etag
+            return upload["size"] == entry.size
+        fitting = [u for u in uploads if fits(u)]
+        if etag is None and len({u["md5"] for u in fitting}) > 1:
+            etag = self.client.store.head(data_key).etag
+            fitting = [u for u in uploads if fits(u)]
+        return _artifact_shape(name, step, fitting[0] if fitting else {"size": entry.size})
 
     def download(self, name, step=None, dest=None, progress=None, overwrite=False):
         """Download into the current directory (or `dest`: a file or directory path), verified

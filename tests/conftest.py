@@ -45,6 +45,7 @@ def bucket_name():
 
 # -- tracecraft fixtures: one set of settings per backend, stores, clients and the real CLI ------------
 
+import json
 import subprocess
 import sys
 import uuid
@@ -165,6 +166,19 @@ def cli(settings, tmp_path):
 
 
 @pytest.fixture
+def local_cli(tmp_path):
+    """The real command line on the local store only, for behaviour that does not depend on the
+    store (each call is a process: running it on every backend would only cost time).  `root`
+    is the project's directory in the store."""
+    work = tmp_path / "work"
+    work.mkdir()
+    runner = CLI(work, clean_env(tmp_path))
+    runner.ok("init", "--project", "proj", "--agent", "designer", "--root", str(tmp_path / "store"))
+    runner.root = tmp_path / "store" / "tracecraft" / "proj"
+    return runner
+
+
+@pytest.fixture
 def client_factory_atomic(atomic_settings):
     _open(atomic_settings).close()
     clients = []
@@ -176,3 +190,20 @@ def client_factory_atomic(atomic_settings):
     yield make
     for client in clients:
         client.close()
+
+
+def spawn_racer(mode, settings, agent, start, n, *extra, project=None):
+    """Start tests/racer.py MODE in a process of its own (see racer.py for the modes)."""
+    return subprocess.Popen([sys.executable, str(REPO / "tests" / "racer.py"), mode,
+                             json.dumps(settings), agent, str(start), str(n), *map(str, extra)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def racer_outputs(procs, timeout=300):
+    """Each racer's JSON lines, once all have ended; a racer that failed fails the test."""
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, err[-3000:]
+        results.append([json.loads(line) for line in out.splitlines()])
+    return results

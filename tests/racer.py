@@ -8,6 +8,8 @@
     python tests/racer.py memincr SETTINGS_JSON AGENT START COUNT
     python tests/racer.py send SETTINGS_JSON AGENT START COUNT SKEW_SECONDS
     python tests/racer.py read SETTINGS_JSON AGENT START 0
+    python tests/racer.py upload SETTINGS_JSON AGENT START COUNT
+    python tests/racer.py download SETTINGS_JSON AGENT START SECONDS
 """
 import json
 import os
@@ -82,10 +84,42 @@ def read(client, start, _):
             time.sleep(0.05)
 
 
+def upload(client, start, count):
+    """COUNT uploads, with --overwrite, of a file whose every byte says who wrote it and when:
+    artifact race.bin, 200 kB."""
+    import tempfile
+    time.sleep(max(0, start - time.time()))
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(count):
+            path = os.path.join(tmp, "race.bin")
+            with open(path, "wb") as f:
+                f.write(f"{client.agent}:{i}:".encode().ljust(64) * 3200)
+            began = time.time()
+            client.artifacts.upload(path, overwrite=True)
+            print(json.dumps({"uploaded": i, "began": began, "ended": time.time()}), flush=True)
+
+
+def download(client, start, seconds):
+    """Download race.bin again and again for SECONDS as uploads race; each download must
+    verify (or find nothing yet).  Prints what each got."""
+    import tempfile
+    time.sleep(max(0, start - time.time()))
+    with tempfile.TemporaryDirectory() as tmp:
+        while time.time() < start + seconds:
+            try:
+                path, meta = client.artifacts.download("race.bin", dest=tmp, overwrite=True)
+                with open(path, "rb") as f:
+                    head = f.read(64).decode().strip()
+                print(json.dumps({"got": head, "uploader": meta["uploader"]}), flush=True)
+            except tracecraft.NotFound:
+                print(json.dumps({"got": None}), flush=True)
+
+
 def main():
     mode, settings, agent, start, n, *extra = sys.argv[1:]
     client = tracecraft.connect(project="race", agent=agent, **json.loads(settings))
-    modes = {"claim": claim, "incr": incr, "memincr": memincr, "send": send, "read": read}
+    modes = {"claim": claim, "incr": incr, "memincr": memincr, "send": send, "read": read,
+             "upload": upload, "download": download}
     modes[mode](client, float(start), int(n), *map(float, extra))
 
 

@@ -1,10 +1,18 @@
-"""Artifacts through the Python API, on every store."""
+"""Artifacts through the Python API, on every store, and through the real CLI."""
 import hashlib
+import json
 import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+import time
 
 import pytest
 
 import tracecraft
+from conftest import CLI, TRACECRAFT, clean_env, init_args, racer_outputs, spawn_racer
 
 
 def test_round_trip_keeps_bytes_and_metadata(client_factory, tmp_path):
@@ -81,3 +89,255 @@ def test_a_retried_upload_that_landed_is_not_reported_as_a_clash(client_factory,
     src.write_bytes(b"different")
     with pytest.raises(tracecraft.Refused, match="already exists"):
         alice.artifacts.upload(str(src))
+
+
+# -- issue 11: an artifact's bytes and metadata are one outcome, whatever races or dies -------------
+
+
+def test_racing_overwrites_always_leave_a_downloadable_artifact(atomic_settings, tmp_path,
+                                                                client_factory_atomic):
+    """Four processes upload race.bin again and again with --overwrite while a fifth downloads
+    it: every download verifies (it used to fail its SHA-256 check for good when the bytes of
+    one upload met the metadata of another), and the last state is one of the uploads."""
+    first = tmp_path / "race.bin"
+    first.write_bytes(b"first:0:".ljust(64) * 3200)
+    client_factory_atomic("first").artifacts.upload(str(first))
+    start, rounds = time.time() + 2.0, 8
+    uploaders = [spawn_racer("upload", atomic_settings, f"up{i}", start, rounds) for i in range(4)]
+    reader = spawn_racer("download", atomic_settings, "reader", start, 6)
+    done = racer_outputs(uploaders)
+    got = racer_outputs([reader])[0]
+    assert all(len(d) == rounds for d in done) and len(got) >= 5
+    # evidence of a race: every uploader was uploading while every other one was
+    assert max(d[0]["began"] for d in done) < min(d[-1]["ended"] for d in done)
+    for g in got:   # every download verified, and its bytes are the recorded uploader's
+        assert g["got"].split(":")[0] == g["uploader"]
+    assert len({g["got"] for g in got}) > 1, "the downloads saw no upload land: no race"
+    observer = client_factory_atomic("observer")
+    final = _download_bytes(observer)
+    writer, i = final[:64].decode().strip().split(":")[:2]
+    assert writer.startswith("up") and 0 <= int(i) < rounds
+    listed = [m for m in observer.artifacts.list() if m["name"] == "race.bin"]
+    assert listed[0]["uploader"] == writer and listed[0]["sha256"] == hashlib.sha256(final).hexdigest()
+
+
+def _download_bytes(client):
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path, _ = client.artifacts.download("race.bin", dest=tmp)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+@pytest.mark.parametrize("dies", ["before its bytes", "while its bytes are sent"])
+def test_an_upload_that_dies_after_its_metadata_leaves_the_artifact_before_it(
+        client_factory, tmp_path, dies):
+    """The window a kill -9 rarely hits, hit every time: the new upload's metadata is written,
+    its bytes never arrive.  The artifact downloads, verified, as the upload before it, and is
+    listed as that one."""
+    alice, bob = client_factory("alice"), client_factory("bob")
+    one, two = tmp_path / "one.bin", tmp_path / "two.bin"
+    one.write_bytes(b"one" * 1000)
+    two.write_bytes(b"TWO" * 1000)   # the same size: only the bytes tell them apart
+    alice.artifacts.upload(str(one), name="a.bin")
+    real_put = alice.store.put
+
+    def dying(key, body, **kwargs):
+        if key.endswith("/a.bin"):
+            if dies == "while its bytes are sent":
+                body.read(100)
+            raise KeyboardInterrupt   # the process ends here
+        return real_put(key, body, **kwargs)
+    alice.store.put = dying
+    with pytest.raises(KeyboardInterrupt):
+        alice.artifacts.upload(str(two), name="a.bin", overwrite=True)
+    alice.store.put = real_put
+    path, meta = bob.artifacts.download("a.bin", dest=str(tmp_path / "got.bin"))
+    assert (tmp_path / "got.bin").read_bytes() == one.read_bytes()
+    assert meta["sha256"] == hashlib.sha256(one.read_bytes()).hexdigest()
+    assert meta["uploader"] == "alice"
+    assert [m["sha256"] for m in bob.artifacts.list()] == [meta["sha256"]]
+    alice.artifacts.upload(str(two), name="a.bin", overwrite=True)   # and it can be replaced
+    _, again = bob.artifacts.download("a.bin", dest=str(tmp_path / "again.bin"))
+    assert again["sha256"] == hashlib.sha256(two.read_bytes()).hexdigest()
+
+
+def test_a_killed_upload_never_leaves_an_undownloadable_artifact(atomic_settings, tmp_path):
+    """kill -9 at a random moment of `artifact upload --overwrite` (between metadata and bytes
+    included): the artifact downloads, verified, as one upload or the other."""
+    settings = dict(atomic_settings)
+    env = clean_env(tmp_path)
+    work = tmp_path / "w"
+    work.mkdir()
+    cli = CLI(work, env)
+    cli.ok("init", "--project", "proj", "--agent", "killer", *init_args(settings))
+    versions = {}
+    for n in range(8):
+        data = f"version {n}:".encode().ljust(32) * 40_000     # 1.3 MB
+        versions[hashlib.sha256(data).hexdigest()] = n
+        (work / "big.bin").write_bytes(data)
+        proc = subprocess.Popen([sys.executable, TRACECRAFT, "artifact", "upload", "big.bin",
+                                 "--overwrite"], cwd=work, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(random.uniform(0.05, 0.45))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if n == 0 and proc.returncode != 0:
+            cli.ok("artifact", "upload", "big.bin", "--overwrite")   # something to kill over
+        result = cli("artifact", "download", "big.bin", "-o", str(tmp_path / "out.bin"),
+                     "--overwrite", "--json")
+        assert result.returncode == 0, result.stderr
+        got = (tmp_path / "out.bin").read_bytes()
+        assert hashlib.sha256(got).hexdigest() in versions
+        assert json.loads(result.stdout)["sha256"] == hashlib.sha256(got).hexdigest()
+
+
+def test_a_growing_file_is_uploaded_as_it_was_and_downloads(local_cli, tmp_path):
+    """Hash what is sent: a file appended to while it is uploaded is recorded, and downloads,
+    as it was when the upload began."""
+    import threading
+    path = local_cli.cwd / "log.txt"
+    path.write_bytes(b"line\n" * 2_000_000)           # 10 MB
+    stop = threading.Event()
+
+    def grow():
+        with open(path, "ab") as f:
+            while not stop.is_set():
+                f.write(b"more\n" * 1000)
+                f.flush()
+    writer = threading.Thread(target=grow)
+    writer.start()
+    try:
+        uploaded = json.loads(local_cli.ok("artifact", "upload", "log.txt", "--json"))
+    finally:
+        stop.set()
+        writer.join()
+    assert uploaded["size"] >= 10_000_000
+    out = tmp_path / "copy.txt"
+    local_cli.ok("artifact", "download", "log.txt", "-o", str(out))
+    got = out.read_bytes()
+    assert len(got) == uploaded["size"] and got == path.read_bytes()[:len(got)]
+    assert hashlib.sha256(got).hexdigest() == uploaded["sha256"]
+
+
+def test_a_file_changed_in_place_while_uploading_is_refused_or_whole(settings, tmp_path,
+                                                                    client_factory):
+    """Bytes rewritten while they are sent: the store refuses them (their MD5 is sent with them)
+    and the upload says the file changed; or the change came too late to matter."""
+    import threading
+    alice = client_factory("alice")
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"a" * 8_000_000)
+    stop = threading.Event()
+
+    def scribble():
+        with open(path, "r+b") as f:
+            while not stop.is_set():
+                f.seek(random.randrange(0, 8_000_000))
+                f.write(b"Z")
+                f.flush()
+    writer = threading.Thread(target=scribble)
+    writer.start()
+    try:
+        try:
+            meta = alice.artifacts.upload(str(path))
+        except tracecraft.UsageError as exc:
+            assert "changed while it was being uploaded" in str(exc)
+            meta = None
+    finally:
+        stop.set()
+        writer.join()
+    if meta is not None:
+        dest = tmp_path / "back.bin"
+        _, got = alice.artifacts.download("data.bin", dest=str(dest))
+        assert hashlib.sha256(dest.read_bytes()).hexdigest() == meta["sha256"] == got["sha256"]
+
+
+# -- issue 11: downloads write only regular files, never silently over one -------------------------
+
+def test_download_refuses_devices_fifos_links_and_existing_files(local_cli, tmp_path):
+    cli = local_cli
+    (cli.cwd / "a.txt").write_text("shared")
+    cli.ok("artifact", "upload", "a.txt")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    target = tmp_path / "target.txt"
+    target.write_text("keep me")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    specials = [(fifo, "not a regular file"), (link, "symbolic link")]
+    try:
+        device = tmp_path / "null"
+        os.mknod(device, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        specials.append((device, "not a regular file"))
+    except PermissionError:
+        pass   # not root: no device node to test with
+    for path, words in specials:
+        before = os.lstat(path)
+        result = cli("artifact", "download", "a.txt", "-o", str(path), "--overwrite")
+        assert result.returncode == 2 and words in result.stderr, result.stderr
+        after = os.lstat(path)
+        assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+    assert target.read_text() == "keep me"
+    existing = tmp_path / "existing.txt"
+    existing.write_text("mine")
+    existing.chmod(0o640)
+    refused = cli("artifact", "download", "a.txt", "-o", str(existing))
+    assert refused.returncode == 1 and "--overwrite" in refused.stderr
+    assert existing.read_text() == "mine"
+    cli.ok("artifact", "download", "a.txt", "-o", str(existing), "--overwrite")
+    assert existing.read_text() == "shared" and existing.stat().st_mode & 0o777 == 0o640
+    for bad, words in (("", "not empty"), (str(tmp_path / "nowhere" / "x"), "no directory")):
+        result = cli("artifact", "download", "a.txt", "-o", bad)
+        assert result.returncode == 2 and words in result.stderr
+    (cli.cwd / "dir-in-the-way").mkdir()
+    (cli.cwd / "dir-in-the-way" / "a.txt").mkdir()
+    in_the_way = cli("artifact", "download", "a.txt", "-o", str(cli.cwd / "dir-in-the-way"))
+    assert in_the_way.returncode == 2 and "is a directory" in in_the_way.stderr
+
+
+def test_a_new_download_gets_the_users_umask(local_cli, tmp_path):
+    (local_cli.cwd / "a.txt").write_text("x")
+    local_cli.ok("artifact", "upload", "a.txt")
+    for umask, mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
+        dest = tmp_path / f"u{umask:o}.txt"
+        subprocess.run([sys.executable, TRACECRAFT, "artifact", "download", "a.txt", "-o",
+                        str(dest)], cwd=local_cli.cwd, env=local_cli.env, check=True,
+                       preexec_fn=lambda umask=umask: os.umask(umask), capture_output=True)
+        assert dest.stat().st_mode & 0o777 == mode
+
+
+# -- issue 11: no partial files left behind --------------------------------------------------------
+
+def test_leftovers_of_killed_transfers_are_cleaned_up_by_age(local_cli, tmp_path):
+    store_tmp = local_cli.root.parent.parent / ".tmp"
+    old = time.time() - 2 * tracecraft.STALE_TEMP_SECONDS
+    stale, fresh = store_tmp / "put-0123456789abcdef.tmp", store_tmp / "put-fedcba9876543210.tmp"
+    partial = local_cli.cwd / ".tracecraft-0123456789abcdef.tmp"
+    for path in (stale, fresh, partial):
+        path.write_bytes(b"x" * 1000)
+    for path in (stale, partial):
+        os.utime(path, (old, old))
+    (local_cli.cwd / "a.txt").write_text("x")
+    local_cli.ok("artifact", "upload", "a.txt")
+    assert not stale.exists() and fresh.exists()      # a write in progress keeps its file
+    local_cli.ok("artifact", "download", "a.txt", "-o", str(local_cli.cwd / "b.txt"))
+    assert not partial.exists()
+
+
+def test_a_terminated_transfer_leaves_no_partial_file(local_cli, tmp_path):
+    big = local_cli.cwd / "big.bin"
+    big.write_bytes(os.urandom(64 << 20))
+    local_cli.ok("artifact", "upload", "big.bin")
+    store_tmp = local_cli.root.parent.parent / ".tmp"
+    for args in (["artifact", "upload", "big.bin", "--overwrite"],
+                 ["artifact", "download", "big.bin", "-o", str(tmp_path / "dl.bin")]):
+        proc = subprocess.Popen([sys.executable, TRACECRAFT, *args], cwd=local_cli.cwd,
+                                env=local_cli.env, stderr=subprocess.PIPE)
+        time.sleep(0.4)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert b"Traceback" not in err
+        leftovers = [p.name for p in list(store_tmp.iterdir()) + list(tmp_path.iterdir())
+                     if p.name.startswith(("put-", ".tracecraft-"))]
+        assert leftovers == [], (args, proc.returncode, leftovers)

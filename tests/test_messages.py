@@ -1,5 +1,6 @@
 """Inboxes: numbered logs, cursors in the bucket, exactly-once delivery, on every store."""
 import json
+import os
 import random
 import subprocess
 import sys
@@ -169,3 +170,55 @@ def test_exactly_once_with_skewed_senders_and_racing_readers(atomic_settings, cl
         expected = sorted(m["text"] for m in sent if m["to"] in (agent, "_broadcast"))
         got = sorted(received[agent])
         assert got == expected, f"{agent}: {len(got)} received, {len(expected)} expected"
+
+
+# -- issue 11: numbers are never reused, stray objects move nothing, waits end on time -------------
+
+def test_a_number_is_never_reused_after_inbox_delete(local_cli):
+    """b and c send three each; a reads them all with --delete; b, remembering its tail 3,
+    sends again: its message is number 7 and reaches a (it used to be written as number 4,
+    below a's cursor, and never shown)."""
+    for sender in ("b", "c"):
+        for i in range(3):
+            local_cli.ok("send", "a", f"{sender}{i}", agent=sender)
+    read = json.loads(local_cli.ok("inbox", "--delete", "--json", agent="a"))["messages"]
+    assert [m["text"] for m in read] == ["b0", "b1", "b2", "c0", "c1", "c2"]
+    local_cli.ok("send", "a", "after the delete", agent="b")
+    again = json.loads(local_cli.ok("inbox", "--json", agent="a"))["messages"]
+    assert [(m["seq"], m["text"]) for m in again] == [(7, "after the delete")]
+    log = local_cli.root / "messages" / "a"
+    assert sorted(p.stat().st_size > 0 for p in log.iterdir()) == [False] * 6 + [True]
+    assert json.loads(local_cli.ok("inbox", "--all", "--json", agent="a"))["messages"] == again
+
+
+def test_a_stray_object_in_a_log_moves_no_cursor_and_no_tail(local_cli):
+    local_cli.ok("send", "a", "first", agent="b")
+    log = local_cli.root / "messages" / "a"
+    for stray in ("000000000000-x.json", "000000000000-1000000000000.json", "zzz.json",
+                  "999999999999-01.json", "-00000000001-1000000000001.json"):
+        (log / stray).write_text("{}")
+        old = time.time() - 120      # older than any gap a reader waits out
+        os.utime(log / stray, (old, old))
+    local_cli.ok("send", "a", "second", agent="c")       # a sender new to the log lists its tail
+    result = local_cli("inbox", "--json", agent="a")
+    assert result.returncode == 0 and "stray" in result.stderr
+    assert [m["text"] for m in json.loads(result.stdout)["messages"]] == ["first", "second"]
+    local_cli.ok("send", "a", "third", agent="d")
+    assert [m["text"] for m in json.loads(local_cli.ok("inbox", "--json", agent="a"))
+            ["messages"]] == ["third"]
+    numbered = sorted(p.name for p in log.iterdir() if p.name.endswith(("-1.json", "-2.json",
+                                                                        "-3.json")))
+    assert numbered == ["999999999997-3.json", "999999999998-2.json", "999999999999-1.json"]
+
+
+def test_inbox_wait_one_second_ends_after_one_second(local_cli, client_factory):
+    started = time.monotonic()
+    result = local_cli("inbox", "--wait", "1", agent="a")
+    assert result.returncode == 3 and "no new message within 1s" in result.stderr
+    assert time.monotonic() - started < 1 + 5          # the process starting up, on a busy box
+    bob = client_factory("bob")
+    for wait in (1, 1.0):                              # 1.0 == True: it used to wait forever
+        started = time.monotonic()
+        with pytest.raises(tracecraft.WaitTimeout):
+            bob.inbox(wait=wait)
+        assert 1 <= time.monotonic() - started < 2.5
