@@ -123,6 +123,20 @@ class BadDigest(StoreError):
     changed while it was read."""
 
 
+class LocalFileError(UsageError):
+    """A file on this machine could not be written or read (a full disk, no permission): never
+    the store's fault, and never retried as if it were."""
+
+
+def os_reason(exc):
+    """What an OSError means, in words: a full disk is said to be full."""
+    import errno
+    return {errno.ENOSPC: "the disk is full", getattr(errno, "EDQUOT", -1): "the disk quota is "
+            "used up", errno.EROFS: "the file system is read-only", errno.EACCES:
+            "permission denied", errno.EPERM: "permission denied", errno.ELOOP:
+            "a symbolic link is in the way"}.get(exc.errno, exc.strerror or str(exc))
+
+
 class Cancelled(TracecraftError):
     """A long call (a wait) was cancelled by its caller: an MCP client's notifications/cancelled."""
 
@@ -842,7 +856,10 @@ def _describe_network_error(exc):
 def _copy_stream(blocks, target, total, progress):
     done = 0
     for block in blocks:
-        target.write(block)
+        try:
+            target.write(block)
+        except OSError as exc:   # the destination failed, not the connection: no retry
+            raise LocalFileError(f"cannot write the download: {os_reason(exc)}") from None
         done += len(block)
         if progress:
             progress(done, total)
@@ -1121,16 +1138,10 @@ class LocalStore(Store):
             self._safe.add(parent)
 
     def _fail(self, exc, key):
-        import errno
         if isinstance(exc, (IsADirectoryError, NotADirectoryError)):
             return UsageError(f"object key {key!r} conflicts with another key in {self.dir} "
                               "(one is a prefix of the other)")
-        reason = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
-                  getattr(errno, "EDQUOT", -1): "the disk quota is used up",
-                  errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-                  errno.ELOOP: "a symbolic link is in the way"}.get(exc.errno,
-                                                                      exc.strerror or str(exc))
-        return StoreError(f"local store: {reason} ({exc.filename or self.dir})")
+        return StoreError(f"local store: {os_reason(exc)} ({exc.filename or self.dir})")
 
     def now(self):
         """The store's clock: the kernel's stamp on a file made in the store (the file server's,
@@ -1177,20 +1188,28 @@ class LocalStore(Store):
                                             "not a tracecraft record")
                     etag = _md5_etag(data)
                 else:
-                    import hashlib
-                    digest, done = hashlib.md5(), 0
-                    into.seek(0)
-                    into.truncate()
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        digest.update(block)
-                        into.write(block)
-                        done += len(block)
-                        if progress:
-                            progress(done, stat.st_size)
-                    data, etag = None, '"' + digest.hexdigest() + '"'
+                    data, etag = None, self._copy(f, into, stat.st_size, progress)
         except OSError as exc:
             raise self._fail(exc, key) from None
         return Blob(key, data, etag, stat.st_size, stat.st_mtime, self.now())
+
+    @staticmethod
+    def _copy(f, into, size, progress):
+        """Copy an object's file into `into`; its ETag.  A failure to write is the caller's."""
+        import hashlib
+        digest, done = hashlib.md5(), 0
+        into.seek(0)
+        into.truncate()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+            try:
+                into.write(block)
+            except OSError as exc:
+                raise LocalFileError(f"cannot write the download: {os_reason(exc)}") from None
+            done += len(block)
+            if progress:
+                progress(done, size)
+        return '"' + digest.hexdigest() + '"'
 
     def head(self, key):
         return self.get(key, into=_Discard())
@@ -3509,7 +3528,7 @@ class Artifacts:
         try:
             fd, tmp = create_exclusive(directory, ".tracecraft-", 0o666)
         except OSError as exc:
-            raise UsageError(f"cannot write to {directory}: {_local_reason(exc)}") from None
+            raise UsageError(f"cannot write to {directory}: {os_reason(exc)}") from None
         try:
             try:
                 with os.fdopen(fd, "w+b") as f:
@@ -3525,7 +3544,7 @@ class Artifacts:
                 else:
                     _place_new(tmp, dest, name)
             except OSError as exc:
-                raise UsageError(f"cannot write {dest}: {_local_reason(exc)}") from None
+                raise UsageError(f"cannot write {dest}: {os_reason(exc)}") from None
         finally:
             unlink_quietly(tmp)
         return dest, artifact
@@ -3609,13 +3628,6 @@ def _file_digests(f, size):
     return sha256.hexdigest(), md5.hexdigest()
 
 
-def _local_reason(exc):
-    import errno
-    return {errno.ENOSPC: "the disk is full", getattr(errno, "EDQUOT", -1): "the disk quota is "
-            "used up", errno.EROFS: "the file system is read-only"}.get(
-                exc.errno, exc.strerror or str(exc))
-
-
 def _destination(dest, name, overwrite):
     """(absolute path to write, its lstat if an existing regular file is to be replaced)."""
     if dest is None:
@@ -3632,7 +3644,7 @@ def _destination(dest, name, overwrite):
             raise UsageError(f"cannot write {dest}: no directory {os.path.dirname(dest)}") from None
         return dest, None
     except OSError as exc:
-        raise UsageError(f"cannot write {dest}: {_local_reason(exc)}") from None
+        raise UsageError(f"cannot write {dest}: {os_reason(exc)}") from None
     import stat
     if stat.S_ISLNK(found.st_mode):
         raise UsageError(f"{dest} is a symbolic link: not replaced (remove it or choose another "

@@ -3,6 +3,7 @@
     python tests/racer.py claim SETTINGS_JSON AGENT START ROUNDS
         waits for each round's start (START + round * 0.4 s), claims step-<round>, prints one
         JSON line per round: {"round": r, "won": bool, "holder": text}
+    python tests/racer.py complete SETTINGS_JSON AGENT START ROUNDS
     python tests/racer.py incr SETTINGS_JSON AGENT START COUNT
         adds 1 to the object "counter" COUNT times with compare-and-swap, prints the retries
     python tests/racer.py memincr SETTINGS_JSON AGENT START COUNT
@@ -33,6 +34,23 @@ def claim(client, start, rounds):
         except tracecraft.Refused as exc:
             won, holder = False, str(exc)
         print(json.dumps({"round": r, "won": won, "holder": holder}), flush=True)
+
+
+def complete(client, start, rounds):
+    """Round by round, end step-<round> (which this agent holds) at the same instant as the
+    other racers: {"round": r, "won": bool, "began": t, "ended": t} per round."""
+    for r in range(rounds):
+        delay = start + r * ROUND_GAP - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        began = time.time()
+        try:
+            client.complete(f"step-{r}", note=f"by process {os.getpid()}")
+            won = True
+        except tracecraft.Refused:
+            won = False
+        print(json.dumps({"round": r, "won": won, "began": began, "ended": time.time(),
+                          "pid": os.getpid()}), flush=True)
 
 
 def incr(client, start, count):
@@ -119,7 +137,7 @@ def main():
     mode, settings, agent, start, n, *extra = sys.argv[1:]
     client = tracecraft.connect(project="race", agent=agent, **json.loads(settings))
     modes = {"claim": claim, "incr": incr, "memincr": memincr, "send": send, "read": read,
-             "upload": upload, "download": download}
+             "upload": upload, "download": download, "complete": complete}
     modes[mode](client, float(start), int(n), *map(float, extra))
 
 

@@ -181,3 +181,29 @@ def test_heartbeat_renews_every_held_lease(client_factory):
     assert listed["alice"]["state"] == "online" and sorted(listed["alice"]["holding"]) == ["x", "y"]
     alice.complete("x")
     assert {a["agent"]: a for a in bob.agents()}["alice"]["holding"] == ["y"]
+
+
+def test_the_same_agent_ending_a_step_twice_at_once_succeeds_once(atomic_settings,
+                                                                  client_factory_atomic):
+    """Two processes of one agent (sharing what it remembers, as two terminals of one machine
+    do) complete the same step at the same instant: one is told it did, the other that the step
+    is already complete, and one note is kept.  Both used to be told they succeeded."""
+    from conftest import racer_outputs, spawn_racer
+    rounds = 12
+    holder = client_factory_atomic("same")
+    for r in range(rounds):
+        holder.claim(f"step-{r}")
+    holder.close()                                   # its leases are remembered for the racers
+    start = time.time() + 2.0
+    results = racer_outputs([spawn_racer("complete", atomic_settings, "same", start, rounds)
+                             for _ in range(2)])
+    overlapped = 0
+    observer = client_factory_atomic("observer")
+    for r in range(rounds):
+        a, b = results[0][r], results[1][r]
+        assert a["won"] != b["won"], f"round {r}: {a} {b}"
+        overlapped += a["began"] < b["ended"] and b["began"] < a["ended"]
+        winner = (a, b)[b["won"]]
+        info = observer.step_status(f"step-{r}")
+        assert info["status"] == "complete" and info["note"] == f"by process {winner['pid']}"
+    assert overlapped >= rounds // 2, f"only {overlapped} of {rounds} rounds really raced"

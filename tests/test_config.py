@@ -1,10 +1,12 @@
 """Section 5: where settings and credentials come from."""
 import json
+import subprocess
+import sys
 import time
 
 import tracecraft
 
-from conftest import CLI, clean_env
+from conftest import CLI, TRACECRAFT, clean_env
 
 
 def test_credentials_from_aws_profile_are_not_written(seaweed, tmp_path, bucket_name):
@@ -105,3 +107,62 @@ def test_dates_are_read_as_the_stdlib_reads_them():
         assert calendar.timegm(time.gmtime(seconds)) == tracecraft._iso_date(iso + "Z")
     assert tracecraft._http_date("Sunday, 06-Nov-94 08:49:37 GMT") == 784111777   # RFC 850
     assert tracecraft._http_date("nonsense") is None and tracecraft._iso_date("") is None
+
+
+# -- issue 11: no file written through a link; no credential ever printed ----------------------------
+
+def test_init_never_writes_through_a_planted_link(tmp_path):
+    """A link planted at the config's name, or at the temporary name the old code used, is not
+    followed: the victim file keeps its content, and the secret never reaches it."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / ".tracecraft.json.tmp").symlink_to(victim)
+    runner = CLI(work, clean_env(tmp_path))
+    runner.ok("init", "--project", "p", "--agent", "a", "--root", str(tmp_path / "store"))
+    assert victim.read_text() == "precious"
+    (work / ".tracecraft.json").unlink()
+    (work / ".tracecraft.json").symlink_to(victim)
+    runner.ok("init", "--project", "p", "--agent", "a", "--root", str(tmp_path / "store"))
+    assert victim.read_text() == "precious"
+    config = work / ".tracecraft.json"
+    assert not config.is_symlink() and config.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in work.iterdir()) == [".tracecraft.json", ".tracecraft.json.tmp"]
+
+
+SECRET_NUMBER = 987654321987654321
+
+
+def test_no_error_shows_a_credentials_value_whatever_its_type(tmp_path):
+    runner = CLI(tmp_path, clean_env(tmp_path))
+    config = tmp_path / ".tracecraft.json"
+    base = {"backend": "s3", "project": "p", "agent": "a", "endpoint": "http://127.0.0.1:9",
+            "bucket": "bkt"}
+    cases = [dict(base, access_key="k", secret_key=SECRET_NUMBER),
+             dict(base, access_key=SECRET_NUMBER, secret_key="s"),
+             dict(base, access_key="k", secret_key=["s3cr3t-in-a-list"]),
+             dict(base, access_key="k", secret_key="s3cr3t\u20acnon-latin-1"),
+             dict(base, access_key="k\u00e9y-\u20ac", secret_key="s3cr3t"),
+             dict(base, access_key="k", secret_key="s", session_token="t0ken\u20ac-value"),
+             dict(base, access_key="k", secret_key="s", session_token={"t0ken": 1})]
+    for case in cases:
+        config.write_text(json.dumps(case))
+        config.chmod(0o600)
+        for args in (["memory", "get", "k"], ["doctor"], ["doctor", "--json"], ["status"]):
+            result = runner(*args)
+            text = result.stdout + result.stderr
+            assert result.returncode == 4, (case, args, text)
+            for value in (str(SECRET_NUMBER), "s3cr3t", "t0ken", "k\u00e9y"):
+                assert value not in text, (case, args, text)
+            assert "Traceback" not in text and "internal error" not in text
+
+
+def test_a_deleted_working_directory_is_a_clear_error(tmp_path):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    env = clean_env(tmp_path)
+    result = subprocess.run(["sh", "-c", f'cd "{gone}" && rmdir "{gone}" && exec "$0" "$1" '
+                             'memory get k', sys.executable, TRACECRAFT], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "current directory no longer exists" in result.stderr
