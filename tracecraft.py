@@ -273,10 +273,13 @@ def _not_json(name):
     raise ValueError(f"{name} is not JSON")
 
 
-def loads(data):
+def loads(data, numbers=True):
     """Standard JSON only: json.loads also takes NaN and Infinity, reads 1e400 as infinity and
-    recurses without bound; each of those is a ValueError here."""
+    recurses without bound; each of those is a ValueError here.  numbers=False lets numbers
+    out of range through, for a caller that checks them and says which one was wrong."""
     try:
+        if not numbers:
+            return json.loads(data, parse_constant=_not_json)
         return json.loads(data, parse_float=_finite, parse_int=_int64, parse_constant=_not_json)
     except RecursionError:
         raise ValueError("nested too deep") from None
@@ -1112,6 +1115,7 @@ class LocalStore(Store):
         self.timeout = timeout or _retry_settings()[1]
         self._real, self._safe = None, set()      # see _within
         self._offset, self._offset_at = None, 0.0  # see now
+        self.writable = True                       # an observer's store writes not even a clock
 
     def describe(self):
         return f"local directory {self.dir}"
@@ -1151,6 +1155,8 @@ class LocalStore(Store):
         if self._offset is None or time.monotonic() - self._offset_at > 10:
             self._offset, self._offset_at = 0.0, time.monotonic()
             try:
+                if not self.writable:
+                    raise PermissionError("an observer writes nothing")
                 fd, path = create_exclusive(self._tmpdir(), "clock-")
                 try:
                     self._offset = os.fstat(fd).st_mtime - time.time()
@@ -1441,6 +1447,7 @@ class ReadOnlyStore(Store):
 
     def __init__(self, store):
         self.store, self.name = store, store.name
+        store.writable = False
 
     def __getattr__(self, name):   # now(), bucket, endpoint, ...: the store's own
         return getattr(self.store, name)
@@ -3398,12 +3405,24 @@ class Artifacts:
         except OSError as exc:
             raise UsageError(f"cannot read {source}: {exc.strerror or exc}") from None
 
+    def _current(self, meta_key):
+        """(checked metadata, or None when it is not tracecraft's, and its blob), or None when
+        there is none.  Metadata that is not tracecraft's is replaced by the next upload."""
+        try:
+            blob = self.client.store.get(meta_key)
+            return _meta_record(self.client._parse(blob), meta_key), blob
+        except NoSuchKey:
+            return None
+        except CorruptObject as exc:
+            self.client.warn(f"replacing {exc}")
+            return None, self.client.store.head(meta_key)
+
     def _intent(self, meta_key, name, step, entry, current):
         """Write the metadata naming `entry` as the artifact's content, before its bytes are
-        sent, keeping what `current` (read(), or None) said of the uploads before."""
+        sent, keeping what `current` (from _current()) said of the uploads before."""
         previous = []
-        if current:
-            record = _meta_record(current[0], meta_key)
+        if current and current[0]:
+            record = current[0]
             previous = [u for u in [{k: record[k] for k in _ENTRY_FIELDS}] + record["previous"]
                         if u["sha256"] != entry["sha256"]][:self.PREVIOUS]
         record = self.client.record(name=name, step=step, **entry, previous=previous)
@@ -3424,12 +3443,12 @@ class Artifacts:
         try:
             written = self._intent(meta_key, name, step, entry, None)
         except PreconditionFailed:
-            # Metadata without bytes is an upload that never sent them: take its place.
-            current = self.client.read(meta_key, missing_ok=True)
             if self.client.store.exists(data_key):
                 if self._landed(data_key, entry):
                     return   # this very upload, retried
                 raise exists from None
+            # Metadata without bytes is an upload that never sent them: take its place.
+            current = self._current(meta_key)
             try:
                 written = self._intent(meta_key, name, step, entry, current)
             except (PreconditionFailed, ConditionalConflict, NoSuchKey):
@@ -3456,7 +3475,7 @@ class Artifacts:
         on the version read before, so that of racing uploads each replaces the one before it,
         in turn, and the bytes left are always described."""
         for _ in _retries(f"artifact {step}/{name}"):
-            current = self.client.read(meta_key, missing_ok=True)
+            current = self._current(meta_key)
             try:
                 before = self.client.store.head(data_key).etag
             except NoSuchKey:
@@ -3920,7 +3939,7 @@ def serve_mcp(open_client, stdin=None, stdout=None):
         if not line.strip():
             continue
         try:
-            request = loads(line.decode("utf-8"))
+            request = loads(line.decode("utf-8"), numbers=False)   # arguments are checked
         except (UnicodeDecodeError, ValueError):
             reply({"id": None, "error": {"code": -32700, "message": "parse error"}})
             continue

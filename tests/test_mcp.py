@@ -154,3 +154,111 @@ def test_readme_shows_the_prompt_as_printed():
     import tracecraft
     from conftest import REPO
     assert tracecraft.agent_prompt("myproject", "designer") in (REPO / "README.md").read_text()
+
+
+# -- issue 11: the server is a session: concurrent, cancellable, strict about its arguments ---------
+
+class RawSession:
+    """`tracecraft mcp` driven line by line, JSON-RPC as it is on the wire."""
+
+    def __init__(self, cli, agent="designer"):
+        import subprocess
+        self.proc = subprocess.Popen([sys.executable, TRACECRAFT, "mcp"], cwd=cli.cwd,
+                                     env=dict(cli.env, TRACECRAFT_AGENT=agent),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, bufsize=1)
+        self.send({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                   "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                              "clientInfo": {"name": "raw", "version": "0"}}})
+        self.initialized = self.receive()
+
+    def send(self, message):
+        self.proc.stdin.write((message if isinstance(message, str) else json.dumps(message)) + "\n")
+        self.proc.stdin.flush()
+
+    def receive(self, timeout=15):
+        import select
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        assert ready, "no answer within the time"
+        return json.loads(self.proc.stdout.readline())
+
+    def call(self, request_id, tool, **arguments):
+        self.send({"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
+                   "params": {"name": tool, "arguments": arguments}})
+
+    def close(self):
+        self.proc.stdin.close()
+        code = self.proc.wait(timeout=15)
+        return code, self.proc.stderr.read()
+
+
+def test_a_long_call_does_not_block_the_session_and_can_be_cancelled(local_cli):
+    import time
+    session = RawSession(local_cli)
+    session.call(1, "wait_for", steps=["never"], timeout=60)
+    started = time.monotonic()
+    session.send({"jsonrpc": "2.0", "id": 2, "method": "ping"})
+    assert session.receive() == {"jsonrpc": "2.0", "id": 2, "result": {}}
+    session.call(3, "memory_set", key="k", value=1)
+    assert session.receive()["id"] == 3
+    assert time.monotonic() - started < 5                  # not 60 s behind the wait
+    session.send({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                  "params": {"requestId": 1, "reason": "user"}})
+    session.call(4, "inbox", wait=1)                       # 1 == True once meant: forever
+    answer = session.receive(timeout=10)
+    assert answer["id"] == 4 and answer["result"]["isError"]
+    assert "no new message" in answer["result"]["content"][0]["text"]
+    started = time.monotonic()
+    code, err = session.close()                            # the cancelled call never answers
+    assert code == 0 and "Traceback" not in err and time.monotonic() - started < 10
+
+
+DEEP = []
+for _ in range(100):
+    DEEP = [DEEP]
+
+
+def test_bad_calls_are_named_errors_and_the_server_lives_on(local_cli):
+    session = RawSession(local_cli)
+    assert "claim" in session.initialized["result"]["instructions"]
+    instructions = session.initialized["result"]["instructions"]
+    assert "shell" not in instructions and "wait_for" in instructions
+    session.call(1, "no_such_tool")
+    unknown = session.receive()
+    assert unknown["error"]["code"] == -32602 and "no_such_tool" in unknown["error"]["message"]
+    cases = [("claim", {}, "needs the argument 'step'"),
+             ("claim", {"step": "s", "ttl": "inf"}, "'ttl' must be a finite number"),
+             ("claim", {"step": "s", "ttl": 0}, "'ttl' must be"),
+             ("claim", {"step": "s", "stpe": "x"}, "has no argument 'stpe'"),
+             ("send", {"to": "bob", "text": 42}, "'text' must be text"),
+             ("complete", {"step": "s", "note": ["x"]}, "'note' must be text"),
+             ("complete", {"step": "s", "status": "done"}, "must be one of"),
+             ("wait_for", {"steps": "s"}, "'steps' must be a list"),
+             ("wait_for", {"steps": [1]}, "has an item that must be text"),
+             ("memory_incr", {"key": "k", "by": True}, "'by' must be a finite number"),
+             ("memory_set", {"key": "k", "value": DEEP}, "nested")]
+    for n, (tool, arguments, words) in enumerate(cases, start=2):
+        session.call(n, tool, **arguments)
+        answer = session.receive()
+        assert answer["id"] == n and answer["result"]["isError"], (tool, answer)
+        assert words in answer["result"]["content"][0]["text"], (tool, answer)
+    session.send('{"jsonrpc": "2.0", "id": 50, "method": "tools/call", "params": {"name": '
+                 '"claim", "arguments": {"step": "s", "ttl": 1e999}}}')
+    infinite = session.receive()
+    assert infinite["result"]["isError"] and "finite" in infinite["result"]["content"][0]["text"]
+    session.send('{"jsonrpc": "2.0", "id": 51, "method": "tools/call", "params": {"name": '
+                 '"claim", "arguments": {"step": "s", "ttl": NaN}}}')
+    assert session.receive()["error"]["code"] == -32700
+    session.call(52, "claim", step="s", ttl=60)
+    claimed = session.receive()["result"]["structuredContent"]
+    assert claimed["holder"] == "designer" and claimed["ttl"] == 60
+    session.send({"jsonrpc": "2.0", "id": 53, "method": "tools/list"})
+    tools = {t["name"]: t for t in session.receive()["result"]["tools"]}
+    assert {"heartbeat", "memory_delete", "memory_history"} <= set(tools)
+    assert tools["wait_for"]["inputSchema"]["properties"]["steps"]["items"] == {"type": "string"}
+    assert tools["complete"]["inputSchema"]["properties"]["status"]["enum"] == \
+        ["complete", "failed", "blocked"]
+    code, err = session.close()
+    assert code == 0 and "Traceback" not in err
+    info = json.loads(local_cli("step-status", "s", "--json").stdout)
+    assert info["ttl"] == 60 and 0 < info["lease_left"] <= 60   # no lease that never ends
