@@ -257,12 +257,14 @@ def check_json(kind, value):
 
 def _finite(text):
     number = float(text)
-    if not number - number == 0:
-        raise ValueError(f"number {text[:20]} is out of range")
+    if not number - number == 0:   # its text is not shown: it may be a secret
+        raise ValueError("a number is out of range")
     return number
 
 
 def _int64(text):
+    if len(text) > 20:
+        raise ValueError("integer beyond the 64-bit range")
     number = int(text)
     if not -MAX_INT <= number <= MAX_INT:
         raise ValueError("integer beyond the 64-bit range")
@@ -351,7 +353,7 @@ def _duration(seconds):
 
 # ==================================================================================================
 # 3. SigV4 and transport.  Owns: AWS Signature Version 4 and the one HTTP request path with its
-#    retry policy.  Calls: section 1.  _socket (socket and ssl too, for https) is imported at the
+#    retry policy and deadline, and the file bodies it sends.  Calls: sections 1-2.  _socket (socket and ssl too, for https) is imported at the
 #    first request.
 # ==================================================================================================
 
@@ -677,7 +679,7 @@ class Transport:
                 if into is not None and status == 200:
                     into.seek(0)
                     into.truncate()
-                    _copy_stream(parts, into, int(headers.get("content-length") or 0), progress)
+                    copy_stream(parts, into, int(headers.get("content-length") or 0), progress)
                     return Response(status, headers, b"", sent)
                 data = _collect(parts, int(headers.get("content-length") or 0), limit)
                 if status in RETRY_STATUSES and attempt < self.max_attempts:
@@ -685,6 +687,9 @@ class Transport:
                     continue
                 return Response(status, headers, data, sent)
             except OSError as exc:
+                if streamed and self._reader is not None:
+                    # A file transfer earned its grace by moving bytes: its retry keeps it.
+                    deadline = max(deadline, self._reader.deadline)
                 self.close()
                 last_error = _describe_network_error(exc)
             except BaseException:
@@ -715,7 +720,7 @@ class Transport:
                 while left > 0:   # exactly the size announced, though the file may grow
                     block = body.read(min(_CHUNK, left))
                     if not block:
-                        raise BadDigest("the file being sent became shorter while it was sent")
+                        raise LocalFileError("the file became shorter while it was sent")
                     left -= len(block)
                     self._send(block)
                     reader.deadline += len(block) * reader.grace
@@ -762,7 +767,7 @@ class Transport:
             raise _ProtocolError(f"more than {MAX_INTERIM} interim (1xx) answers")
         headers = {name: ", ".join(values) for name, values in found.items()}
         length = headers.get("content-length", "0")
-        if not (length.isascii() and length.isdigit()):
+        if not (length.isascii() and length.isdigit() and len(length) <= 19):
             raise _ProtocolError(f"not a Content-Length: {length[:100]!r}")
         connection = headers.get("connection", "").lower()
         keep = "keep-alive" in connection if parts[0] == b"HTTP/1.0" else "close" not in connection
@@ -856,7 +861,9 @@ def _describe_network_error(exc):
     return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
 
 
-def _copy_stream(blocks, target, total, progress):
+def copy_stream(blocks, target, total, progress):
+    """Write `blocks` into the file `target`, reporting progress; a failure to write is the
+    destination's (a full disk), never the source's, so it is not retried."""
     done = 0
     for block in blocks:
         try:
@@ -866,6 +873,32 @@ def _copy_stream(blocks, target, total, progress):
         done += len(block)
         if progress:
             progress(done, total)
+
+
+def _file_size(f):
+    if isinstance(f, FileBody):
+        return f.size
+    here = f.tell()
+    f.seek(0, os.SEEK_END)
+    size = f.tell()
+    f.seek(here)
+    return size
+
+
+def file_digests(f, size):
+    """(SHA-256, MD5) hex digests of the first `size` bytes of a file, in one pass."""
+    import hashlib
+    sha256, md5 = hashlib.sha256(), hashlib.md5()
+    f.seek(0)
+    left = size
+    while left > 0:
+        block = f.read(min(1 << 20, left))
+        if not block:
+            raise LocalFileError("the file became shorter while it was read")
+        sha256.update(block)
+        md5.update(block)
+        left -= len(block)
+    return sha256.hexdigest(), md5.hexdigest()
 
 
 class FileBody:
@@ -956,15 +989,19 @@ class Store:
 
     get(key, into=None) -> Blob        raises NoSuchKey; streams the bytes into a file if given
     head(key) -> Blob                  the same without the bytes (exists(key) asks just that)
-    put(key, body, if_none_match=False, if_match=None, content_type=None, progress=None) -> etag
-                                       create-only or compare-and-swap when asked; a lost condition
+    put(key, body, if_none_match=False, if_match=None, content_type=None, progress=None,
+        digests=None) -> etag          create-only or compare-and-swap when asked; a lost condition
                                        raises PreconditionFailed; `body` is bytes or a binary file
+                                       (a FileBody); `digests` (SHA-256, MD5 hex) are checked by
+                                       the store: bytes that changed on the way raise BadDigest
     delete(key, if_match=None)         deleting a missing key is not an error (as on S3)
     list(prefix, start_after=None, limit=None)
                                        Entry objects in S3's order (by UTF-8 bytes), every page
                                        (or the first `limit` entries)
-    ensure_bucket(prefix="") -> bool   create the bucket if missing; True when it was created
-                                       (credentials scoped to `prefix` are checked there)
+    ensure_bucket(prefix="", create=True) -> bool
+                                       create the bucket if missing (with create=False: raise
+                                       NoSuchBucket); True when it was created (credentials
+                                       scoped to `prefix` are checked there)
     """
     name = "store"
 
@@ -1008,7 +1045,8 @@ def _split_url(url):
         port = port[1:]
     else:
         host, _, port = netloc.partition(":")
-    if not host or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+    if not host or (port and not (port.isascii() and port.isdigit() and len(port) <= 5
+                                  and 0 < int(port) < 65536)):
         return None
     return scheme, host.lower(), int(port) if port else (443 if scheme == "https" else 80), \
         slash + path
@@ -1153,18 +1191,19 @@ class LocalStore(Store):
         wrong clock or a faked one may shift.  Kept as an offset from time.time(), measured
         again every 10 s; a store this process cannot write to leaves it its own clock."""
         if self._offset is None or time.monotonic() - self._offset_at > 10:
-            self._offset, self._offset_at = 0.0, time.monotonic()
+            offset = 0.0
             try:
                 if not self.writable:
                     raise PermissionError("an observer writes nothing")
                 fd, path = create_exclusive(self._tmpdir(), "clock-")
                 try:
-                    self._offset = os.fstat(fd).st_mtime - time.time()
+                    offset = os.fstat(fd).st_mtime - time.time()
                 finally:
                     os.close(fd)
                     unlink_quietly(path)
             except OSError:
                 pass
+            self._offset, self._offset_at = offset, time.monotonic()
         return time.time() + self._offset
 
     def _tmpdir(self):
@@ -1201,20 +1240,17 @@ class LocalStore(Store):
 
     @staticmethod
     def _copy(f, into, size, progress):
-        """Copy an object's file into `into`; its ETag.  A failure to write is the caller's."""
+        """Copy an object's file into `into`; returns its ETag."""
         import hashlib
-        digest, done = hashlib.md5(), 0
+        digest = hashlib.md5()
         into.seek(0)
         into.truncate()
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-            try:
-                into.write(block)
-            except OSError as exc:
-                raise LocalFileError(f"cannot write the download: {os_reason(exc)}") from None
-            done += len(block)
-            if progress:
-                progress(done, size)
+
+        def blocks():
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+                yield block
+        copy_stream(blocks(), into, size, progress)
         return '"' + digest.hexdigest() + '"'
 
     def head(self, key):
@@ -1274,7 +1310,8 @@ class LocalStore(Store):
                     f.write(body)
                     digest.update(body)
                 else:
-                    sweep(tmpdir, "put-")   # a file body: as good a time as any to tidy up
+                    for prefix in ("put-", "clock-"):   # a file body: a good time to tidy up
+                        sweep(tmpdir, prefix)
                     body = body if isinstance(body, FileBody) else FileBody(body, None, progress)
                     body.seek(0)
                     for block in iter(lambda: body.read(1 << 20), b""):
@@ -1477,16 +1514,6 @@ class ReadOnlyStore(Store):
         return self.store.ensure_bucket(prefix, create=False)
 
 
-def _file_size(f):
-    if isinstance(f, FileBody):
-        return f.size
-    here = f.tell()
-    f.seek(0, os.SEEK_END)
-    size = f.tell()
-    f.seek(here)
-    return size
-
-
 def default_local_root():
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(base, "tracecraft")
@@ -1669,23 +1696,27 @@ class S3Store(Store):
         never leave for another host.  The gateway's ETag stays the version, and a body whose
         MD5 does not match it (a stale CDN copy) is refused, since compare-and-swap relies on
         body and version belonging together."""
-        from urllib.parse import urljoin, urlsplit
+        from urllib.parse import urljoin
         location = urljoin(self.endpoint + "/", redirect.headers.get("location", ""))
-        url = urlsplit(location)
-        if url.scheme != "https" and not (url.scheme == "http" and _is_loopback(url.hostname or "")):
-            raise StoreError(f"the store redirected {key} to {shown(url.scheme)}://"
-                             f"{shown(url.hostname)}, which is not https: refused")
-        target = (url.path or "/") + (f"?{url.query}" if url.query else "")
-        port = url.port or (443 if url.scheme == "https" else 80)
-        cdn = Transport(url.scheme, url.hostname, port, verify=self.transport.verify)
+        where, _, query = location.partition("?")
+        url = _split_url(where)
+        if url is None or (url[0] != "https" and not (url[0] == "http" and _is_loopback(url[1]))):
+            raise StoreError(f"the store redirected {key} to {shown(location)[:100]!r}, which is "
+                             "not an https URL: refused")
+        scheme, host, port, path = url
+        target = uri_encode(path or "/", keep_slash=True) if not path.isascii() else (path or "/")
+        target += f"?{query}" if query else ""
+        bracketed = f"[{host}]" if ":" in host else host
+        netloc = bracketed if port == (443 if scheme == "https" else 80) else f"{bracketed}:{port}"
+        cdn = Transport(scheme, host, port, verify=self.transport.verify)
         try:
-            resp = cdn.request(method, target, lambda: {"Host": url.netloc}, b"", into, progress,
+            resp = cdn.request(method, target, lambda: {"Host": netloc}, b"", into, progress,
                                MAX_RECORD, deadline)
         finally:
             cdn.close()
         if resp.status != 200:
-            raise StoreError(f"fetching {key} from {shown(url.hostname)} (where the store "
-                             f"redirected) answered {resp.status}")
+            raise StoreError(f"fetching {key} from {shown(host)} (where the store redirected) "
+                             f"answered {resp.status}")
         # The version and the store's clock come from the gateway, not the CDN; if its redirect
         # does not carry them, ask the gateway itself.
         gateway = redirect.headers
@@ -1697,8 +1728,8 @@ class S3Store(Store):
         bare = _version(etag)
         if into is None and method == "GET" and len(bare) == 32 and \
                 all(c in "0123456789abcdef" for c in bare) and _md5_etag(resp.body) != f'"{bare}"':
-            raise StoreError(f"{shown(url.hostname)} served a copy of {key} that does not match "
-                             "its version (a stale cache?); try again")
+            raise StoreError(f"{shown(host)} served a copy of {key} that does not match its "
+                             "version (a stale cache?); try again")
         return resp
 
     def _error(self, resp, method, key):
@@ -1762,13 +1793,7 @@ class S3Store(Store):
             headers.append(("if-match", if_match))
         if not isinstance(body, (bytes, bytearray)):
             body = body if isinstance(body, FileBody) else FileBody(body, None, progress)
-            if digests is None:
-                import hashlib
-                sha256, md5 = hashlib.sha256(), hashlib.md5()
-                for block in iter(lambda: body.read(1 << 20), b""):
-                    sha256.update(block)
-                    md5.update(block)
-                digests = sha256.hexdigest(), md5.hexdigest()
+            digests = digests or file_digests(body.f, body.size)
         if digests:   # the store checks both, so bytes that changed on the way never land
             import base64
             headers.append(("content-md5", base64.b64encode(bytes.fromhex(digests[1])).decode()))
@@ -1806,7 +1831,8 @@ class S3Store(Store):
                                  "(is the endpoint an S3 server?)")
             for block in _xml_values(text, "Contents", raw=True, complete=True):
                 size = _xml_field(block, "Size")
-                yield Entry(_xml_field(block, "Key"), int(size) if size.isdigit() else 0,
+                yield Entry(_xml_field(block, "Key"),
+                            int(size) if size.isascii() and size.isdigit() and len(size) < 20 else 0,
                             _iso_date(_xml_field(block, "LastModified")),
                             _xml_field(block, "ETag") or None, server_time)
                 if left is not None:
@@ -1817,12 +1843,13 @@ class S3Store(Store):
             if not token:
                 return
 
-    def ensure_bucket(self, prefix=""):
+    def ensure_bucket(self, prefix="", create=True):
         try:
             self.request("HEAD")
             return False
         except NoSuchBucket:
-            pass
+            if not create:
+                raise
         except AccessDenied:
             # HEAD answers 403 without a body: tell wrong credentials from a missing permission,
             # and let credentials scoped to the project's prefix through.
@@ -2558,17 +2585,18 @@ class Client:
     # exactly that of a message is not one: it is skipped, and moves no cursor and no tail.
 
     def _log_key(self, log, n):
-        return self.key("messages", log, f"{LOG_TOP - n:0{LOG_WIDTH}d}-{n}.json")
+        return self.key("messages", log, _log_name(n))
 
     def _log_number(self, key):
         """The number of the message at `key`, or None (with a warning) for anything else."""
         name = key.rpartition("/")[2]
-        head, dash, tail = name.partition("-")
-        if dash and len(head) == LOG_WIDTH and head.isdigit() and tail.endswith(".json"):
-            number = tail[:-5]
-            if number.isdigit() and number[0] != "0" and 0 < int(number) < LOG_TOP \
-                    and int(head) == LOG_TOP - int(number):
-                return int(number)
+        number = name.partition("-")[2][:-5]
+        # Exactly the name this number is written under, ASCII digits and all: int() would
+        # read "٩" as 9, and a stray name taken for a number could move a cursor past every
+        # message to come.
+        if number.isascii() and number.isdigit() and len(number) <= LOG_WIDTH and \
+                0 < int(number) < LOG_TOP and name == _log_name(int(number)):
+            return int(number)
         self.warn_once(f"skipped {key}: not a message of tracecraft's (a stray object in the log)")
         return None
 
@@ -2715,12 +2743,16 @@ class Client:
             kind = min((q[0][0], k) for k, q in queues.items() if q)[1]
             _, _, n, entry = queues[kind].pop(0)
             try:
-                got = self.read(entry.key, missing_ok=True)
-                message = _message_shape(got[0], entry.key) if got and got[1].body else None
+                blob = self.store.get(entry.key)
+                if not blob.body:
+                    continue   # emptied by `inbox --delete` since it was listed
+                message = _message_shape(self._parse(blob), entry.key)
+            except NoSuchKey:
+                continue
             except CorruptObject as exc:
                 self.warn(f"skipped {exc}")
                 continue
-            if message is None or (kind == "broadcast" and message["from"] == me):
+            if kind == "broadcast" and message["from"] == me:
                 continue
             message.update(kind=kind, seq=n)
             result.append(message)
@@ -2882,11 +2914,7 @@ class Client:
             raise Refused(f"step {step} is not claimed by anyone: claim it first (tracecraft "
                           f"claim {step}), or end it anyway with --force")
         if lease.state in ENDED:
-            if not self.store.exists(self._step_key(step, "status")):
-                self._publish_end(step, lease.record, got[1])   # finish what a failed call began
-            by = lease.ended_by or lease.holder
-            raise Refused(f"step {step} is already {lease.state} (by {by}"
-                          + (", this agent)" if by == me else ")"))
+            self._already_ended(step, lease)
         holder, live = lease.holder, got is None or (lease.state == "held" and lease.left() > 0)
         if not force and (holder != me or lease.state != "held"):
             generation = lease.record["generation"]
@@ -2909,9 +2937,21 @@ class Client:
             written = self.write(key, end, create_only=got is None,
                                  replacing=got[1] if got else None)
         except (PreconditionFailed, ConditionalConflict, NoSuchKey):
-            raise LostLease(f"cannot end step {step}: the lease changed meanwhile "
-                            "(taken over or ended by another agent)") from None
+            now = self._lease(step)
+            if now.state in ENDED:
+                self._already_ended(step, now)   # ended by a call that won the race
+            raise LostLease(f"cannot end step {step}: the lease changed meanwhile (taken over: "
+                            f"{now.holder} holds it now)") from None
         return self._publish_end(step, end, written)
+
+    def _already_ended(self, step, lease):
+        """Refuse to end a step again, saying how it ended; first write the status.json that a
+        call which died after ending the lease may have left unwritten."""
+        if not self.store.exists(self._step_key(step, "status")):
+            self._publish_end(step, lease.record, lease.blob)
+        by = lease.ended_by or lease.holder
+        raise Refused(f"step {step} is already {lease.state} (by {by}"
+                      + (", this agent)" if by == self.agent else ")"))
 
     def _publish_end(self, step, lease, written):
         """Write status.json and handoff.json after the ended lease; return the step."""
@@ -3146,6 +3186,10 @@ class Client:
         return checks
 
 
+def _log_name(n):
+    return f"{LOG_TOP - n:0{LOG_WIDTH}d}-{n}.json"
+
+
 def _agent_shape(agent, record, age, holding):
     """An agent as shown everywhere: agent, state, holding, last_seen, age_seconds, host."""
     state = ("offline" if age is None or age >= IDLE_SECONDS
@@ -3368,26 +3412,23 @@ class Artifacts:
         data_key, meta_key, step = self._keys(name, step)
         import mimetypes
         ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        changed = UsageError(f"{shown(source)} changed while it was being uploaded: upload it "
+                             "again once it is complete")
         with self._readable(source) as f:
             try:
                 size = _file_size(f)   # what is sent: a file that grows is sent as it is now
-                sha256, md5 = _file_digests(f, size)
-            except OSError as exc:
-                raise UsageError(f"cannot read {source}: {exc.strerror or exc}") from None
-            entry = {"size": size, "sha256": sha256, "md5": md5, "content_type": ctype,
-                     "uploader": self.client.agent, "at": self.client.now()}
-            body = FileBody(f, size, progress)
-            try:
+                sha256, md5 = file_digests(f, size)
+                entry = {"size": size, "sha256": sha256, "md5": md5, "content_type": ctype,
+                         "uploader": self.client.agent, "at": self.client.now()}
+                body = FileBody(f, size, progress)
                 (self._replace if overwrite else self._create)(data_key, meta_key, name, step,
                                                                entry, body)
-            except BadDigest:
-                raise UsageError(f"{source} changed while it was being uploaded: upload it again "
-                                 "once it is complete") from None
+            except (BadDigest, LocalFileError):
+                raise changed from None
             except OSError as exc:
-                raise UsageError(f"cannot read {source}: {exc.strerror or exc}") from None
-            if body.md5.hexdigest() != md5:   # a store that checks no digest took other bytes
-                raise UsageError(f"{source} changed while it was being uploaded: upload it again "
-                                 "once it is complete")
+                raise UsageError(f"cannot read {shown(source)}: {os_reason(exc)}") from None
+            if body.done == size and body.md5.hexdigest() != md5:
+                raise changed   # a store that checks no digest took bytes that changed
         return _artifact_shape(name, step, entry)
 
     @staticmethod
@@ -3429,12 +3470,32 @@ class Artifacts:
         return self.client.write(meta_key, record, create_only=current is None,
                                  replacing=current[1] if current else None)
 
-    def _landed(self, data_key, entry):
-        """Whether the bytes at `data_key` are those of `entry` (a retried PUT that landed)."""
+    def _identify(self, data_key, uploads):
+        """The one of `uploads` whose bytes are at `data_key`, or None: by the ETag where it is
+        the MD5 of the bytes (a single PUT, without SSE-KMS), else by reading them."""
         try:
-            return self.client.store.head(data_key).etag == f'"{entry["md5"]}"'
+            head = self.client.store.head(data_key)
         except NoSuchKey:
-            return False
+            return None
+        sized = [u for u in uploads if u["size"] == head.size]
+        bare = _version(head.etag)
+        if len(bare) == 32 and all(c in "0123456789abcdef" for c in bare):
+            return next((u for u in sized if u["md5"] == bare), None)
+        if not sized:
+            return None
+        into = HashingFile(_Discard())
+        self.client.store.get(data_key, into=into)
+        return next((u for u in sized if u["sha256"] == into.sha256.hexdigest()), None)
+
+    def _stale(self, current):
+        """Whether metadata (from _current()) names an upload that must have ended by now, by
+        the store's clock: its uploader's own deadline for sending the bytes has passed."""
+        record, blob = current
+        if blob.last_modified is None:
+            return True
+        now = blob.server_time if blob.server_time is not None else time.time()
+        size = record["size"] if record else 0
+        return now - blob.last_modified > _retry_settings()[1] + size / TRANSFER_RATE + 60
 
     def _create(self, data_key, meta_key, name, step, entry, body):
         """A new artifact: metadata then bytes, both create-only (two requests)."""
@@ -3444,31 +3505,45 @@ class Artifacts:
             written = self._intent(meta_key, name, step, entry, None)
         except PreconditionFailed:
             if self.client.store.exists(data_key):
-                if self._landed(data_key, entry):
-                    return   # this very upload, retried
-                raise exists from None
-            # Metadata without bytes is an upload that never sent them: take its place.
+                raise exists from None   # (a retry of this very write is told apart by write())
+            # Metadata without bytes is an upload that never sent them: once it must have
+            # ended, take its place.
             current = self._current(meta_key)
+            busy = Refused(f"artifact {name} in step {step} is being uploaded by another agent")
+            if current and not self._stale(current):
+                raise busy from None
             try:
                 written = self._intent(meta_key, name, step, entry, current)
             except (PreconditionFailed, ConditionalConflict, NoSuchKey):
-                raise Refused(f"artifact {name} in step {step} is being uploaded by another "
-                              "agent") from None
+                raise busy from None
         try:
             self.client.store.put(data_key, body, if_none_match=True,
                                   content_type=entry["content_type"],
                                   digests=(entry["sha256"], entry["md5"]))
         except PreconditionFailed as exc:
-            if exc.retried and self._landed(data_key, entry):
+            if exc.retried and self._identify(data_key, [entry]):
                 return
-            # Bytes that were there without metadata (written by another tool): take back the
-            # metadata just written, which describes other bytes.
-            if written.etag:
-                try:
-                    self.client.store.delete(meta_key, if_match=written.etag)
-                except (PreconditionFailed, NoSuchKey):
-                    pass
+            self._give_back(meta_key, written, data_key)
             raise exists from None
+
+    def _give_back(self, meta_key, written, data_key):
+        """Bytes landed that are not this upload's: make the metadata it just wrote describe
+        them again (an earlier upload's entry), or take it back when none does."""
+        current = self._current(meta_key)
+        if not current or not current[0] or current[1].etag != written.etag:
+            return   # changed since: it is someone else's now
+        record = current[0]
+        there = self._identify(data_key, record["previous"])
+        try:
+            if there is None:
+                self.client.store.delete(meta_key, if_match=written.etag)
+            else:
+                self.client.write(meta_key, dict(
+                    self.client.record(name=record["name"], step=record["step"]), **there,
+                    previous=[u for u in record["previous"] if u is not there]),
+                    replacing=current[1])
+        except (PreconditionFailed, ConditionalConflict, NoSuchKey):
+            pass
 
     def _replace(self, data_key, meta_key, name, step, entry, body):
         """Replace an artifact: metadata by compare-and-swap, then the bytes by compare-and-swap
@@ -3490,7 +3565,7 @@ class Artifacts:
                                       digests=(entry["sha256"], entry["md5"]))
                 return
             except (PreconditionFailed, ConditionalConflict, NoSuchKey) as exc:
-                if exc.retried and self._landed(data_key, entry):
+                if exc.retried and self._identify(data_key, [entry]):
                     return
                 continue   # another upload replaced the bytes first: go again, after it
 
@@ -3532,7 +3607,9 @@ class Artifacts:
         if etag is None and len({u["md5"] for u in fitting}) > 1:
             etag = self.client.store.head(data_key).etag
             fitting = [u for u in uploads if fits(u)]
-        return _artifact_shape(name, step, fitting[0] if fitting else {"size": entry.size})
+        # An ETag that is no MD5 (SSE-KMS) fits nothing: then the size, then the newest, says.
+        fitting = fitting or [u for u in uploads if u["size"] == entry.size] or uploads
+        return _artifact_shape(name, step, fitting[0])
 
     def download(self, name, step=None, dest=None, progress=None, overwrite=False):
         """Download into the current directory (or `dest`: a file or directory path), verified
@@ -3587,9 +3664,7 @@ class Artifacts:
     def _heal(self, meta_key, got, record, upload):
         """The bytes are an earlier upload's (a later one died before sending its bytes, or lost
         a race): once that later one is a minute old, make the metadata say so."""
-        blob = got[1]
-        if self.client.read_only or blob.server_time is None or blob.last_modified is None or \
-                blob.server_time - blob.last_modified < 60:
+        if self.client.read_only or not self._stale((record, got[1])):
             return
         previous = [u for u in [{k: record[k] for k in _ENTRY_FIELDS}] + record["previous"]
                     if u is not upload and u["sha256"] != upload["sha256"]][:self.PREVIOUS]
@@ -3621,6 +3696,7 @@ def _meta_record(record, where):
         return {k: upload.get(k) for k in _ENTRY_FIELDS}
     checked = entry(record)
     checked["previous"] = [entry(u) for u in _field(record, "previous", list, where, [])]
+    checked.update(name=record.get("name"), step=record.get("step"))
     return checked
 
 
@@ -3629,22 +3705,6 @@ def _artifact_shape(name, step, upload):
     return {"name": name, "step": step, "size": upload.get("size"),
             "sha256": upload.get("sha256"), "content_type": upload.get("content_type"),
             "uploader": upload.get("uploader"), "at": upload.get("at")}
-
-
-def _file_digests(f, size):
-    """(SHA-256, MD5) hex digests of the first `size` bytes of a file, in one pass."""
-    import hashlib
-    sha256, md5 = hashlib.sha256(), hashlib.md5()
-    f.seek(0)
-    left = size
-    while left > 0:
-        block = f.read(min(1 << 20, left))
-        if not block:
-            raise BadDigest("the file became shorter while it was read")
-        sha256.update(block)
-        md5.update(block)
-        left -= len(block)
-    return sha256.hexdigest(), md5.hexdigest()
 
 
 def _destination(dest, name, overwrite):
@@ -3888,7 +3948,7 @@ def serve_mcp(open_client, stdin=None, stdout=None):
     stdin = stdin or sys.stdin.buffer
     stdout = stdout or sys.stdout.buffer
     first = open_client()
-    idle, running, clients = [first], {}, [first]
+    idle, running, beating = [first], {}, []
     output, state = threading.Lock(), threading.Lock()
     slots, stopping = threading.Semaphore(MCP_WORKERS), threading.Event()
 
@@ -3899,33 +3959,35 @@ def serve_mcp(open_client, stdin=None, stdout=None):
             stdout.flush()
 
     def call(request_id, name, arguments, cancel):
-        try:
-            with state:
-                client = idle.pop() if idle else None
-            if client is None:
-                client = open_client()
+        # The slot is waited for here, never by the reader: a ping must not queue behind waits.
+        with slots:
+            client = None
+            try:
+                if cancel.is_set():
+                    return
                 with state:
-                    clients.append(client)
-            client.cancel = cancel
-            result = _tool_result(client, name, arguments)
-            client.cancel = None
-            with state:
-                idle.append(client)
-            if not cancel.is_set():
-                reply({"id": request_id, "result": result})
-        except Cancelled:
-            pass
-        except TracecraftError as exc:   # opening a client failed
-            reply({"id": request_id, "result": _tool_error(str(exc))})
-        finally:
-            with state:
-                running.pop(request_id, None)
-            slots.release()
+                    client = idle.pop() if idle else None
+                if client is None:
+                    client = open_client()
+                client.cancel = cancel
+                result = _tool_result(client, name, arguments)
+                if not cancel.is_set():
+                    reply({"id": request_id, "result": result})
+            except Cancelled:
+                pass
+            except TracecraftError as exc:   # opening a client failed
+                reply({"id": request_id, "result": _tool_error(str(exc))})
+            finally:
+                with state:
+                    running.pop(_hashable(request_id), None)
+                    if client is not None:
+                        client.cancel = None
+                        idle.append(client)
 
     def beat():
         client = open_client()
         with state:
-            clients.append(client)
+            beating.append(client)
         while True:
             try:
                 client.touch()
@@ -3957,6 +4019,11 @@ def serve_mcp(open_client, stdin=None, stdout=None):
                     cancel.set()
             continue
         request_id = request["id"]
+        if isinstance(request_id, bool) or not (isinstance(request_id, str) or (
+                isinstance(request_id, (int, float)) and request_id - request_id == 0)):
+            reply({"id": None, "error": {"code": -32600, "message": "invalid request: an id must "
+                                                                   "be a string or a number"}})
+            continue
         try:
             if not isinstance(params, dict):
                 raise TypeError("params must be an object")
@@ -3976,7 +4043,6 @@ def serve_mcp(open_client, stdin=None, stdout=None):
             reply({"id": request_id, "error": {"code": -32602, "message": f"invalid params: {exc}"}})
             continue
         cancel = threading.Event()
-        slots.acquire()
         with state:
             running[_hashable(request_id)] = cancel
         threading.Thread(target=call, args=(request_id, name, arguments, cancel),
@@ -3986,14 +4052,20 @@ def serve_mcp(open_client, stdin=None, stdout=None):
         waiting = list(running.values())
     for cancel in waiting:   # the client went away: nobody waits for these answers
         cancel.set()
-    for _ in range(MCP_WORKERS):
-        slots.acquire(timeout=5)
-    for client in clients:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with state:
+            if not running:
+                break
+        time.sleep(0.02)
+    with state:   # a call still running keeps its client; the process ends anyway
+        done = idle + beating
+    for client in done:
         client.close()
 
 
 def _hashable(request_id):
-    return request_id if isinstance(request_id, (str, int, float, type(None))) else repr(request_id)
+    return request_id if isinstance(request_id, (str, int, float)) else repr(request_id)
 
 
 def _tool_error(text):
@@ -4193,7 +4265,8 @@ def _open_client(args, warn):
                 check(value)
             except UsageError as exc:
                 raise UsageError(f"--{flag}: {exc}") from None
-    if path is None and not find_config():
+    path = path or find_config()
+    if path is None:
         raise ConfigError("no tracecraft config found here, in any parent directory or in "
                           f"{user_config_path()}: run `tracecraft init` first (or set "
                           "TRACECRAFT_CONFIG)")

@@ -192,11 +192,13 @@ def client_factory_atomic(atomic_settings):
         client.close()
 
 
-def spawn_racer(mode, settings, agent, start, n, *extra, project=None):
-    """Start tests/racer.py MODE in a process of its own (see racer.py for the modes)."""
+def spawn_racer(mode, settings, agent, start, n, *extra, env=None):
+    """Start tests/racer.py MODE in a process of its own (see racer.py for the modes); `env`
+    adds to the environment (a cache directory of its own, say)."""
     return subprocess.Popen([sys.executable, str(REPO / "tests" / "racer.py"), mode,
                              json.dumps(settings), agent, str(start), str(n), *map(str, extra)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **(env or {})))
 
 
 def racer_outputs(procs, timeout=300):

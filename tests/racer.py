@@ -43,14 +43,14 @@ def complete(client, start, rounds):
         delay = start + r * ROUND_GAP - time.time()
         if delay > 0:
             time.sleep(delay)
-        began = time.time()
+        began, said = time.time(), ""
         try:
             client.complete(f"step-{r}", note=f"by process {os.getpid()}")
             won = True
-        except tracecraft.Refused:
-            won = False
+        except tracecraft.Refused as exc:
+            won, said = False, str(exc)
         print(json.dumps({"round": r, "won": won, "began": began, "ended": time.time(),
-                          "pid": os.getpid()}), flush=True)
+                          "pid": os.getpid(), "said": said}), flush=True)
 
 
 def incr(client, start, count):

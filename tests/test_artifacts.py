@@ -341,3 +341,56 @@ def test_a_terminated_transfer_leaves_no_partial_file(local_cli, tmp_path):
         leftovers = [p.name for p in list(store_tmp.iterdir()) + list(tmp_path.iterdir())
                      if p.name.startswith(("put-", ".tracecraft-"))]
         assert leftovers == [], (args, proc.returncode, leftovers)
+
+
+def test_an_upload_in_progress_is_not_taken_over(client_factory, tmp_path):
+    """B finds the metadata of A's upload but not yet its bytes: B is told A is uploading, and
+    does not take its place (it used to, and then took its metadata back, leaving A's bytes with
+    none)."""
+    import threading
+    alice, bob = client_factory("alice"), client_factory("bob")
+    (tmp_path / "a.bin").write_bytes(b"A" * 5000)
+    (tmp_path / "b.bin").write_bytes(b"B" * 7000)
+    sending, go_on = threading.Event(), threading.Event()
+    real_put = alice.store.put
+
+    def slow(key, body, **kwargs):
+        if key.endswith("/x.bin"):
+            sending.set()
+            go_on.wait(10)
+        return real_put(key, body, **kwargs)
+    alice.store.put = slow
+    uploading = threading.Thread(target=alice.artifacts.upload, args=(str(tmp_path / "a.bin"),),
+                                 kwargs={"name": "x.bin"})
+    uploading.start()
+    assert sending.wait(10)
+    with pytest.raises(tracecraft.Refused, match="being uploaded by another agent"):
+        bob.artifacts.upload(str(tmp_path / "b.bin"), name="x.bin")
+    go_on.set()
+    uploading.join()
+    _, meta = bob.artifacts.download("x.bin", dest=str(tmp_path / "got.bin"))
+    assert meta["uploader"] == "alice" and (tmp_path / "got.bin").read_bytes() == b"A" * 5000
+    with pytest.raises(tracecraft.Refused, match="already exists"):   # the same bytes again
+        alice.artifacts.upload(str(tmp_path / "a.bin"), name="x.bin")
+
+
+def test_listings_read_stores_whose_etags_are_no_md5(client_factory, tmp_path):
+    """With SSE-KMS an ETag is not the MD5 of the bytes: the listing still names the upload."""
+    alice = client_factory("alice")
+    (tmp_path / "a.txt").write_text("one")
+    alice.artifacts.upload(str(tmp_path / "a.txt"))
+
+    class KmsStore:
+        def __init__(self, store):
+            self.store = store
+
+        def __getattr__(self, name):
+            return getattr(self.store, name)
+
+        def list(self, *args, **kwargs):
+            for entry in self.store.list(*args, **kwargs):
+                entry.etag = '"0123456789abcdef0123456789abcdef-1"'   # no MD5
+                yield entry
+    alice.store = KmsStore(alice.store)
+    listed = alice.artifacts.list()
+    assert [(m["name"], m["uploader"], m["size"]) for m in listed] == [("a.txt", "alice", 3)]

@@ -396,3 +396,15 @@ def test_what_agents_wrote_reaches_a_terminal_neutralised(local_cli):
     assert spoof == ["    lines [2026-01-01T00:00:00Z] (direct) boss: obey"]   # indented
     exact = json.loads(local_cli.ok("memory", "get", "k", "--json"))
     assert exact["value"] == evil                                          # --json stays exact
+
+
+def test_an_observer_on_every_store(cli, tmp_path):
+    cli.ok("claim", "s")
+    watch = CLI(tmp_path / "observer", cli.env)
+    watch.cwd.mkdir()
+    args = [a for a in init_args(cli.settings)]
+    assert "read-only observer" in watch.ok("init", "--project", "proj", "--read-only", *args)
+    info = json.loads(watch.ok("status", "--json"))
+    assert [s["step"] for s in info["steps"]] == ["s"]
+    refused = watch("claim", "t")
+    assert refused.returncode == 2 and "read-only" in refused.stderr

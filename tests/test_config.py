@@ -146,8 +146,10 @@ def test_no_error_shows_a_credentials_value_whatever_its_type(tmp_path):
              dict(base, access_key="k\u00e9y-\u20ac", secret_key="s3cr3t"),
              dict(base, access_key="k", secret_key="s", session_token="t0ken\u20ac-value"),
              dict(base, access_key="k", secret_key="s", session_token={"t0ken": 1})]
+    raw = json.dumps(dict(base, access_key="k", secret_key="PLACEHOLDER"))
+    cases.append(raw.replace('"PLACEHOLDER"', f"{SECRET_NUMBER}e400"))   # not even JSON text
     for case in cases:
-        config.write_text(json.dumps(case))
+        config.write_text(case if isinstance(case, str) else json.dumps(case))
         config.chmod(0o600)
         for args in (["memory", "get", "k"], ["doctor"], ["doctor", "--json"], ["status"]):
             result = runner(*args)

@@ -262,3 +262,25 @@ def test_bad_calls_are_named_errors_and_the_server_lives_on(local_cli):
     assert code == 0 and "Traceback" not in err
     info = json.loads(local_cli("step-status", "s", "--json").stdout)
     assert info["ttl"] == 60 and 0 < info["lease_left"] <= 60   # no lease that never ends
+
+
+def test_more_long_calls_than_workers_never_block_the_reader(local_cli):
+    import time
+    from tracecraft import MCP_WORKERS
+    session = RawSession(local_cli)
+    for n in range(MCP_WORKERS + 2):
+        session.call(n + 1, "wait_for", steps=["never"], timeout=30)
+    started = time.monotonic()
+    session.send({"jsonrpc": "2.0", "id": 100, "method": "ping"})
+    assert session.receive(timeout=5)["id"] == 100 and time.monotonic() - started < 3
+    for n in range(MCP_WORKERS + 2):
+        session.send({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                      "params": {"requestId": n + 1}})
+    session.send('{"jsonrpc": "2.0", "id": 1e999, "method": "ping"}')   # not an id
+    assert session.receive()["error"]["code"] == -32600
+    session.call(101, "memory_set", key="k", value="after all that")
+    answer = session.receive(timeout=10)
+    assert answer["id"] == 101 and not answer["result"]["isError"]   # the cancelled said nothing
+    started = time.monotonic()
+    code, err = session.close()
+    assert code == 0 and "Traceback" not in err and time.monotonic() - started < 8

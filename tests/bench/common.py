@@ -124,7 +124,8 @@ def install_counter():
     log = RequestLog()
     original = tracecraft.Transport.request
 
-    def request(self, method, target, make_headers, body=b"", into=None, progress=None):
+    def request(self, method, target, make_headers, body=b"", into=None, progress=None,
+                *more, **options):
         sent = []
 
         def headers():
@@ -132,7 +133,7 @@ def install_counter():
             sent.append(h)
             return h
         try:
-            resp = original(self, method, target, headers, body, into, progress)
+            resp = original(self, method, target, headers, body, into, progress, *more, **options)
         except BaseException:
             for h in sent:
                 log.add(label(method, target, h), None)
