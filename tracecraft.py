@@ -497,6 +497,8 @@ def _retry_settings():
 ATTEMPT_TIMEOUT = 10.0   # seconds one socket operation may block, within the request's deadline
 TRANSFER_RATE = 64 * 1024   # bytes/s: a file transfer's deadline grows by a second per this many
 MAX_BODY = 16 << 20      # bytes of an answer held in memory (a listing page, an error)
+MAX_OBJECT = 5 << 30     # bytes of one object (S3's limit for a single PUT)
+MAX_LISTED = 1_000_000   # keys in one listing
 MAX_HEADERS = 256        # header lines in one answer, interim answers included
 MAX_INTERIM = 8          # 1xx answers before the final one
 
@@ -677,9 +679,15 @@ class Transport:
                 status, headers, keep = self._read_head()
                 parts = self._body(method, status, headers, keep)
                 if into is not None and status == 200:
+                    # The grace for a download is earned only by the bytes it announced: a body
+                    # of unknown length has none, and stops at the S3 limit of one object.
+                    total = int(headers["content-length"]) if "content-length" in headers \
+                        else None
+                    if total is None:
+                        self._reader.grace = 0.0
                     into.seek(0)
                     into.truncate()
-                    copy_stream(parts, into, int(headers.get("content-length") or 0), progress)
+                    copy_stream(parts, into, total or 0, progress, limit=total or MAX_OBJECT)
                     return Response(status, headers, b"", sent)
                 data = _collect(parts, int(headers.get("content-length") or 0), limit)
                 if status in RETRY_STATUSES and attempt < self.max_attempts:
@@ -709,7 +717,8 @@ class Transport:
         if size or method in ("PUT", "POST"):
             lines.append(f"Content-Length: {size}")
         if any("\r" in line or "\n" in line for line in lines):
-            raise ValueError("a line break in the request target or a header value")
+            raise StoreError("a line break in the request target or a header value (from a "
+                             "store's answer?): refused")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         reader = self._reader
         try:
@@ -756,8 +765,10 @@ class Transport:
                 lines += 1
                 if lines > MAX_HEADERS:
                     raise _ProtocolError(f"more than {MAX_HEADERS} header lines in the answer")
-                name, colon, value = line.decode("latin-1").partition(":")
-                if not colon:
+                name, colon, value = line.decode("latin-1").rstrip("\r\n").partition(":")
+                text = name + value
+                if not colon or not text.isprintable() and any(
+                        c < " " and c != "\t" or c == "\x7f" for c in text):
                     raise _ProtocolError(f"not an HTTP header line: {line[:100]!r}")
                 found.setdefault(name.strip().lower(), []).append(value.strip())
             status = int(parts[1])
@@ -861,11 +872,14 @@ def _describe_network_error(exc):
     return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
 
 
-def copy_stream(blocks, target, total, progress):
+def copy_stream(blocks, target, total, progress, limit=None):
     """Write `blocks` into the file `target`, reporting progress; a failure to write is the
-    destination's (a full disk), never the source's, so it is not retried."""
+    destination's (a full disk), never the source's, so it is not retried.  More than `limit`
+    bytes is an error."""
     done = 0
     for block in blocks:
+        if limit is not None and done + len(block) > limit:
+            raise CorruptObject(f"the store's answer is longer than the {limit} bytes it may be")
         try:
             target.write(block)
         except OSError as exc:   # the destination failed, not the connection: no retry
@@ -1151,7 +1165,7 @@ class LocalStore(Store):
         self.bucket = check_bucket(bucket)
         self.dir = os.path.join(self.root, self.bucket)
         self.timeout = timeout or _retry_settings()[1]
-        self._real, self._safe = None, set()      # see _within
+        self._safe = set()                         # see _own_dir
         self._offset, self._offset_at = None, 0.0  # see now
         self.writable = True                       # an observer's store writes not even a clock
 
@@ -1164,20 +1178,33 @@ class LocalStore(Store):
             raise UsageError(f"invalid object key {key!r}")
         return os.path.join(self.dir, *parts)
 
-    def _within(self, path):
-        """Refuse a path that a symbolic link in the store would lead out of it (checked once
-        per directory and process: a link needs write access to the store to plant)."""
-        parent = os.path.dirname(path)
-        if parent in self._safe:
-            return
-        if self._real is None:
-            self._real = os.path.realpath(self.dir)
-        real = os.path.realpath(parent)
-        if real != self._real and not real.startswith(self._real + os.sep):
-            raise StoreError(f"local store: {parent} leads out of the store through a symbolic "
-                             "link: refused")
-        if os.path.isdir(parent):
-            self._safe.add(parent)
+    def _within(self, key):
+        """Refuse a key that a symbolic link in the store would lead out of it: every directory
+        between the store's own and the object must be a real one.  Checked at every use, as a
+        long-lived client must not trust a directory that someone swapped for a link since."""
+        import stat
+        parts, current = key.split("/")[:-1], self.dir
+        for part in parts:
+            current = os.path.join(current, part)
+            try:
+                mode = os.lstat(current).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                return   # made by this very write, as a directory (or the write fails)
+            if stat.S_ISLNK(mode):
+                raise StoreError(f"local store: {current} is a symbolic link: refused (objects "
+                                 "are plain files in the store's own directories)")
+
+    def _own_dir(self, *parts):
+        """A directory of the store's own (.tmp, .locks), made if missing, never a link."""
+        path = os.path.join(self.root, *parts)
+        if path not in self._safe:
+            os.makedirs(path, exist_ok=True)
+            for depth in range(1, len(parts) + 1):
+                if os.path.islink(os.path.join(self.root, *parts[:depth])):
+                    raise StoreError(f"local store: {os.path.join(self.root, *parts[:depth])} is "
+                                     "a symbolic link: refused")
+            self._safe.add(path)
+        return path
 
     def _fail(self, exc, key):
         if isinstance(exc, (IsADirectoryError, NotADirectoryError)):
@@ -1207,14 +1234,12 @@ class LocalStore(Store):
         return time.time() + self._offset
 
     def _tmpdir(self):
-        path = os.path.join(self.root, ".tmp")
-        os.makedirs(path, exist_ok=True)
-        return path
+        return self._own_dir(".tmp")
 
     def get(self, key, into=None, progress=None):
         path = self._path(key)
         try:
-            self._within(path)
+            self._within(key)
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW | _CLOEXEC
                          | getattr(os, "O_BINARY", 0))
         except FileNotFoundError:
@@ -1268,7 +1293,7 @@ class LocalStore(Store):
             raise UsageError("a write cannot be both create-only and compare-and-swap")
         path = self._path(key)
         try:
-            self._within(path)
+            self._within(key)
             tmp, etag = self._write_temp(body, progress)
             try:
                 if digests and etag != f'"{digests[1]}"':
@@ -1279,7 +1304,7 @@ class LocalStore(Store):
                 with self._lock(key):
                     if if_match and self._current_etag(key) != if_match:
                         raise PreconditionFailed(f"{key} changed (version is not {if_match})")
-                    self._place(tmp, path, os.link if if_none_match else os.replace)
+                    self._place(tmp, path, os.link if if_none_match else os.replace, key)
             finally:
                 unlink_quietly(tmp)
         except FileExistsError:
@@ -1288,10 +1313,11 @@ class LocalStore(Store):
             raise self._fail(exc, key) from None
         return etag
 
-    def _place(self, tmp, path, how):
+    def _place(self, tmp, path, how, key):
         # A concurrent delete may remove the parent directory between makedirs and link/rename.
         for _ in range(5):
             os.makedirs(os.path.dirname(path), exist_ok=True)
+            self._within(key)   # again, now that the directories exist: none is a link
             try:
                 return how(tmp, path)
             except FileNotFoundError:
@@ -1325,7 +1351,7 @@ class LocalStore(Store):
     def delete(self, key, if_match=None):
         path = self._path(key)
         try:
-            self._within(path)
+            self._within(key)
             with self._lock(key):
                 if if_match and self._current_etag(key) != if_match:
                     raise PreconditionFailed(f"{key} changed (version is not {if_match})")
@@ -1365,7 +1391,7 @@ class LocalStore(Store):
                     found.append((key, entry.path))
 
         top = self._path(base + "/x")[:-2] if base else self.dir
-        self._within(os.path.join(top, "x"))
+        self._within(base + "/x")
         walk(top, base + "/" if base else "")
         # Python orders str by code point, which is exactly the UTF-8 byte order S3 lists in.
         found.sort()
@@ -1399,8 +1425,7 @@ class LocalStore(Store):
 
     def _lock(self, key):
         stripe = _hash("md5", key.encode("utf-8")).hexdigest()[:2]
-        lockdir = os.path.join(self.root, ".locks", self.bucket)
-        os.makedirs(lockdir, exist_ok=True)
+        lockdir = self._own_dir(".locks", self.bucket)
         return _FileLock(os.path.join(lockdir, stripe + ".lock"), self.timeout, key)
 
 
@@ -1536,26 +1561,33 @@ def _http_date(value):
         return None
     parts = value.split()   # every S3 server sends the IMF-fixdate: Wed, 25 Nov 2026 10:08:06 GMT
     try:
-        if len(parts) == 6 and parts[2] in _MONTHS and parts[5] == "GMT":
+        if len(parts) == 6 and parts[2] in _MONTHS and parts[5] == "GMT" and value.isascii():
             hour, minute, second = parts[4].split(":")
-            return _utc_seconds(int(parts[3]), _MONTHS[parts[2]], int(parts[1]), int(hour),
-                                int(minute), int(second))
-    except ValueError:
-        pass
-    from email.utils import parsedate_tz, mktime_tz   # the obsolete forms HTTP also allows
-    parsed = parsedate_tz(value)
-    return mktime_tz(parsed) if parsed else None
+            if len(parts[3]) == 4:
+                return _utc_seconds(int(parts[3]), _MONTHS[parts[2]], int(parts[1]), int(hour),
+                                    int(minute), int(second))
+        from email.utils import parsedate_tz, mktime_tz   # the obsolete forms HTTP also allows
+        parsed = parsedate_tz(value[:100])
+        if parsed and 1970 <= parsed[0] <= 9999:
+            return mktime_tz(parsed)
+    except (ValueError, OverflowError, TypeError):
+        pass   # a date no server sends: as if there were none
+    return None
 
 
 def _iso_date(value):
     """Epoch seconds from the ISO 8601 LastModified of a listing (2026-11-25T10:08:06.123Z)."""
     try:
+        if not value.isascii():
+            return None
         seconds = _utc_seconds(int(value[0:4]), int(value[5:7]), int(value[8:10]),
                                int(value[11:13]), int(value[14:16]), int(value[17:19]))
     except (TypeError, ValueError):
         return None
     fraction = value[19:].rstrip("Z")
-    return seconds + (float(fraction) if fraction[:1] == "." and fraction[1:].isdigit() else 0)
+    digits = fraction[1:10]
+    return seconds + (float("." + digits) if fraction[:1] == "." and digits.isascii()
+                      and digits.isdigit() else 0)
 
 
 _XML_ENTITIES = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
@@ -1815,7 +1847,7 @@ class S3Store(Store):
                 raise
 
     def list(self, prefix="", start_after=None, limit=None):
-        token, left = None, limit
+        token, left, seen, tokens = None, limit, 0, set()
         while True:
             query = [("list-type", "2"), ("prefix", prefix)]
             if left is not None:
@@ -1835,6 +1867,7 @@ class S3Store(Store):
                             int(size) if size.isascii() and size.isdigit() and len(size) < 20 else 0,
                             _iso_date(_xml_field(block, "LastModified")),
                             _xml_field(block, "ETag") or None, server_time)
+                seen += 1
                 if left is not None:
                     left -= 1
                     if left <= 0:
@@ -1842,6 +1875,10 @@ class S3Store(Store):
             token = _xml_field(text, "NextContinuationToken")
             if not token:
                 return
+            if token in tokens or seen > MAX_LISTED:   # a listing must end
+                raise StoreError(f"the store's listing of {prefix or 'the bucket'} does not end "
+                                 f"({'a page repeats' if token in tokens else f'over {seen} keys'})")
+            tokens.add(token)
 
     def ensure_bucket(self, prefix="", create=True):
         try:
@@ -2633,13 +2670,30 @@ class Client:
                     continue
             break
         found.reverse()
-        if contiguous:
-            expected = after + 1
-            for i, (n, entry) in enumerate(found):
-                if n != expected and not self._behind_hole(entry):
-                    return found[:i]
-                expected = n + 1
-        return found
+        if not contiguous:
+            return found
+        kept, expected = [], after + 1
+        for n, entry in found:
+            if n != expected:
+                if not entry.size:   # emptied messages are all below the reader's cursor
+                    self.warn_once(f"skipped {entry.key}: an empty object ahead of the messages "
+                                   "read (not tracecraft's)")
+                    continue
+                if not (self._behind_hole(entry) and self._is_message(entry, log, n)):
+                    break
+            kept.append((n, entry))
+            expected = n + 1
+        return kept
+
+    def _is_message(self, entry, log, n):
+        """Whether the object behind a hole is message n of this log, read to be sure: a stray
+        object must not carry a cursor past every message to come."""
+        try:
+            record = self._parse(self.store.get(entry.key))
+            return record.get("seq") == n and record.get("to") == log and \
+                isinstance(record.get("text"), str)
+        except (NoSuchKey, CorruptObject):
+            return False
 
     @staticmethod
     def _behind_hole(entry):
@@ -3458,14 +3512,18 @@ class Artifacts:
             self.client.warn(f"replacing {exc}")
             return None, self.client.store.head(meta_key)
 
-    def _intent(self, meta_key, name, step, entry, current):
+    def _intent(self, meta_key, name, step, entry, current, there=None):
         """Write the metadata naming `entry` as the artifact's content, before its bytes are
-        sent, keeping what `current` (from _current()) said of the uploads before."""
+        sent, keeping what `current` (from _current()) said of the uploads before.  The upload
+        whose bytes are there now (`there`: their ETag) is never dropped, however many uploads
+        died since without sending theirs."""
         previous = []
         if current and current[0]:
             record = current[0]
             previous = [u for u in [{k: record[k] for k in _ENTRY_FIELDS}] + record["previous"]
-                        if u["sha256"] != entry["sha256"]][:self.PREVIOUS]
+                        if u["sha256"] != entry["sha256"]]
+            held = [u for u in previous if there and f'"{u["md5"]}"' == there]
+            previous = (held[:1] + [u for u in previous if u not in held[:1]])[:self.PREVIOUS]
         record = self.client.record(name=name, step=step, **entry, previous=previous)
         return self.client.write(meta_key, record, create_only=current is None,
                                  replacing=current[1] if current else None)
@@ -3556,7 +3614,7 @@ class Artifacts:
             except NoSuchKey:
                 before = None
             try:
-                self._intent(meta_key, name, step, entry, current)
+                self._intent(meta_key, name, step, entry, current, before)
             except (PreconditionFailed, ConditionalConflict, NoSuchKey):
                 continue
             try:
@@ -4403,7 +4461,7 @@ def cmd_init(args, out):
     if not args.user and _git_work_tree(current_directory()) and \
             _ignore_in_git(current_directory()):
         lines.append(f"Added {CONFIG_NAME} to .gitignore")
-    safe = {k: v for k, v in config.items() if k != "secret_key"}
+    safe = {k: v for k, v in config.items() if k not in SECRET_FIELDS}
     out.result(dict(safe, config_path=path, bucket_created=created), *lines)
 
 
