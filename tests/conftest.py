@@ -54,6 +54,12 @@ import tracecraft
 
 REPO = Path(__file__).resolve().parents[1]
 TRACECRAFT = str(REPO / "tracecraft.py")
+# The command line as the installed `tracecraft` command runs it: the module imported (its bytecode
+# cached in __pycache__, as an installed module's is) and main() called.  A call costs ~30 ms, where
+# `python tracecraft.py` costs ~120 ms: it compiles the whole file every time.  The seed scenario
+# runs that script form (SCRIPT), so both entry points are exercised.
+COMMAND = [sys.executable, "-c", "import sys, tracecraft; sys.exit(tracecraft.main())"]
+SCRIPT = [sys.executable, TRACECRAFT]
 ALL_BACKENDS = ["local", "moto", "seaweed"]
 ATOMIC_BACKENDS = ["local", "seaweed"]   # moto's create-only is not atomic: never proof of it
 
@@ -62,6 +68,10 @@ def settings_for(request, kind, root, bucket):
     """connect()/open_store() settings for one backend, with a fresh bucket."""
     if kind == "local":
         return {"backend": "local", "root": str(root), "bucket": bucket}
+    if kind == "hf":
+        gateway = request.getfixturevalue("hf_gateway")
+        return {"backend": "hf", "endpoint": gateway.endpoint, "bucket": f"alice/{bucket}",
+                "access_key": gateway.access_key, "secret_key": gateway.secret_key}
     server = request.getfixturevalue("moto_server" if kind == "moto" else "seaweed")
     return {"backend": "s3", "endpoint": server.endpoint, "access_key": server.access_key,
             "secret_key": server.secret_key, "region": server.region, "bucket": bucket}
@@ -70,6 +80,23 @@ def settings_for(request, kind, root, bucket):
 @pytest.fixture(params=ALL_BACKENDS)
 def settings(request, tmp_path, bucket_name):
     return settings_for(request, request.param, tmp_path / "store", bucket_name)
+
+
+@pytest.fixture
+def hf_gateway(seaweed):
+    """The emulator of the Hugging Face S3 gateway (tests/hf_gateway.py) before SeaweedFS."""
+    from hf_gateway import HFGateway
+    gateway = HFGateway(seaweed, namespace="alice")
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture(params=ALL_BACKENDS + ["hf"])
+def contract_store(request, tmp_path, bucket_name):
+    """A store of every backend, the Hugging Face gateway's included (the store contract)."""
+    store = _open(settings_for(request, request.param, tmp_path / "store", bucket_name))
+    yield store
+    store.close()
 
 
 @pytest.fixture(params=ATOMIC_BACKENDS)
@@ -117,9 +144,9 @@ def clean_env(tmp_path):
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AWS_", "TRACECRAFT_", "XDG_"))}
+           if not k.startswith(("AWS_", "TRACECRAFT_", "XDG_", "PYTHONDONTWRITEBYTECODE"))}
     env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"),
-               XDG_DATA_HOME=str(home / ".local" / "share"), PYTHONDONTWRITEBYTECODE="1")
+               XDG_DATA_HOME=str(home / ".local" / "share"), PYTHONPATH=str(REPO))
     return env
 
 
@@ -134,16 +161,18 @@ def init_args(settings):
 
 
 class CLI:
-    """Runs the real command line (`python tracecraft.py ...`) in a subprocess."""
+    """Runs the real command line in a subprocess: as the installed command does (COMMAND), or
+    with script=True as `python tracecraft.py` (SCRIPT)."""
 
-    def __init__(self, cwd, env):
+    def __init__(self, cwd, env, script=False):
         self.cwd, self.env = Path(cwd), env
+        self.command = SCRIPT if script else COMMAND
 
     def __call__(self, *args, agent=None, cwd=None, stdin=None, env=None, timeout=60):
         full_env = dict(self.env, **(env or {}))
         if agent:
             full_env["TRACECRAFT_AGENT"] = agent
-        return subprocess.run([sys.executable, TRACECRAFT, *args], cwd=cwd or self.cwd,
+        return subprocess.run([*self.command, *args], cwd=cwd or self.cwd,
                               env=full_env, input=stdin, capture_output=True, text=True,
                               timeout=timeout)
 
@@ -163,6 +192,13 @@ def cli(settings, tmp_path):
     runner.ok("init", "--project", "proj", "--agent", "designer", *init_args(settings))
     runner.settings = settings
     return runner
+
+
+@pytest.fixture
+def store_clock():
+    """A clock for the test's store that moves forward without waiting (fakes.StoreClock)."""
+    from fakes import StoreClock
+    return StoreClock()
 
 
 @pytest.fixture
@@ -198,7 +234,8 @@ def spawn_racer(mode, settings, agent, start, n, *extra, env=None):
     return subprocess.Popen([sys.executable, str(REPO / "tests" / "racer.py"), mode,
                              json.dumps(settings), agent, str(start), str(n), *map(str, extra)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, **(env or {})))
+                            env=dict({k: v for k, v in os.environ.items()
+                                      if k != "PYTHONDONTWRITEBYTECODE"}, **(env or {})))
 
 
 def racer_outputs(procs, timeout=300):
@@ -209,3 +246,30 @@ def racer_outputs(procs, timeout=300):
         assert proc.returncode == 0, err[-3000:]
         results.append([json.loads(line) for line in out.splitlines()])
     return results
+
+
+def raced(*runs):
+    """Whether every one of several runs (each a list of racer lines, or one line) was going on
+    while every other one was: the latest start comes before the earliest end."""
+    began = [(run[0] if isinstance(run, list) else run)["began"] for run in runs]
+    ended = [(run[-1] if isinstance(run, list) else run)["ended"] for run in runs]
+    return max(began) < min(ended)
+
+
+def most_at_once(lines):
+    """The most of these attempts (racer lines) that were in progress at one instant."""
+    events = sorted([(line["began"], 1) for line in lines] + [(line["ended"], -1) for line in lines])
+    most = now = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def assert_rounds_raced(per_round, share=0.5):
+    """Evidence that round-by-round racers raced: in at least `share` of the rounds, two or
+    more attempts were in progress at once (if the interpreters started late, the race would
+    silently have become a sequence)."""
+    raced_rounds = sum(most_at_once(lines) >= 2 for lines in per_round)
+    assert raced_rounds >= share * len(per_round), \
+        f"only {raced_rounds} of {len(per_round)} rounds had attempts at the same time"

@@ -168,3 +168,55 @@ class CountingStore:
             if n and n % 1000 == 0:
                 self.calls += 1
             yield entry
+
+
+class StoreClock:
+    """A store clock that tests move forward instead of sleeping: wrap(client) makes a client
+    see its store through it.  Every answer's clock (server_time) is `offset` seconds ahead, and
+    every object written is dated as written at the moved time, so leases expire and gaps in a
+    log age by advance() alone.  The clients of a test share one StoreClock, as they share the
+    store; what a client judges on its own clock (a lease it remembers) does not move."""
+
+    def __init__(self):
+        self.offset, self.written = 0.0, {}
+
+    def advance(self, seconds):
+        self.offset += seconds
+
+    def wrap(self, client):
+        client.store = _ClockedStore(client.store, self)
+        return client
+
+
+class _ClockedStore:
+    def __init__(self, store, clock):
+        self.store, self.clock = store, clock
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def _dated(self, found):
+        if found.server_time is not None:
+            found.server_time += self.clock.offset
+        if found.last_modified is not None:
+            found.last_modified += self.clock.written.get(found.key, 0.0)
+        return found
+
+    def get(self, key, *args, **kwargs):
+        return self._dated(self.store.get(key, *args, **kwargs))
+
+    def head(self, key):
+        return self._dated(self.store.head(key))
+
+    def list(self, *args, **kwargs):
+        for entry in self.store.list(*args, **kwargs):
+            yield self._dated(entry)
+
+    def put(self, key, *args, **kwargs):
+        etag = self.store.put(key, *args, **kwargs)
+        self.clock.written[key] = self.clock.offset
+        return etag
+
+    def delete(self, key, *args, **kwargs):
+        self.store.delete(key, *args, **kwargs)
+        self.clock.written.pop(key, None)

@@ -24,8 +24,9 @@ SAFE = "-_.~"
 
 
 def _canonical(method, raw_path, raw_query, headers, signed, payload_hash):
-    query = sorted((quote(unquote(k), safe=SAFE), quote(unquote(v), safe=SAFE))
-                   for k, v in parse_qsl(raw_query, keep_blank_values=True))
+    # parse_qsl decodes already (and must not read "+" as a space: S3 sends "%2B")
+    query = sorted((quote(k, safe=SAFE), quote(v, safe=SAFE))
+                   for k, v in parse_qsl(raw_query.replace("+", "%2B"), keep_blank_values=True))
     lines = [method, raw_path, "&".join(f"{k}={v}" for k, v in query),
              "".join(f"{n}:{' '.join(headers.get(n, '').split())}\n" for n in signed),
              ";".join(signed), payload_hash]
@@ -62,11 +63,11 @@ class HFGateway(LoopbackServer):
             def log_message(self, *args):
                 pass
 
-            def reply(self, status, body=b"", headers=()):
+            def reply(self, status, body=b"", headers=(), length=None):
                 self.send_response(status)
                 for key, value in headers:
                     self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(len(body) if length is None else length))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(body)
@@ -110,7 +111,9 @@ class HFGateway(LoopbackServer):
                     return self.reply(302, b"", moved)
                 keep = [(k, v) for k, v in headers.items()
                         if k not in ("content-length", "transfer-encoding", "connection")]
-                self.reply(status, data, keep)
+                # A HEAD answer tells the object's length, as the gateway's does.
+                self.reply(status, data, keep, headers.get("content-length")
+                           if self.command == "HEAD" else None)
 
             def serve_cdn(self, token):
                 if "authorization" in {k.lower() for k in self.headers.keys()}:
@@ -139,6 +142,8 @@ class HFGateway(LoopbackServer):
                 return hmac.compare_digest(expected, fields.get("Signature", ""))
 
             def forward(self, raw_path, raw_query, body):
+                # The path re-encoded as S3 encodes it, whatever the client's encoding was.
+                raw_path = quote(unquote(raw_path), safe="/" + SAFE)
                 amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
                 payload = hashlib.sha256(body).hexdigest()
                 headers = {"host": target.netloc, "x-amz-date": amz_date,

@@ -1,7 +1,8 @@
-"""A worker process for race tests.
+"""A worker process for race tests.  Every line it prints says when the attempt began and ended
+("began", "ended": time.time()), so that a test can check that the racers really raced.
 
     python tests/racer.py claim SETTINGS_JSON AGENT START ROUNDS
-        waits for each round's start (START + round * 0.4 s), claims step-<round>, prints one
+        waits for each round's start (START + round * 0.5 s), claims step-<round>, prints one
         JSON line per round: {"round": r, "won": bool, "holder": text}
     python tests/racer.py complete SETTINGS_JSON AGENT START ROUNDS
     python tests/racer.py incr SETTINGS_JSON AGENT START COUNT
@@ -28,12 +29,14 @@ def claim(client, start, rounds):
         delay = start + r * ROUND_GAP - time.time()
         if delay > 0:
             time.sleep(delay)
+        began = time.time()
         try:
             record = client.claim(f"step-{r}")
             won, holder = not record["already_held"], record["holder"]
         except tracecraft.Refused as exc:
             won, holder = False, str(exc)
-        print(json.dumps({"round": r, "won": won, "holder": holder}), flush=True)
+        print(json.dumps({"round": r, "won": won, "holder": holder, "began": began,
+                          "ended": time.time()}), flush=True)
 
 
 def complete(client, start, rounds):
@@ -56,6 +59,7 @@ def complete(client, start, rounds):
 def incr(client, start, count):
     store, key, retries = client.store, "race/counter", 0
     time.sleep(max(0, start - time.time()))
+    began = time.time()
     for _ in range(count):
         while True:
             blob = store.get(key)
@@ -64,7 +68,7 @@ def incr(client, start, count):
                 break
             except (tracecraft.PreconditionFailed, tracecraft.ConditionalConflict):
                 retries += 1
-    print(json.dumps({"retries": retries}), flush=True)
+    print(json.dumps({"retries": retries, "began": began, "ended": time.time()}), flush=True)
 
 
 
@@ -72,9 +76,10 @@ def incr(client, start, count):
 def memincr(client, start, count):
     """COUNT atomic increments of memory key "counter"."""
     time.sleep(max(0, start - time.time()))
+    began = time.time()
     for _ in range(count):
         client.memory.incr("counter")
-    print(json.dumps({"done": count}), flush=True)
+    print(json.dumps({"done": count, "began": began, "ended": time.time()}), flush=True)
 
 
 def send(client, start, count, skew):
@@ -84,8 +89,10 @@ def send(client, start, count, skew):
     for i in range(count):
         to = ("r1", "r2", "_broadcast")[i % 3]
         text = f"{client.agent}:{i}"
+        began = time.time()
         client.send(to, text)
-        print(json.dumps({"to": to, "text": text}), flush=True)
+        print(json.dumps({"to": to, "text": text, "began": began, "ended": time.time()}),
+              flush=True)
 
 
 def read(client, start, _):

@@ -15,7 +15,8 @@ def run_seed_scenario(settings, tmp_path, extra_env=None):
     designer_dir, developer_dir = tmp_path / "designer", tmp_path / "developer"
     designer_dir.mkdir()
     developer_dir.mkdir()
-    designer, developer = CLI(designer_dir, env), CLI(developer_dir, env)
+    # `python tracecraft.py`, the form that is run from a copy of the file (`curl -O`)
+    designer, developer = CLI(designer_dir, env, script=True), CLI(developer_dir, env, script=True)
     designer.ok("init", "--project", "myproject", "--agent", "designer", *init_args(settings))
     developer.ok("init", "--project", "myproject", "--agent", "developer", *init_args(settings))
 

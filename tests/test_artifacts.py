@@ -12,7 +12,7 @@ import time
 import pytest
 
 import tracecraft
-from conftest import CLI, TRACECRAFT, clean_env, init_args, racer_outputs, spawn_racer
+from conftest import CLI, COMMAND, clean_env, init_args, racer_outputs, spawn_racer
 
 
 def test_round_trip_keeps_bytes_and_metadata(client_factory, tmp_path):
@@ -176,7 +176,7 @@ def test_a_killed_upload_never_leaves_an_undownloadable_artifact(atomic_settings
         data = f"version {n}:".encode().ljust(32) * 40_000     # 1.3 MB
         versions[hashlib.sha256(data).hexdigest()] = n
         (work / "big.bin").write_bytes(data)
-        proc = subprocess.Popen([sys.executable, TRACECRAFT, "artifact", "upload", "big.bin",
+        proc = subprocess.Popen([*COMMAND, "artifact", "upload", "big.bin",
                                  "--overwrite"], cwd=work, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         time.sleep(random.uniform(0.05, 0.45))
@@ -301,7 +301,7 @@ def test_a_new_download_gets_the_users_umask(local_cli, tmp_path):
     local_cli.ok("artifact", "upload", "a.txt")
     for umask, mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
         dest = tmp_path / f"u{umask:o}.txt"
-        subprocess.run([sys.executable, TRACECRAFT, "artifact", "download", "a.txt", "-o",
+        subprocess.run([*COMMAND, "artifact", "download", "a.txt", "-o",
                         str(dest)], cwd=local_cli.cwd, env=local_cli.env, check=True,
                        preexec_fn=lambda umask=umask: os.umask(umask), capture_output=True)
         assert dest.stat().st_mode & 0o777 == mode
@@ -332,7 +332,7 @@ def test_a_terminated_transfer_leaves_no_partial_file(local_cli, tmp_path):
     store_tmp = local_cli.root.parent.parent / ".tmp"
     for args in (["artifact", "upload", "big.bin", "--overwrite"],
                  ["artifact", "download", "big.bin", "-o", str(tmp_path / "dl.bin")]):
-        proc = subprocess.Popen([sys.executable, TRACECRAFT, *args], cwd=local_cli.cwd,
+        proc = subprocess.Popen([*COMMAND, *args], cwd=local_cli.cwd,
                                 env=local_cli.env, stderr=subprocess.PIPE)
         time.sleep(0.4)
         proc.send_signal(signal.SIGTERM)

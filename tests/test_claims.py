@@ -10,20 +10,16 @@ import tracecraft
 from conftest import REPO
 
 
-def race(settings, racers, rounds, prepare=None):
+def race(settings, racers, rounds):
     """Start `racers` processes that claim step-0..step-<rounds-1> together, round by round;
-    returns, per round, the list of winners and the losers' messages."""
+    returns, per round, the list of winners and the losers' messages, once it is clear that
+    they raced."""
+    from conftest import assert_rounds_raced, racer_outputs, spawn_racer
     start = time.time() + 2.0 + racers * 0.06     # time for the interpreters to start on 2 cores
-    procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "racer.py"), "claim",
-                               json.dumps(settings), f"racer{i}", str(start), str(rounds)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(racers)]
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
-        results.append([json.loads(line) for line in out.splitlines()])
+    results = racer_outputs([spawn_racer("claim", settings, f"racer{i}", start, rounds)
+                             for i in range(racers)])
     assert all(len(r) == rounds for r in results)
+    assert_rounds_raced([[r[n] for r in results] for n in range(rounds)])
     return [([f"racer{i}" for i, r in enumerate(results) if r[n]["won"]],
              [r[n]["holder"] for r in results if not r[n]["won"]]) for n in range(rounds)]
 
@@ -49,12 +45,12 @@ def test_twenty_processes_race_for_expired_leases(atomic_settings, client_factor
         assert status["holder"] == winners[0] and status["generation"] == 2
 
 
-def test_taken_over_holder_cannot_renew_complete_or_release(client_factory):
-    alice, bob = client_factory("alice"), client_factory("bob")
+def test_taken_over_holder_cannot_renew_complete_or_release(client_factory, store_clock):
+    alice, bob = (store_clock.wrap(client_factory(name)) for name in ("alice", "bob"))
     assert alice.claim("s", ttl=1)["generation"] == 1
     with pytest.raises(tracecraft.Refused, match="held by alice"):
         bob.claim("s")
-    time.sleep(2.2)
+    store_clock.advance(2.2)
     assert bob.claim("s")["generation"] == 2
     for action in (alice.renew, alice.release, alice.complete):
         with pytest.raises(tracecraft.LostLease, match="lost"):
@@ -66,6 +62,8 @@ def test_taken_over_holder_cannot_renew_complete_or_release(client_factory):
 
 
 def test_expired_but_untaken_lease_cannot_complete_but_can_renew(client_factory):
+    """The expiry test that waits on the real clock, on every backend (the others move the
+    store's clock instead: fakes.StoreClock)."""
     alice = client_factory("alice")
     alice.claim("s", ttl=1)
     time.sleep(2.2)
@@ -76,14 +74,14 @@ def test_expired_but_untaken_lease_cannot_complete_but_can_renew(client_factory)
     alice.complete("s")
 
 
-def test_renew_keeps_the_lease_alive(client_factory):
-    alice, bob = client_factory("alice"), client_factory("bob")
+def test_renew_keeps_the_lease_alive(client_factory, store_clock):
+    alice, bob = (store_clock.wrap(client_factory(name)) for name in ("alice", "bob"))
     # S3 stamps whole seconds, so a write may look up to 1 s older than it is: check at t=5,
     # past the first lease (ends by t=4) and inside the renewed one (ends at t=6, or t=7).
     alice.claim("s", ttl=4)
-    time.sleep(3)
+    store_clock.advance(3)
     alice.renew("s")
-    time.sleep(2)
+    store_clock.advance(2)
     with pytest.raises(tracecraft.Refused, match="held by alice"):
         bob.claim("s")
 
@@ -166,14 +164,14 @@ def test_wait_for_returns_statuses(client_factory):
         assert timeout <= time.monotonic() - started < timeout + 0.5
 
 
-def test_heartbeat_renews_every_held_lease(client_factory):
-    alice, bob = client_factory("alice"), client_factory("bob")
+def test_heartbeat_renews_every_held_lease(client_factory, store_clock):
+    alice, bob = (store_clock.wrap(client_factory(name)) for name in ("alice", "bob"))
     alice.claim("x", ttl=4)
     alice.claim("y", ttl=4)
-    time.sleep(3)
+    store_clock.advance(3)
     record = alice.heartbeat()
     assert sorted(record["holding"]) == ["x", "y"]
-    time.sleep(2)                 # past the first leases, inside the renewed ones
+    store_clock.advance(2)        # past the first leases, inside the renewed ones
     for step in ("x", "y"):
         with pytest.raises(tracecraft.Refused, match="held by alice"):
             bob.claim(step)

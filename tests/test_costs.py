@@ -63,17 +63,17 @@ def test_send_costs_one_request_once_the_tail_is_known(client_factory):
     assert [m["text"] for m in bob.inbox()] == ["one", "two", "three", "four"]
 
 
-def test_remembered_state_survives_the_process_and_is_only_a_hint(client_factory):
+def test_remembered_state_survives_the_process_and_is_only_a_hint(client_factory, store_clock):
     """A second client of the same agent (a later command-line call) uses what the first
     remembered; a lease taken over meanwhile is still refused to its old holder."""
-    first = client_factory("alice")
+    first = store_clock.wrap(client_factory("alice"))
     first.claim("s", ttl=1)
     first.close()                                             # saves what it remembers
-    later = client_factory("alice")
+    later = store_clock.wrap(client_factory("alice"))
     calls = counted(later)
     assert cost(calls, lambda: later.renew("s", ttl=1)) == 1
-    time.sleep(1.2)
-    client_factory("bob").claim("s")                          # takes the expired lease over
+    store_clock.advance(1.2)
+    store_clock.wrap(client_factory("bob")).claim("s")        # takes the expired lease over
     with pytest.raises(tracecraft.LostLease, match="bob"):
         later.complete("s")
     with pytest.raises(tracecraft.LostLease):
@@ -100,14 +100,14 @@ def test_a_corrupt_or_missing_cache_changes_nothing(client_factory, tmp_path, mo
     assert bob.memory.incr("n")["value"] == 1 and bob.memory.get("n") == 1
 
 
-def test_agents_derive_holdings_from_the_leases(client_factory):
-    alice, bob = client_factory("alice"), client_factory("bob")
+def test_agents_derive_holdings_from_the_leases(client_factory, store_clock):
+    alice, bob = (store_clock.wrap(client_factory(name)) for name in ("alice", "bob"))
     alice.heartbeat(renew=False)
     alice.claim("x")
     alice.claim("y", ttl=0.5)
     bob.claim("z")
     bob.complete("z")
-    time.sleep(2.1)                     # S3 dates are whole seconds: a second either way
+    store_clock.advance(2.1)            # S3 dates are whole seconds: a second either way
     listed = {a["agent"]: a for a in bob.agents()}
     assert listed["alice"]["holding"] == ["x"]                 # y expired, z ended
     assert alice.heartbeat()["holding"] == ["x", "y"]          # renews even the expired one
@@ -115,18 +115,18 @@ def test_agents_derive_holdings_from_the_leases(client_factory):
 
 
 def test_a_remembered_tail_that_outlived_its_store_leaves_no_dead_inbox(client_factory,
-                                                                       monkeypatch):
+                                                                       monkeypatch, store_clock):
     """Alice remembers sending message 2; the messages are wiped (a store made again under the
     same name).  Her next message is number 3: readers wait out the gap, then read past it."""
     monkeypatch.setattr(tracecraft, "LOG_HOLE_SECONDS", 1)
-    alice, bob = client_factory("alice"), client_factory("bob")
+    alice, bob = (store_clock.wrap(client_factory(name)) for name in ("alice", "bob"))
     alice.send("bob", "one")
     alice.send("bob", "two")
     for entry in list(alice.store.list("proj/messages/bob/")):
         alice.store.delete(entry.key)
     alice.send("bob", "after the reset")
     assert bob.inbox() == []                      # a fresh gap: perhaps a message not yet listed
-    time.sleep(2.2)                               # S3 dates are whole seconds
+    store_clock.advance(2.2)                      # S3 dates are whole seconds
     assert [m["text"] for m in bob.inbox()] == ["after the reset"]
     alice.send("bob", "next")
     assert [m["text"] for m in bob.inbox()] == ["next"]
@@ -153,10 +153,10 @@ def test_hints_never_decide_an_answer(client_factory):
     assert [h["value"] for h in alice.memory.history("todo")] == [[1, 2], [1]]
 
 
-def test_heartbeat_reports_a_remembered_lease_taken_over(client_factory):
-    alice, bob = client_factory("alice"), client_factory("bob")
+def test_heartbeat_reports_a_remembered_lease_taken_over(client_factory, store_clock):
+    alice, bob = (store_clock.wrap(client_factory(name)) for name in ("alice", "bob"))
     alice.claim("s", ttl=0.5)
-    time.sleep(2.1)
+    store_clock.advance(2.1)
     bob.claim("s")
     warnings = []
     alice.warn = warnings.append

@@ -4,14 +4,13 @@ Every test runs against SeaweedFS behind FaultProxy, which fails 20% of requests
 dropped before or after the store saw the request, 500/503 answers before or after it acted,
 delays, responses cut short.  The figures are printed (run pytest with -s to see them)."""
 import json
-import subprocess
-import sys
+import os
 import time
 
 import pytest
 
 import tracecraft
-from conftest import CLI, REPO, clean_env
+from conftest import CLI, assert_rounds_raced, clean_env, raced, racer_outputs, spawn_racer
 from fakes import FaultProxy
 from scenario import run_seed_scenario
 
@@ -27,27 +26,16 @@ def faulty(seaweed, bucket_name, monkeypatch):
     tracecraft.open_store({"backend": "s3", "endpoint": seaweed.endpoint,
                            "access_key": seaweed.access_key, "secret_key": seaweed.secret_key,
                            "bucket": bucket_name, "_from_flags": True}).ensure_bucket()
-    proxy = FaultProxy(seaweed.endpoint, rate=RATE, seed=int(time.time()))
+    # The faults are drawn from a seed: FAULT_SEED=<seed> replays a failed run's faults (the
+    # order in which racing processes meet them still varies).
+    seed = int(os.environ.get("FAULT_SEED") or time.time())
+    proxy = FaultProxy(seaweed.endpoint, rate=RATE, seed=seed)
     settings = {"backend": "s3", "endpoint": proxy.endpoint, "access_key": seaweed.access_key,
                 "secret_key": seaweed.secret_key, "region": "us-east-1", "bucket": bucket_name}
+    print(f"\nfault proxy seed: {seed} (FAULT_SEED={seed} replays it)")   # shown on failure
     yield settings, proxy
     proxy.stop()
-    print(f"\nfaults injected: {json.dumps(proxy.counts)}")
-
-
-def spawn(mode, settings, agent, start, n, *extra):
-    return subprocess.Popen([sys.executable, str(REPO / "tests" / "racer.py"), mode,
-                             json.dumps(settings), agent, str(start), str(n), *map(str, extra)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def outputs(procs):
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err[-2000:]
-        results.append([json.loads(line) for line in out.splitlines()])
-    return results
+    print(f"faults injected: {json.dumps(proxy.counts)}")
 
 
 def test_seed_scenario_completes(faulty, tmp_path):
@@ -59,10 +47,12 @@ def test_seed_scenario_completes(faulty, tmp_path):
 def test_a_thousand_messages_arrive_exactly_once(faulty):
     settings, proxy = faulty
     start = time.time() + 2.0
-    senders = [spawn("send", settings, f"s{i}", start, 250, 0) for i in range(4)]
-    readers = [spawn("read", settings, agent, start, 0) for agent in ("r1", "r1", "r2", "r2")]
-    sent = [m for out in outputs(senders) for m in out]
-    got = outputs(readers)
+    senders = [spawn_racer("send", settings, f"s{i}", start, 250, 0) for i in range(4)]
+    readers = [spawn_racer("read", settings, agent, start, 0) for agent in ("r1", "r1", "r2", "r2")]
+    runs = racer_outputs(senders, timeout=600)
+    sent = [m for run in runs for m in run]
+    got = racer_outputs(readers, timeout=600)
+    assert raced(*runs), "the senders did not send at the same time"
     assert len(sent) == 1000
     for agent, received in (("r1", got[0] + got[1]), ("r2", got[2] + got[3])):
         expected = sorted(m["text"] for m in sent if m["to"] in (agent, "_broadcast"))
@@ -73,7 +63,9 @@ def test_a_thousand_messages_arrive_exactly_once(faulty):
 def test_four_processes_fifty_increments(faulty):
     settings, proxy = faulty
     start = time.time() + 1.5
-    outputs([spawn("memincr", settings, f"w{i}", start, 50) for i in range(4)])
+    runs = racer_outputs([spawn_racer("memincr", settings, f"w{i}", start, 50)
+                          for i in range(4)], timeout=600)
+    assert raced(*runs), "the processes did not run at the same time"
     with tracecraft.connect(project="race", agent="observer", **settings) as client:
         assert client.memory.get("counter") == 200
         assert client.memory.record("counter")["revision"] == 200
@@ -83,7 +75,9 @@ def test_twenty_racers_one_winner_who_knows_it(faulty):
     settings, proxy = faulty
     rounds = 3
     start = time.time() + 2.5
-    results = outputs([spawn("claim", settings, f"racer{i}", start, rounds) for i in range(20)])
+    results = racer_outputs([spawn_racer("claim", settings, f"racer{i}", start, rounds)
+                             for i in range(20)], timeout=600)
+    assert_rounds_raced([[r[n] for r in results] for n in range(rounds)])
     with tracecraft.connect(project="race", agent="observer", **settings) as client:
         for n in range(rounds):
             winners = [f"racer{i}" for i, r in enumerate(results) if r[n]["won"]]

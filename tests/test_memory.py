@@ -103,19 +103,12 @@ def test_incr_and_history(client_factory):
 
 
 def test_eight_processes_fifty_increments_each(atomic_settings, client_factory_atomic):
-    import json
-    import subprocess
-    import sys
     import time
-    from conftest import REPO
+    from conftest import raced, racer_outputs, spawn_racer
     observer = client_factory_atomic("observer")
     start = time.time() + 2.0
-    procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "racer.py"), "memincr",
-                               json.dumps(atomic_settings), f"w{i}", str(start), "50"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(8)]
-    for proc in procs:
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
+    runs = racer_outputs([spawn_racer("memincr", atomic_settings, f"w{i}", start, 50)
+                          for i in range(8)])
+    assert raced(*runs), "the processes did not run at the same time"
     assert observer.memory.get("counter") == 400
     assert observer.memory.record("counter")["revision"] == 400

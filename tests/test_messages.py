@@ -10,7 +10,7 @@ import time
 import pytest
 
 import tracecraft
-from conftest import REPO
+from conftest import raced, racer_outputs, spawn_racer
 from fakes import CountingStore
 
 
@@ -146,26 +146,19 @@ def test_exactly_once_with_skewed_senders_and_racing_readers(atomic_settings, cl
     client_factory_atomic("warmup")
     start = time.time() + 2.0
     agents = ["r1", "r2"]
-    senders = [subprocess.Popen([sys.executable, str(REPO / "tests" / "racer.py"), "send",
-                                 json.dumps(atomic_settings), f"s{i}", str(start), str(per_sender),
-                                 str(random.uniform(-600, 600))],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for i in range(4)]
-    readers = [subprocess.Popen([sys.executable, str(REPO / "tests" / "racer.py"), "read",
-                                 json.dumps(atomic_settings), agent, str(start), "0"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    senders = [spawn_racer("send", atomic_settings, f"s{i}", start, per_sender,
+                           random.uniform(-600, 600)) for i in range(4)]
+    readers = [spawn_racer("read", atomic_settings, agent, start, 0)
                for agent in agents for _ in range(2)]
-    sent = []
-    for proc in senders:
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
-        sent += [json.loads(line) for line in out.splitlines()]
+    runs = racer_outputs(senders)
+    sent = [m for run in runs for m in run]
+    reads = racer_outputs(readers)
     received = {agent: [] for agent in agents}
-    for proc, agent in zip(readers, [a for a in agents for _ in range(2)]):
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
-        received[agent] += [json.loads(line) for line in out.splitlines()]
+    for texts, agent in zip(reads, [a for a in agents for _ in range(2)]):
+        received[agent] += texts
     assert len(sent) == 4 * per_sender
+    assert raced(*runs), "the senders did not send at the same time"
+    assert all(reads), "a reader got nothing: the two readers of an inbox did not race"
     for agent in agents:
         expected = sorted(m["text"] for m in sent if m["to"] in (agent, "_broadcast"))
         got = sorted(received[agent])

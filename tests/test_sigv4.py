@@ -67,8 +67,10 @@ def test_aws_vector(case):
 
 
 def test_suite_is_found_when_shared_is_present():
-    if SUITE.is_dir():
-        assert len(vectors()) >= 25
+    if not SUITE.is_dir():
+        pytest.skip(f"AWS's SigV4 test vectors are not at {SUITE}: the signer is checked "
+                    "against botocore only")
+    assert len(vectors()) >= 25
 
 
 # -- cross-check with botocore's S3 signer ---------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Section 4: the Store interface, held to one contract on every backend (local, moto, SeaweedFS)."""
+"""Section 4: the Store interface, held to one contract on every backend (local, moto, SeaweedFS, and
+the Hugging Face gateway's emulator)."""
 import io
 
 import pytest
@@ -11,131 +12,124 @@ KEYS = ["plain.json", "with space/and+plus.json", "ünïcödé/ключ/日本.j
 
 
 @pytest.mark.parametrize("key", KEYS)
-def test_keys_round_trip(store, key):
-    etag = store.put("p/" + key, b"payload " + key.encode())
-    blob = store.get("p/" + key)
+def test_keys_round_trip(contract_store, key):
+    etag = contract_store.put("p/" + key, b"payload " + key.encode())
+    blob = contract_store.get("p/" + key)
     assert blob.body == b"payload " + key.encode()
     assert blob.etag == etag
     assert blob.size == len(blob.body)
-    assert [e.key for e in store.list("p/" + key)] == ["p/" + key]
-    head = store.head("p/" + key)
+    assert [e.key for e in contract_store.list("p/" + key)] == ["p/" + key]
+    head = contract_store.head("p/" + key)
     assert head.body is None and head.etag == etag and head.size == blob.size
 
 
-def test_etag_is_md5_of_content(store):
+def test_etag_is_md5_of_content(contract_store):
     import hashlib
-    etag = store.put("e.json", b"abc")
+    etag = contract_store.put("e.json", b"abc")
     assert etag.strip('"') == hashlib.md5(b"abc").hexdigest()
-    assert store.get("e.json").etag == etag
+    assert contract_store.get("e.json").etag == etag
 
 
-def test_missing_key(store):
+def test_missing_key(contract_store):
     with pytest.raises(NoSuchKey):
-        store.get("nope.json")
+        contract_store.get("nope.json")
     with pytest.raises(NoSuchKey):
-        store.head("nope.json")
-    store.delete("nope.json")   # like S3: deleting nothing is fine
+        contract_store.head("nope.json")
+    contract_store.delete("nope.json")   # like S3: deleting nothing is fine
 
 
-def test_create_only(store):
-    store.put("c.json", b"first", if_none_match=True)
+def test_create_only(contract_store):
+    contract_store.put("c.json", b"first", if_none_match=True)
     with pytest.raises(PreconditionFailed):
-        store.put("c.json", b"second", if_none_match=True)
-    assert store.get("c.json").body == b"first"
+        contract_store.put("c.json", b"second", if_none_match=True)
+    assert contract_store.get("c.json").body == b"first"
 
 
-def test_compare_and_swap(store):
-    etag = store.put("cas.json", b"v1")
-    new = store.put("cas.json", b"v2", if_match=etag)
+def test_compare_and_swap(contract_store):
+    etag = contract_store.put("cas.json", b"v1")
+    new = contract_store.put("cas.json", b"v2", if_match=etag)
     with pytest.raises(PreconditionFailed):
-        store.put("cas.json", b"v3", if_match=etag)   # stale version
-    assert store.get("cas.json").body == b"v2"
-    assert store.get("cas.json").etag == new
+        contract_store.put("cas.json", b"v3", if_match=etag)   # stale version
+    assert contract_store.get("cas.json").body == b"v2"
+    assert contract_store.get("cas.json").etag == new
 
 
-def test_compare_and_swap_on_missing_key_loses(store):
+def test_compare_and_swap_on_missing_key_loses(contract_store):
     with pytest.raises((PreconditionFailed, NoSuchKey)):
-        store.put("never.json", b"x", if_match='"0123456789abcdef0123456789abcdef"')
+        contract_store.put("never.json", b"x", if_match='"0123456789abcdef0123456789abcdef"')
 
 
-def test_conditional_delete(store):
-    etag = store.put("d.json", b"v1")
-    store.put("d.json", b"v2")
+def test_conditional_delete(contract_store):
+    etag = contract_store.put("d.json", b"v1")
+    contract_store.put("d.json", b"v2")
     with pytest.raises(PreconditionFailed):
-        store.delete("d.json", if_match=etag)
-    store.delete("d.json", if_match=store.head("d.json").etag)
+        contract_store.delete("d.json", if_match=etag)
+    contract_store.delete("d.json", if_match=contract_store.head("d.json").etag)
     with pytest.raises(NoSuchKey):
-        store.get("d.json")
+        contract_store.get("d.json")
 
 
-def test_list_order_prefix_and_start_after(store):
+def test_list_order_prefix_and_start_after(contract_store):
     # No sibling sorts below "/" (like "a-" beside "a/"): SeaweedFS lists a "directory" whole
     # before its siblings, which is not S3's order; tracecraft's layout never depends on it.
     keys = ["l/b", "l/a/z", "l/a", "l/é", "l/Z", "l/a0", "l/ab", "lx/no"]
     for key in keys:
         if key == "l/a":
             continue   # a key may not also be a "directory" on the local store
-        store.put(key, b"")
-    listed = [e.key for e in store.list("l/")]
+        contract_store.put(key, b"")
+    listed = [e.key for e in contract_store.list("l/")]
     expected = sorted(k for k in keys if k.startswith("l/") and k != "l/a")
     assert listed == sorted(expected, key=lambda k: k.encode("utf-8"))
-    assert [e.key for e in store.list("l/a")] == ["l/a/z", "l/a0", "l/ab"]
-    assert [e.key for e in store.list("l/", start_after="l/a/z")] == ["l/a0", "l/ab", "l/b", "l/é"]
+    assert [e.key for e in contract_store.list("l/a")] == ["l/a/z", "l/a0", "l/ab"]
+    assert [e.key for e in contract_store.list("l/", start_after="l/a/z")] == \
+        ["l/a0", "l/ab", "l/b", "l/é"]
 
 
-def test_list_pages_past_1000(store):
+def test_list_pages_past_1000(contract_store):
     n = 1005
     for i in range(n):
-        store.put(f"many/{i:05d}", b"")
-    listed = [e.key for e in store.list("many/")]
+        contract_store.put(f"many/{i:05d}", b"")
+    listed = [e.key for e in contract_store.list("many/")]
     assert listed == [f"many/{i:05d}" for i in range(n)]
-    assert [e.key for e in store.list("many/", start_after="many/01001")] == \
+    assert [e.key for e in contract_store.list("many/", start_after="many/01001")] == \
         ["many/01002", "many/01003", "many/01004"]
 
 
-def test_streaming_file_bodies(store, tmp_path):
+def test_streaming_file_bodies(contract_store, tmp_path):
     data = bytes(range(256)) * 5000   # 1.28 MB, not valid UTF-8
     seen = []
-    store.put("big.bin", io.BytesIO(data), progress=lambda done, total: seen.append((done, total)))
+    contract_store.put("big.bin", io.BytesIO(data),
+                       progress=lambda done, total: seen.append((done, total)))
     assert seen and seen[-1] == (len(data), len(data))
     target = tmp_path / "out.bin"
     with open(target, "w+b") as f:
-        blob = store.get("big.bin", into=f)
+        blob = contract_store.get("big.bin", into=f)
     assert blob.body is None
     assert target.read_bytes() == data
-    assert store.get("big.bin").body == data
+    assert contract_store.get("big.bin").body == data
 
 
-def test_ensure_bucket_is_idempotent(store):
-    assert store.ensure_bucket() is False
+def test_ensure_bucket_is_idempotent(contract_store):
+    assert contract_store.ensure_bucket() is False
 
 
-def test_server_clock_is_reported(store):
+def test_server_clock_is_reported(contract_store):
     import time
-    store.put("clock.json", b"{}")
-    blob = store.get("clock.json")
+    contract_store.put("clock.json", b"{}")
+    blob = contract_store.get("clock.json")
     assert abs(blob.server_time - time.time()) < 60
     assert abs(blob.last_modified - time.time()) < 60
 
 
 def test_compare_and_swap_is_atomic_across_processes(atomic_settings):
     """4 processes x 25 read-modify-write increments with if-match: no update is lost."""
-    import json
-    import subprocess
-    import sys
     import time
-    from conftest import REPO, _open
+    from conftest import _open, raced, racer_outputs, spawn_racer
     store = _open(atomic_settings)
     store.put("race/counter", b"0")
     start = time.time() + 1.5
-    procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "racer.py"), "incr",
-                               json.dumps(atomic_settings), f"w{i}", str(start), "25"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(4)]
-    retries = 0
-    for proc in procs:
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
-        retries += json.loads(out)["retries"]
+    runs = racer_outputs([spawn_racer("incr", atomic_settings, f"w{i}", start, 25)
+                          for i in range(4)], timeout=120)
     assert store.get("race/counter").body == b"100"
+    assert raced(*runs), "the processes did not run at the same time"
     store.close()

@@ -26,11 +26,12 @@ def hf_settings(gateway, bucket_name):
             "access_key": gateway.access_key, "secret_key": gateway.secret_key}
 
 
-def test_seed_scenario_through_the_gateway(hf_settings, gateway, tmp_path):
+def test_seed_scenario_through_the_gateway(hf_settings, gateway, tmp_path, store_clock):
     run_seed_scenario(hf_settings, tmp_path)
-    alice = tracecraft.connect(project="myproject", agent="designer", **hf_settings)
+    alice = store_clock.wrap(tracecraft.connect(project="myproject", agent="designer",
+                                                **hf_settings))
     alice.claim("short", ttl=1)
-    time.sleep(2.2)     # a lease read through the redirect still expires by the store's clock
+    store_clock.advance(2.2)   # a lease read through the redirect expires by the store's clock
     assert alice.step_status("short")["status"] == "expired"
     assert gateway.counts["redirects"] > 0          # GETs went through the CDN redirect ...
     assert gateway.counts["cdn_refused"] == 0       # ... without our Authorization header
@@ -46,21 +47,18 @@ def test_init_names_the_bucket_on_the_hub(hf_settings, tmp_path):
 
 def test_twenty_racers_one_winner(hf_settings):
     tracecraft.connect(project="race", agent="warmup", **hf_settings).store.ensure_bucket()
+    from conftest import assert_rounds_raced, racer_outputs, spawn_racer
     start = time.time() + 2.5
-    procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "racer.py"), "claim",
-                               json.dumps(hf_settings), f"racer{i}", str(start), "3"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(20)]
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
-        results.append([json.loads(line) for line in out.splitlines()])
+    results = racer_outputs([spawn_racer("claim", hf_settings, f"racer{i}", start, 3)
+                             for i in range(20)])
+    assert_rounds_raced([[r[n] for r in results] for n in range(3)])
     for n in range(3):
         assert sum(r[n]["won"] for r in results) == 1
 
 
 def test_store_contract_basics(hf_settings, gateway):
+    """The whole store contract runs on the gateway too (test_store_contract.py); here, what is
+    the gateway's own: both kinds of redirect, and the keys it refuses."""
     store = tracecraft.open_store(dict(hf_settings, _from_flags=True))
     store.ensure_bucket()
     key = "p/ünï cödé/+&=.json"
