@@ -53,9 +53,28 @@ EXIT_BUG = 70     # an internal error: a bug in tracecraft (EX_SOFTWARE)
 class TracecraftError(Exception):
     """Base of every error tracecraft reports.  `exit_code` is what the command line exits with;
     `retried` is true when the failed request had been sent before (so a conditional write may
-    in fact have succeeded then)."""
+    in fact have succeeded then).
+
+    The message speaks Python (it names parameters); main() shows for_cli() instead, in the
+    words of the command line: `fix` names the boolean option that would change the answer
+    (the parameter, and what it would do), `cli` is the whole message when it differs more."""
     exit_code = EXIT_STORE
     retried = False
+
+    def __init__(self, message="", fix=None, cli=None):
+        super().__init__(message)
+        self.fix, self.cli = fix, cli
+
+    def __str__(self):
+        text = super().__str__()
+        return f"{text} (pass {self.fix[0]}=True {self.fix[1]})" if self.fix else text
+
+    def for_cli(self):
+        if self.cli:
+            return self.cli
+        text = super().__str__()
+        flag = self.fix and "--" + self.fix[0].replace("_", "-")
+        return f"{text} (use {flag} {self.fix[1]})" if self.fix else text
 
 
 class UsageError(TracecraftError):
@@ -1503,6 +1522,40 @@ class _FileLock:
         os.close(self.fd)   # closing the descriptor releases the lock
 
 
+JSON_TYPE = "application/json"
+
+
+def probe_store(store, prefix):
+    """Check that the store honours conditional writes, on a scratch key under `prefix`.
+    Returns [(check, ok, detail)]; a store that ignores them cannot keep any atomic promise."""
+    key = f"{prefix}/{os.urandom(8).hex()}.json"
+    checks = []
+    try:
+        try:
+            store.put(key, b'{"probe": 1}', if_none_match=True, content_type=JSON_TYPE)
+        except PreconditionFailed as exc:
+            if not exc.retried:   # a fresh random key: only our own lost answer can exist
+                raise
+        try:
+            store.put(key, b'{"probe": 2}', if_none_match=True, content_type=JSON_TYPE)
+            checks.append(("create-only writes (If-None-Match)", False,
+                           "a second create-only write of the same key succeeded"))
+        except PreconditionFailed:
+            checks.append(("create-only writes (If-None-Match)", True,
+                           "a second create of the same key is refused"))
+        try:
+            store.put(key, b'{"probe": 3}', if_match='"0123456789abcdef0123456789abcdef"',
+                      content_type=JSON_TYPE)
+            checks.append(("compare-and-swap (If-Match)", False,
+                           "a write with a stale ETag succeeded"))
+        except (PreconditionFailed, ConditionalConflict):
+            checks.append(("compare-and-swap (If-Match)", True,
+                           "a write with a stale ETag is refused"))
+    finally:
+        store.delete(key)
+    return checks
+
+
 class ReadOnlyStore(Store):
     """A store seen by a read-only observer (`init --read-only`): reads pass through, and every
     write is refused here, before it is sent, whatever asked for it."""
@@ -2173,7 +2226,6 @@ def resolve_settings(config_path=None, **overrides):
 #    skipped in a listing), never crashed on.
 # ==================================================================================================
 
-JSON_TYPE = "application/json"
 ONLINE_SECONDS, IDLE_SECONDS = 120, 900
 HEARTBEAT_EVERY = 60
 WAIT_POLL_FAST = 0.35   # seconds between a waiter's polls at first and right after progress
@@ -2261,6 +2313,676 @@ def _rounded(seconds):
     return whole if abs(seconds - whole) < 0.0005 or abs(seconds) >= 60 else round(seconds, 3)
 
 
+def poll(attempt, timeout, timed_out, fast=WAIT_POLL_FAST, slow=WAIT_POLL_MAX, cancel=None,
+     tick=None):
+    """The one wait loop (inbox --wait, wait-for, status --watch): call attempt() ->
+    (result, progressed) until its result is not None, pausing `fast` seconds at first and after
+    progress, growing to `slow` while nothing happens.  After `timeout` seconds (None: no limit)
+    raises WaitTimeout(timed_out()).  `tick()` runs between attempts (a waiting agent keeps its
+    heartbeat fresh); `cancel` (a threading.Event) ends the wait with Cancelled."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    interval = fast
+    while True:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("cancelled")
+        result, progressed = attempt()
+        if result is not None:
+            return result
+        if progressed:
+            interval = fast
+        try:
+            if tick:
+                tick()
+        except StoreError:
+            pass   # the next attempt says what is wrong with the store
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise WaitTimeout(timed_out())
+        pause = interval if left is None else min(interval, left)
+        if cancel is not None:
+            if cancel.wait(pause):
+                raise Cancelled("cancelled")
+        else:
+            time.sleep(pause)
+        interval = min(interval * 1.5, slow)
+
+
+class _Peer:
+    """What every peer of a Client shares: the client (identity, clock, warnings), its store
+    and its records."""
+
+    def __init__(self, client):
+        self.client = client
+
+    @property
+    def store(self):
+        return self.client.store
+
+    @property
+    def records(self):
+        return self.client.records
+
+
+# ==================================================================================================
+# 6a. Records.  Owns: how a record is written (plainly, create-only, compare-and-swap with
+#    nonces), read and checked, updated until it sticks, and what this agent remembers between
+#    calls (the cache directory).  Calls: sections 1-5.  Every peer below writes through it.
+# ==================================================================================================
+
+class Records(_Peer):
+    """How records are written and read (`tc.records`), and what this agent remembers.
+
+    A command-line call is a fresh process, so what one call learned (the lease it won, the
+    version of a key it wrote, the tail of a log it sent to) would cost the next call a read to
+    learn again.  Kept in the user's cache directory it saves that read.  It is only ever a
+    hint: every write made with it is conditional, and a stale hint costs the read it saved.
+    A client keeps what it learns in memory and saves it when closed (a write per change
+    would cost more than the request it saves); a client that is never closed only forgets."""
+
+    def __init__(self, client):
+        super().__init__(client)
+        self.writer = os.urandom(6).hex()   # this client, in records' "writers" (see write)
+        self._state_dir, self._memo, self._unsaved = None, {}, set()
+
+    def write(self, key, record, create_only=False, replacing=None):
+        """Store a record: plainly, create-only, or replacing the version `replacing` (a Blob
+        from read()) by compare-and-swap.
+
+        A conditional write whose response is lost may have succeeded, and its retry then loses
+        to itself.  So every conditional write carries a nonce, and a record keeps the last nonce
+        of each of its recent writers ("writers", one entry per client, newest first): a retried
+        write that answers "precondition failed" is read back, and it won if its nonce is there.
+        Others may have written since, however many times, as long as fewer than RECENT_WRITERS
+        other clients did.  Returns the Blob written (with its ETag and writers; the ETag is None
+        when the write is known to have won but has been overwritten since)."""
+        if replacing is not None and not replacing.etag:
+            raise StoreError(f"the store returned no ETag for {key}, so it cannot be updated "
+                             "safely (compare-and-swap needs one)")
+        if create_only or replacing is not None:
+            nonce = os.urandom(8).hex()
+            others = [w for w in (replacing.chain or []) if w[0] != self.writer] \
+                if replacing is not None else []
+            record = dict(record, writers=([[self.writer, nonce]] + others)[:RECENT_WRITERS])
+        try:
+            body = dumps(record, indent=1).encode("utf-8")
+        except (ValueError, RecursionError):
+            raise UsageError(f"{key}: the record holds a number that is not finite, or is nested "
+                             "too deep") from None
+        # last_modified: this machine's clock when the write was sent; it landed no earlier
+        written = Blob(key, body, None, len(body), last_modified=time.time())
+        written.sent, written.chain = (written.last_modified, time.monotonic()), \
+            record.get("writers", [])
+        try:
+            written.etag = self.store.put(key, body, if_none_match=create_only,
+                                          if_match=replacing.etag if replacing else None,
+                                          content_type=JSON_TYPE)
+            return written
+        except (PreconditionFailed, NoSuchKey) as exc:
+            if exc.retried:
+                current = self.read(key, missing_ok=True)
+                if current and [self.writer, nonce] in (current[1].chain or []):
+                    if current[1].chain[0] == [self.writer, nonce]:
+                        written.etag = current[1].etag   # ours is still the current version
+                    return written   # else ours won, but others wrote since: its version is
+                                     # gone, and must not be taken for theirs
+            if isinstance(exc, NoSuchKey):
+                raise PreconditionFailed(f"{key} is gone") from None
+            raise
+
+    def read(self, key, missing_ok=False):
+        """(record, blob) for a JSON object, or None when missing and `missing_ok`.  The
+        bookkeeping of conditional writes ("writers") moves from the record to `blob.chain`."""
+        try:
+            blob = self.store.get(key)
+        except NoSuchKey:
+            if missing_ok:
+                return None
+            raise
+        return self.parse(blob), blob
+
+    @staticmethod
+    def parse(blob):
+        """The record in a Blob's body; its "writers" move to `blob.chain`."""
+        try:
+            record = loads(blob.body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise CorruptObject(f"object {blob.key} is not valid JSON (written by another "
+                                "tool?)") from None
+        if not isinstance(record, dict):
+            raise CorruptObject(f"object {blob.key} is not a JSON object")
+        writers = record.pop("writers", None)
+        blob.chain = [w for w in writers if isinstance(w, list) and len(w) == 2
+                      and all(isinstance(part, str) for part in w)] \
+            if isinstance(writers, list) else []
+        return record
+
+    def update(self, key, change, create=True):
+        """Read-modify-write with compare-and-swap until it sticks: `change(record or None)`
+        returns the new record (or raises).  Returns (new record, the Blob written).
+
+        The first attempt starts from the version this agent last wrote, if it remembers one
+        (see _recall): one request instead of two while nobody else writes the key."""
+        hint = self.recalled(key)
+        for _ in _retries(key):
+            got = hint or self.read(key, missing_ok=True)
+            if got is None and not create:
+                raise NotFound(f"no object {key}")
+            try:
+                new = change(got[0] if got else None)
+            except TracecraftError:
+                if hint is None:
+                    raise
+                hint = None   # judged on a hint: judge again on what the store holds
+                continue
+            try:
+                written = self.write(key, new, create_only=got is None,
+                                     replacing=got[1] if got else None)
+            except (PreconditionFailed, ConditionalConflict, NoSuchKey):
+                hint = None
+                continue
+            self.remember(key, written)
+            return new, written
+
+    def read_listed(self, entry, cache):
+        """read() an object seen in a listing, reusing the cached read while the listing shows
+        it unchanged.  Returns (record and blob, or None; seconds since that read)."""
+        signature = (entry.etag, entry.size, entry.last_modified)
+        hit = cache.get(entry.key)
+        if hit and hit[0] == signature:
+            return hit[1], time.monotonic() - hit[2]
+        got = self.read(entry.key, missing_ok=True)
+        cache[entry.key] = (signature, got, time.monotonic())
+        return got, 0.0
+
+    def state_path(self, kind, name=""):
+        if self._state_dir is None:
+            ident = f"{self.store.describe()}\0{self.client.project}\0{self.client.agent}".encode("utf-8")
+            base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                                    ".cache")
+            self._state_dir = os.path.join(base, "tracecraft", _hash("sha1", ident).hexdigest())
+        if not name:
+            return os.path.join(self._state_dir, kind)
+        return os.path.join(self._state_dir, kind,
+                            _hash("sha1", name.encode("utf-8")).hexdigest() + ".json")
+
+    def recall(self, kind, name):
+        if (kind, name) not in self._memo:
+            try:
+                with open(self.state_path(kind, name), "rb") as f:
+                    found = loads(f.read(MAX_RECORD))
+            except (OSError, ValueError, UnicodeDecodeError):
+                found = None
+            self._memo[kind, name] = found if isinstance(found, dict) and \
+                found.get("name") == name else None
+        return self._memo[kind, name]
+
+    def keep(self, kind, name, data):
+        """Keep `data` (a dict) under kind/name, or forget it when `data` is None."""
+        self._memo[kind, name] = None if data is None else dict(data, name=name)
+        self._unsaved.add((kind, name))
+
+    def forget(self, key):
+        self.keep("versions", key, None)
+
+    def save(self):
+        for kind, name in self._unsaved:
+            path, data = self.state_path(kind, name), self._memo[kind, name]
+            try:
+                if data is None:
+                    os.unlink(path)
+                    continue
+                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                replace_file(path, dumps(data).encode("utf-8"))
+            except (OSError, ValueError):
+                pass   # no cache directory (or nothing to forget): only a read is lost
+        self._unsaved.clear()
+
+    def remember(self, key, written):
+        """Remember a Blob this agent wrote (from write()) as the version of `key` it knows."""
+        if written.etag:
+            self.keep("versions", key, {"body": written.body.decode("utf-8"),
+                                             "etag": written.etag, "sent": written.sent[0],
+                                             "mono": written.sent[1]})
+
+    def recalled(self, key):
+        """(record, Blob) of the version of `key` this agent last wrote, or None: the very bytes
+        the store holds if the ETag still matches, parsed afresh for every caller.
+
+        The Blob is dated for judging a lease on this machine's clock, safely: the write landed
+        no earlier than it was sent, and the time since then is the larger of what the wall
+        clock and the monotonic clock say (a wall clock stepped back cannot make a lease look
+        younger; after a reboot, when the monotonic clock restarts, the lease looks expired)."""
+        found = self.recall("versions", key)
+        if not found or not isinstance(found.get("body"), str) or \
+                not isinstance(found.get("etag"), str) or \
+                not all(isinstance(found.get(f), (int, float)) and not isinstance(found[f], bool)
+                        for f in ("sent", "mono")):
+            return None
+        now, mono = time.time(), time.monotonic()
+        elapsed = max(now - found["sent"], mono - found["mono"]) if mono >= found["mono"] \
+            else MAX_SECONDS
+        blob = Blob(key, found["body"].encode("utf-8"), found["etag"], 0,
+                    last_modified=now - elapsed - CLOCK_MARGIN, server_time=now)
+        try:
+            return self.parse(blob), blob
+        except CorruptObject:
+            return None
+
+
+# ==================================================================================================
+# 6b. Memory.  Owns: memory/<dotted key as a path>.json.  Calls: sections 1-5, 6a.
+# ==================================================================================================
+
+class Memory(_Peer):
+    """Shared key-value memory (`tc.memory`): JSON values under dotted keys, each write a
+    compare-and-swap that keeps the revision number and the last few values."""
+
+    def _key(self, key):
+        check_memory_key(key)
+        return self.client.key("memory", *key.split(".")) + ".json"
+
+    @staticmethod
+    def _check_value(value):
+        check_json("memory value", value)
+        if len(dumps(value).encode("utf-8")) > MAX_VALUE:
+            raise UsageError(f"memory value is larger than the {MAX_VALUE // 1024} KiB limit")
+
+    @staticmethod
+    def _checked(record, key):
+        """A memory record read from the store, checked against its shape."""
+        where = f"memory key {key}"
+        if "value" not in record:
+            raise CorruptObject(f"{where} has no value (written by another tool?)")
+        _field(record, "revision", int, where, 1, 1, MAX_INT)
+        for entry in _field(record, "history", list, where, []):
+            if not isinstance(entry, dict) or "value" not in entry:
+                raise CorruptObject(f"{where} is not a tracecraft record: its history holds "
+                                    f"{shown(repr(entry)):.40}")
+        for name in ("by", "at"):
+            _field(record, name, (str, type(None)), where)
+        return record
+
+    def _next(self, key, old, value):
+        record = self.client.record(key=key, value=value, revision=1, history=[])
+        if old is not None:
+            old = self._checked(old, key)
+            previous = {k: old.get(k) for k in ("value", "by", "at", "revision")}
+            history = [previous] + old.get("history", [])
+            while len(history) > HISTORY_LIMIT or (
+                    len(history) > 1 and len(dumps(history)) > HISTORY_BYTES):
+                history.pop()
+            record.update(revision=old.get("revision", 0) + 1, history=history)
+        return record
+
+    @staticmethod
+    def _shape(record, written):
+        """A key as shown everywhere: key, value, version, revision, by, at."""
+        return {"key": record.get("key"), "value": record["value"],
+                "version": _version(written.etag) or None, "revision": record.get("revision", 1),
+                "by": record.get("by"), "at": record.get("at")}
+
+    def set(self, key, value, if_version=None, if_absent=False):
+        """Store any JSON value under `key`; returns the key (key, value, version, revision, by,
+        at).  `if_absent` writes only if the key is unset; `if_version` only if the key is still
+        at that version.  A lost condition raises Refused saying what the current version is."""
+        self._check_value(value)
+        path = self._key(key)
+        if if_absent:
+            try:
+                record = self.client.record(key=key, value=value, revision=1, history=[])
+                written = self.records.write(path, record, create_only=True)
+            except PreconditionFailed:
+                raise Refused(f"memory key {key} is already set (version "
+                              f"{self._current_version(key)})") from None
+            return self._written(path, record, written)
+        if if_version is not None:
+            got = self.records.read(path, missing_ok=True)
+            current = _version(got[1].etag) if got else None
+            if current != _version(_quoted(if_version)):
+                raise Refused(f"memory key {key} is at version {current or '(unset)'}, "
+                              f"not {_version(_quoted(if_version))}")
+            record = self._next(key, got[0], value)
+            try:
+                written = self.records.write(path, record, replacing=got[1])
+            except (PreconditionFailed, ConditionalConflict, NoSuchKey):
+                raise Refused(f"memory key {key} changed meanwhile (version is now "
+                              f"{self._current_version(key)})") from None
+            return self._written(path, record, written)
+        record, written = self.records.update(path, lambda old: self._next(key, old, value))
+        return self._shape(record, written)
+
+    def _written(self, path, record, written):
+        """What set() returns for a conditional write of its own (update() remembers its own)."""
+        self.records.remember(path, written)
+        return self._shape(record, written)
+
+    def _current_version(self, key):
+        got = self.records.read(self._key(key), missing_ok=True)
+        return _version(got[1].etag) if got else "(unset)"
+
+    def incr(self, key, by=1):
+        """Add `by` to a number atomically (an unset key counts as 0); returns the key.  The sum
+        stays a JSON number: finite, and an integer within 64 bits."""
+        if isinstance(by, bool) or not isinstance(by, (int, float)):
+            raise UsageError(f"increment must be a number, not {shown(repr(by)):.40}")
+        check_json("increment", by)
+
+        def change(old):
+            value = (old or {}).get("value", 0)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise UsageError(f"memory key {key} holds {type(value).__name__}, not a number")
+            total = value + by
+            if not (total - total == 0 and (isinstance(total, float) or abs(total) <= MAX_INT)):
+                raise UsageError(f"memory key {key} would overflow: {value!r:.30} + {by!r:.30} "
+                                 "is beyond the range of a JSON number")
+            return self._next(key, old, total)
+        record, written = self.records.update(self._key(key), change)
+        return self._shape(record, written)
+
+    def record(self, key):
+        """The key: key, value, version, revision, by, at.  Raises NotFound when unset."""
+        try:
+            record, blob = self.records.read(self._key(key))
+        except NoSuchKey:
+            raise NotFound(f"memory key {key} is not set") from None
+        return self._shape(self._checked(record, key), blob)
+
+    def get(self, key, default=_KEEP):
+        """The value stored under `key`; `default` if given and the key is missing."""
+        try:
+            return self.record(key)["value"]
+        except NotFound:
+            if default is _KEEP:
+                raise
+            return default
+
+    def history(self, key):
+        """The current and previous values, newest first: [{value, by, at, revision}]."""
+        try:
+            record, _ = self.records.read(self._key(key))
+        except NoSuchKey:
+            raise NotFound(f"memory key {key} is not set") from None
+        record = self._checked(record, key)
+        return [{k: entry.get(k) for k in ("value", "by", "at", "revision")}
+                for entry in [record] + record.get("history", [])]
+
+    def list(self, prefix=""):
+        """Keys under `prefix`, matched by whole segments: `phase1` never returns `phase10.x`.
+        Objects whose names are not memory keys are skipped with a warning."""
+        root = self.client.key("memory")
+        base = root + "/" + check_memory_key(prefix).replace(".", "/") if prefix else root + "/"
+        keys = []
+        for entry in self.store.list(base):
+            rest = entry.key[len(base):]
+            if not prefix or rest == ".json" or rest[:1] == "/":
+                try:
+                    if not entry.key.endswith(".json"):
+                        raise UsageError("not a memory key's record")
+                    keys.append(check_memory_key(entry.key[len(root) + 1:-5].replace("/", ".")))
+                except UsageError as exc:
+                    self.client.warn_once(f"skipped {entry.key}: {exc}")
+        return keys
+
+    def delete(self, key, if_version=None):
+        """Delete a key (only if still at `if_version`, when given).  Raises NotFound if unset."""
+        path = self._key(key)
+        self.records.forget(path)
+        if if_version is None:
+            if not self.store.exists(path):   # a corrupt record can be deleted too
+                raise NotFound(f"memory key {key} is not set")
+            self.store.delete(path)
+            return
+        try:
+            self.store.delete(path, if_match=_quoted(if_version))
+        except (PreconditionFailed, NoSuchKey):
+            raise Refused(f"memory key {key} is at version {self._current_version(key)}, "
+                          f"not {_version(_quoted(if_version))}") from None
+
+
+# ==================================================================================================
+# 6c. Inbox.  Owns: messages/<log>/ (the numbered logs) and cursors/<agent>.json.
+#    Calls: sections 1-5, 6a.
+# ==================================================================================================
+
+def _log_name(n):
+    return f"{LOG_TOP - n:0{LOG_WIDTH}d}-{n}.json"
+
+
+def _message_shape(record, key=None):
+    """A message as shown everywhere: seq, kind, from, to, text, at.  With `key` (a record
+    read from the store) its fields are checked first."""
+    if key is not None:
+        where = f"message {key}"
+        for name, kinds in (("from", str), ("text", str), ("to", (str, type(None))),
+                            ("at", (str, type(None)))):
+            _field(record, name, kinds, where)
+    return {"seq": record.get("seq"), "kind": record.get("kind"), "from": record["from"],
+            "to": record.get("to"), "text": record["text"], "at": record.get("at")}
+
+
+class Inbox(_Peer):
+    """Messages (`tc.inbox`): tc.inbox() reads this agent's unread ones, tc.inbox.send() sends.
+
+    Message n of a log is messages/<log>/<LOG_TOP - n>-<n>.json: inverted, so that a listing
+    (always ascending) starts at the newest.  The tail is one listing of one key, and reading
+    k new messages lists only as far back as the reader's cursor: O(k), whatever the history.
+    Numbers are taken with create-only writes, so each is used once; nothing depends on clocks.
+    A number stays taken for good: `inbox --delete` empties a message (an object of 0 bytes,
+    which readers skip without reading it) instead of removing it, so a sender that remembers
+    an older tail can never write below a reader's cursor.  An object whose name is not
+    exactly that of a message is not one: it is skipped, and moves no cursor and no tail."""
+
+    def _key(self, log, n):
+        return self.client.key("messages", log, _log_name(n))
+
+    def _number(self, key):
+        """The number of the message at `key`, or None (with a warning) for anything else."""
+        name = key.rpartition("/")[2]
+        number = name.partition("-")[2][:-5]
+        # Exactly the name this number is written under, ASCII digits and all: int() would
+        # read "٩" as 9, and a stray name taken for a number could move a cursor past every
+        # message to come.
+        if number.isascii() and number.isdigit() and len(number) <= LOG_WIDTH and \
+                0 < int(number) < LOG_TOP and name == _log_name(int(number)):
+            return int(number)
+        self.client.warn_once(f"skipped {key}: not a message of tracecraft's (a stray object in the log)")
+        return None
+
+    def tail(self, log):
+        # The newest message lists first, after anything that is not a message at all (a
+        # folder marker, a stray file), which a short look usually gets past.
+        for limit in (8, None):
+            entries = list(self.store.list(self.client.key("messages", log) + "/", limit=limit))
+            for entry in entries:
+                n = self._number(entry.key)
+                if n is not None:
+                    return n
+            if limit is None or len(entries) < limit:
+                return 0
+
+    def _since(self, log, after, contiguous=True):
+        """Entries of a log numbered above `after`, oldest first: [(n, entry)].
+
+        Numbers are taken in order, so a gap means a message not yet visible in the listing
+        (a directory read while files are being added, an eventually consistent store): with
+        `contiguous`, stop before the first gap so the cursor can never pass a message."""
+        found, prefix, last = [], self.client.key("messages", log) + "/", None
+        for limit in (LOG_PAGE, None):   # most reads find a few new messages: list few first
+            entries = list(self.store.list(prefix, start_after=last, limit=limit))
+            for entry in entries:
+                n = self._number(entry.key)
+                if n is not None and n <= after:
+                    break
+                if n is not None:
+                    found.append((n, entry))
+            else:
+                if limit is not None and len(entries) == limit:
+                    last = entries[-1].key
+                    continue
+            break
+        found.reverse()
+        if not contiguous:
+            return found
+        kept, expected = [], after + 1
+        for n, entry in found:
+            if n != expected:
+                if not entry.size:   # emptied messages are all below the reader's cursor
+                    self.client.warn_once(f"skipped {entry.key}: an empty object ahead of the messages "
+                                   "read (not tracecraft's)")
+                    continue
+                if not (self._behind_hole(entry) and self._is_message(entry, log, n)):
+                    break
+            kept.append((n, entry))
+            expected = n + 1
+        return kept
+
+    def _is_message(self, entry, log, n):
+        """Whether the object behind a hole is message n of this log, read to be sure: a stray
+        object must not carry a cursor past every message to come."""
+        try:
+            record = self.records.parse(self.store.get(entry.key))
+            return record.get("seq") == n and record.get("to") == log and \
+                isinstance(record.get("text"), str)
+        except (NoSuchKey, CorruptObject):
+            return False
+
+    @staticmethod
+    def _behind_hole(entry):
+        """Whether the gap before this listed message is a hole that will never fill.  A sender
+        takes number n+1 only once n exists (it listed the tail, or wrote n itself), so a gap is
+        normally a message written but not yet listed, for milliseconds.  But a sender's
+        remembered tail can outlive its store (wiped and made again under the same name): the
+        gap behind a message older than LOG_HOLE_SECONDS, by the store's clock, is such a hole."""
+        return entry.server_time is not None and entry.last_modified is not None and \
+            entry.server_time - entry.last_modified > LOG_HOLE_SECONDS
+
+    def send(self, to, text):
+        """Send `text` to agent `to`, or to everyone with to="_broadcast".  Returns the message."""
+        sender = self.client.me()
+        if to != BROADCAST:
+            check_agent(to)
+        check_text("message", text)
+        if len(text.encode("utf-8")) > MAX_VALUE:
+            raise UsageError(f"message is larger than the {MAX_VALUE // 1024} KiB limit")
+        n = (self.records.recall("tails", to) or {}).get("n")
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < LOG_TOP - 1:
+            n = self.tail(to)
+            if n == 0 and to != BROADCAST and not self.store.exists(self.client.key("agents", to + ".json")):
+                self.client.warn(f"no agent {to} has been seen in project {self.client.project} yet; the "
+                          "message waits in its inbox")
+        for _ in _retries(f"the inbox of {to}"):
+            if n + 1 >= LOG_TOP:
+                raise StoreError(f"the inbox of {to} is full: it holds {LOG_TOP - 1} numbers")
+            message = self.client.record(**{"from": sender}, to=to, seq=n + 1,
+                                  kind="broadcast" if to == BROADCAST else "direct", text=text)
+            try:
+                self.records.write(self._key(to, n + 1), message, create_only=True)
+            except (PreconditionFailed, ConditionalConflict):
+                n = max(n + 1, self.tail(to))
+                continue
+            self.records.keep("tails", to, {"n": n + 1})
+            return _message_shape(message)
+
+    def __call__(self, peek=False, everything=False, delete=False, wait=None):
+        """This agent's unread messages, direct and broadcast, in one order all readers agree on
+        (the store's clock, then the log's own order), marked read unless `peek`.
+
+        The read position lives in the bucket (cursors/<agent>.json) and moves by compare-and-swap
+        before anything is returned, so two readers of one inbox never get the same message.
+        `everything` returns all messages without moving it; `delete` also empties the direct
+        messages read (their numbers stay taken); `wait` (seconds, or True for no limit) blocks
+        until at least one unread message arrives, raising WaitTimeout when the time is up."""
+        me = self.client.me()
+        if delete and (peek or everything):
+            raise UsageError("delete=True cannot be combined with peek or everything",
+                             cli="--delete removes messages as it reads them: it cannot be "
+                             "combined with --peek or --all")
+        if wait is None or wait is False or everything:
+            return self._read(me, peek, everything, delete)
+        timeout = None if wait is True else check_number("the wait", wait, 0, MAX_SECONDS, True)
+        return poll(lambda: (self._read(me, peek, everything, delete) or None, False), timeout,
+                    lambda: f"no new message within {_seconds(timeout)}", 0.1, 2.0,
+                    self.client.cancel, self.client.agents.touch)
+
+    def cursor(self, got, where):
+        if not got:
+            return {"direct": 0, "broadcast": 0}
+        return {kind: _field(got[0], kind, int, where, 0, 0, LOG_TOP - 1)
+                for kind in ("direct", "broadcast")}
+
+    def _read(self, me, peek, everything, delete):
+        cursor_key = self.client.key("cursors", me + ".json")
+        for _ in _retries(f"the inbox of {me}"):
+            got = self.records.read(cursor_key, missing_ok=True)
+            cursor = self.cursor(got, f"cursor {cursor_key}")
+            start = {"direct": 0, "broadcast": 0} if everything else cursor
+            logs = {kind: self._since(me if kind == "direct" else BROADCAST, start[kind],
+                                          contiguous=not everything)
+                    for kind in ("direct", "broadcast")}
+            if not any(logs.values()):
+                return []
+            if not (peek or everything):
+                moved = self.client.record(**{kind: max([cursor[kind]] + [n for n, _ in logs[kind]])
+                                       for kind in logs})
+                try:
+                    self.records.write(cursor_key, moved, create_only=got is None,
+                               replacing=got[1] if got else None)
+                except (PreconditionFailed, ConditionalConflict):
+                    continue   # another reader took these; start again from its position
+            messages = self._merge(logs, me)
+            for n, entry in logs["direct"] if delete else ():
+                if entry.size:
+                    self.store.put(entry.key, b"", content_type=JSON_TYPE)
+            return messages
+
+    def _merge(self, logs, me):
+        """Fetch and merge the two logs: by the store's Last-Modified, then kind, then number.
+        Emptied messages (0 bytes) are skipped without a read."""
+        tagged = []
+        for kind, entries in logs.items():
+            for n, entry in entries:
+                if entry.size:
+                    tagged.append(((entry.last_modified or 0, kind, n), kind, n, entry))
+        # Within one log the order is the log's own; across logs the store's clock decides.
+        result = []
+        queues = {kind: [t for t in tagged if t[1] == kind] for kind in logs}
+        while any(queues.values()):
+            kind = min((q[0][0], k) for k, q in queues.items() if q)[1]
+            _, _, n, entry = queues[kind].pop(0)
+            try:
+                blob = self.store.get(entry.key)
+                if not blob.body:
+                    continue   # emptied by `inbox --delete` since it was listed
+                message = _message_shape(self.records.parse(blob), entry.key)
+            except NoSuchKey:
+                continue
+            except CorruptObject as exc:
+                self.client.warn(f"skipped {exc}")
+                continue
+            if kind == "broadcast" and message["from"] == me:
+                continue
+            message.update(kind=kind, seq=n)
+            result.append(message)
+        return result
+
+    def unread(self, agent, broadcast_tail):
+        """How many messages `agent` has not read yet (direct and broadcast): two requests."""
+        where = f"cursor of {agent}"
+        try:
+            cursor = self.cursor(self.records.read(self.client.key("cursors", agent + ".json"),
+                                                   missing_ok=True), where)
+        except CorruptObject as exc:
+            self.client.warn_once(f"skipped {exc}")
+            cursor = {"direct": 0, "broadcast": 0}
+        return max(0, self.tail(agent) - cursor["direct"]) + \
+            max(0, broadcast_tail - cursor["broadcast"])
+
+
+# ==================================================================================================
+# 6d. Steps.  Owns: steps/<id>/claim.json (the lease), status.json and handoff.json.
+#    Calls: sections 1-5, 6a.
+# ==================================================================================================
+
 class Lease:
     """One step's lease, read from steps/<id>/claim.json and judged by the store's clock.
 
@@ -2340,485 +3062,15 @@ class Lease:
                 "forced": bool(record.get("forced")), "note": record.get("note")}
 
 
-class Client:
-    """One agent's handle on one project.  Every method is a few requests to the store."""
+class Steps(_Peer):
+    """Leases on steps (`tc.steps`): claim, renew, release, complete, step_status, wait_for.
+    The states a lease goes through are drawn in Lease's docstring."""
 
-    def __init__(self, store, project, agent=None, clock=time.time):
-        self.store = store
-        self.project = check_name("project", project)
-        self.agent = check_agent(agent) if agent else None
-        self.read_only = isinstance(store, ReadOnlyStore)
-        self.clock = clock              # stamps records; coordination itself never trusts it
-        self.memory = Memory(self)
-        self.artifacts = Artifacts(self)
-        self.warn = lambda message: None   # the CLI prints these; a library user may set it
-        self.cancel = None                 # a threading.Event that ends a wait (the MCP server)
-        self.unsafe_store = False          # set when init accepted a store failing the probe
-        self.notes = []                    # warnings about the settings, from connect()
-        self._state_dir, self._memo, self._unsaved, self._warned = None, {}, set(), set()
-        self._writer = os.urandom(6).hex()   # this client, in records' "writers" (see write)
+    def key(self, step, name):
+        return self.client.key("steps", check_name("step id", step), name + ".json")
 
-    def __repr__(self):
-        return f"<tracecraft.Client project={self.project!r} agent={self.agent!r} on {self.store.describe()}>"
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def close(self):
-        self._save()
-        self.store.close()
-
-    def warn_once(self, message):
-        if message not in self._warned:
-            self._warned.add(message)
-            self.warn(message)
-
-    # -- records -----------------------------------------------------------------------------------
-
-    def key(self, *parts):
-        return "/".join((self.project,) + parts)
-
-    def me(self):
-        if not self.agent:
-            raise UsageError("no agent id: pass --agent to `tracecraft init`, or set TRACECRAFT_AGENT"
-                             + (" (a read-only observer has none)" if self.read_only else ""))
-        return self.agent
-
-    def now(self):
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock()))
-
-    def record(self, **fields):
-        """A JSON record that says who wrote it and when."""
-        fields.setdefault("by", self.agent)
-        fields.setdefault("at", self.now())
-        return fields
-
-    def write(self, key, record, create_only=False, replacing=None):
-        """Store a record: plainly, create-only, or replacing the version `replacing` (a Blob
-        from read()) by compare-and-swap.
-
-        A conditional write whose response is lost may have succeeded, and its retry then loses
-        to itself.  So every conditional write carries a nonce, and a record keeps the last nonce
-        of each of its recent writers ("writers", one entry per client, newest first): a retried
-        write that answers "precondition failed" is read back, and it won if its nonce is there.
-        Others may have written since, however many times, as long as fewer than RECENT_WRITERS
-        other clients did.  Returns the Blob written (with its ETag and writers; the ETag is None
-        when the write is known to have won but has been overwritten since)."""
-        if replacing is not None and not replacing.etag:
-            raise StoreError(f"the store returned no ETag for {key}, so it cannot be updated "
-                             "safely (compare-and-swap needs one)")
-        if create_only or replacing is not None:
-            nonce = os.urandom(8).hex()
-            others = [w for w in (replacing.chain or []) if w[0] != self._writer] \
-                if replacing is not None else []
-            record = dict(record, writers=([[self._writer, nonce]] + others)[:RECENT_WRITERS])
-        try:
-            body = dumps(record, indent=1).encode("utf-8")
-        except (ValueError, RecursionError):
-            raise UsageError(f"{key}: the record holds a number that is not finite, or is nested "
-                             "too deep") from None
-        # last_modified: this machine's clock when the write was sent; it landed no earlier
-        written = Blob(key, body, None, len(body), last_modified=time.time())
-        written.sent, written.chain = (written.last_modified, time.monotonic()), \
-            record.get("writers", [])
-        try:
-            written.etag = self.store.put(key, body, if_none_match=create_only,
-                                          if_match=replacing.etag if replacing else None,
-                                          content_type=JSON_TYPE)
-            return written
-        except (PreconditionFailed, NoSuchKey) as exc:
-            if exc.retried:
-                current = self.read(key, missing_ok=True)
-                if current and [self._writer, nonce] in (current[1].chain or []):
-                    if current[1].chain[0] == [self._writer, nonce]:
-                        written.etag = current[1].etag   # ours is still the current version
-                    return written   # else ours won, but others wrote since: its version is
-                                     # gone, and must not be taken for theirs
-            if isinstance(exc, NoSuchKey):
-                raise PreconditionFailed(f"{key} is gone") from None
-            raise
-
-    def read(self, key, missing_ok=False):
-        """(record, blob) for a JSON object, or None when missing and `missing_ok`.  The
-        bookkeeping of conditional writes ("writers") moves from the record to `blob.chain`."""
-        try:
-            blob = self.store.get(key)
-        except NoSuchKey:
-            if missing_ok:
-                return None
-            raise
-        return self._parse(blob), blob
-
-    @staticmethod
-    def _parse(blob):
-        """The record in a Blob's body; its "writers" move to `blob.chain`."""
-        try:
-            record = loads(blob.body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise CorruptObject(f"object {blob.key} is not valid JSON (written by another "
-                                "tool?)") from None
-        if not isinstance(record, dict):
-            raise CorruptObject(f"object {blob.key} is not a JSON object")
-        writers = record.pop("writers", None)
-        blob.chain = [w for w in writers if isinstance(w, list) and len(w) == 2
-                      and all(isinstance(part, str) for part in w)] \
-            if isinstance(writers, list) else []
-        return record
-
-    def update(self, key, change, create=True):
-        """Read-modify-write with compare-and-swap until it sticks: `change(record or None)`
-        returns the new record (or raises).  Returns (new record, the Blob written).
-
-        The first attempt starts from the version this agent last wrote, if it remembers one
-        (see _recall): one request instead of two while nobody else writes the key."""
-        hint = self._recall_version(key)
-        for _ in _retries(key):
-            got = hint or self.read(key, missing_ok=True)
-            if got is None and not create:
-                raise NotFound(f"no object {key}")
-            try:
-                new = change(got[0] if got else None)
-            except TracecraftError:
-                if hint is None:
-                    raise
-                hint = None   # judged on a hint: judge again on what the store holds
-                continue
-            try:
-                written = self.write(key, new, create_only=got is None,
-                                     replacing=got[1] if got else None)
-            except (PreconditionFailed, ConditionalConflict, NoSuchKey):
-                hint = None
-                continue
-            self.remember_version(key, written)
-            return new, written
-
-    # -- what this agent remembers between calls ---------------------------------------------------
-    #
-    # A command-line call is a fresh process, so what one call learned (the lease it won, the
-    # version of a key it wrote, the tail of a log it sent to) would cost the next call a read to
-    # learn again.  Kept in the user's cache directory it saves that read.  It is only ever a
-    # hint: every write made with it is conditional, and a stale hint costs the read it saved.
-    # A client keeps what it learns in memory and saves it when closed (a write per change
-    # would cost more than the request it saves); a client that is never closed only forgets.
-
-    def _state_path(self, kind, name=""):
-        if self._state_dir is None:
-            ident = f"{self.store.describe()}\0{self.project}\0{self.agent}".encode("utf-8")
-            base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
-                                                                    ".cache")
-            self._state_dir = os.path.join(base, "tracecraft", _hash("sha1", ident).hexdigest())
-        if not name:
-            return os.path.join(self._state_dir, kind)
-        return os.path.join(self._state_dir, kind,
-                            _hash("sha1", name.encode("utf-8")).hexdigest() + ".json")
-
-    def _recall(self, kind, name):
-        if (kind, name) not in self._memo:
-            try:
-                with open(self._state_path(kind, name), "rb") as f:
-                    found = loads(f.read(MAX_RECORD))
-            except (OSError, ValueError, UnicodeDecodeError):
-                found = None
-            self._memo[kind, name] = found if isinstance(found, dict) and \
-                found.get("name") == name else None
-        return self._memo[kind, name]
-
-    def _remember(self, kind, name, data):
-        """Keep `data` (a dict) under kind/name, or forget it when `data` is None."""
-        self._memo[kind, name] = None if data is None else dict(data, name=name)
-        self._unsaved.add((kind, name))
-
-    def forget_version(self, key):
-        self._remember("versions", key, None)
-
-    def _save(self):
-        for kind, name in self._unsaved:
-            path, data = self._state_path(kind, name), self._memo[kind, name]
-            try:
-                if data is None:
-                    os.unlink(path)
-                    continue
-                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-                replace_file(path, dumps(data).encode("utf-8"))
-            except (OSError, ValueError):
-                pass   # no cache directory (or nothing to forget): only a read is lost
-        self._unsaved.clear()
-
-    def remember_version(self, key, written):
-        """Remember a Blob this agent wrote (from write()) as the version of `key` it knows."""
-        if written.etag:
-            self._remember("versions", key, {"body": written.body.decode("utf-8"),
-                                             "etag": written.etag, "sent": written.sent[0],
-                                             "mono": written.sent[1]})
-
-    def _recall_version(self, key):
-        """(record, Blob) of the version of `key` this agent last wrote, or None: the very bytes
-        the store holds if the ETag still matches, parsed afresh for every caller.
-
-        The Blob is dated for judging a lease on this machine's clock, safely: the write landed
-        no earlier than it was sent, and the time since then is the larger of what the wall
-        clock and the monotonic clock say (a wall clock stepped back cannot make a lease look
-        younger; after a reboot, when the monotonic clock restarts, the lease looks expired)."""
-        found = self._recall("versions", key)
-        if not found or not isinstance(found.get("body"), str) or \
-                not isinstance(found.get("etag"), str) or \
-                not all(isinstance(found.get(f), (int, float)) and not isinstance(found[f], bool)
-                        for f in ("sent", "mono")):
-            return None
-        now, mono = time.time(), time.monotonic()
-        elapsed = max(now - found["sent"], mono - found["mono"]) if mono >= found["mono"] \
-            else MAX_SECONDS
-        blob = Blob(key, found["body"].encode("utf-8"), found["etag"], 0,
-                    last_modified=now - elapsed - CLOCK_MARGIN, server_time=now)
-        try:
-            return self._parse(blob), blob
-        except CorruptObject:
-            return None
-
-    # -- the one wait loop ---------------------------------------------------------------------------
-
-    def poll(self, attempt, timeout, timed_out, fast=WAIT_POLL_FAST, slow=WAIT_POLL_MAX):
-        """Call attempt() -> (result, progressed) until its result is not None, pausing `fast`
-        seconds at first and after progress, growing to `slow` while nothing happens.  After
-        `timeout` seconds (None: no limit) raises WaitTimeout(timed_out()).  While it waits the
-        agent's heartbeat stays fresh, and `cancel` (when set) ends it with Cancelled."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        interval = fast
-        while True:
-            if self.cancel is not None and self.cancel.is_set():
-                raise Cancelled("cancelled")
-            result, progressed = attempt()
-            if result is not None:
-                return result
-            if progressed:
-                interval = fast
-            try:
-                self.touch()
-            except StoreError:
-                pass   # the next attempt says what is wrong with the store
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise WaitTimeout(timed_out())
-            pause = interval if left is None else min(interval, left)
-            if self.cancel is not None:
-                if self.cancel.wait(pause):
-                    raise Cancelled("cancelled")
-            else:
-                time.sleep(pause)
-            interval = min(interval * 1.5, slow)
-
-    # -- messages: one numbered log per inbox ---------------------------------------------------------
-    #
-    # Message n of a log is messages/<log>/<LOG_TOP - n>-<n>.json: inverted, so that a listing
-    # (always ascending) starts at the newest.  The tail is one listing of one key, and reading
-    # k new messages lists only as far back as the reader's cursor: O(k), whatever the history.
-    # Numbers are taken with create-only writes, so each is used once; nothing depends on clocks.
-    # A number stays taken for good: `inbox --delete` empties a message (an object of 0 bytes,
-    # which readers skip without reading it) instead of removing it, so a sender that remembers
-    # an older tail can never write below a reader's cursor.  An object whose name is not
-    # exactly that of a message is not one: it is skipped, and moves no cursor and no tail.
-
-    def _log_key(self, log, n):
-        return self.key("messages", log, _log_name(n))
-
-    def _log_number(self, key):
-        """The number of the message at `key`, or None (with a warning) for anything else."""
-        name = key.rpartition("/")[2]
-        number = name.partition("-")[2][:-5]
-        # Exactly the name this number is written under, ASCII digits and all: int() would
-        # read "٩" as 9, and a stray name taken for a number could move a cursor past every
-        # message to come.
-        if number.isascii() and number.isdigit() and len(number) <= LOG_WIDTH and \
-                0 < int(number) < LOG_TOP and name == _log_name(int(number)):
-            return int(number)
-        self.warn_once(f"skipped {key}: not a message of tracecraft's (a stray object in the log)")
-        return None
-
-    def _log_tail(self, log):
-        # The newest message lists first, after anything that is not a message at all (a
-        # folder marker, a stray file), which a short look usually gets past.
-        for limit in (8, None):
-            entries = list(self.store.list(self.key("messages", log) + "/", limit=limit))
-            for entry in entries:
-                n = self._log_number(entry.key)
-                if n is not None:
-                    return n
-            if limit is None or len(entries) < limit:
-                return 0
-
-    def _log_since(self, log, after, contiguous=True):
-        """Entries of a log numbered above `after`, oldest first: [(n, entry)].
-
-        Numbers are taken in order, so a gap means a message not yet visible in the listing
-        (a directory read while files are being added, an eventually consistent store): with
-        `contiguous`, stop before the first gap so the cursor can never pass a message."""
-        found, prefix, last = [], self.key("messages", log) + "/", None
-        for limit in (LOG_PAGE, None):   # most reads find a few new messages: list few first
-            entries = list(self.store.list(prefix, start_after=last, limit=limit))
-            for entry in entries:
-                n = self._log_number(entry.key)
-                if n is not None and n <= after:
-                    break
-                if n is not None:
-                    found.append((n, entry))
-            else:
-                if limit is not None and len(entries) == limit:
-                    last = entries[-1].key
-                    continue
-            break
-        found.reverse()
-        if not contiguous:
-            return found
-        kept, expected = [], after + 1
-        for n, entry in found:
-            if n != expected:
-                if not entry.size:   # emptied messages are all below the reader's cursor
-                    self.warn_once(f"skipped {entry.key}: an empty object ahead of the messages "
-                                   "read (not tracecraft's)")
-                    continue
-                if not (self._behind_hole(entry) and self._is_message(entry, log, n)):
-                    break
-            kept.append((n, entry))
-            expected = n + 1
-        return kept
-
-    def _is_message(self, entry, log, n):
-        """Whether the object behind a hole is message n of this log, read to be sure: a stray
-        object must not carry a cursor past every message to come."""
-        try:
-            record = self._parse(self.store.get(entry.key))
-            return record.get("seq") == n and record.get("to") == log and \
-                isinstance(record.get("text"), str)
-        except (NoSuchKey, CorruptObject):
-            return False
-
-    @staticmethod
-    def _behind_hole(entry):
-        """Whether the gap before this listed message is a hole that will never fill.  A sender
-        takes number n+1 only once n exists (it listed the tail, or wrote n itself), so a gap is
-        normally a message written but not yet listed, for milliseconds.  But a sender's
-        remembered tail can outlive its store (wiped and made again under the same name): the
-        gap behind a message older than LOG_HOLE_SECONDS, by the store's clock, is such a hole."""
-        return entry.server_time is not None and entry.last_modified is not None and \
-            entry.server_time - entry.last_modified > LOG_HOLE_SECONDS
-
-    def send(self, to, text):
-        """Send `text` to agent `to`, or to everyone with to="_broadcast".  Returns the message."""
-        sender = self.me()
-        if to != BROADCAST:
-            check_agent(to)
-        check_text("message", text)
-        if len(text.encode("utf-8")) > MAX_VALUE:
-            raise UsageError(f"message is larger than the {MAX_VALUE // 1024} KiB limit")
-        n = (self._recall("tails", to) or {}).get("n")
-        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < LOG_TOP - 1:
-            n = self._log_tail(to)
-            if n == 0 and to != BROADCAST and not self.store.exists(self.key("agents", to + ".json")):
-                self.warn(f"no agent {to} has been seen in project {self.project} yet; the "
-                          "message waits in its inbox")
-        for _ in _retries(f"the inbox of {to}"):
-            if n + 1 >= LOG_TOP:
-                raise StoreError(f"the inbox of {to} is full: it holds {LOG_TOP - 1} numbers")
-            message = self.record(**{"from": sender}, to=to, seq=n + 1,
-                                  kind="broadcast" if to == BROADCAST else "direct", text=text)
-            try:
-                self.write(self._log_key(to, n + 1), message, create_only=True)
-            except (PreconditionFailed, ConditionalConflict):
-                n = max(n + 1, self._log_tail(to))
-                continue
-            self._remember("tails", to, {"n": n + 1})
-            return _message_shape(message)
-
-    def inbox(self, peek=False, everything=False, delete=False, wait=None):
-        """This agent's unread messages, direct and broadcast, in one order all readers agree on
-        (the store's clock, then the log's own order), marked read unless `peek`.
-
-        The read position lives in the bucket (cursors/<agent>.json) and moves by compare-and-swap
-        before anything is returned, so two readers of one inbox never get the same message.
-        `everything` returns all messages without moving it; `delete` also empties the direct
-        messages read (their numbers stay taken); `wait` (seconds, or True for no limit) blocks
-        until at least one unread message arrives, raising WaitTimeout when the time is up."""
-        me = self.me()
-        if delete and (peek or everything):
-            raise UsageError("--delete removes messages as it reads them: it cannot be combined "
-                             "with --peek or --all")
-        if wait is None or wait is False or everything:
-            return self._read_inbox(me, peek, everything, delete)
-        timeout = None if wait is True else check_number("the wait", wait, 0, MAX_SECONDS, True)
-        return self.poll(lambda: (self._read_inbox(me, peek, everything, delete) or None, False),
-                         timeout, lambda: f"no new message within {_seconds(timeout)}", 0.1, 2.0)
-
-    def _cursor(self, got, where):
-        if not got:
-            return {"direct": 0, "broadcast": 0}
-        return {kind: _field(got[0], kind, int, where, 0, 0, LOG_TOP - 1)
-                for kind in ("direct", "broadcast")}
-
-    def _read_inbox(self, me, peek, everything, delete):
-        cursor_key = self.key("cursors", me + ".json")
-        for _ in _retries(f"the inbox of {me}"):
-            got = self.read(cursor_key, missing_ok=True)
-            cursor = self._cursor(got, f"cursor {cursor_key}")
-            start = {"direct": 0, "broadcast": 0} if everything else cursor
-            logs = {kind: self._log_since(me if kind == "direct" else BROADCAST, start[kind],
-                                          contiguous=not everything)
-                    for kind in ("direct", "broadcast")}
-            if not any(logs.values()):
-                return []
-            if not (peek or everything):
-                moved = self.record(**{kind: max([cursor[kind]] + [n for n, _ in logs[kind]])
-                                       for kind in logs})
-                try:
-                    self.write(cursor_key, moved, create_only=got is None,
-                               replacing=got[1] if got else None)
-                except (PreconditionFailed, ConditionalConflict):
-                    continue   # another reader took these; start again from its position
-            messages = self._merge(logs, me)
-            for n, entry in logs["direct"] if delete else ():
-                if entry.size:
-                    self.store.put(entry.key, b"", content_type=JSON_TYPE)
-            return messages
-
-    def _merge(self, logs, me):
-        """Fetch and merge the two logs: by the store's Last-Modified, then kind, then number.
-        Emptied messages (0 bytes) are skipped without a read."""
-        tagged = []
-        for kind, entries in logs.items():
-            for n, entry in entries:
-                if entry.size:
-                    tagged.append(((entry.last_modified or 0, kind, n), kind, n, entry))
-        # Within one log the order is the log's own; across logs the store's clock decides.
-        result = []
-        queues = {kind: [t for t in tagged if t[1] == kind] for kind in logs}
-        while any(queues.values()):
-            kind = min((q[0][0], k) for k, q in queues.items() if q)[1]
-            _, _, n, entry = queues[kind].pop(0)
-            try:
-                blob = self.store.get(entry.key)
-                if not blob.body:
-                    continue   # emptied by `inbox --delete` since it was listed
-                message = _message_shape(self._parse(blob), entry.key)
-            except NoSuchKey:
-                continue
-            except CorruptObject as exc:
-                self.warn(f"skipped {exc}")
-                continue
-            if kind == "broadcast" and message["from"] == me:
-                continue
-            message.update(kind=kind, seq=n)
-            result.append(message)
-        return result
-
-    # -- steps: leases ---------------------------------------------------------------------------------
-
-    def _step_key(self, step, name):
-        return self.key("steps", check_name("step id", step), name + ".json")
-
-    def _lease(self, step):
-        return Lease(step, self.read(self._step_key(step, "claim"), missing_ok=True))
+    def lease(self, step):
+        return Lease(step, self.records.read(self.key(step, "claim"), missing_ok=True))
 
     def claim(self, step, ttl=None):
         """Claim a step as a lease of `ttl` seconds (default 30 minutes).
@@ -2828,19 +3080,19 @@ class Client:
         holder gets the next generation number (a fencing token).  Raises Refused naming the
         holder when the lease is live, or when the step has ended.  A free step costs one
         request.  Returns the step (Lease.shape()) with `already_held`."""
-        me = self.me()
+        me = self.client.me()
         ttl = DEFAULT_TTL if ttl is None else check_number("the lease ttl", ttl)
-        key = self._step_key(step, "claim")
-        lease = self.record(step=step, agent=me, generation=1, ttl=ttl, state="held")
+        key = self.key(step, "claim")
+        lease = self.client.record(step=step, agent=me, generation=1, ttl=ttl, state="held")
         try:
-            return self._claimed(step, key, lease, self.write(key, lease, create_only=True))
+            return self._claimed(step, key, lease, self.records.write(key, lease, create_only=True))
         except (PreconditionFailed, ConditionalConflict):
             pass
         for _ in _retries(f"step {step}"):
-            got = self.read(key, missing_ok=True)
+            got = self.records.read(key, missing_ok=True)
             if got is None:
                 try:
-                    return self._claimed(step, key, lease, self.write(key, lease, create_only=True))
+                    return self._claimed(step, key, lease, self.records.write(key, lease, create_only=True))
                 except (PreconditionFailed, ConditionalConflict):
                     continue
             current = Lease(step, got)
@@ -2853,30 +3105,30 @@ class Client:
                     return dict(current.shape(), already_held=True)
                 raise Refused(f"step {step} is held by {current.holder} (generation "
                               f"{current.record['generation']}, lease ends in {_duration(left)})")
-            taken = self.record(step=step, agent=me, generation=current.record["generation"] + 1,
+            taken = self.client.record(step=step, agent=me, generation=current.record["generation"] + 1,
                                 ttl=ttl, state="held", previous=current.holder)
             try:
-                return self._claimed(step, key, taken, self.write(key, taken, replacing=got[1]))
+                return self._claimed(step, key, taken, self.records.write(key, taken, replacing=got[1]))
             except (PreconditionFailed, ConditionalConflict, NoSuchKey):
                 continue
 
     def _claimed(self, step, key, lease, written):
-        self.remember_version(key, written)
+        self.records.remember(key, written)
         return dict(Lease(step, (lease, written)).shape(), already_held=False)
 
     def _own_lease(self, step, verb):
         """(lease, blob) if this agent holds the step (even if expired but not taken over)."""
-        me = self.me()
-        key = self._step_key(step, "claim")
-        got = self.read(key, missing_ok=True)
+        me = self.client.me()
+        key = self.key(step, "claim")
+        got = self.records.read(key, missing_ok=True)
         if got is None:
             raise Refused(f"step {step} is not claimed; claim it first")
         lease = Lease(step, got)
         if lease.state in ENDED:
-            self.forget_version(key)
+            self.records.forget(key)
             raise Refused(f"step {step} is already {lease.state}")
         if lease.holder != me or lease.state != "held":
-            self.forget_version(key)
+            self.records.forget(key)
             who = f"{lease.holder} holds it now (generation {lease.record['generation']})" \
                 if lease.state == "held" else "the lease was released"
             raise LostLease(f"cannot {verb} step {step}: this agent lost it; {who}")
@@ -2884,8 +3136,8 @@ class Client:
 
     def _remembered_lease(self, key):
         """The lease on `key` as this agent last wrote it, if it was then held by this agent."""
-        got = self._recall_version(key)
-        if got and got[0].get("agent") == self.agent and got[0].get("state") == "held":
+        got = self.records.recalled(key)
+        if got and got[0].get("agent") == self.client.agent and got[0].get("state") == "held":
             try:
                 Lease(key, got)
             except CorruptObject:
@@ -2897,24 +3149,24 @@ class Client:
         """Replace this agent's lease with `change(lease)` by compare-and-swap: first on the
         version this agent remembers writing (one request), and if that is stale, on a fresh
         read.  Raises LostLease when the lease is no longer this agent's."""
-        key = self._step_key(step, "claim")
+        key = self.key(step, "claim")
         remembered = self._remembered_lease(key)
         if remembered:
             new = change(remembered[0])
             try:
-                written = self.write(key, new, replacing=remembered[1])
-                self.remember_version(key, written)
+                written = self.records.write(key, new, replacing=remembered[1])
+                self.records.remember(key, written)
                 return Lease(step, (new, written))
             except (PreconditionFailed, ConditionalConflict, NoSuchKey):
                 pass   # changed since: decide on what the store holds now
         lease, blob = self._own_lease(step, verb)
         new = change(lease)
         try:
-            written = self.write(key, new, replacing=blob)
+            written = self.records.write(key, new, replacing=blob)
         except (PreconditionFailed, ConditionalConflict, NoSuchKey):
             raise LostLease(f"cannot {verb} step {step}: the lease changed meanwhile "
                             "(taken over?)") from None
-        self.remember_version(key, written)
+        self.records.remember(key, written)
         return Lease(step, (new, written))
 
     def renew(self, step, ttl=None):
@@ -2922,14 +3174,14 @@ class Client:
         if ttl is not None:
             ttl = check_number("the lease ttl", ttl)
         lease = self._change_own_lease(step, "renew", lambda lease: dict(
-            lease, ttl=lease["ttl"] if ttl is None else ttl, renewed_at=self.now()))
+            lease, ttl=lease["ttl"] if ttl is None else ttl, renewed_at=self.client.now()))
         return lease.shape()
 
     def release(self, step):
         """Give a lease up so that the step can be claimed again at once."""
         released = self._change_own_lease(
-            step, "release", lambda lease: dict(lease, state="released", released_at=self.now()))
-        self.forget_version(self._step_key(step, "claim"))
+            step, "release", lambda lease: dict(lease, state="released", released_at=self.client.now()))
+        self.records.forget(self.key(step, "claim"))
         return released.shape()
 
     def complete(self, step, note=None, force=False, status="complete"):
@@ -2941,91 +3193,105 @@ class Client:
         a compare-and-swap, so a holder whose lease was taken over in the meantime is told it
         lost the step and writes nothing.  After this agent's own claim it costs two requests
         (three with a note): the lease, status.json and handoff.json."""
-        me = self.me()
+        self.client.me()
         if status not in ENDED:
             raise UsageError(f"status must be one of {', '.join(ENDED)}, not {shown(status)!r:.40}")
         if note is not None:
             check_text("note", note)
             if len(note.encode("utf-8")) > MAX_VALUE:
                 raise UsageError(f"note is larger than the {MAX_VALUE // 1024} KiB limit")
-        key = self._step_key(step, "claim")
-
-        def ended(lease, forced):
-            # The lease itself records the end, note included: it is the one object changed by
-            # compare-and-swap, so it is the authority; status.json and handoff.json follow it.
-            return dict(lease, state=status, ended_by=me, ended_at=self.now(), forced=forced,
-                        note=note)
+        key = self.key(step, "claim")
         remembered = None if force else self._remembered_lease(key)
         if remembered and Lease(step, remembered).left() > 0:
-            end = ended(remembered[0], False)
-            try:
-                return self._publish_end(step, end, self.write(key, end, replacing=remembered[1]))
-            except (PreconditionFailed, ConditionalConflict, NoSuchKey):
+            try:   # one request: the lease as this agent last wrote it
+                return self._end(step, key, self._ended(remembered[0], status, note, False),
+                                 remembered[1])
+            except (PreconditionFailed, ConditionalConflict):
                 pass   # changed since this agent wrote it: decide on what the store holds now
-        got = self.read(key, missing_ok=True)
-        lease = Lease(step, got)
-        if got is None and not force:
-            raise Refused(f"step {step} is not claimed by anyone: claim it first (tracecraft "
-                          f"claim {step}), or end it anyway with --force")
-        if lease.state in ENDED:
-            self._already_ended(step, lease)
-        holder, live = lease.holder, got is None or (lease.state == "held" and lease.left() > 0)
-        if not force and (holder != me or lease.state != "held"):
-            generation = lease.record["generation"]
-            if lease.state != "held":
-                reason = "its lease was released; claim it first"
-            elif lease.record.get("previous") == me:
-                reason = f"this agent lost it: {holder} took it over (generation {generation})"
-            else:
-                reason = (f"it is held by {holder} (generation {generation}); only the holder "
-                          "can end it (--force overrides)")
-            raise LostLease(f"cannot end step {step}: {reason}")
-        if not force and not live:
-            raise LostLease(f"cannot end step {step}: this agent's lease expired "
-                            f"{_duration(-lease.left())} ago; claim it again")
-        if got is None:
-            end = ended({"step": step, "agent": me, "generation": 1, "ttl": DEFAULT_TTL}, True)
-        else:
-            end = ended(lease.record, force and (holder != me or not live))
+        lease = self.lease(step)
+        forced = self._may_end(step, lease, force)
+        record = lease.record if lease.blob else {"step": step, "agent": self.client.agent,
+                                                  "generation": 1, "ttl": DEFAULT_TTL}
         try:
-            written = self.write(key, end, create_only=got is None,
-                                 replacing=got[1] if got else None)
-        except (PreconditionFailed, ConditionalConflict, NoSuchKey):
-            now = self._lease(step)
+            return self._end(step, key, self._ended(record, status, note, forced), lease.blob)
+        except (PreconditionFailed, ConditionalConflict):
+            now = self.lease(step)
             if now.state in ENDED:
                 self._already_ended(step, now)   # ended by a call that won the race
             raise LostLease(f"cannot end step {step}: the lease changed meanwhile (taken over: "
                             f"{now.holder} holds it now)") from None
+
+    def _may_end(self, step, lease, force):
+        """Refuse, saying why, unless this agent may end the step now: it holds a live lease on
+        it, or `force`.  Returns whether ending it is forced (recorded as such)."""
+        me, fix = self.client.agent, ("force", "to end it anyway")
+        if lease.blob is None:
+            if not force:
+                raise Refused(f"step {step} is not claimed by anyone: claim it first", fix=fix)
+            return True
+        if lease.state in ENDED:
+            self._already_ended(step, lease)
+        held = lease.state == "held"
+        live = held and lease.left() > 0
+        if force:
+            return lease.holder != me or not live
+        generation = lease.record["generation"]
+        if not held:
+            raise LostLease(f"cannot end step {step}: its lease was released; claim it first")
+        if lease.holder != me:
+            if lease.record.get("previous") == me:
+                raise LostLease(f"cannot end step {step}: this agent lost it: {lease.holder} took "
+                                f"it over (generation {generation})")
+            raise LostLease(f"cannot end step {step}: it is held by {lease.holder} (generation "
+                            f"{generation}); only the holder can end it", fix=fix)
+        if not live:
+            raise LostLease(f"cannot end step {step}: this agent's lease expired "
+                            f"{_duration(-lease.left())} ago; claim it again")
+        return False
+
+    def _ended(self, lease, status, note, forced):
+        """The lease as ended.  It records the end, note included: it is the one object changed
+        by compare-and-swap, so it is the authority; status.json and handoff.json follow it."""
+        return dict(lease, state=status, ended_by=self.client.agent, ended_at=self.client.now(),
+                    forced=forced, note=note)
+
+    def _end(self, step, key, end, blob):
+        """Write the ended lease by compare-and-swap on `blob` (create-only where there was
+        none), then what follows it; PreconditionFailed when the lease changed since."""
+        try:
+            written = self.records.write(key, end, create_only=blob is None, replacing=blob)
+        except NoSuchKey:
+            raise PreconditionFailed(f"{key} is gone") from None
         return self._publish_end(step, end, written)
 
     def _already_ended(self, step, lease):
         """Refuse to end a step again, saying how it ended; first write the status.json that a
         call which died after ending the lease may have left unwritten."""
-        if not self.store.exists(self._step_key(step, "status")):
+        if not self.store.exists(self.key(step, "status")):
             self._publish_end(step, lease.record, lease.blob)
         by = lease.ended_by or lease.holder
         raise Refused(f"step {step} is already {lease.state} (by {by}"
-                      + (", this agent)" if by == self.agent else ")"))
+                      + (", this agent)" if by == self.client.agent else ")"))
 
     def _publish_end(self, step, lease, written):
         """Write status.json and handoff.json after the ended lease; return the step."""
         shape = Lease(step, (lease, written)).shape()
         if shape["note"] is not None:
-            self.write(self._step_key(step, "handoff"),
+            self.records.write(self.key(step, "handoff"),
                        {"step": step, "note": shape["note"], "status": shape["status"],
                         "by": shape["ended_by"], "at": shape["ended_at"]})
-        self.write(self._step_key(step, "status"),
+        self.records.write(self.key(step, "status"),
                    {"step": step, "status": shape["status"], "holder": shape["holder"],
                     "generation": shape["generation"], "note": shape["note"],
                     "forced": shape["forced"], "by": shape["ended_by"], "at": shape["ended_at"]})
-        self.forget_version(self._step_key(step, "claim"))
+        self.records.forget(self.key(step, "claim"))
         return shape
 
     def step_status(self, step):
         """The step (Lease.shape()): status (pending / in_progress / expired / complete / failed
         / blocked), holder, generation, ttl, lease_left (seconds, by the store's clock),
         claimed_at, ended_by, ended_at, forced, note.  One read: the lease records its end."""
-        return self._lease(step).shape()
+        return self.lease(step).shape()
 
     def wait_for(self, steps, timeout=300.0, on_complete=None):
         """Block until every step is complete; return {step: Lease.shape()}.  Raises StepEnded
@@ -3045,7 +3311,7 @@ class Client:
         def attempt():
             progressed = False
             for step in list(pending):
-                lease = self._lease(step)
+                lease = self.lease(step)
                 if lease.state not in ENDED:
                     continue
                 shape = lease.shape()
@@ -3059,52 +3325,15 @@ class Client:
                 if on_complete:
                     on_complete(step, shape)
             return (done if not pending else None), progressed
-        return self.poll(attempt, timeout,
-                         lambda: f"timed out after {_seconds(timeout)} waiting for: "
-                         + ", ".join(pending))
+        return poll(attempt, timeout,
+                    lambda: f"timed out after {_seconds(timeout)} waiting for: " + ", ".join(pending),
+                    cancel=self.client.cancel, tick=self.client.agents.touch)
 
-    # -- agents ------------------------------------------------------------------------------------
-
-    def _publish_agent(self):
-        """Write this agent's record: who and where it is, and when it was last seen.  Only the
-        agent itself writes it, so a plain write does; what it holds is read from the leases."""
-        record = self.record(agent=self.agent, project=self.project, host=_hostname(),
-                             pid=os.getpid(), last_seen=self.now())
-        self.write(self.key("agents", self.agent + ".json"), record)
-        stamp = self._state_path("heartbeat")
-        try:
-            os.makedirs(os.path.dirname(stamp), mode=0o700, exist_ok=True)
-            replace_file(stamp, b"")
-        except OSError:
-            pass   # no cache directory: heartbeats are merely refreshed more often
-        return record
-
-    def heartbeat(self, renew=True):
-        """Record that this agent is alive and, with `renew`, renew every lease it holds.
-        Returns the agent (as agents() shows it), with `holding`: the steps renewed.  Leases
-        this agent remembers holding that another agent took over are reported through warn()."""
-        self.me()
-        record = self._publish_agent()
-        renewed = []
-        for lease in self._leases(ended=False) if renew else ():
-            step = lease.step
-            if lease.holder == self.agent and lease.state == "held":
-                try:
-                    self.renew(step)
-                    renewed.append(step)
-                except Refused as exc:
-                    self.warn(str(exc))
-            elif self._remembered_lease(self._step_key(step, "claim")):
-                self.warn(f"this agent lost step {step}: {lease.holder} holds it now "
-                          f"(generation {lease.record.get('generation')})")
-                self.forget_version(self._step_key(step, "claim"))
-        return _agent_shape(self.agent, record, 0.0, renewed)
-
-    def _leases(self, cache=None, ended=True):
+    def leases(self, cache=None, ended=True):
         """The Lease of every step with one, in listing order; with ended=False only of those
         not yet ended, whose leases need no read (status.json marks them in the same listing).
         One listing of steps/ and one read per lease; `cache`: see status()."""
-        prefix = self.key("steps") + "/"
+        prefix = self.client.key("steps") + "/"
         claims, finished = {}, set()
         for entry in self.store.list(prefix):
             step, _, name = entry.key[len(prefix):].partition("/")
@@ -3118,131 +3347,35 @@ class Client:
             if ended or step not in finished:
                 try:
                     check_name("step id", step)
-                    got, since = self._read_listed(entry, cache)
+                    got, since = self.records.read_listed(entry, cache)
                     leases.append(Lease(step, got, since))
                 except (CorruptObject, UsageError) as exc:
-                    self.warn_once(f"skipped {entry.key}: {exc}")
+                    self.client.warn_once(f"skipped {entry.key}: {exc}")
         return leases
 
-    def agents(self, cache=None, leases=None):
-        """Every agent with a record: agent, state (online / idle / offline by heartbeat age, on
-        the store's clock), holding (the steps it holds, from the leases; `leases`: _leases()
-        already read), last_seen, age_seconds, host.  `cache`: see status()."""
-        result = []
-        cache = {} if cache is None else cache
-        holding = {}
-        for lease in self._leases(cache, ended=False) if leases is None else leases:
-            if lease.status() == "in_progress":
-                holding.setdefault(lease.holder, []).append(lease.step)
-        prefix = self.key("agents") + "/"
-        for entry in self.store.list(prefix):
-            agent = entry.key[len(prefix):-5]
-            try:
-                if not entry.key.endswith(".json") or "/" in agent:
-                    raise UsageError("not an agent's record")
-                check_agent(agent)
-                got, since = self._read_listed(entry, cache)
-                if not got:
-                    continue
-                record, blob = got
-                for name in ("host", "last_seen"):
-                    _field(record, name, (str, type(None)), f"agent record {entry.key}")
-            except (CorruptObject, UsageError) as exc:
-                self.warn_once(f"skipped {entry.key}: {exc}")
-                continue
-            now = (blob.server_time or time.time()) + since
-            age = max(0.0, now - blob.last_modified) if blob.last_modified else None
-            result.append(_agent_shape(agent, record, age, holding.get(agent, [])))
-        return result
-
-    def status(self, cache=None):
-        """One picture of the project: agents (each with `unread`, the messages it has not read),
-        steps (Lease.shape() each), the latest handoff notes and the number of memory keys.
-
-        Costs a few listings, one read per step and per agent, and two requests per agent for
-        unread counts.  Pass the same dict as `cache` to later calls (status --watch does): an
-        object whose listing shows it unchanged is not read again."""
-        cache = {} if cache is None else cache
-        leases = self._leases(cache)
-        agents = self.agents(cache, leases)
-        broadcast_tail = self._log_tail(BROADCAST)
-        for agent in agents:
-            where = f"cursor of {agent['agent']}"
-            try:
-                cursor = self._cursor(self.read(self.key("cursors", agent["agent"] + ".json"),
-                                                missing_ok=True), where)
-            except CorruptObject as exc:
-                self.warn_once(f"skipped {exc}")
-                cursor = {"direct": 0, "broadcast": 0}
-            agent["unread"] = max(0, self._log_tail(agent["agent"]) - cursor["direct"]) + \
-                max(0, broadcast_tail - cursor["broadcast"])
-        steps = [lease.shape() for lease in leases]
-        handoffs = sorted((s for s in steps if s["note"] is not None),
-                          key=lambda s: s["ended_at"] or "", reverse=True)[:5]
-        return {"project": self.project, "agents": agents, "steps": steps,
-                "handoffs": [{"step": s["step"], "by": s["ended_by"], "at": s["ended_at"],
-                              "note": s["note"]} for s in handoffs],
-                "memory_keys": len(self.memory.list())}
-
-    def _read_listed(self, entry, cache):
-        """read() an object seen in a listing, reusing the cached read while the listing shows
-        it unchanged.  Returns (record and blob, or None; seconds since that read)."""
-        signature = (entry.etag, entry.size, entry.last_modified)
-        hit = cache.get(entry.key)
-        if hit and hit[0] == signature:
-            return hit[1], time.monotonic() - hit[2]
-        got = self.read(entry.key, missing_ok=True)
-        cache[entry.key] = (signature, got, time.monotonic())
-        return got, 0.0
-
-    def touch(self):
-        """Refresh the heartbeat at most once a minute.  The last refresh is remembered in a
-        stamp file in the user's cache directory, so that separate command-line processes of
-        one agent share the limit and most calls cost no request for it.  A read-only observer
-        is never an agent, and writes nothing."""
-        if not self.agent or self.read_only:
-            return
-        try:
-            if 0 <= time.time() - os.stat(self._state_path("heartbeat")).st_mtime < HEARTBEAT_EVERY:
-                return
-        except OSError:
-            pass
-        self._publish_agent()
-
-    def probe(self):
-        """Check that the store honours conditional writes, on a scratch key under the project.
-        Returns [(check, ok, detail)]; a store that ignores them cannot keep any atomic promise."""
-        key = self.key("_probe", os.urandom(8).hex() + ".json")
-        checks = []
-        try:
-            try:
-                self.store.put(key, b'{"probe": 1}', if_none_match=True, content_type=JSON_TYPE)
-            except PreconditionFailed as exc:
-                if not exc.retried:   # a fresh random key: only our own lost answer can exist
-                    raise
-            try:
-                self.store.put(key, b'{"probe": 2}', if_none_match=True, content_type=JSON_TYPE)
-                checks.append(("create-only writes (If-None-Match)", False,
-                               "a second create-only write of the same key succeeded"))
-            except PreconditionFailed:
-                checks.append(("create-only writes (If-None-Match)", True,
-                               "a second create of the same key is refused"))
-            try:
-                self.store.put(key, b'{"probe": 3}', if_match='"0123456789abcdef0123456789abcdef"',
-                               content_type=JSON_TYPE)
-                checks.append(("compare-and-swap (If-Match)", False,
-                               "a write with a stale ETag succeeded"))
-            except (PreconditionFailed, ConditionalConflict):
-                checks.append(("compare-and-swap (If-Match)", True,
-                               "a write with a stale ETag is refused"))
-        finally:
-            self.store.delete(key)
-        return checks
+    def renew_held(self):
+        """Renew every lease this agent holds (heartbeat); returns the steps renewed.  Leases it
+        remembers holding that another agent took over are reported through warn(), once."""
+        renewed = []
+        for lease in self.leases(ended=False):
+            key = self.key(lease.step, "claim")
+            if lease.holder == self.client.agent and lease.state == "held":
+                try:
+                    self.renew(lease.step)
+                    renewed.append(lease.step)
+                except Refused as exc:
+                    self.client.warn(str(exc))
+            elif self._remembered_lease(key):
+                self.client.warn(f"this agent lost step {lease.step}: {lease.holder} holds it now "
+                                 f"(generation {lease.record.get('generation')})")
+                self.records.forget(key)
+        return renewed
 
 
-def _log_name(n):
-    return f"{LOG_TOP - n:0{LOG_WIDTH}d}-{n}.json"
-
+# ==================================================================================================
+# 6e. Agents.  Owns: agents/<id>.json (heartbeats) and the picture of the whole project.
+#    Calls: sections 1-5, 6a-6d.
+# ==================================================================================================
 
 def _agent_shape(agent, record, age, holding):
     """An agent as shown everywhere: agent, state, holding, last_seen, age_seconds, host."""
@@ -3253,188 +3386,105 @@ def _agent_shape(agent, record, age, holding):
             "age_seconds": None if age is None else int(age), "host": record.get("host")}
 
 
-def _message_shape(record, key=None):
-    """A message as shown everywhere: seq, kind, from, to, text, at.  With `key` (a record
-    read from the store) its fields are checked first."""
-    if key is not None:
-        where = f"message {key}"
-        for name, kinds in (("from", str), ("text", str), ("to", (str, type(None))),
-                            ("at", (str, type(None)))):
-            _field(record, name, kinds, where)
-    return {"seq": record.get("seq"), "kind": record.get("kind"), "from": record["from"],
-            "to": record.get("to"), "text": record["text"], "at": record.get("at")}
+class Agents(_Peer):
+    """Who is alive (`tc.agents`): tc.agents() lists them; heartbeat, touch, status."""
 
+    def __call__(self, cache=None, leases=None):
+        """Every agent with a record: agent, state (online / idle / offline by heartbeat age, on
+        the store's clock), holding (the steps it holds, from the leases; `leases`: _leases()
+        already read), last_seen, age_seconds, host.  `cache`: see status()."""
+        result = []
+        cache = {} if cache is None else cache
+        holding = {}
+        for lease in self.client.steps.leases(cache, ended=False) if leases is None else leases:
+            if lease.status() == "in_progress":
+                holding.setdefault(lease.holder, []).append(lease.step)
+        prefix = self.client.key("agents") + "/"
+        for entry in self.store.list(prefix):
+            agent = entry.key[len(prefix):-5]
+            try:
+                if not entry.key.endswith(".json") or "/" in agent:
+                    raise UsageError("not an agent's record")
+                check_agent(agent)
+                got, since = self.records.read_listed(entry, cache)
+                if not got:
+                    continue
+                record, blob = got
+                for name in ("host", "last_seen"):
+                    _field(record, name, (str, type(None)), f"agent record {entry.key}")
+            except (CorruptObject, UsageError) as exc:
+                self.client.warn_once(f"skipped {entry.key}: {exc}")
+                continue
+            now = (blob.server_time or time.time()) + since
+            age = max(0.0, now - blob.last_modified) if blob.last_modified else None
+            result.append(_agent_shape(agent, record, age, holding.get(agent, [])))
+        return result
 
-class Memory:
-    """Shared key-value memory (`tc.memory`): JSON values under dotted keys, each write a
-    compare-and-swap that keeps the revision number and the last few values."""
-
-    def __init__(self, client):
-        self.client = client
-
-    def _key(self, key):
-        check_memory_key(key)
-        return self.client.key("memory", *key.split(".")) + ".json"
-
-    @staticmethod
-    def _check_value(value):
-        check_json("memory value", value)
-        if len(dumps(value).encode("utf-8")) > MAX_VALUE:
-            raise UsageError(f"memory value is larger than the {MAX_VALUE // 1024} KiB limit")
-
-    @staticmethod
-    def _checked(record, key):
-        """A memory record read from the store, checked against its shape."""
-        where = f"memory key {key}"
-        if "value" not in record:
-            raise CorruptObject(f"{where} has no value (written by another tool?)")
-        _field(record, "revision", int, where, 1, 1, MAX_INT)
-        for entry in _field(record, "history", list, where, []):
-            if not isinstance(entry, dict) or "value" not in entry:
-                raise CorruptObject(f"{where} is not a tracecraft record: its history holds "
-                                    f"{shown(repr(entry)):.40}")
-        for name in ("by", "at"):
-            _field(record, name, (str, type(None)), where)
+    def _publish(self):
+        """Write this agent's record: who and where it is, and when it was last seen.  Only the
+        agent itself writes it, so a plain write does; what it holds is read from the leases."""
+        record = self.client.record(agent=self.client.agent, project=self.client.project, host=_hostname(),
+                             pid=os.getpid(), last_seen=self.client.now())
+        self.records.write(self.client.key("agents", self.client.agent + ".json"), record)
+        stamp = self.records.state_path("heartbeat")
+        try:
+            os.makedirs(os.path.dirname(stamp), mode=0o700, exist_ok=True)
+            replace_file(stamp, b"")
+        except OSError:
+            pass   # no cache directory: heartbeats are merely refreshed more often
         return record
 
-    def _next(self, key, old, value):
-        record = self.client.record(key=key, value=value, revision=1, history=[])
-        if old is not None:
-            old = self._checked(old, key)
-            previous = {k: old.get(k) for k in ("value", "by", "at", "revision")}
-            history = [previous] + old.get("history", [])
-            while len(history) > HISTORY_LIMIT or (
-                    len(history) > 1 and len(dumps(history)) > HISTORY_BYTES):
-                history.pop()
-            record.update(revision=old.get("revision", 0) + 1, history=history)
-        return record
+    def heartbeat(self, renew=True):
+        """Record that this agent is alive and, with `renew`, renew every lease it holds.
+        Returns the agent (as agents() shows it), with `holding`: the steps renewed.  Leases
+        this agent remembers holding that another agent took over are reported through warn()."""
+        self.client.me()
+        record = self._publish()
+        renewed = self.client.steps.renew_held() if renew else []
+        return _agent_shape(self.client.agent, record, 0.0, renewed)
 
-    @staticmethod
-    def _shape(record, written):
-        """A key as shown everywhere: key, value, version, revision, by, at."""
-        return {"key": record.get("key"), "value": record["value"],
-                "version": _version(written.etag) or None, "revision": record.get("revision", 1),
-                "by": record.get("by"), "at": record.get("at")}
+    def status(self, cache=None):
+        """One picture of the project: agents (each with `unread`, the messages it has not read),
+        steps (Lease.shape() each), the latest handoff notes and the number of memory keys.
 
-    def set(self, key, value, if_version=None, if_absent=False):
-        """Store any JSON value under `key`; returns the key (key, value, version, revision, by,
-        at).  `if_absent` writes only if the key is unset; `if_version` only if the key is still
-        at that version.  A lost condition raises Refused saying what the current version is."""
-        self._check_value(value)
-        path = self._key(key)
-        if if_absent:
-            try:
-                record = self.client.record(key=key, value=value, revision=1, history=[])
-                written = self.client.write(path, record, create_only=True)
-            except PreconditionFailed:
-                raise Refused(f"memory key {key} is already set (version "
-                              f"{self._current_version(key)})") from None
-            return self._written(path, record, written)
-        if if_version is not None:
-            got = self.client.read(path, missing_ok=True)
-            current = _version(got[1].etag) if got else None
-            if current != _version(_quoted(if_version)):
-                raise Refused(f"memory key {key} is at version {current or '(unset)'}, "
-                              f"not {_version(_quoted(if_version))}")
-            record = self._next(key, got[0], value)
-            try:
-                written = self.client.write(path, record, replacing=got[1])
-            except (PreconditionFailed, ConditionalConflict, NoSuchKey):
-                raise Refused(f"memory key {key} changed meanwhile (version is now "
-                              f"{self._current_version(key)})") from None
-            return self._written(path, record, written)
-        record, written = self.client.update(path, lambda old: self._next(key, old, value))
-        return self._shape(record, written)
+        Costs a few listings, one read per step and per agent, and two requests per agent for
+        unread counts.  Pass the same dict as `cache` to later calls (status --watch does): an
+        object whose listing shows it unchanged is not read again."""
+        cache = {} if cache is None else cache
+        leases = self.client.steps.leases(cache)
+        agents = self(cache, leases)
+        broadcast_tail = self.client.inbox.tail(BROADCAST)
+        for agent in agents:
+            agent["unread"] = self.client.inbox.unread(agent["agent"], broadcast_tail)
+        steps = [lease.shape() for lease in leases]
+        handoffs = sorted((s for s in steps if s["note"] is not None),
+                          key=lambda s: s["ended_at"] or "", reverse=True)[:5]
+        return {"project": self.client.project, "agents": agents, "steps": steps,
+                "handoffs": [{"step": s["step"], "by": s["ended_by"], "at": s["ended_at"],
+                              "note": s["note"]} for s in handoffs],
+                "memory_keys": len(self.client.memory.list())}
 
-    def _written(self, path, record, written):
-        """What set() returns for a conditional write of its own (update() remembers its own)."""
-        self.client.remember_version(path, written)
-        return self._shape(record, written)
-
-    def _current_version(self, key):
-        got = self.client.read(self._key(key), missing_ok=True)
-        return _version(got[1].etag) if got else "(unset)"
-
-    def incr(self, key, by=1):
-        """Add `by` to a number atomically (an unset key counts as 0); returns the key.  The sum
-        stays a JSON number: finite, and an integer within 64 bits."""
-        if isinstance(by, bool) or not isinstance(by, (int, float)):
-            raise UsageError(f"increment must be a number, not {shown(repr(by)):.40}")
-        check_json("increment", by)
-
-        def change(old):
-            value = (old or {}).get("value", 0)
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise UsageError(f"memory key {key} holds {type(value).__name__}, not a number")
-            total = value + by
-            if not (total - total == 0 and (isinstance(total, float) or abs(total) <= MAX_INT)):
-                raise UsageError(f"memory key {key} would overflow: {value!r:.30} + {by!r:.30} "
-                                 "is beyond the range of a JSON number")
-            return self._next(key, old, total)
-        record, written = self.client.update(self._key(key), change)
-        return self._shape(record, written)
-
-    def record(self, key):
-        """The key: key, value, version, revision, by, at.  Raises NotFound when unset."""
-        try:
-            record, blob = self.client.read(self._key(key))
-        except NoSuchKey:
-            raise NotFound(f"memory key {key} is not set") from None
-        return self._shape(self._checked(record, key), blob)
-
-    def get(self, key, default=_KEEP):
-        """The value stored under `key`; `default` if given and the key is missing."""
-        try:
-            return self.record(key)["value"]
-        except NotFound:
-            if default is _KEEP:
-                raise
-            return default
-
-    def history(self, key):
-        """The current and previous values, newest first: [{value, by, at, revision}]."""
-        try:
-            record, _ = self.client.read(self._key(key))
-        except NoSuchKey:
-            raise NotFound(f"memory key {key} is not set") from None
-        record = self._checked(record, key)
-        return [{k: entry.get(k) for k in ("value", "by", "at", "revision")}
-                for entry in [record] + record.get("history", [])]
-
-    def list(self, prefix=""):
-        """Keys under `prefix`, matched by whole segments: `phase1` never returns `phase10.x`.
-        Objects whose names are not memory keys are skipped with a warning."""
-        root = self.client.key("memory")
-        base = root + "/" + check_memory_key(prefix).replace(".", "/") if prefix else root + "/"
-        keys = []
-        for entry in self.client.store.list(base):
-            rest = entry.key[len(base):]
-            if not prefix or rest == ".json" or rest[:1] == "/":
-                try:
-                    if not entry.key.endswith(".json"):
-                        raise UsageError("not a memory key's record")
-                    keys.append(check_memory_key(entry.key[len(root) + 1:-5].replace("/", ".")))
-                except UsageError as exc:
-                    self.client.warn_once(f"skipped {entry.key}: {exc}")
-        return keys
-
-    def delete(self, key, if_version=None):
-        """Delete a key (only if still at `if_version`, when given).  Raises NotFound if unset."""
-        path = self._key(key)
-        self.client.forget_version(path)
-        if if_version is None:
-            if not self.client.store.exists(path):   # a corrupt record can be deleted too
-                raise NotFound(f"memory key {key} is not set")
-            self.client.store.delete(path)
+    def touch(self):
+        """Refresh the heartbeat at most once a minute.  The last refresh is remembered in a
+        stamp file in the user's cache directory, so that separate command-line processes of
+        one agent share the limit and most calls cost no request for it.  A read-only observer
+        is never an agent, and writes nothing."""
+        if not self.client.agent or self.client.read_only:
             return
         try:
-            self.client.store.delete(path, if_match=_quoted(if_version))
-        except (PreconditionFailed, NoSuchKey):
-            raise Refused(f"memory key {key} is at version {self._current_version(key)}, "
-                          f"not {_version(_quoted(if_version))}") from None
+            if 0 <= time.time() - os.stat(self.records.state_path("heartbeat")).st_mtime < HEARTBEAT_EVERY:
+                return
+        except OSError:
+            pass
+        self._publish()
 
 
-class Artifacts:
+# ==================================================================================================
+# 6f. Artifacts.  Owns: artifacts/<step>/<name> and its .meta/<name>.json.
+#    Calls: sections 1-5, 6a.
+# ==================================================================================================
+
+class Artifacts(_Peer):
     """Shared files (`tc.artifacts`): bytes kept exactly, with size, SHA-256 and content type.
 
     An artifact is two objects, its bytes and its metadata, which no store can write together.
@@ -3445,9 +3495,6 @@ class Artifacts:
     and an upload that loses a race to replace the bytes tries again after the winner."""
     DEFAULT_STEP = "shared"
     PREVIOUS = 8   # earlier uploads an artifact's metadata keeps
-
-    def __init__(self, client):
-        self.client = client
 
     def _keys(self, name, step):
         step = check_name("step id", step or self.DEFAULT_STEP)
@@ -3461,7 +3508,7 @@ class Artifacts:
         file that grows meanwhile is sent as it was when the upload began, and one changed in
         place while it is sent is refused by the store (BadDigest).  Returns the artifact."""
         if not isinstance(source, str) and not name:
-            raise UsageError("uploading standard input needs a name (--name)")
+            raise UsageError("uploading a file object needs name=")
         name = name or os.path.basename(os.path.abspath(source))
         data_key, meta_key, step = self._keys(name, step)
         import mimetypes
@@ -3504,13 +3551,13 @@ class Artifacts:
         """(checked metadata, or None when it is not tracecraft's, and its blob), or None when
         there is none.  Metadata that is not tracecraft's is replaced by the next upload."""
         try:
-            blob = self.client.store.get(meta_key)
-            return _meta_record(self.client._parse(blob), meta_key), blob
+            blob = self.store.get(meta_key)
+            return _meta_record(self.records.parse(blob), meta_key), blob
         except NoSuchKey:
             return None
         except CorruptObject as exc:
             self.client.warn(f"replacing {exc}")
-            return None, self.client.store.head(meta_key)
+            return None, self.store.head(meta_key)
 
     def _intent(self, meta_key, name, step, entry, current, there=None):
         """Write the metadata naming `entry` as the artifact's content, before its bytes are
@@ -3525,14 +3572,14 @@ class Artifacts:
             held = [u for u in previous if there and f'"{u["md5"]}"' == there]
             previous = (held[:1] + [u for u in previous if u not in held[:1]])[:self.PREVIOUS]
         record = self.client.record(name=name, step=step, **entry, previous=previous)
-        return self.client.write(meta_key, record, create_only=current is None,
+        return self.records.write(meta_key, record, create_only=current is None,
                                  replacing=current[1] if current else None)
 
     def _identify(self, data_key, uploads):
         """The one of `uploads` whose bytes are at `data_key`, or None: by the ETag where it is
         the MD5 of the bytes (a single PUT, without SSE-KMS), else by reading them."""
         try:
-            head = self.client.store.head(data_key)
+            head = self.store.head(data_key)
         except NoSuchKey:
             return None
         sized = [u for u in uploads if u["size"] == head.size]
@@ -3542,7 +3589,7 @@ class Artifacts:
         if not sized:
             return None
         into = HashingFile(_Discard())
-        self.client.store.get(data_key, into=into)
+        self.store.get(data_key, into=into)
         return next((u for u in sized if u["sha256"] == into.sha256.hexdigest()), None)
 
     def _stale(self, current):
@@ -3557,12 +3604,12 @@ class Artifacts:
 
     def _create(self, data_key, meta_key, name, step, entry, body):
         """A new artifact: metadata then bytes, both create-only (two requests)."""
-        exists = Refused(f"artifact {name} already exists in step {step} (use --overwrite to "
-                         "replace it)")
+        exists = Refused(f"artifact {name} already exists in step {step}",
+                         fix=("overwrite", "to replace it"))
         try:
             written = self._intent(meta_key, name, step, entry, None)
         except PreconditionFailed:
-            if self.client.store.exists(data_key):
+            if self.store.exists(data_key):
                 raise exists from None   # (a retry of this very write is told apart by write())
             # Metadata without bytes is an upload that never sent them: once it must have
             # ended, take its place.
@@ -3575,7 +3622,7 @@ class Artifacts:
             except (PreconditionFailed, ConditionalConflict, NoSuchKey):
                 raise busy from None
         try:
-            self.client.store.put(data_key, body, if_none_match=True,
+            self.store.put(data_key, body, if_none_match=True,
                                   content_type=entry["content_type"],
                                   digests=(entry["sha256"], entry["md5"]))
         except PreconditionFailed as exc:
@@ -3594,9 +3641,9 @@ class Artifacts:
         there = self._identify(data_key, record["previous"])
         try:
             if there is None:
-                self.client.store.delete(meta_key, if_match=written.etag)
+                self.store.delete(meta_key, if_match=written.etag)
             else:
-                self.client.write(meta_key, dict(
+                self.records.write(meta_key, dict(
                     self.client.record(name=record["name"], step=record["step"]), **there,
                     previous=[u for u in record["previous"] if u is not there]),
                     replacing=current[1])
@@ -3610,7 +3657,7 @@ class Artifacts:
         for _ in _retries(f"artifact {step}/{name}"):
             current = self._current(meta_key)
             try:
-                before = self.client.store.head(data_key).etag
+                before = self.store.head(data_key).etag
             except NoSuchKey:
                 before = None
             try:
@@ -3618,7 +3665,7 @@ class Artifacts:
             except (PreconditionFailed, ConditionalConflict, NoSuchKey):
                 continue
             try:
-                self.client.store.put(data_key, body, if_none_match=before is None,
+                self.store.put(data_key, body, if_none_match=before is None,
                                       if_match=before, content_type=entry["content_type"],
                                       digests=(entry["sha256"], entry["md5"]))
                 return
@@ -3634,7 +3681,7 @@ class Artifacts:
         root = self.client.key("artifacts") + "/"
         prefix = root + (check_name("step id", step) + "/" if step else "")
         result = []
-        for entry in self.client.store.list(prefix):
+        for entry in self.store.list(prefix):
             parts = entry.key[len(root):].split("/")
             if len(parts) == 3 and parts[1] == ".meta":
                 continue
@@ -3642,7 +3689,7 @@ class Artifacts:
                 if len(parts) != 2:
                     raise UsageError("not an artifact (artifacts are <step>/<name>)")
                 data_key, meta_key, _ = self._keys(parts[1], parts[0])
-                got = self.client.read(meta_key, missing_ok=True)
+                got = self.records.read(meta_key, missing_ok=True)
                 result.append(self._listed(parts[1], parts[0], entry, got, data_key))
             except (CorruptObject, UsageError) as exc:
                 self.client.warn_once(f"skipped {entry.key}: {exc}")
@@ -3663,7 +3710,7 @@ class Artifacts:
             return upload["size"] == entry.size
         fitting = [u for u in uploads if fits(u)]
         if etag is None and len({u["md5"] for u in fitting}) > 1:
-            etag = self.client.store.head(data_key).etag
+            etag = self.store.head(data_key).etag
             fitting = [u for u in uploads if fits(u)]
         # An ETag that is no MD5 (SSE-KMS) fits nothing: then the size, then the newest, says.
         fitting = fitting or [u for u in uploads if u["size"] == entry.size] or uploads
@@ -3688,7 +3735,7 @@ class Artifacts:
                 with os.fdopen(fd, "w+b") as f:
                     into = HashingFile(f)
                     try:
-                        blob = self.client.store.get(data_key, into=into, progress=progress)
+                        blob = self.store.get(data_key, into=into, progress=progress)
                     except NoSuchKey:
                         raise NotFound(f"no artifact {name} in step {step}") from None
                 artifact = self._verified(name, step, meta_key, into.sha256.hexdigest(), blob)
@@ -3705,7 +3752,7 @@ class Artifacts:
 
     def _verified(self, name, step, meta_key, sha256, blob):
         """The upload whose bytes were received (by their SHA-256), or CorruptObject."""
-        got = self.client.read(meta_key, missing_ok=True)
+        got = self.records.read(meta_key, missing_ok=True)
         if got is None:
             self.client.warn(f"artifact {name} in step {step} has no metadata: its bytes could "
                              "not be verified")
@@ -3728,7 +3775,7 @@ class Artifacts:
                     if u is not upload and u["sha256"] != upload["sha256"]][:self.PREVIOUS]
         healed = dict(got[0], **{k: upload[k] for k in _ENTRY_FIELDS}, previous=previous)
         try:
-            self.client.write(meta_key, healed, replacing=blob)
+            self.records.write(meta_key, healed, replacing=blob)
         except (PreconditionFailed, ConditionalConflict, NoSuchKey):
             pass   # someone else changed it: theirs is newer
 
@@ -3791,7 +3838,7 @@ def _destination(dest, name, overwrite):
     if not stat.S_ISREG(found.st_mode):
         raise UsageError(f"{dest} is not a regular file (a device, FIFO or socket): not replaced")
     if not overwrite:
-        raise Refused(f"{dest} already exists (use --overwrite to replace it)")
+        raise _exists(dest)
     return dest, found
 
 
@@ -3800,18 +3847,134 @@ def _place_new(tmp, dest, name):
     try:
         os.link(tmp, dest)
     except FileExistsError:
-        raise Refused(f"{dest} already exists (use --overwrite to replace it)") from None
+        raise _exists(dest) from None
     except OSError:   # a file system without hard links
         if os.path.lexists(dest):
-            raise Refused(f"{dest} already exists (use --overwrite to replace it)") from None
+            raise _exists(dest) from None
         os.replace(tmp, dest)
 
 
+def _exists(dest):
+    return Refused(f"{dest} already exists", fix=("overwrite", "to replace it"))
+
+
 # ==================================================================================================
-# 7. Python API.  Owns: connect().  Calls: sections 1-6.
+# 6g. The client.  Owns: an agent's identity in a project and the peers that act for it.
+#    Calls: sections 1-5, and 6a-6f.
 # ==================================================================================================
 
-def connect(project=None, agent=None, *, config=None, **settings):
+class Client:
+    """One agent's handle on one project: a thin façade over its peers, each the owner of one
+    kind of object in the layout above.
+
+        tc.records     how records are written and read, and what this agent remembers
+        tc.memory      shared key-value memory: tc.memory.set(), .get(), .incr(), ...
+        tc.inbox       messages: tc.inbox() reads this agent's, tc.inbox.send() sends
+        tc.steps       leases on steps: claim, renew, release, complete, wait_for
+        tc.agents      who is alive: tc.agents() lists them; heartbeat, status
+        tc.artifacts   shared files: upload, download, list
+
+    The verbs of the command line are also the client's own (tc.claim(), tc.send(), ...).
+    `warn(message)` hears what does not stop a call (an object skipped in a listing);
+    `cancel`, a threading.Event, ends a wait (the MCP server sets it)."""
+
+    def __init__(self, store, project, agent=None, clock=time.time, warn=None):
+        self.store = store
+        self.project = check_name("project", project)
+        self.agent = check_agent(agent) if agent else None
+        self.read_only = isinstance(store, ReadOnlyStore)
+        self.clock = clock              # stamps records; coordination itself never trusts it
+        self.warn = warn or (lambda message: None)
+        self.cancel = None
+        self._warned = set()
+        self.records = Records(self)      # conditional writes, checked reads, remembered hints
+        self.memory = Memory(self)        # memory/
+        self.inbox = Inbox(self)          # messages/ and cursors/
+        self.steps = Steps(self)          # steps/
+        self.agents = Agents(self)        # agents/, and the picture of the whole project
+        self.artifacts = Artifacts(self)  # artifacts/
+
+    def __repr__(self):
+        return (f"<tracecraft.Client project={self.project!r} agent={self.agent!r} on "
+                f"{self.store.describe()}>")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self.records.save()
+        self.store.close()
+
+    def warn_once(self, message):
+        if message not in self._warned:
+            self._warned.add(message)
+            self.warn(message)
+
+    def key(self, *parts):
+        return "/".join((self.project,) + parts)
+
+    def me(self):
+        if not self.agent:
+            raise UsageError("no agent id: give agent= to connect(), or set TRACECRAFT_AGENT"
+                             + (" (a read-only observer has none)" if self.read_only else ""),
+                             cli="no agent id: pass --agent to `tracecraft init` (or to the "
+                             "command), or set TRACECRAFT_AGENT"
+                             + (" (a read-only observer has none)" if self.read_only else ""))
+        return self.agent
+
+    def now(self):
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock()))
+
+    def record(self, **fields):
+        """A JSON record that says who wrote it and when."""
+        fields.setdefault("by", self.agent)
+        fields.setdefault("at", self.now())
+        return fields
+
+    # The command line's verbs, each its peer's.
+
+    def send(self, to, text):
+        return self.inbox.send(to, text)
+
+    def claim(self, step, ttl=None):
+        return self.steps.claim(step, ttl)
+
+    def renew(self, step, ttl=None):
+        return self.steps.renew(step, ttl)
+
+    def release(self, step):
+        return self.steps.release(step)
+
+    def complete(self, step, note=None, force=False, status="complete"):
+        return self.steps.complete(step, note, force, status)
+
+    def step_status(self, step):
+        return self.steps.step_status(step)
+
+    def wait_for(self, steps, timeout=300.0, on_complete=None):
+        return self.steps.wait_for(steps, timeout, on_complete)
+
+    def heartbeat(self, renew=True):
+        return self.agents.heartbeat(renew)
+
+    def status(self, cache=None):
+        return self.agents.status(cache)
+
+    def touch(self):
+        return self.agents.touch()
+
+    def probe(self):
+        return probe_store(self.store, self.key("_probe"))
+
+
+# ==================================================================================================
+# 7. Python API.  Owns: connect() and open_client().  Calls: sections 1-6.
+# ==================================================================================================
+
+def connect(project=None, agent=None, *, config=None, warn=None, **settings):
     """Open a project as one agent and return a Client.
 
     Whatever is not given comes from the config file that applies here (TRACECRAFT_CONFIG, the
@@ -3819,7 +3982,7 @@ def connect(project=None, agent=None, *, config=None, **settings):
     (TRACECRAFT_AGENT, TRACECRAFT_PROJECT, AWS_*).  With no config at all the local store is used.
     `settings`: backend ("local", "s3", "hf"), bucket, root, endpoint, region, access_key,
     secret_key, session_token, addressing ("path" or "virtual"), insecure, read_only (an
-    observer that writes nothing).
+    observer that writes nothing).  `warn(message)` hears what does not stop a call.
 
         tc = tracecraft.connect(project="demo", agent="designer", backend="local")
         tc.claim("design"); tc.memory.set("design.status", "complete")
@@ -3832,13 +3995,15 @@ def connect(project=None, agent=None, *, config=None, **settings):
         raise TypeError(f"connect() got unknown settings: {', '.join(sorted(unknown))}")
     resolved = resolve_settings(config, project=project, agent=agent, **settings)
     resolved["_from_flags"] = bool(settings.get("access_key"))
-    if not resolved.get("project"):
+    return open_client(resolved, warn)
+
+
+def open_client(settings, warn=None):
+    """The Client that resolved settings (resolve_settings()) describe."""
+    if not settings.get("project"):
         raise ConfigError("no project: pass project=..., set TRACECRAFT_PROJECT, or run "
                           "`tracecraft init`")
-    client = Client(open_store(resolved), resolved["project"], resolved.get("agent"))
-    client.unsafe_store = bool(resolved.get("unsafe_store"))
-    client.notes = config_warnings(resolved)
-    return client
+    return Client(open_store(settings), settings["project"], settings.get("agent"), warn=warn)
 
 
 # ==================================================================================================
@@ -4328,14 +4493,13 @@ def _open_client(args, warn):
         raise ConfigError("no tracecraft config found here, in any parent directory or in "
                           f"{user_config_path()}: run `tracecraft init` first (or set "
                           "TRACECRAFT_CONFIG)")
-    client = connect(project=args.project, agent=args.agent, config=path)
-    client.warn = warn
-    for note in client.notes:
-        client.warn(note)
-    if client.unsafe_store:
-        client.warn("this store ignores conditional writes (accepted at init with "
-                    "--accept-unsafe-store): claims, memory updates and inboxes are not safe")
-    return client
+    settings = resolve_settings(path, project=args.project, agent=args.agent)
+    for note in config_warnings(settings):
+        warn(note)
+    if settings.get("unsafe_store"):
+        warn("this store ignores conditional writes (accepted at init with "
+             "--accept-unsafe-store): claims, memory updates and inboxes are not safe")
+    return open_client(settings, warn)
 
 
 def _client(args):
@@ -5012,8 +5176,8 @@ def main(argv=None):
     except TracecraftError as exc:
         code = exc.exit_code
         if out.as_json:
-            print(dumps({"error": str(exc), "exit_code": code}))
-        out.note(f"tracecraft: {exc}")
+            print(dumps({"error": exc.for_cli(), "exit_code": code}))
+        out.note(f"tracecraft: {exc.for_cli()}")
     except KeyboardInterrupt:
         code = 130
         out.note("tracecraft: interrupted")

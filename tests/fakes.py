@@ -10,11 +10,14 @@ CONDITIONAL = {"if-match", "if-none-match"}
 
 
 def send_head(handler, status, headers, length):
-    """Relay an upstream answer's status and headers, with our own Content-Length."""
+    """Relay an upstream answer's status and headers, with our own Content-Length (but a HEAD
+    answer's own: it tells the length of the object, not of its empty body)."""
     handler.send_response(status)
     for key, value in headers:
         if key.lower() not in ("content-length", "transfer-encoding", "connection"):
             handler.send_header(key, value)
+    if handler.command == "HEAD":
+        length = dict((k.lower(), v) for k, v in headers).get("content-length", length)
     handler.send_header("Content-Length", str(length))
     handler.end_headers()
 

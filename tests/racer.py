@@ -21,7 +21,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tracecraft  # noqa: E402
 
-ROUND_GAP = 0.5
+ROUND_GAP = float(os.environ.get("RACER_ROUND_GAP", "0.5"))   # seconds between rounds
 
 
 def claim(client, start, rounds):
@@ -106,7 +106,7 @@ def read(client, start, _):
         if messages:
             quiet_since = time.monotonic()
         else:
-            time.sleep(0.05)
+            time.sleep(0.2)   # an idle reader must not flood the store the senders are using
 
 
 def upload(client, start, count):

@@ -39,7 +39,7 @@ def test_no_silent_overwrite(client_factory, tmp_path):
     src.write_text("one")
     alice.artifacts.upload(str(src))
     src.write_text("two")
-    with pytest.raises(tracecraft.Refused, match="--overwrite"):
+    with pytest.raises(tracecraft.Refused, match="overwrite=True"):   # a parameter, not a flag
         alice.artifacts.upload(str(src))
     alice.artifacts.upload(str(src), overwrite=True)
     dest = tmp_path / "dl.txt"

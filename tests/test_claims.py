@@ -15,8 +15,9 @@ def race(settings, racers, rounds):
     returns, per round, the list of winners and the losers' messages, once it is clear that
     they raced."""
     from conftest import assert_rounds_raced, racer_outputs, spawn_racer
-    start = time.time() + 2.0 + racers * 0.06     # time for the interpreters to start on 2 cores
-    results = racer_outputs([spawn_racer("claim", settings, f"racer{i}", start, rounds)
+    start = time.time() + 2.0 + racers * 0.04     # time for the interpreters to start on 2 cores
+    results = racer_outputs([spawn_racer("claim", settings, f"racer{i}", start, rounds,
+                                         env={"RACER_ROUND_GAP": "0.3"})
                              for i in range(racers)])
     assert all(len(r) == rounds for r in results)
     assert_rounds_raced([[r[n] for r in results] for n in range(rounds)])
@@ -198,7 +199,8 @@ def test_the_same_agent_ending_a_step_twice_at_once_succeeds_once(atomic_setting
     envs = [None, None] if memory == "shared" else \
         [{"XDG_CACHE_HOME": str(tmp_path / f"machine{i}")} for i in range(2)]
     results = racer_outputs([spawn_racer("complete", atomic_settings, "same", start, rounds,
-                                         env=env) for env in envs])
+                                         env=dict(env or {}, RACER_ROUND_GAP="0.2"))
+                             for env in envs])
     overlapped = 0
     observer = client_factory_atomic("observer")
     for r in range(rounds):

@@ -270,8 +270,8 @@ def test_a_long_wait_keeps_refreshing_the_heartbeat(local_cli, monkeypatch):
     client = tracecraft.connect(project="proj", agent="patient", backend="local",
                                 root=str(local_cli.root.parent.parent))
     stamps = []
-    real = client._publish_agent
-    client._publish_agent = lambda: stamps.append(time.time()) or real()
+    real = client.agents._publish
+    client.agents._publish = lambda: stamps.append(time.time()) or real()
     with pytest.raises(tracecraft.WaitTimeout):
         client.wait_for(["never"], timeout=2.5)
     with pytest.raises(tracecraft.WaitTimeout):

@@ -136,7 +136,7 @@ def test_a_nonsense_remembered_tail_is_ignored(client_factory):
     alice, bob = client_factory("alice"), client_factory("bob")
     bob.heartbeat(renew=False)
     for bad in (-3, True, "7", 2.5):
-        alice._remember("tails", "bob", {"n": bad})
+        alice.records.keep("tails", "bob", {"n": bad})
         alice.send("bob", f"with {bad!r}")
     assert [m["text"] for m in bob.inbox()] == ["with -3", "with True", "with '7'", "with 2.5"]
 
