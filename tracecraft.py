@@ -15,15 +15,25 @@ in the local store, on link(2) and a lock per key.
     >>> tc.memory.set("design.status", "complete")
 
 One file, standard library only, so it can be vendored with `curl -O`.  The sections below are
-ordered bottom-up; each may call only the sections above it:
+ordered bottom-up; each may call only the sections above it (tests/test_map.py keeps it so):
 
   1. Errors and exit codes   every failure tracecraft reports, and the one table of exit codes
-  2. Names and keys          the one set of rules for agent ids, projects, steps, keys, artifact names
-  3. SigV4 and transport     the AWS Signature V4 signer; one kept-alive HTTP connection
-  4. Stores                  the Store interface and its backends: S3Store, LocalStore, HFStore
+  2. Names, keys and values  the rules for every name in a key and every value: agent ids,
+                             steps, memory keys, numbers, JSON, what a terminal is shown
+  3. SigV4 and transport     the AWS Signature V4 signer; one kept-alive HTTP connection with
+                             one retry policy and one deadline
+  4. Stores                  the Store interface and its backends: LocalStore, S3Store, HFStore;
+                             the files tracecraft makes on this machine; the store probe
   5. Configuration           finding .tracecraft.json, credentials, opening the configured store
-  6. Coordination protocol   memory, messages, claims, steps, barriers, artifacts, agents
-  7. Python API              connect()
+  6. Coordination protocol   the object layout under a project, and a peer per kind of object:
+       6a. Records           conditional writes, checked reads, what an agent remembers
+       6b. Memory            shared key-value memory
+       6c. Inbox             numbered message logs and read cursors
+       6d. Steps             leases, the end of a step, barriers
+       6e. Agents            heartbeats, who is online, the picture of the whole project
+       6f. Artifacts         shared files, their bytes and metadata agreeing
+       6g. The client        one agent in one project: a façade over the peers
+  7. Python API              connect(), open_client()
   8. MCP server              `tracecraft mcp`: the API as Model Context Protocol tools, and the
                              instructions an agent follows
   9. Command line            argparse, human and --json output, main()
@@ -1155,6 +1165,13 @@ def sweep(directory, prefix, older_than=STALE_TEMP_SECONDS):
         pass   # cleaning up is a courtesy: never a reason to fail
 
 
+def xdg_dir(kind):
+    """The XDG base directory of `kind` ("config", "data" or "cache")."""
+    default = {"config": ".config", "data": os.path.join(".local", "share"), "cache": ".cache"}
+    return os.environ.get(f"XDG_{kind.upper()}_HOME") or \
+        os.path.join(os.path.expanduser("~"), default[kind])
+
+
 def current_directory():
     try:
         return os.getcwd()
@@ -1593,8 +1610,7 @@ class ReadOnlyStore(Store):
 
 
 def default_local_root():
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(base, "tracecraft")
+    return os.path.join(xdg_dir("data"), "tracecraft")
 
 
 _MONTHS = {m: i for i, m in enumerate("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split(), 1)}
@@ -2031,8 +2047,17 @@ SECRET_FIELDS = ("secret_key", "session_token", "access_key")   # values never s
 
 
 def user_config_path():
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return os.path.join(base, "tracecraft", "config.json")
+    return os.path.join(xdg_dir("config"), "tracecraft", "config.json")
+
+
+def parents(directory):
+    """`directory` and each directory above it, up to the root."""
+    while True:
+        yield directory
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return
+        directory = parent
 
 
 def find_config(start=None):
@@ -2043,15 +2068,10 @@ def find_config(start=None):
         if not os.path.isfile(explicit):
             raise ConfigError(f"TRACECRAFT_CONFIG names {explicit}, which is not a file")
         return explicit
-    directory = os.path.abspath(start or current_directory())
-    while True:
+    for directory in parents(os.path.abspath(start or current_directory())):
         candidate = os.path.join(directory, CONFIG_NAME)
         if os.path.isfile(candidate) and _trusted(candidate):
             return candidate
-        parent = os.path.dirname(directory)
-        if parent == directory:
-            break
-        directory = parent
     candidate = user_config_path()
     return candidate if os.path.isfile(candidate) else None
 
@@ -2314,7 +2334,7 @@ def _rounded(seconds):
 
 
 def poll(attempt, timeout, timed_out, fast=WAIT_POLL_FAST, slow=WAIT_POLL_MAX, cancel=None,
-     tick=None):
+         tick=None):
     """The one wait loop (inbox --wait, wait-for, status --watch): call attempt() ->
     (result, progressed) until its result is not None, pausing `fast` seconds at first and after
     progress, growing to `slow` while nothing happens.  After `timeout` seconds (None: no limit)
@@ -2496,10 +2516,9 @@ class Records(_Peer):
 
     def state_path(self, kind, name=""):
         if self._state_dir is None:
-            ident = f"{self.store.describe()}\0{self.client.project}\0{self.client.agent}".encode("utf-8")
-            base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
-                                                                    ".cache")
-            self._state_dir = os.path.join(base, "tracecraft", _hash("sha1", ident).hexdigest())
+            ident = "\0".join((self.store.describe(), self.client.project, str(self.client.agent)))
+            self._state_dir = os.path.join(xdg_dir("cache"), "tracecraft",
+                                           _hash("sha1", ident.encode("utf-8")).hexdigest())
         if not name:
             return os.path.join(self._state_dir, kind)
         return os.path.join(self._state_dir, kind,
@@ -2541,8 +2560,8 @@ class Records(_Peer):
         """Remember a Blob this agent wrote (from write()) as the version of `key` it knows."""
         if written.etag:
             self.keep("versions", key, {"body": written.body.decode("utf-8"),
-                                             "etag": written.etag, "sent": written.sent[0],
-                                             "mono": written.sent[1]})
+                                        "etag": written.etag, "sent": written.sent[0],
+                                        "mono": written.sent[1]})
 
     def recalled(self, key):
         """(record, Blob) of the version of `key` this agent last wrote, or None: the very bytes
@@ -2785,7 +2804,8 @@ class Inbox(_Peer):
         if number.isascii() and number.isdigit() and len(number) <= LOG_WIDTH and \
                 0 < int(number) < LOG_TOP and name == _log_name(int(number)):
             return int(number)
-        self.client.warn_once(f"skipped {key}: not a message of tracecraft's (a stray object in the log)")
+        self.client.warn_once(f"skipped {key}: not a message of tracecraft's (a stray object in "
+                              "the log)")
         return None
 
     def tail(self, log):
@@ -2827,8 +2847,8 @@ class Inbox(_Peer):
         for n, entry in found:
             if n != expected:
                 if not entry.size:   # emptied messages are all below the reader's cursor
-                    self.client.warn_once(f"skipped {entry.key}: an empty object ahead of the messages "
-                                   "read (not tracecraft's)")
+                    self.client.warn_once(f"skipped {entry.key}: an empty object ahead of the "
+                                          "messages read (not tracecraft's)")
                     continue
                 if not (self._behind_hole(entry) and self._is_message(entry, log, n)):
                     break
@@ -2867,14 +2887,16 @@ class Inbox(_Peer):
         n = (self.records.recall("tails", to) or {}).get("n")
         if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < LOG_TOP - 1:
             n = self.tail(to)
-            if n == 0 and to != BROADCAST and not self.store.exists(self.client.key("agents", to + ".json")):
-                self.client.warn(f"no agent {to} has been seen in project {self.client.project} yet; the "
-                          "message waits in its inbox")
+            if n == 0 and to != BROADCAST and \
+                    not self.store.exists(self.client.key("agents", to + ".json")):
+                self.client.warn(f"no agent {to} has been seen in project {self.client.project} "
+                                 "yet; the message waits in its inbox")
         for _ in _retries(f"the inbox of {to}"):
             if n + 1 >= LOG_TOP:
                 raise StoreError(f"the inbox of {to} is full: it holds {LOG_TOP - 1} numbers")
             message = self.client.record(**{"from": sender}, to=to, seq=n + 1,
-                                  kind="broadcast" if to == BROADCAST else "direct", text=text)
+                                         kind="broadcast" if to == BROADCAST else "direct",
+                                         text=text)
             try:
                 self.records.write(self._key(to, n + 1), message, create_only=True)
             except (PreconditionFailed, ConditionalConflict):
@@ -2917,16 +2939,16 @@ class Inbox(_Peer):
             cursor = self.cursor(got, f"cursor {cursor_key}")
             start = {"direct": 0, "broadcast": 0} if everything else cursor
             logs = {kind: self._since(me if kind == "direct" else BROADCAST, start[kind],
-                                          contiguous=not everything)
+                                      contiguous=not everything)
                     for kind in ("direct", "broadcast")}
             if not any(logs.values()):
                 return []
             if not (peek or everything):
-                moved = self.client.record(**{kind: max([cursor[kind]] + [n for n, _ in logs[kind]])
-                                       for kind in logs})
+                moved = self.client.record(**{kind: max([cursor[kind]] + [n for n, _ in found])
+                                              for kind, found in logs.items()})
                 try:
                     self.records.write(cursor_key, moved, create_only=got is None,
-                               replacing=got[1] if got else None)
+                                       replacing=got[1] if got else None)
                 except (PreconditionFailed, ConditionalConflict):
                     continue   # another reader took these; start again from its position
             messages = self._merge(logs, me)
@@ -3017,8 +3039,8 @@ class Lease:
                                 f"{shown(repr(record.get('state'))):.40}")
         check = [("agent", str), ("generation", int, 1, 1, MAX_INT),
                  ("ttl", float, DEFAULT_TTL, 0.001, MAX_SECONDS), ("forced", bool, False)]
-        check += [(name, (str, type(None))) for name in ("note", "ended_by", "ended_at", "at",
-                                                        "previous", "renewed_at")]
+        check += [(name, (str, type(None)))
+                  for name in ("note", "ended_by", "ended_at", "at", "previous", "renewed_at")]
         for name, kinds, *bounds in check:
             record[name] = _field(record, name, kinds, where, *bounds)
 
@@ -3092,7 +3114,8 @@ class Steps(_Peer):
             got = self.records.read(key, missing_ok=True)
             if got is None:
                 try:
-                    return self._claimed(step, key, lease, self.records.write(key, lease, create_only=True))
+                    written = self.records.write(key, lease, create_only=True)
+                    return self._claimed(step, key, lease, written)
                 except (PreconditionFailed, ConditionalConflict):
                     continue
             current = Lease(step, got)
@@ -3105,10 +3128,12 @@ class Steps(_Peer):
                     return dict(current.shape(), already_held=True)
                 raise Refused(f"step {step} is held by {current.holder} (generation "
                               f"{current.record['generation']}, lease ends in {_duration(left)})")
-            taken = self.client.record(step=step, agent=me, generation=current.record["generation"] + 1,
-                                ttl=ttl, state="held", previous=current.holder)
+            taken = self.client.record(step=step, agent=me, ttl=ttl, state="held",
+                                       generation=current.record["generation"] + 1,
+                                       previous=current.holder)
             try:
-                return self._claimed(step, key, taken, self.records.write(key, taken, replacing=got[1]))
+                written = self.records.write(key, taken, replacing=got[1])
+                return self._claimed(step, key, taken, written)
             except (PreconditionFailed, ConditionalConflict, NoSuchKey):
                 continue
 
@@ -3179,8 +3204,8 @@ class Steps(_Peer):
 
     def release(self, step):
         """Give a lease up so that the step can be claimed again at once."""
-        released = self._change_own_lease(
-            step, "release", lambda lease: dict(lease, state="released", released_at=self.client.now()))
+        released = self._change_own_lease(step, "release", lambda lease: dict(
+            lease, state="released", released_at=self.client.now()))
         self.records.forget(self.key(step, "claim"))
         return released.shape()
 
@@ -3325,9 +3350,8 @@ class Steps(_Peer):
                 if on_complete:
                     on_complete(step, shape)
             return (done if not pending else None), progressed
-        return poll(attempt, timeout,
-                    lambda: f"timed out after {_seconds(timeout)} waiting for: " + ", ".join(pending),
-                    cancel=self.client.cancel, tick=self.client.agents.touch)
+        return poll(attempt, timeout, lambda: f"timed out after {_seconds(timeout)} waiting for: "
+                    + ", ".join(pending), cancel=self.client.cancel, tick=self.client.agents.touch)
 
     def leases(self, cache=None, ended=True):
         """The Lease of every step with one, in listing order; with ended=False only of those
@@ -3423,8 +3447,8 @@ class Agents(_Peer):
     def _publish(self):
         """Write this agent's record: who and where it is, and when it was last seen.  Only the
         agent itself writes it, so a plain write does; what it holds is read from the leases."""
-        record = self.client.record(agent=self.client.agent, project=self.client.project, host=_hostname(),
-                             pid=os.getpid(), last_seen=self.client.now())
+        record = self.client.record(agent=self.client.agent, project=self.client.project,
+                                    host=_hostname(), pid=os.getpid(), last_seen=self.client.now())
         self.records.write(self.client.key("agents", self.client.agent + ".json"), record)
         stamp = self.records.state_path("heartbeat")
         try:
@@ -3472,7 +3496,8 @@ class Agents(_Peer):
         if not self.client.agent or self.client.read_only:
             return
         try:
-            if 0 <= time.time() - os.stat(self.records.state_path("heartbeat")).st_mtime < HEARTBEAT_EVERY:
+            age = time.time() - os.stat(self.records.state_path("heartbeat")).st_mtime
+            if 0 <= age < HEARTBEAT_EVERY:
                 return
         except OSError:
             pass
@@ -3573,7 +3598,7 @@ class Artifacts(_Peer):
             previous = (held[:1] + [u for u in previous if u not in held[:1]])[:self.PREVIOUS]
         record = self.client.record(name=name, step=step, **entry, previous=previous)
         return self.records.write(meta_key, record, create_only=current is None,
-                                 replacing=current[1] if current else None)
+                                  replacing=current[1] if current else None)
 
     def _identify(self, data_key, uploads):
         """The one of `uploads` whose bytes are at `data_key`, or None: by the ETag where it is
@@ -3622,9 +3647,8 @@ class Artifacts(_Peer):
             except (PreconditionFailed, ConditionalConflict, NoSuchKey):
                 raise busy from None
         try:
-            self.store.put(data_key, body, if_none_match=True,
-                                  content_type=entry["content_type"],
-                                  digests=(entry["sha256"], entry["md5"]))
+            self.store.put(data_key, body, if_none_match=True, content_type=entry["content_type"],
+                           digests=(entry["sha256"], entry["md5"]))
         except PreconditionFailed as exc:
             if exc.retried and self._identify(data_key, [entry]):
                 return
@@ -3665,9 +3689,9 @@ class Artifacts(_Peer):
             except (PreconditionFailed, ConditionalConflict, NoSuchKey):
                 continue
             try:
-                self.store.put(data_key, body, if_none_match=before is None,
-                                      if_match=before, content_type=entry["content_type"],
-                                      digests=(entry["sha256"], entry["md5"]))
+                self.store.put(data_key, body, if_none_match=before is None, if_match=before,
+                               content_type=entry["content_type"],
+                               digests=(entry["sha256"], entry["md5"]))
                 return
             except (PreconditionFailed, ConditionalConflict, NoSuchKey) as exc:
                 if exc.retried and self._identify(data_key, [entry]):
@@ -4387,8 +4411,15 @@ start here:
   tracecraft complete design --note "mockups are in artifacts"
   TRACECRAFT_AGENT=developer tracecraft wait-for design
 
+global flags (before or after the command):
+  --json           print one JSON document instead of lines (errors too)
+  --agent ID       act as this agent (default: $TRACECRAFT_AGENT, then the config)
+  --project NAME   use this project (default: $TRACECRAFT_PROJECT, then the config)
+  --config PATH    the config file (default: $TRACECRAFT_CONFIG, the nearest .tracecraft.json,
+                   then ~/.config/tracecraft/config.json)
+
 several agents in one directory: set TRACECRAFT_AGENT (and TRACECRAFT_PROJECT) per call.
---json makes every command print one JSON document; `tracecraft COMMAND --help` for details.
+`tracecraft COMMAND --help` explains each command, with examples.
 
 exit codes:
   0 success      1 the answer is no (missing key, step held or not complete)
@@ -4520,13 +4551,7 @@ def _default_agent():
 
 
 def _git_work_tree(directory):
-    while True:
-        if os.path.exists(os.path.join(directory, ".git")):
-            return True
-        parent = os.path.dirname(directory)
-        if parent == directory:
-            return False
-        directory = parent
+    return any(os.path.exists(os.path.join(parent, ".git")) for parent in parents(directory))
 
 
 def _ignore_in_git(directory):
@@ -4875,17 +4900,19 @@ def cmd_status(args, out):
         raise UsageError("--watch: redraw at most every 0.5 s (a smaller interval would keep a "
                          "core busy and flood the store with requests)")
     cache = {}
-    while True:
+    if interval is None or out.as_json:
         info = client.status(cache)
-        if interval is None or out.as_json:
-            out.result(info, *_status_lines(info))
-            return EXIT_OK
-        print("\033[H\033[2J" + "\n".join(shown(line) for text in _status_lines(info)
-                                          for line in text.split("\n")), flush=True)
-        try:
-            time.sleep(interval)
-        except KeyboardInterrupt:
-            return EXIT_OK
+        out.result(info, *_status_lines(info))
+        return EXIT_OK
+
+    def redraw():
+        print("\033[H\033[2J" + "\n".join(shown(line) for text in _status_lines(
+            client.status(cache)) for line in text.split("\n")), flush=True)
+        return None, False   # never done: until interrupted
+    try:
+        poll(redraw, None, None, interval, interval, tick=client.touch)
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def _status_lines(info):
@@ -4986,23 +5013,27 @@ def build_parser(argv=None):
                                      prog="tracecraft")
     commands.required = True
 
-    def command(name, func, summary, *, parent=commands, epilog=None):
+    def command(name, func, summary, *examples, parent=commands, epilog=None):
         depth = 0 if parent is commands else 1
         if isinstance(parent, _Unbuilt) or (wanted and len(wanted) > depth
                                              and wanted[depth] != name):
             return _Unbuilt()
+        if examples:
+            epilog = (epilog + "\n\n" if epilog else "") + "examples:\n" + \
+                "\n".join(f"  {example}" for example in examples)
         sub = parent.add_parser(name, parents=[common], help=summary, description=summary,
                                 epilog=epilog, formatter_class=raw)
         sub.set_defaults(func=func, parser=sub)   # its errors show its own usage
         return sub
 
     p = command("init", cmd_init, "Configure the store, project and agent for this directory.",
+                "tracecraft init --project demo --agent designer",
+                "tracecraft init --project demo --agent designer \\\n"
+                "      --endpoint http://localhost:9000 --bucket tracecraft \\\n"
+                "      --access-key admin --secret-key admin123456",
+                "tracecraft init --project demo --read-only      # an observer",
                 epilog="with no store options, uses the local store (no server) under "
-                       "$XDG_DATA_HOME/tracecraft.\n\nexamples:\n"
-                       "  tracecraft init --project demo --agent designer\n"
-                       "  tracecraft init --project demo --agent designer \\\n"
-                       "      --endpoint http://localhost:9000 --bucket tracecraft \\\n"
-                       "      --access-key admin --secret-key admin123456")
+                       "$XDG_DATA_HOME/tracecraft.")
     p.add_argument("--backend", choices=BACKENDS,
                    help="where state lives (default: s3 when an S3 option is given, else local)")
     p.add_argument("--bucket", help="bucket name (default: tracecraft)")
@@ -5029,30 +5060,33 @@ def build_parser(argv=None):
                         f"./{CONFIG_NAME}")
 
     command("agents", cmd_agents, "List agents: online / idle / offline, the steps they hold.",
-            epilog=f"online: seen in the last {ONLINE_SECONDS // 60} minutes; idle: in the last "
+            "tracecraft agents", "tracecraft agents --json", epilog=f"online: seen in the last {ONLINE_SECONDS // 60} minutes; idle: in the last "
                    f"{IDLE_SECONDS // 60}; every command refreshes the heartbeat (at most once "
                    "a minute).")
     command("heartbeat", cmd_heartbeat, "Record that this agent is alive and renew its leases.",
-            epilog="run it every few minutes during long work so leases do not expire.")
+            "tracecraft heartbeat", "while sleep 300; do tracecraft heartbeat; done &", epilog="run it every few minutes during long work so leases do not expire.")
     command("doctor", cmd_doctor, "Check config, store, credentials, conditional writes, "
-                                  "latency and clock skew.")
-    p = command("status", cmd_status, "One screen: agents, steps, unread messages, handoffs.")
+                                  "latency and clock skew.", "tracecraft doctor",
+            "tracecraft doctor --json")
+    p = command("status", cmd_status, "One screen: agents, steps, unread messages, handoffs.",
+                "tracecraft status", "tracecraft status --watch 5")
     p.add_argument("--watch", nargs="?", const="2", metavar="SECONDS",
                    help="redraw every SECONDS (default 2) until interrupted")
     command("prompt", cmd_prompt, "Print instructions for CLAUDE.md / AGENTS.md.",
-            epilog="use --agent NAME to write them for another agent.")
+            "tracecraft prompt >> CLAUDE.md", "tracecraft prompt --agent reviewer", epilog="use --agent NAME to write them for another agent.")
     command("mcp", cmd_mcp, "Serve the tools over the Model Context Protocol (stdio).",
-            epilog="register it with Claude Code: claude mcp add tracecraft -- tracecraft mcp\n"
-                   "(set TRACECRAFT_AGENT in the client's environment for each agent)")
+            "claude mcp add tracecraft --env TRACECRAFT_AGENT=designer -- tracecraft mcp",
+            "codex mcp add tracecraft --env TRACECRAFT_AGENT=developer -- tracecraft mcp",
+            epilog="set TRACECRAFT_AGENT in the client's environment for each agent.")
 
     memory = command("memory", None, "Shared key-value memory (values are JSON).")
     memory_commands = memory.add_subparsers(dest="memory_command", metavar="ACTION",
                                             prog="tracecraft memory")
     memory_commands.required = True
     p = command("set", cmd_memory_set, "Set KEY to VALUE (JSON if it parses, else a string).",
-                parent=memory_commands, epilog="examples:\n  tracecraft memory set design.status "
-                "complete\n  tracecraft memory set build.attempts 3\n"
-                "  tracecraft memory set cfg '{\"a\": 1}'")
+                "tracecraft memory set design.status complete",
+                "tracecraft memory set build.attempts 3",
+                "tracecraft memory set cfg '{\"a\": 1}'", parent=memory_commands)
     p.add_argument("key", help="dotted key, e.g. design.status")
     p.add_argument("value", help="the value; '-' reads it from standard input")
     p.add_argument("--string", action="store_true", help="store VALUE as a string, never JSON")
@@ -5060,30 +5094,37 @@ def build_parser(argv=None):
                                                      "(from `memory get --json`)")
     p.add_argument("--if-absent", action="store_true", help="write only if KEY is unset")
     p = command("get", cmd_memory_get, "Print the value of KEY (exit 1 when unset).",
+                "tracecraft memory get design.status",
+                "tracecraft memory get build.attempts --json   # with version, author, time",
                 parent=memory_commands)
     p.add_argument("key")
     p = command("incr", cmd_memory_incr, "Add N (default 1) to a number atomically; prints it.",
+                "tracecraft memory incr experiments.done", "tracecraft memory incr budget -5",
                 parent=memory_commands)
     p.add_argument("key")
     p.add_argument("by", nargs="?", default="1", metavar="N")
     p = command("history", cmd_memory_history, "Show KEY's current and previous values.",
-                parent=memory_commands)
+                "tracecraft memory history design.status", parent=memory_commands)
     p.add_argument("key")
     p = command("list", cmd_memory_list, "List keys, optionally under PREFIX (whole segments).",
-                parent=memory_commands)
+                "tracecraft memory list", "tracecraft memory list design   # design.*, never "
+                "designer.*", parent=memory_commands)
     p.add_argument("prefix", nargs="?")
     p = command("delete", cmd_memory_delete, "Delete KEY (exit 1 when unset).",
-                parent=memory_commands)
+                "tracecraft memory delete scratch.tmp", parent=memory_commands)
     p.add_argument("key")
     p.add_argument("--if-version", metavar="V", help="delete only if KEY is still at version V")
 
     p = command("send", cmd_send, "Send a message to an agent, or to _broadcast for everyone.",
-                epilog="MESSAGE may be several words; '-' reads it from standard input.")
+                "tracecraft send developer Design is ready",
+                "tracecraft send _broadcast 'build is red: do not merge'",
+                "git log -1 | tracecraft send reviewer -", epilog="MESSAGE may be several words; '-' reads it from standard input.")
     p.add_argument("to", metavar="AGENT")
     p.add_argument("message", nargs="+")
     p = command("inbox", cmd_inbox, "Show this agent's unread messages, direct and broadcast, "
                                     "and mark them read.",
-                epilog="the read position is kept in the store: another machine running the same "
+                "tracecraft inbox", "tracecraft inbox --wait 60   # block up to a minute",
+                "tracecraft inbox --all --json", epilog="the read position is kept in the store: another machine running the same "
                        "agent continues where this one left off.")
     p.add_argument("--all", action="store_true", help="show every message, read or not")
     p.add_argument("--peek", action="store_true", help="do not mark the messages read")
@@ -5093,18 +5134,23 @@ def build_parser(argv=None):
 
     p = command("claim", cmd_claim, "Claim a step as a lease; exactly one of many racing agents "
                                     "wins.",
+                "tracecraft claim design", "tracecraft claim train-model --ttl 2h && ./train.sh",
                 epilog="exit 1 (naming the holder) when another agent holds a live lease or the "
                        "step has ended. An expired or released lease is taken over, with the "
                        "next generation number. Renew long work with `renew` or `heartbeat`.")
     p.add_argument("step")
     p.add_argument("--ttl", help="lease length, e.g. 90s, 10m, 2h (default: 30m)")
-    p = command("renew", cmd_renew, "Extend this agent's lease on a step.")
+    p = command("renew", cmd_renew, "Extend this agent's lease on a step.",
+                "tracecraft renew train-model", "tracecraft renew train-model --ttl 4h")
     p.add_argument("step")
     p.add_argument("--ttl", help="new lease length (default: the one it was claimed with)")
-    p = command("release", cmd_release, "Give a lease up so another agent can claim the step.")
+    p = command("release", cmd_release, "Give a lease up so another agent can claim the step.",
+                "tracecraft release design")
     p.add_argument("step")
     p = command("complete", cmd_complete, "End a step (complete, failed or blocked), with a "
                                           "handoff note.",
+                "tracecraft complete design --note 'mockups in artifacts/design'",
+                "tracecraft complete build --status failed --note 'tests red: see ci.log'",
                 epilog="only the holder of a live lease can end a step; a holder whose lease was "
                        "taken over is told it lost the step (exit 1).")
     p.add_argument("step")
@@ -5115,10 +5161,12 @@ def build_parser(argv=None):
     p.add_argument("--force", action="store_true",
                    help="complete a step another agent holds (recorded as forced)")
     p = command("step-status", cmd_step_status, "Show a step's status, lease and handoff note.",
-                epilog="prints pending, in_progress, expired, complete, failed or blocked first; "
+                "tracecraft step-status design",
+                "tracecraft step-status design && echo done", epilog="prints pending, in_progress, expired, complete, failed or blocked first; "
                        "exits 0 only when complete.")
     p.add_argument("step")
     p = command("wait-for", cmd_wait_for, "Block until every step is complete.",
+                "tracecraft wait-for design", "tracecraft wait-for lint test --timeout 30m",
                 epilog="exit 1 at once if a step ends failed or blocked; exit 3 when the timeout "
                        "passes, naming the steps still pending.")
     p.add_argument("steps", nargs="+", metavar="STEP")
@@ -5129,18 +5177,23 @@ def build_parser(argv=None):
                                                 prog="tracecraft artifact")
     artifact_commands.required = True
     p = command("upload", cmd_artifact_upload, "Upload a file (refuses to replace one).",
+                "tracecraft artifact upload mockup.html --step design",
+                "pytest 2>&1 | tracecraft artifact upload - --name test-log.txt",
                 parent=artifact_commands)
     p.add_argument("path")
     p.add_argument("--step", help="attach to this step (default: shared)")
     p.add_argument("--name", help="name to store it under (default: the file's name)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
     p = command("download", cmd_artifact_download, "Download an artifact to the current "
-                "directory.", parent=artifact_commands)
+                "directory.", "tracecraft artifact download mockup.html --step design",
+                "tracecraft artifact download report.pdf -o out/ --overwrite",
+                parent=artifact_commands)
     p.add_argument("name")
     p.add_argument("--step", help="the step it belongs to (default: shared)")
     p.add_argument("-o", "--output", metavar="PATH", help="file or directory to write to")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p = command("list", cmd_artifact_list, "List artifacts with size, type and uploader.",
+                "tracecraft artifact list", "tracecraft artifact list --step design",
                 parent=artifact_commands)
     p.add_argument("--step", help="only this step's artifacts")
     if wanted and any(not isinstance(group, _Unbuilt) and not group.choices

@@ -25,7 +25,7 @@ def seaweed():
     try:
         yield server
     finally:
-        server.stop()
+        server.stop(timeout=2)   # its data is thrown away: no need to wait for it to flush
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +47,7 @@ def bucket_name():
 
 import json
 import subprocess
+import time
 import sys
 import uuid
 
@@ -164,9 +165,9 @@ class CLI:
     """Runs the real command line in a subprocess: as the installed command does (COMMAND), or
     with script=True as `python tracecraft.py` (SCRIPT)."""
 
-    def __init__(self, cwd, env, script=False):
+    def __init__(self, cwd, env, script=False, command=None):
         self.cwd, self.env = Path(cwd), env
-        self.command = SCRIPT if script else COMMAND
+        self.command = command or (SCRIPT if script else COMMAND)
 
     def __call__(self, *args, agent=None, cwd=None, stdin=None, env=None, timeout=60):
         full_env = dict(self.env, **(env or {}))
@@ -233,9 +234,33 @@ def spawn_racer(mode, settings, agent, start, n, *extra, env=None):
     adds to the environment (a cache directory of its own, say)."""
     return subprocess.Popen([sys.executable, str(REPO / "tests" / "racer.py"), mode,
                              json.dumps(settings), agent, str(start), str(n), *map(str, extra)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True,
                             env=dict({k: v for k, v in os.environ.items()
                                       if k != "PYTHONDONTWRITEBYTECODE"}, **(env or {})))
+
+
+def race(specs, envs=None, lead=0.3):
+    """Start racers (spawn_racer's arguments without START, one tuple each), wait until every
+    one is connected and ready, then give them all one start time, `lead` seconds ahead: no
+    fixed wait for interpreters that may start late, and none wasted when they start early."""
+    procs = [spawn_racer(mode, settings, agent, "-", n, *extra, env=env)
+             for (mode, settings, agent, n, *extra), env in zip(specs, envs or [None] * len(specs))]
+    for proc in procs:
+        line = proc.stdout.readline()
+        assert line and json.loads(line) == {"ready": True}, proc.communicate()[1][-3000:]
+    start = f"{time.time() + lead}\n"
+    for proc in procs:
+        proc.stdin.write(start)
+        proc.stdin.flush()
+    return procs
+
+
+def stop_readers(procs):
+    """Tell `read` racers that the senders are done: they drain their inbox and end."""
+    for proc in procs:
+        proc.stdin.write("stop\n")
+        proc.stdin.flush()
 
 
 def racer_outputs(procs, timeout=300):

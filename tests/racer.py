@@ -1,5 +1,7 @@
 """A worker process for race tests.  Every line it prints says when the attempt began and ended
-("began", "ended": time.time()), so that a test can check that the racers really raced.
+("began", "ended": time.time()), so that a test can check that the racers really raced.  A START
+of "-" makes it print {"ready": true} once connected and read the start time from standard
+input, so that all racers start together as soon as the slowest is ready (conftest.race).
 
     python tests/racer.py claim SETTINGS_JSON AGENT START ROUNDS
         waits for each round's start (START + round * 0.5 s), claims step-<round>, prints one
@@ -96,10 +98,12 @@ def send(client, start, count, skew):
 
 
 def read(client, start, _):
-    """Read until the senders are done and nothing more arrives; print each message's text."""
+    """Read until told "stop" on standard input (the senders are done) and nothing more comes,
+    or else until nothing has come for 3 s; print each message's text."""
+    import select
     time.sleep(max(0, start - time.time()))
-    quiet_since = time.monotonic()
-    while time.monotonic() - quiet_since < 3.0:
+    quiet_since, stopping = time.monotonic(), False
+    while time.monotonic() - quiet_since < (0.5 if stopping else 3.0):
         messages = client.inbox()
         for m in messages:
             print(json.dumps(m["text"]), flush=True)
@@ -107,6 +111,9 @@ def read(client, start, _):
             quiet_since = time.monotonic()
         else:
             time.sleep(0.2)   # an idle reader must not flood the store the senders are using
+        if not stopping and not sys.stdin.closed and select.select([sys.stdin], [], [], 0)[0]:
+            stopping = sys.stdin.readline().strip() == "stop"
+            quiet_since = time.monotonic()
 
 
 def upload(client, start, count):
@@ -143,6 +150,9 @@ def download(client, start, seconds):
 def main():
     mode, settings, agent, start, n, *extra = sys.argv[1:]
     client = tracecraft.connect(project="race", agent=agent, **json.loads(settings))
+    if start == "-":   # say that this racer is ready, and hear when all start (conftest.race)
+        print(json.dumps({"ready": True}), flush=True)
+        start = sys.stdin.readline()
     modes = {"claim": claim, "incr": incr, "memincr": memincr, "send": send, "read": read,
              "upload": upload, "download": download, "complete": complete}
     modes[mode](client, float(start), int(n), *map(float, extra))

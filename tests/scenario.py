@@ -9,14 +9,16 @@ from conftest import CLI, TRACECRAFT, clean_env, init_args
 STAMP = r"\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\]"
 
 
-def run_seed_scenario(settings, tmp_path, extra_env=None):
-    """The README's two-terminal walkthrough, word for word where the seed shows output."""
+def run_seed_scenario(settings, tmp_path, extra_env=None, python=sys.executable):
+    """The README's two-terminal walkthrough, word for word where the seed shows output, run
+    as `python tracecraft.py` by the interpreter `python`."""
     env = dict(clean_env(tmp_path), **(extra_env or {}))
     designer_dir, developer_dir = tmp_path / "designer", tmp_path / "developer"
     designer_dir.mkdir()
     developer_dir.mkdir()
     # `python tracecraft.py`, the form that is run from a copy of the file (`curl -O`)
-    designer, developer = CLI(designer_dir, env, script=True), CLI(developer_dir, env, script=True)
+    designer, developer = (CLI(path, env, command=[python, TRACECRAFT])
+                           for path in (designer_dir, developer_dir))
     designer.ok("init", "--project", "myproject", "--agent", "designer", *init_args(settings))
     developer.ok("init", "--project", "myproject", "--agent", "developer", *init_args(settings))
 
@@ -33,7 +35,7 @@ def run_seed_scenario(settings, tmp_path, extra_env=None):
     held = developer("claim", "design")
     assert held.returncode == 1 and "held by designer" in held.stderr
 
-    waiter = subprocess.Popen([sys.executable, TRACECRAFT, "wait-for", "design", "--timeout", "30"],
+    waiter = subprocess.Popen([python, TRACECRAFT, "wait-for", "design", "--timeout", "30"],
                               cwd=developer_dir, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)

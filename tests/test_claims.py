@@ -14,11 +14,10 @@ def race(settings, racers, rounds):
     """Start `racers` processes that claim step-0..step-<rounds-1> together, round by round;
     returns, per round, the list of winners and the losers' messages, once it is clear that
     they raced."""
-    from conftest import assert_rounds_raced, racer_outputs, spawn_racer
-    start = time.time() + 2.0 + racers * 0.04     # time for the interpreters to start on 2 cores
-    results = racer_outputs([spawn_racer("claim", settings, f"racer{i}", start, rounds,
-                                         env={"RACER_ROUND_GAP": "0.3"})
-                             for i in range(racers)])
+    from conftest import assert_rounds_raced, race as start_together, racer_outputs
+    results = racer_outputs(start_together([("claim", settings, f"racer{i}", rounds)
+                                            for i in range(racers)],
+                                           envs=[{"RACER_ROUND_GAP": "0.3"}] * racers))
     assert all(len(r) == rounds for r in results)
     assert_rounds_raced([[r[n] for r in results] for n in range(rounds)])
     return [([f"racer{i}" for i, r in enumerate(results) if r[n]["won"]],
@@ -189,18 +188,17 @@ def test_the_same_agent_ending_a_step_twice_at_once_succeeds_once(atomic_setting
     agent remembers (two terminals of one machine) or not (two machines): one is told it did,
     the other that the step is already complete, and one note is kept.  Both used to be told
     they succeeded."""
-    from conftest import racer_outputs, spawn_racer
+    from conftest import race as start_together, racer_outputs
     rounds = 16
     holder = client_factory_atomic("same")
     for r in range(rounds):
         holder.claim(f"step-{r}")
     holder.close()                                   # its leases are remembered for the racers
-    start = time.time() + 2.0
-    envs = [None, None] if memory == "shared" else \
-        [{"XDG_CACHE_HOME": str(tmp_path / f"machine{i}")} for i in range(2)]
-    results = racer_outputs([spawn_racer("complete", atomic_settings, "same", start, rounds,
-                                         env=dict(env or {}, RACER_ROUND_GAP="0.2"))
-                             for env in envs])
+    envs = [{"RACER_ROUND_GAP": "0.2"}, {"RACER_ROUND_GAP": "0.2"}] if memory == "shared" else \
+        [{"XDG_CACHE_HOME": str(tmp_path / f"machine{i}"), "RACER_ROUND_GAP": "0.2"}
+         for i in range(2)]
+    results = racer_outputs(start_together([("complete", atomic_settings, "same", rounds)] * 2,
+                                           envs=envs))
     overlapped = 0
     observer = client_factory_atomic("observer")
     for r in range(rounds):

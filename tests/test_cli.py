@@ -138,8 +138,21 @@ def test_help_teaches(tmp_path):
                     "step-status", "wait-for", "artifact"]:
         assert command in top
     assert "exit codes" in top
+    for flag in ("--json", "--agent", "--project", "--config"):   # the global flags are listed
+        assert flag in top
     assert "--note" in runner.ok("complete", "--help")
     assert runner.ok("--version").startswith("tracecraft ")
+    commands = ["init", "agents", "heartbeat", "doctor", "status", "prompt", "mcp", "send",
+                "inbox", "claim", "renew", "release", "complete", "step-status", "wait-for"]
+    commands = [[c] for c in commands] + [["memory", c] for c in ("set", "get", "incr", "history",
+                                                                   "list", "delete")] + \
+        [["artifact", c] for c in ("upload", "download", "list")]
+    for words in commands:   # every command's help ends with real examples
+        text = runner.ok(*words, "--help")
+        examples = text.rpartition("examples:")[2].strip().splitlines()
+        assert examples and all(line.strip().split()[0] in ("tracecraft", "while", "git", "pytest",
+                                                            "claude", "codex") for line in examples
+                                if not line.startswith("      ")), (words, examples)
 
 
 def test_send_reads_stdin_and_joins_words(cli):

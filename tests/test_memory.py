@@ -104,11 +104,9 @@ def test_incr_and_history(client_factory):
 
 def test_eight_processes_fifty_increments_each(atomic_settings, client_factory_atomic):
     import time
-    from conftest import raced, racer_outputs, spawn_racer
+    from conftest import race, raced, racer_outputs
     observer = client_factory_atomic("observer")
-    start = time.time() + 2.0
-    runs = racer_outputs([spawn_racer("memincr", atomic_settings, f"w{i}", start, 50)
-                          for i in range(8)])
+    runs = racer_outputs(race([("memincr", atomic_settings, f"w{i}", 50) for i in range(8)]))
     assert raced(*runs), "the processes did not run at the same time"
     assert observer.memory.get("counter") == 400
     assert observer.memory.record("counter")["revision"] == 400

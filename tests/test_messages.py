@@ -10,7 +10,7 @@ import time
 import pytest
 
 import tracecraft
-from conftest import raced, racer_outputs, spawn_racer
+from conftest import race, raced, racer_outputs, stop_readers
 from fakes import CountingStore
 
 
@@ -111,7 +111,7 @@ def test_wait_blocks_until_a_message_arrives(client_factory):
 def test_reading_k_new_messages_costs_o_k_requests(client_factory, settings):
     alice = client_factory("alice")
     bob = client_factory("bob")
-    for i in range(300):
+    for i in range(120):   # more than a first listing page (LOG_PAGE) of history
         alice.send("bob", str(i))
     bob.inbox()
     counts = []
@@ -122,7 +122,7 @@ def test_reading_k_new_messages_costs_o_k_requests(client_factory, settings):
         assert len(bob.inbox()) == 5
         counts.append(counting.calls)
         bob.store = counting.store
-        for i in range(300):
+        for i in range(120):
             alice.send("bob", "old")
         bob.inbox()
     assert counts[0] == counts[1] == 5 + 4   # k GETs, cursor GET and CAS, two listings
@@ -144,14 +144,14 @@ def test_exactly_once_with_skewed_senders_and_racing_readers(atomic_settings, cl
     messages on the local store; 600 on SeaweedFS (its larger runs are in the benchmark)."""
     per_sender = 2500 if atomic_settings["backend"] == "local" else 150
     client_factory_atomic("warmup")
-    start = time.time() + 2.0
     agents = ["r1", "r2"]
-    senders = [spawn_racer("send", atomic_settings, f"s{i}", start, per_sender,
-                           random.uniform(-600, 600)) for i in range(4)]
-    readers = [spawn_racer("read", atomic_settings, agent, start, 0)
-               for agent in agents for _ in range(2)]
+    procs = race([("send", atomic_settings, f"s{i}", per_sender, random.uniform(-600, 600))
+                  for i in range(4)]
+                 + [("read", atomic_settings, agent, 0) for agent in agents for _ in range(2)])
+    senders, readers = procs[:4], procs[4:]
     runs = racer_outputs(senders)
     sent = [m for run in runs for m in run]
+    stop_readers(readers)
     reads = racer_outputs(readers)
     received = {agent: [] for agent in agents}
     for texts, agent in zip(reads, [a for a in agents for _ in range(2)]):
@@ -206,13 +206,12 @@ def test_a_stray_object_in_a_log_moves_no_cursor_and_no_tail(local_cli):
     assert numbered == ["999999999997-3.json", "999999999998-2.json", "999999999999-1.json"]
 
 
-def test_inbox_wait_one_second_ends_after_one_second(local_cli):
+def test_inbox_wait_one_second_ends_after_one_second(local_cli, client_factory):
     started = time.monotonic()
     result = local_cli("inbox", "--wait", "1", agent="a")
     assert result.returncode == 3 and "no new message within 1s" in result.stderr
     assert time.monotonic() - started < 1 + 5          # the process starting up, on a busy box
-    bob = tracecraft.connect(project="proj", agent="bob", backend="local",
-                             root=str(local_cli.root.parent.parent))
+    bob = client_factory("bob")
     for wait in (1, 1.0):                              # 1.0 == True: it used to wait forever
         started = time.monotonic()
         with pytest.raises(tracecraft.WaitTimeout):

@@ -124,12 +124,11 @@ def test_server_clock_is_reported(contract_store):
 def test_compare_and_swap_is_atomic_across_processes(atomic_settings):
     """4 processes x 25 read-modify-write increments with if-match: no update is lost."""
     import time
-    from conftest import _open, raced, racer_outputs, spawn_racer
+    from conftest import _open, race, raced, racer_outputs
     store = _open(atomic_settings)
     store.put("race/counter", b"0")
-    start = time.time() + 1.5
-    runs = racer_outputs([spawn_racer("incr", atomic_settings, f"w{i}", start, 25)
-                          for i in range(4)], timeout=120)
+    runs = racer_outputs(race([("incr", atomic_settings, f"w{i}", 25) for i in range(4)]),
+                         timeout=120)
     assert store.get("race/counter").body == b"100"
     assert raced(*runs), "the processes did not run at the same time"
     store.close()

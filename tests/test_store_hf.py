@@ -47,10 +47,8 @@ def test_init_names_the_bucket_on_the_hub(hf_settings, tmp_path):
 
 def test_twenty_racers_one_winner(hf_settings):
     tracecraft.connect(project="race", agent="warmup", **hf_settings).store.ensure_bucket()
-    from conftest import assert_rounds_raced, racer_outputs, spawn_racer
-    start = time.time() + 2.5
-    results = racer_outputs([spawn_racer("claim", hf_settings, f"racer{i}", start, 3)
-                             for i in range(20)])
+    from conftest import assert_rounds_raced, race, racer_outputs
+    results = racer_outputs(race([("claim", hf_settings, f"racer{i}", 3) for i in range(20)]))
     assert_rounds_raced([[r[n] for r in results] for n in range(3)])
     for n in range(3):
         assert sum(r[n]["won"] for r in results) == 1

@@ -1,0 +1,55 @@
+"""The map at the top of tracecraft.py is true: its sections are the file's sections, in order,
+and no top-level definition uses a name that a later section defines (each section may call
+only the sections above it)."""
+import ast
+import re
+
+from conftest import REPO
+
+SOURCE = (REPO / "tracecraft.py").read_text(encoding="utf-8")
+LINES = SOURCE.splitlines()
+
+
+def section_headers():
+    """[(line, number, title)] of the '# N. Title.' headers that follow a line of '# ===='."""
+    found = []
+    for i, line in enumerate(LINES):
+        match = re.match(r"# (\d+[a-z]?)\. (.+?)\.  ", line)
+        if match and i and LINES[i - 1].startswith("# ===="):
+            found.append((i + 1, match.group(1), match.group(2)))
+    return found
+
+
+def test_the_docstring_map_names_the_sections_in_their_order():
+    docstring = ast.get_docstring(ast.parse(SOURCE))
+    mapped = re.findall(r"^\s+(\d+[a-z]?)\. (\S.*?)\s{2,}", docstring, re.M)
+    assert mapped, "no map in the module docstring"
+    assert [(number, title) for _, number, title in section_headers()] == mapped
+
+
+def test_no_definition_uses_a_later_section():
+    headers = section_headers()
+
+    def section(line):   # 6a, 6b ... are parts of section 6
+        return max([int(re.match(r"\d+", n).group()) for start, n, _ in headers if start <= line]
+                   or [0])
+    tree = ast.parse(SOURCE)
+    defined = {}
+    for node in tree.body:
+        names = [node.name] if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else \
+            [t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]
+        for name in names:
+            defined.setdefault(name, section(node.lineno))
+    wrong = sorted({f"{getattr(node, 'name', '?')} (section {section(node.lineno)}) uses "
+                    f"{used.id} (section {defined[used.id]})"
+                    for node in tree.body
+                    if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Assign))
+                    for used in ast.walk(node)
+                    if isinstance(used, ast.Name) and defined.get(used.id, 0) > section(node.lineno)})
+    assert not wrong, "\n".join(wrong)
+
+
+def test_each_section_says_what_it_owns_and_what_it_calls():
+    for line, number, title in section_headers():
+        header = " ".join(LINES[line - 1:line + 4])
+        assert "Owns:" in header and "Calls:" in header, f"section {number} ({title})"
