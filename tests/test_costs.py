@@ -28,6 +28,7 @@ def test_claim_and_complete_cost_one_then_two_or_three(client_factory):
     assert cost(calls, lambda: alice.complete("a")) == 2              # lease + status.json
     alice.claim("b")
     assert cost(calls, lambda: alice.complete("b", note="n")) == 3    # + handoff.json
+    assert cost(calls, lambda: alice.step_status("b")) == 1          # the lease says it all
     assert alice.step_status("b")["note"] == "n"
     alice.claim("c")
     assert cost(calls, lambda: alice.release("c")) == 1
