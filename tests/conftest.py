@@ -298,3 +298,21 @@ def assert_rounds_raced(per_round, share=0.5):
     raced_rounds = sum(most_at_once(lines) >= 2 for lines in per_round)
     assert raced_rounds >= share * len(per_round), \
         f"only {raced_rounds} of {len(per_round)} rounds had attempts at the same time"
+
+
+# -- running the suite in parallel (make test: pytest -n 3 --dist loadgroup) -----------------------
+#
+# Most tests wait (on processes starting, on a server, on a lease to expire) rather than compute,
+# so three workers share the 2 cores well.  The tests that start many processes at once and prove
+# that they raced are kept to one worker, one after the other, so that two of them never compete.
+
+HEAVY = ("test_fifty_processes", "test_twenty_processes", "test_exactly_once_with_skewed",
+         "test_the_same_agent_ending", "test_racing_overwrites", "test_a_killed_upload",
+         "test_eight_processes", "test_compare_and_swap_is_atomic_across_processes",
+         "test_twenty_racers", "test_the_seed_scenario_on_every_python")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.name.startswith(HEAVY) or item.module.__name__ == "test_faults":
+            item.add_marker(pytest.mark.xdist_group("heavy"))

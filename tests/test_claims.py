@@ -46,11 +46,13 @@ def test_twenty_processes_race_for_expired_leases(atomic_settings, client_factor
 
 
 def test_taken_over_holder_cannot_renew_complete_or_release(client_factory, store_clock):
+    # Leases of tens of seconds on a clock that moves: no real second can make them expire early
+    # (S3 stamps whole seconds), however busy the machine is.
     alice, bob = (store_clock.wrap(client_factory(name)) for name in ("alice", "bob"))
-    assert alice.claim("s", ttl=1)["generation"] == 1
+    assert alice.claim("s", ttl=30)["generation"] == 1
     with pytest.raises(tracecraft.Refused, match="held by alice"):
         bob.claim("s")
-    store_clock.advance(2.2)
+    store_clock.advance(32)
     assert bob.claim("s")["generation"] == 2
     for action in (alice.renew, alice.release, alice.complete):
         with pytest.raises(tracecraft.LostLease, match="lost"):
@@ -76,12 +78,11 @@ def test_expired_but_untaken_lease_cannot_complete_but_can_renew(client_factory)
 
 def test_renew_keeps_the_lease_alive(client_factory, store_clock):
     alice, bob = (store_clock.wrap(client_factory(name)) for name in ("alice", "bob"))
-    # S3 stamps whole seconds, so a write may look up to 1 s older than it is: check at t=5,
-    # past the first lease (ends by t=4) and inside the renewed one (ends at t=6, or t=7).
-    alice.claim("s", ttl=4)
-    store_clock.advance(3)
+    # At t=50: past the first lease (it ends at t=40) and inside the renewed one (t=70).
+    alice.claim("s", ttl=40)
+    store_clock.advance(30)
     alice.renew("s")
-    store_clock.advance(2)
+    store_clock.advance(20)
     with pytest.raises(tracecraft.Refused, match="held by alice"):
         bob.claim("s")
 
@@ -166,12 +167,12 @@ def test_wait_for_returns_statuses(client_factory):
 
 def test_heartbeat_renews_every_held_lease(client_factory, store_clock):
     alice, bob = (store_clock.wrap(client_factory(name)) for name in ("alice", "bob"))
-    alice.claim("x", ttl=4)
-    alice.claim("y", ttl=4)
-    store_clock.advance(3)
+    alice.claim("x", ttl=40)
+    alice.claim("y", ttl=40)
+    store_clock.advance(30)
     record = alice.heartbeat()
     assert sorted(record["holding"]) == ["x", "y"]
-    store_clock.advance(2)        # past the first leases, inside the renewed ones
+    store_clock.advance(20)       # past the first leases, inside the renewed ones
     for step in ("x", "y"):
         with pytest.raises(tracecraft.Refused, match="held by alice"):
             bob.claim(step)

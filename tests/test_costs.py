@@ -68,12 +68,12 @@ def test_remembered_state_survives_the_process_and_is_only_a_hint(client_factory
     """A second client of the same agent (a later command-line call) uses what the first
     remembered; a lease taken over meanwhile is still refused to its old holder."""
     first = store_clock.wrap(client_factory("alice"))
-    first.claim("s", ttl=1)
+    first.claim("s", ttl=30)
     first.close()                                             # saves what it remembers
     later = store_clock.wrap(client_factory("alice"))
     calls = counted(later)
-    assert cost(calls, lambda: later.renew("s", ttl=1)) == 1
-    store_clock.advance(1.2)
+    assert cost(calls, lambda: later.renew("s", ttl=30)) == 1
+    store_clock.advance(32)
     store_clock.wrap(client_factory("bob")).claim("s")        # takes the expired lease over
     with pytest.raises(tracecraft.LostLease, match="bob"):
         later.complete("s")
@@ -105,10 +105,10 @@ def test_agents_derive_holdings_from_the_leases(client_factory, store_clock):
     alice, bob = (store_clock.wrap(client_factory(name)) for name in ("alice", "bob"))
     alice.heartbeat(renew=False)
     alice.claim("x")
-    alice.claim("y", ttl=0.5)
+    alice.claim("y", ttl=20)
     bob.claim("z")
     bob.complete("z")
-    store_clock.advance(2.1)            # S3 dates are whole seconds: a second either way
+    store_clock.advance(22)
     listed = {a["agent"]: a for a in bob.agents()}
     assert listed["alice"]["holding"] == ["x"]                 # y expired, z ended
     assert alice.heartbeat()["holding"] == ["x", "y"]          # renews even the expired one
@@ -119,7 +119,6 @@ def test_a_remembered_tail_that_outlived_its_store_leaves_no_dead_inbox(client_f
                                                                        monkeypatch, store_clock):
     """Alice remembers sending message 2; the messages are wiped (a store made again under the
     same name).  Her next message is number 3: readers wait out the gap, then read past it."""
-    monkeypatch.setattr(tracecraft, "LOG_HOLE_SECONDS", 1)
     alice, bob = (store_clock.wrap(client_factory(name)) for name in ("alice", "bob"))
     alice.send("bob", "one")
     alice.send("bob", "two")
@@ -127,7 +126,7 @@ def test_a_remembered_tail_that_outlived_its_store_leaves_no_dead_inbox(client_f
         alice.store.delete(entry.key)
     alice.send("bob", "after the reset")
     assert bob.inbox() == []                      # a fresh gap: perhaps a message not yet listed
-    store_clock.advance(2.2)                      # S3 dates are whole seconds
+    store_clock.advance(tracecraft.LOG_HOLE_SECONDS + 2)
     assert [m["text"] for m in bob.inbox()] == ["after the reset"]
     alice.send("bob", "next")
     assert [m["text"] for m in bob.inbox()] == ["next"]
@@ -156,8 +155,8 @@ def test_hints_never_decide_an_answer(client_factory):
 
 def test_heartbeat_reports_a_remembered_lease_taken_over(client_factory, store_clock):
     alice, bob = (store_clock.wrap(client_factory(name)) for name in ("alice", "bob"))
-    alice.claim("s", ttl=0.5)
-    store_clock.advance(2.1)
+    alice.claim("s", ttl=20)
+    store_clock.advance(22)
     bob.claim("s")
     warnings = []
     alice.warn = warnings.append
