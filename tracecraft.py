@@ -5079,10 +5079,13 @@ def build_parser(argv=None):
             "codex mcp add tracecraft --env TRACECRAFT_AGENT=developer -- tracecraft mcp",
             epilog="set TRACECRAFT_AGENT in the client's environment for each agent.")
 
-    memory = command("memory", None, "Shared key-value memory (values are JSON).")
-    memory_commands = memory.add_subparsers(dest="memory_command", metavar="ACTION",
-                                            prog="tracecraft memory")
-    memory_commands.required = True
+    def group(name, summary):   # a command of commands: tracecraft memory set ...
+        actions = command(name, None, summary).add_subparsers(
+            dest=f"{name}_command", metavar="ACTION", prog=f"tracecraft {name}")
+        actions.required = True
+        return actions
+
+    memory_commands = group("memory", "Shared key-value memory (values are JSON).")
     p = command("set", cmd_memory_set, "Set KEY to VALUE (JSON if it parses, else a string).",
                 "tracecraft memory set design.status complete",
                 "tracecraft memory set build.attempts 3",
@@ -5172,10 +5175,7 @@ def build_parser(argv=None):
     p.add_argument("steps", nargs="+", metavar="STEP")
     p.add_argument("--timeout", default="300", help="e.g. 30, 90s, 10m (default: 300s)")
 
-    artifact = command("artifact", None, "Share files between agents.")
-    artifact_commands = artifact.add_subparsers(dest="artifact_command", metavar="ACTION",
-                                                prog="tracecraft artifact")
-    artifact_commands.required = True
+    artifact_commands = group("artifact", "Share files between agents.")
     p = command("upload", cmd_artifact_upload, "Upload a file (refuses to replace one).",
                 "tracecraft artifact upload mockup.html --step design",
                 "pytest 2>&1 | tracecraft artifact upload - --name test-log.txt",
