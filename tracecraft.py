@@ -2127,6 +2127,9 @@ def config_warnings(settings):
     if settings.get("insecure"):
         warnings.append("TLS certificate verification is off (--insecure): anyone on the path "
                         "can impersonate the store")
+    if settings.get("unsafe_store"):
+        warnings.append("this store ignores conditional writes (accepted at init with "
+                        "--accept-unsafe-store): claims, memory updates and inboxes are not safe")
     return warnings
 
 
@@ -3799,7 +3802,7 @@ class Artifacts(_Peer):
                     if u is not upload and u["sha256"] != upload["sha256"]][:self.PREVIOUS]
         healed = dict(got[0], **{k: upload[k] for k in _ENTRY_FIELDS}, previous=previous)
         try:
-            self.records.write(meta_key, healed, replacing=blob)
+            self.records.write(meta_key, healed, replacing=got[1])
         except (PreconditionFailed, ConditionalConflict, NoSuchKey):
             pass   # someone else changed it: theirs is newer
 
@@ -4023,10 +4026,13 @@ def connect(project=None, agent=None, *, config=None, warn=None, **settings):
 
 
 def open_client(settings, warn=None):
-    """The Client that resolved settings (resolve_settings()) describe."""
+    """The Client that resolved settings (resolve_settings()) describe; what is unsafe about
+    them goes to `warn`."""
     if not settings.get("project"):
         raise ConfigError("no project: pass project=..., set TRACECRAFT_PROJECT, or run "
                           "`tracecraft init`")
+    for note in config_warnings(settings) if warn else ():
+        warn(note)
     return Client(open_store(settings), settings["project"], settings.get("agent"), warn=warn)
 
 
@@ -4524,13 +4530,7 @@ def _open_client(args, warn):
         raise ConfigError("no tracecraft config found here, in any parent directory or in "
                           f"{user_config_path()}: run `tracecraft init` first (or set "
                           "TRACECRAFT_CONFIG)")
-    settings = resolve_settings(path, project=args.project, agent=args.agent)
-    for note in config_warnings(settings):
-        warn(note)
-    if settings.get("unsafe_store"):
-        warn("this store ignores conditional writes (accepted at init with "
-             "--accept-unsafe-store): claims, memory updates and inboxes are not safe")
-    return open_client(settings, warn)
+    return open_client(resolve_settings(path, project=args.project, agent=args.agent), warn)
 
 
 def _client(args):

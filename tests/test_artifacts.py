@@ -6,13 +6,13 @@ import random
 import signal
 import stat
 import subprocess
-import sys
 import time
 
 import pytest
 
 import tracecraft
 from conftest import CLI, COMMAND, clean_env, init_args, race, racer_outputs
+from fakes import StoreClock
 
 
 def test_round_trip_keeps_bytes_and_metadata(client_factory, tmp_path):
@@ -134,8 +134,9 @@ def test_an_upload_that_dies_after_its_metadata_leaves_the_artifact_before_it(
         client_factory, tmp_path, dies):
     """The window a kill -9 rarely hits, hit every time: the new upload's metadata is written,
     its bytes never arrive.  The artifact downloads, verified, as the upload before it, and is
-    listed as that one."""
-    alice, bob = client_factory("alice"), client_factory("bob")
+    listed as that one; once that upload's time is up, the metadata is healed to say so."""
+    clock = StoreClock()
+    alice, bob = clock.wrap(client_factory("alice")), clock.wrap(client_factory("bob"))
     one, two = tmp_path / "one.bin", tmp_path / "two.bin"
     one.write_bytes(b"one" * 1000)
     two.write_bytes(b"TWO" * 1000)   # the same size: only the bytes tell them apart
@@ -157,6 +158,13 @@ def test_an_upload_that_dies_after_its_metadata_leaves_the_artifact_before_it(
     assert meta["sha256"] == hashlib.sha256(one.read_bytes()).hexdigest()
     assert meta["uploader"] == "alice"
     assert [m["sha256"] for m in bob.artifacts.list()] == [meta["sha256"]]
+    meta_key = bob.key("artifacts", "shared", ".meta", "a.bin.json")
+    assert json.loads(bob.store.get(meta_key).body)["size"] == 3000   # still says two's
+    clock.advance(3600)
+    bob.artifacts.download("a.bin", dest=str(tmp_path / "healed.bin"))
+    healed = json.loads(bob.store.get(meta_key).body)
+    assert healed["sha256"] == meta["sha256"] and healed["uploader"] == "alice"
+    assert meta["sha256"] not in [u["sha256"] for u in healed["previous"]]
     alice.artifacts.upload(str(two), name="a.bin", overwrite=True)   # and it can be replaced
     _, again = bob.artifacts.download("a.bin", dest=str(tmp_path / "again.bin"))
     assert again["sha256"] == hashlib.sha256(two.read_bytes()).hexdigest()

@@ -168,3 +168,19 @@ def test_a_deleted_working_directory_is_a_clear_error(tmp_path):
                              'memory get k', sys.executable, TRACECRAFT], env=env,
                             capture_output=True, text=True)
     assert result.returncode == 2 and "current directory no longer exists" in result.stderr
+
+
+def test_the_python_api_hears_what_is_unsafe_about_its_settings(tmp_path):
+    heard = []
+    config = tmp_path / "c.json"
+    config.write_text("{}")
+    tc = tracecraft.connect(project="p", agent="a", backend="s3", endpoint="http://192.0.2.1:9",
+                            bucket="bkt", access_key="k", secret_key="s", insecure=True,
+                            config=str(config), warn=heard.append)
+    tc.close()          # nothing was asked of the store: no request was made
+    assert any("plain http" in h for h in heard) and any("TLS certificate" in h for h in heard)
+    config.write_text(json.dumps({"backend": "local", "root": str(tmp_path / "store"),
+                                  "project": "p", "agent": "a", "unsafe_store": True}))
+    heard.clear()
+    tracecraft.connect(config=str(config), warn=heard.append).close()
+    assert len(heard) == 1 and "ignores conditional writes" in heard[0]

@@ -53,3 +53,25 @@ def test_each_section_says_what_it_owns_and_what_it_calls():
     for line, number, title in section_headers():
         header = " ".join(LINES[line - 1:line + 4])
         assert "Owns:" in header and "Calls:" in header, f"section {number} ({title})"
+
+
+def test_every_name_a_function_reads_is_defined():
+    """The class of a NameError that only a rare path reaches (a download healing stale
+    metadata once read `blob`, defined nowhere in its function)."""
+    import builtins
+    import symtable
+    top = symtable.symtable(SOURCE, "tracecraft.py", "exec")
+    defined = {s.get_name() for s in top.get_symbols() if s.is_assigned() or s.is_imported()}
+    defined |= set(dir(builtins)) | {"__file__", "__name__", "__doc__"}
+    undefined = []
+
+    def visit(table):
+        for child in table.get_children():
+            if child.get_type() == "function":
+                undefined.extend(f"{child.get_name()} (line {child.get_lineno()}) reads "
+                                 f"{s.get_name()}" for s in child.get_symbols()
+                                 if s.is_global() and s.is_referenced()
+                                 and s.get_name() not in defined)
+            visit(child)
+    visit(top)
+    assert not undefined, "\n".join(undefined)
