@@ -356,7 +356,9 @@ def check_memory_key(key):
 def check_artifact_name(name):
     check_name("artifact name", name)
     if name.startswith("."):
-        raise UsageError(f"artifact name {name!r} must not start with '.' (use --name to rename)")
+        wrong = f"artifact name {shown(name)!r} must not start with '.'"
+        raise UsageError(f"{wrong} (pass name= to rename it)", cli=f"{wrong} (use --name to "
+                         "rename it)")
     return name
 
 
@@ -382,8 +384,8 @@ def _duration(seconds):
 
 # ==================================================================================================
 # 3. SigV4 and transport.  Owns: AWS Signature Version 4 and the one HTTP request path with its
-#    retry policy and deadline, and the file bodies it sends.  Calls: sections 1-2.  _socket (socket and ssl too, for https) is imported at the
-#    first request.
+#    retry policy and deadline, and the file bodies it sends.  Calls: sections 1-2.  _socket (and
+#    ssl, for https) is imported at the first request.
 # ==================================================================================================
 
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -1010,8 +1012,8 @@ class Blob:
     def __init__(self, key, body, etag, size, last_modified=None, server_time=None):
         self.key, self.body, self.etag, self.size = key, body, etag, size
         self.last_modified, self.server_time = last_modified, server_time
-        self.chain = None   # [writer, nonce] of the last conditional writes (Client.write)
-        self.sent = None    # (time.time(), time.monotonic()) when this was written (Client.write)
+        self.chain = None   # [writer, nonce] of the last conditional writes (Records.write)
+        self.sent = None    # (time.time(), time.monotonic()) when this was written (Records.write)
 
 
 class Entry:
@@ -1723,8 +1725,10 @@ class S3Store(Store):
         if addressing not in ("path", "virtual"):
             raise ConfigError(f"addressing must be 'path' or 'virtual', not {addressing!r}")
         if not access_key or not secret_key:
-            raise ConfigError("no S3 credentials: pass --access-key/--secret-key to init, or set "
-                              "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE")
+            env = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+            raise ConfigError(f"no S3 credentials: pass access_key= and secret_key=, or {env}",
+                              cli="no S3 credentials: pass --access-key/--secret-key to init, or "
+                              + env)
         for what, value in (("access key", access_key), ("secret key", secret_key),
                             ("session token", session_token)):
             # Never shown, whatever it is: a credential's value must not reach an error message.
@@ -1857,7 +1861,8 @@ class S3Store(Store):
             hint = ("the secret key is probably wrong" if code == "SignatureDoesNotMatch"
                     else "the store does not know this access key")
             return BadCredentials(f"the store at {self.endpoint} refused the credentials ({code}): "
-                                  f"{hint}; check --access-key/--secret-key or AWS_* variables")
+                                  f"{hint}; check the access key and secret key (or the AWS_* "
+                                  "variables)")
         if code in ("BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"):
             return BadDigest(f"the store refused {what}: the bytes it received do not match "
                              "their digest (the file changed while it was sent)")
@@ -1926,7 +1931,8 @@ class S3Store(Store):
             elif start_after:
                 query.append(("start-after", start_after))
             resp = self.request("GET", query=query)
-            text, server_time = resp.body.decode("utf-8", "replace"), _http_date(resp.headers.get("date"))
+            text = resp.body.decode("utf-8", "replace")
+            server_time = _http_date(resp.headers.get("date"))
             if "ListBucketResult" not in text:
                 raise StoreError(f"{self.endpoint} answered a listing that is not S3's XML "
                                  "(is the endpoint an S3 server?)")
@@ -2003,9 +2009,11 @@ class HFStore(S3Store):
                     if os.environ.get("HF_TOKEN") else
                     " Generate them at https://huggingface.co/settings/tokens (\"Generate S3 "
                     "credentials\" on a token with write access)")
-            raise ConfigError("no S3 credentials for Hugging Face: pass --access-key/--secret-key "
-                              "(HFAK...) to init, or set HF_S3_ACCESS_KEY_ID and "
-                              "HF_S3_SECRET_ACCESS_KEY." + hint)
+            env = "set HF_S3_ACCESS_KEY_ID and HF_S3_SECRET_ACCESS_KEY." + hint
+            raise ConfigError("no S3 credentials for Hugging Face: pass access_key= and "
+                              f"secret_key= (HFAK...), or {env}", cli="no S3 credentials for "
+                              f"Hugging Face: pass --access-key/--secret-key (HFAK...) to init, "
+                              f"or {env}")
         gateway = (endpoint or HF_GATEWAY).rstrip("/")
         super().__init__(self.check_bucket(name), endpoint=f"{gateway}/{self.namespace}",
                          region="us-east-1", access_key=access_key, secret_key=secret_key,
@@ -2147,7 +2155,8 @@ def _aws_profile(name):
     """Keys of one profile from ~/.aws/credentials, then ~/.aws/config ("profile NAME")."""
     import configparser
     home = os.path.expanduser("~")
-    files = [(os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(home, ".aws", "credentials"), name),
+    files = [(os.environ.get("AWS_SHARED_CREDENTIALS_FILE")
+              or os.path.join(home, ".aws", "credentials"), name),
              (os.environ.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config"),
               name if name == "default" else f"profile {name}")]
     for path, section in files:
@@ -2259,7 +2268,7 @@ HISTORY_LIMIT, HISTORY_BYTES = 10, 64 * 1024
 LOG_WIDTH = 12          # message numbers are stored inverted, so a listing starts at the newest
 LOG_TOP = 10 ** LOG_WIDTH
 LOG_PAGE = 50           # keys in the first listing page of an inbox read
-LOG_HOLE_SECONDS = 30   # a gap in a log this old is a hole (see Client._behind_hole)
+LOG_HOLE_SECONDS = 30   # a gap in a log this old is a hole (see Inbox._behind_hole)
 RECENT_WRITERS = 32       # writers a record remembers, to recognise a retried write that won
 CONTENTION_SECONDS = 30.0  # how long a compare-and-swap loop keeps trying before it gives up
 CLOCK_MARGIN = 1.0      # S3 stamps whole seconds: a lease judged on this machine's clock is
@@ -2280,8 +2289,9 @@ def _quoted(version):
     bare = version.strip('"')
     if not bare or len(bare) > 128 or not all(c.isascii() and (c.isalnum() or c in "-_.")
                                               for c in bare):
-        raise UsageError(f"{shown(version)!r:.60} is not a version (use the one `memory get "
-                         "--json` prints)")
+        wrong = f"{shown(version)!r:.60} is not a version"
+        raise UsageError(f"{wrong} (use the one memory.record() returns)",
+                         cli=f"{wrong} (use the one `memory get --json` prints)")
     return f'"{bare}"'
 
 
@@ -2389,7 +2399,8 @@ class _Peer:
 # ==================================================================================================
 # 6a. Records.  Owns: how a record is written (plainly, create-only, compare-and-swap with
 #    nonces), read and checked, updated until it sticks, and what this agent remembers between
-#    calls (the cache directory).  Calls: sections 1-5.  Every peer below writes through it.
+#    calls (the cache directory).  Calls: sections 1-5.  Every record a peer below writes goes
+#    through it; deletes, emptied messages and artifact bytes go to the store directly.
 # ==================================================================================================
 
 class Records(_Peer):
@@ -2479,19 +2490,19 @@ class Records(_Peer):
             if isinstance(writers, list) else []
         return record
 
-    def update(self, key, change, create=True):
-        """Read-modify-write with compare-and-swap until it sticks: `change(record or None)`
-        returns the new record (or raises).  Returns (new record, the Blob written).
+    def update(self, key, change):
+        """The one read-modify-write: compare-and-swap until it sticks.  `change(got)`, given
+        (record, Blob) or None, returns the new record or raises.  Returns (new record, the
+        Blob written).
 
         The first attempt starts from the version this agent last wrote, if it remembers one
-        (see _recall): one request instead of two while nobody else writes the key."""
-        hint = self.recalled(key)
+        (remembered()): one request instead of two while nobody else writes the key.  What
+        change() refuses on that version is judged again on what the store holds."""
+        hint = self.remembered(key)
         for _ in _retries(key):
             got = hint or self.read(key, missing_ok=True)
-            if got is None and not create:
-                raise NotFound(f"no object {key}")
             try:
-                new = change(got[0] if got else None)
+                new = change(got)
             except TracecraftError:
                 if hint is None:
                     raise
@@ -2527,7 +2538,7 @@ class Records(_Peer):
         return os.path.join(self._state_dir, kind,
                             _hash("sha1", name.encode("utf-8")).hexdigest() + ".json")
 
-    def recall(self, kind, name):
+    def kept(self, kind, name):
         if (kind, name) not in self._memo:
             try:
                 with open(self.state_path(kind, name), "rb") as f:
@@ -2566,7 +2577,7 @@ class Records(_Peer):
                                         "etag": written.etag, "sent": written.sent[0],
                                         "mono": written.sent[1]})
 
-    def recalled(self, key):
+    def remembered(self, key):
         """(record, Blob) of the version of `key` this agent last wrote, or None: the very bytes
         the store holds if the ETag still matches, parsed afresh for every caller.
 
@@ -2574,7 +2585,7 @@ class Records(_Peer):
         no earlier than it was sent, and the time since then is the larger of what the wall
         clock and the monotonic clock say (a wall clock stepped back cannot make a lease look
         younger; after a reboot, when the monotonic clock restarts, the lease looks expired)."""
-        found = self.recall("versions", key)
+        found = self.kept("versions", key)
         if not found or not isinstance(found.get("body"), str) or \
                 not isinstance(found.get("etag"), str) or \
                 not all(isinstance(found.get(f), (int, float)) and not isinstance(found[f], bool)
@@ -2670,7 +2681,8 @@ class Memory(_Peer):
                 raise Refused(f"memory key {key} changed meanwhile (version is now "
                               f"{self._current_version(key)})") from None
             return self._written(path, record, written)
-        record, written = self.records.update(path, lambda old: self._next(key, old, value))
+        record, written = self.records.update(
+            path, lambda got: self._next(key, got and got[0], value))
         return self._shape(record, written)
 
     def _written(self, path, record, written):
@@ -2689,7 +2701,8 @@ class Memory(_Peer):
             raise UsageError(f"increment must be a number, not {shown(repr(by)):.40}")
         check_json("increment", by)
 
-        def change(old):
+        def change(got):
+            old = got and got[0]
             value = (old or {}).get("value", 0)
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise UsageError(f"memory key {key} holds {type(value).__name__}, not a number")
@@ -2763,7 +2776,7 @@ class Memory(_Peer):
 
 # ==================================================================================================
 # 6c. Inbox.  Owns: messages/<log>/ (the numbered logs) and cursors/<agent>.json.
-#    Calls: sections 1-5, 6a.
+#    Calls: sections 1-5, 6a, and 6e's touch() (an agent waiting for mail stays online).
 # ==================================================================================================
 
 def _log_name(n):
@@ -2887,7 +2900,7 @@ class Inbox(_Peer):
         check_text("message", text)
         if len(text.encode("utf-8")) > MAX_VALUE:
             raise UsageError(f"message is larger than the {MAX_VALUE // 1024} KiB limit")
-        n = (self.records.recall("tails", to) or {}).get("n")
+        n = (self.records.kept("tails", to) or {}).get("n")
         if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < LOG_TOP - 1:
             n = self.tail(to)
             if n == 0 and to != BROADCAST and \
@@ -2929,9 +2942,12 @@ class Inbox(_Peer):
                     lambda: f"no new message within {_seconds(timeout)}", 0.1, 2.0,
                     self.client.cancel, self.client.agents.touch)
 
-    def cursor(self, got, where):
+    START = {"direct": 0, "broadcast": 0}   # the read position of an agent that read nothing
+
+    def _position(self, got, where):
+        """The read position in a cursor record (`got`: (record, blob) or None), checked."""
         if not got:
-            return {"direct": 0, "broadcast": 0}
+            return self.START
         return {kind: _field(got[0], kind, int, where, 0, 0, LOG_TOP - 1)
                 for kind in ("direct", "broadcast")}
 
@@ -2939,8 +2955,8 @@ class Inbox(_Peer):
         cursor_key = self.client.key("cursors", me + ".json")
         for _ in _retries(f"the inbox of {me}"):
             got = self.records.read(cursor_key, missing_ok=True)
-            cursor = self.cursor(got, f"cursor {cursor_key}")
-            start = {"direct": 0, "broadcast": 0} if everything else cursor
+            cursor = self._position(got, f"cursor {cursor_key}")
+            start = self.START if everything else cursor
             logs = {kind: self._since(me if kind == "direct" else BROADCAST, start[kind],
                                       contiguous=not everything)
                     for kind in ("direct", "broadcast")}
@@ -2994,18 +3010,18 @@ class Inbox(_Peer):
         """How many messages `agent` has not read yet (direct and broadcast): two requests."""
         where = f"cursor of {agent}"
         try:
-            cursor = self.cursor(self.records.read(self.client.key("cursors", agent + ".json"),
-                                                   missing_ok=True), where)
+            cursor = self._position(self.records.read(
+                self.client.key("cursors", agent + ".json"), missing_ok=True), where)
         except CorruptObject as exc:
             self.client.warn_once(f"skipped {exc}")
-            cursor = {"direct": 0, "broadcast": 0}
+            cursor = self.START
         return max(0, self.tail(agent) - cursor["direct"]) + \
             max(0, broadcast_tail - cursor["broadcast"])
 
 
 # ==================================================================================================
 # 6d. Steps.  Owns: steps/<id>/claim.json (the lease), status.json and handoff.json.
-#    Calls: sections 1-5, 6a.
+#    Calls: sections 1-5, 6a, and 6e's touch() (an agent waiting for steps stays online).
 # ==================================================================================================
 
 class Lease:
@@ -3024,7 +3040,7 @@ class Lease:
         renew it but not end it; another agent's claim takes it over (generation + 1), and
         then the old holder has lost it: its renew, release and complete are refused.
 
-    `got` is (record, blob) from Client.read(), or None; `since`: local seconds since the read
+    `got` is (record, blob) from Records.read(), or None; `since`: local seconds since the read
     (a read reused by status --watch).  A record that is not shaped like a lease raises
     CorruptObject."""
     __slots__ = ("step", "record", "blob", "since")
@@ -3058,6 +3074,9 @@ class Lease:
     @property
     def ended_by(self):
         return self.record.get("ended_by")
+
+    def held_by(self, agent):
+        return self.state == "held" and self.holder == agent
 
     def left(self):
         """Seconds until the lease expires, by the store's clock (its Last-Modified and Date),
@@ -3144,58 +3163,28 @@ class Steps(_Peer):
         self.records.remember(key, written)
         return dict(Lease(step, (lease, written)).shape(), already_held=False)
 
-    def _own_lease(self, step, verb):
-        """(lease, blob) if this agent holds the step (even if expired but not taken over)."""
-        me = self.client.me()
-        key = self.key(step, "claim")
-        got = self.records.read(key, missing_ok=True)
-        if got is None:
-            raise Refused(f"step {step} is not claimed; claim it first")
+    def _own(self, step, got, verb):
+        """The Lease `got` if this agent holds it (even expired, while not taken over); else
+        Refused or LostLease saying why."""
         lease = Lease(step, got)
+        if lease.blob is None:
+            raise Refused(f"step {step} is not claimed; claim it first")
+        if lease.held_by(self.client.me()):
+            return lease
+        self.records.forget(lease.blob.key)
         if lease.state in ENDED:
-            self.records.forget(key)
             raise Refused(f"step {step} is already {lease.state}")
-        if lease.holder != me or lease.state != "held":
-            self.records.forget(key)
-            who = f"{lease.holder} holds it now (generation {lease.record['generation']})" \
-                if lease.state == "held" else "the lease was released"
-            raise LostLease(f"cannot {verb} step {step}: this agent lost it; {who}")
-        return got
-
-    def _remembered_lease(self, key):
-        """The lease on `key` as this agent last wrote it, if it was then held by this agent."""
-        got = self.records.recalled(key)
-        if got and got[0].get("agent") == self.client.agent and got[0].get("state") == "held":
-            try:
-                Lease(key, got)
-            except CorruptObject:
-                return None
-            return got
-        return None
+        who = f"{lease.holder} holds it now (generation {lease.record['generation']})" \
+            if lease.state == "held" else "the lease was released"
+        raise LostLease(f"cannot {verb} step {step}: this agent lost it; {who}")
 
     def _change_own_lease(self, step, verb, change):
-        """Replace this agent's lease with `change(lease)` by compare-and-swap: first on the
-        version this agent remembers writing (one request), and if that is stale, on a fresh
-        read.  Raises LostLease when the lease is no longer this agent's."""
-        key = self.key(step, "claim")
-        remembered = self._remembered_lease(key)
-        if remembered:
-            new = change(remembered[0])
-            try:
-                written = self.records.write(key, new, replacing=remembered[1])
-                self.records.remember(key, written)
-                return Lease(step, (new, written))
-            except (PreconditionFailed, ConditionalConflict, NoSuchKey):
-                pass   # changed since: decide on what the store holds now
-        lease, blob = self._own_lease(step, verb)
-        new = change(lease)
-        try:
-            written = self.records.write(key, new, replacing=blob)
-        except (PreconditionFailed, ConditionalConflict, NoSuchKey):
-            raise LostLease(f"cannot {verb} step {step}: the lease changed meanwhile "
-                            "(taken over?)") from None
-        self.records.remember(key, written)
-        return Lease(step, (new, written))
+        """Replace this agent's lease with `change(lease record)` (Records.update: on the version
+        this agent remembers writing, one request, while it is current).  Raises LostLease when
+        the lease is no longer this agent's."""
+        got = self.records.update(self.key(step, "claim"),
+                                  lambda got: change(self._own(step, got, verb).record))
+        return Lease(step, got)
 
     def renew(self, step, ttl=None):
         """Extend this agent's lease on a step by its ttl (or a new one) from now."""
@@ -3228,26 +3217,14 @@ class Steps(_Peer):
             check_text("note", note)
             if len(note.encode("utf-8")) > MAX_VALUE:
                 raise UsageError(f"note is larger than the {MAX_VALUE // 1024} KiB limit")
-        key = self.key(step, "claim")
-        remembered = None if force else self._remembered_lease(key)
-        if remembered and Lease(step, remembered).left() > 0:
-            try:   # one request: the lease as this agent last wrote it
-                return self._end(step, key, self._ended(remembered[0], status, note, False),
-                                 remembered[1])
-            except (PreconditionFailed, ConditionalConflict):
-                pass   # changed since this agent wrote it: decide on what the store holds now
-        lease = self.lease(step)
-        forced = self._may_end(step, lease, force)
-        record = lease.record if lease.blob else {"step": step, "agent": self.client.agent,
-                                                  "generation": 1, "ttl": DEFAULT_TTL}
-        try:
-            return self._end(step, key, self._ended(record, status, note, forced), lease.blob)
-        except (PreconditionFailed, ConditionalConflict):
-            now = self.lease(step)
-            if now.state in ENDED:
-                self._already_ended(step, now)   # ended by a call that won the race
-            raise LostLease(f"cannot end step {step}: the lease changed meanwhile (taken over: "
-                            f"{now.holder} holds it now)") from None
+
+        def end(got):   # on a version that changed meanwhile, judged again on the new one
+            lease = Lease(step, got)
+            forced = self._may_end(step, lease, force)
+            record = lease.record if lease.blob else {"step": step, "agent": self.client.agent,
+                                                      "generation": 1, "ttl": DEFAULT_TTL}
+            return self._ended(record, status, note, forced)
+        return self._publish_end(step, *self.records.update(self.key(step, "claim"), end))
 
     def _may_end(self, step, lease, force):
         """Refuse, saying why, unless this agent may end the step now: it holds a live lease on
@@ -3255,16 +3232,17 @@ class Steps(_Peer):
         me, fix = self.client.agent, ("force", "to end it anyway")
         if lease.blob is None:
             if not force:
-                raise Refused(f"step {step} is not claimed by anyone: claim it first", fix=fix)
+                raise Refused(f"step {step} is not claimed by anyone: claim it first", fix=fix,
+                              cli=f"step {step} is not claimed by anyone: claim it first "
+                              f"(tracecraft claim {step}), or end it anyway with --force")
             return True
         if lease.state in ENDED:
             self._already_ended(step, lease)
-        held = lease.state == "held"
-        live = held and lease.left() > 0
+        live = lease.held_by(me) and lease.left() > 0
         if force:
-            return lease.holder != me or not live
+            return not live
         generation = lease.record["generation"]
-        if not held:
+        if lease.state != "held":
             raise LostLease(f"cannot end step {step}: its lease was released; claim it first")
         if lease.holder != me:
             if lease.record.get("previous") == me:
@@ -3283,15 +3261,6 @@ class Steps(_Peer):
         return dict(lease, state=status, ended_by=self.client.agent, ended_at=self.client.now(),
                     forced=forced, note=note)
 
-    def _end(self, step, key, end, blob):
-        """Write the ended lease by compare-and-swap on `blob` (create-only where there was
-        none), then what follows it; PreconditionFailed when the lease changed since."""
-        try:
-            written = self.records.write(key, end, create_only=blob is None, replacing=blob)
-        except NoSuchKey:
-            raise PreconditionFailed(f"{key} is gone") from None
-        return self._publish_end(step, end, written)
-
     def _already_ended(self, step, lease):
         """Refuse to end a step again, saying how it ended; first write the status.json that a
         call which died after ending the lease may have left unwritten."""
@@ -3306,12 +3275,13 @@ class Steps(_Peer):
         shape = Lease(step, (lease, written)).shape()
         if shape["note"] is not None:
             self.records.write(self.key(step, "handoff"),
-                       {"step": step, "note": shape["note"], "status": shape["status"],
-                        "by": shape["ended_by"], "at": shape["ended_at"]})
+                               {"step": step, "note": shape["note"], "status": shape["status"],
+                                "by": shape["ended_by"], "at": shape["ended_at"]})
         self.records.write(self.key(step, "status"),
-                   {"step": step, "status": shape["status"], "holder": shape["holder"],
-                    "generation": shape["generation"], "note": shape["note"],
-                    "forced": shape["forced"], "by": shape["ended_by"], "at": shape["ended_at"]})
+                           {"step": step, "status": shape["status"], "holder": shape["holder"],
+                            "generation": shape["generation"], "note": shape["note"],
+                            "forced": shape["forced"], "by": shape["ended_by"],
+                            "at": shape["ended_at"]})
         self.records.forget(self.key(step, "claim"))
         return shape
 
@@ -3328,10 +3298,11 @@ class Steps(_Peer):
         WAIT_POLL_FAST seconds right after progress, backing off to every WAIT_POLL_MAX seconds
         while nothing happens."""
         if isinstance(steps, str) or not isinstance(steps, (list, tuple)):
-            raise UsageError("wait-for needs a list of step ids")
+            raise UsageError("steps must be a list of step ids")
         pending = list(dict.fromkeys(check_name("step id", s) for s in steps))
         if not pending:
-            raise UsageError("wait-for needs at least one step id")
+            raise UsageError("steps must name at least one step", cli="wait-for needs at least "
+                             "one step id")
         if timeout is not None:
             timeout = check_number("the timeout", timeout, 0, MAX_SECONDS, True)
         done = {}
@@ -3380,19 +3351,27 @@ class Steps(_Peer):
                     self.client.warn_once(f"skipped {entry.key}: {exc}")
         return leases
 
+    def _remembered_as_held(self, key):
+        """Whether this agent last wrote the lease on `key` as held by itself."""
+        got = self.records.remembered(key)
+        try:
+            return bool(got) and Lease(key, got).held_by(self.client.agent)
+        except CorruptObject:
+            return False
+
     def renew_held(self):
         """Renew every lease this agent holds (heartbeat); returns the steps renewed.  Leases it
         remembers holding that another agent took over are reported through warn(), once."""
         renewed = []
         for lease in self.leases(ended=False):
             key = self.key(lease.step, "claim")
-            if lease.holder == self.client.agent and lease.state == "held":
+            if lease.held_by(self.client.agent):
                 try:
                     self.renew(lease.step)
                     renewed.append(lease.step)
                 except Refused as exc:
-                    self.client.warn(str(exc))
-            elif self._remembered_lease(key):
+                    self.client.warn(exc.for_cli())
+            elif self._remembered_as_held(key):
                 self.client.warn(f"this agent lost step {lease.step}: {lease.holder} holds it now "
                                  f"(generation {lease.record.get('generation')})")
                 self.records.forget(key)
@@ -3418,7 +3397,7 @@ class Agents(_Peer):
 
     def __call__(self, cache=None, leases=None):
         """Every agent with a record: agent, state (online / idle / offline by heartbeat age, on
-        the store's clock), holding (the steps it holds, from the leases; `leases`: _leases()
+        the store's clock), holding (the steps it holds, from the leases; `leases`: Steps.leases()
         already read), last_seen, age_seconds, host.  `cache`: see status()."""
         result = []
         cache = {} if cache is None else cache
@@ -4229,7 +4208,7 @@ def serve_mcp(open_client, stdin=None, stdout=None):
             except Cancelled:
                 pass
             except TracecraftError as exc:   # opening a client failed
-                reply({"id": request_id, "result": _tool_error(str(exc))})
+                reply({"id": request_id, "result": _tool_error(exc.for_cli())})
             finally:
                 with state:
                     running.pop(_hashable(request_id), None)
@@ -4336,7 +4315,7 @@ def _tool_result(client, name, arguments):
     except Cancelled:
         raise
     except TracecraftError as exc:
-        return _tool_error(str(exc))
+        return _tool_error(exc.for_cli())
     except Exception as exc:   # a bug: the session must go on, and say so
         return _tool_error(f"internal error in tracecraft ({type(exc).__name__}: {exc}): a bug, "
                            "please report it")
@@ -4886,7 +4865,7 @@ def cmd_doctor(args, out):
             if not client.read_only:
                 checks += client.probe()
         except TracecraftError as exc:
-            checks.append(("store", False, str(exc)))
+            checks.append(("store", False, exc.for_cli()))
     ok = all(passed for _, passed, _ in checks)
     out.result({"ok": ok, "checks": [{"check": c, "ok": p, "detail": d} for c, p, d in checks]},
                *[f"{'ok  ' if p else 'FAIL'}  {c}: {d}" for c, p, d in checks])
@@ -4910,7 +4889,7 @@ def cmd_status(args, out):
             client.status(cache)) for line in text.split("\n")), flush=True)
         return None, False   # never done: until interrupted
     try:
-        poll(redraw, None, None, interval, interval, tick=client.touch)
+        poll(redraw, None, None, interval, interval)   # a person watching is no agent at work
     except KeyboardInterrupt:
         return EXIT_OK
 
@@ -5060,11 +5039,13 @@ def build_parser(argv=None):
                         f"./{CONFIG_NAME}")
 
     command("agents", cmd_agents, "List agents: online / idle / offline, the steps they hold.",
-            "tracecraft agents", "tracecraft agents --json", epilog=f"online: seen in the last {ONLINE_SECONDS // 60} minutes; idle: in the last "
+            "tracecraft agents", "tracecraft agents --json",
+            epilog=f"online: seen in the last {ONLINE_SECONDS // 60} minutes; idle: in the last "
                    f"{IDLE_SECONDS // 60}; every command refreshes the heartbeat (at most once "
                    "a minute).")
     command("heartbeat", cmd_heartbeat, "Record that this agent is alive and renew its leases.",
-            "tracecraft heartbeat", "while sleep 300; do tracecraft heartbeat; done &", epilog="run it every few minutes during long work so leases do not expire.")
+            "tracecraft heartbeat", "while sleep 300; do tracecraft heartbeat; done &",
+            epilog="run it every few minutes during long work so leases do not expire.")
     command("doctor", cmd_doctor, "Check config, store, credentials, conditional writes, "
                                   "latency and clock skew.", "tracecraft doctor",
             "tracecraft doctor --json")
@@ -5073,7 +5054,8 @@ def build_parser(argv=None):
     p.add_argument("--watch", nargs="?", const="2", metavar="SECONDS",
                    help="redraw every SECONDS (default 2) until interrupted")
     command("prompt", cmd_prompt, "Print instructions for CLAUDE.md / AGENTS.md.",
-            "tracecraft prompt >> CLAUDE.md", "tracecraft prompt --agent reviewer", epilog="use --agent NAME to write them for another agent.")
+            "tracecraft prompt >> CLAUDE.md", "tracecraft prompt --agent reviewer",
+            epilog="use --agent NAME to write them for another agent.")
     command("mcp", cmd_mcp, "Serve the tools over the Model Context Protocol (stdio).",
             "claude mcp add tracecraft --env TRACECRAFT_AGENT=designer -- tracecraft mcp",
             "codex mcp add tracecraft --env TRACECRAFT_AGENT=developer -- tracecraft mcp",
@@ -5121,13 +5103,15 @@ def build_parser(argv=None):
     p = command("send", cmd_send, "Send a message to an agent, or to _broadcast for everyone.",
                 "tracecraft send developer Design is ready",
                 "tracecraft send _broadcast 'build is red: do not merge'",
-                "git log -1 | tracecraft send reviewer -", epilog="MESSAGE may be several words; '-' reads it from standard input.")
+                "git log -1 | tracecraft send reviewer -",
+                epilog="MESSAGE may be several words; '-' reads it from standard input.")
     p.add_argument("to", metavar="AGENT")
     p.add_argument("message", nargs="+")
     p = command("inbox", cmd_inbox, "Show this agent's unread messages, direct and broadcast, "
                                     "and mark them read.",
                 "tracecraft inbox", "tracecraft inbox --wait 60   # block up to a minute",
-                "tracecraft inbox --all --json", epilog="the read position is kept in the store: another machine running the same "
+                "tracecraft inbox --all --json",
+                epilog="the read position is kept in the store: another machine running the same "
                        "agent continues where this one left off.")
     p.add_argument("--all", action="store_true", help="show every message, read or not")
     p.add_argument("--peek", action="store_true", help="do not mark the messages read")
@@ -5165,7 +5149,8 @@ def build_parser(argv=None):
                    help="complete a step another agent holds (recorded as forced)")
     p = command("step-status", cmd_step_status, "Show a step's status, lease and handoff note.",
                 "tracecraft step-status design",
-                "tracecraft step-status design && echo done", epilog="prints pending, in_progress, expired, complete, failed or blocked first; "
+                "tracecraft step-status design && echo done",
+                epilog="prints pending, in_progress, expired, complete, failed or blocked first; "
                        "exits 0 only when complete.")
     p.add_argument("step")
     p = command("wait-for", cmd_wait_for, "Block until every step is complete.",
@@ -5196,8 +5181,8 @@ def build_parser(argv=None):
                 "tracecraft artifact list", "tracecraft artifact list --step design",
                 parent=artifact_commands)
     p.add_argument("--step", help="only this step's artifacts")
-    if wanted and any(not isinstance(group, _Unbuilt) and not group.choices
-                      for group in (commands, memory_commands, artifact_commands)):
+    if wanted and any(not isinstance(parent, _Unbuilt) and not parent.choices
+                      for parent in (commands, memory_commands, artifact_commands)):
         return build_parser()   # a misspelt command: argparse lists the right ones
     return parser
 

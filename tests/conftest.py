@@ -1,7 +1,10 @@
 """Session-wide S3 servers for the tests (see tests/servers.py)."""
 
+import json
 import os
+import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -9,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import tracecraft  # noqa: E402
 from servers import MotoServer, SeaweedServer, find_weed  # noqa: E402
 
 
@@ -44,14 +48,6 @@ def bucket_name():
 
 
 # -- tracecraft fixtures: one set of settings per backend, stores, clients and the real CLI ------------
-
-import json
-import subprocess
-import time
-import sys
-import uuid
-
-import tracecraft
 
 REPO = Path(__file__).resolve().parents[1]
 TRACECRAFT = str(REPO / "tracecraft.py")
@@ -261,6 +257,11 @@ def stop_readers(procs):
     for proc in procs:
         proc.stdin.write("stop\n")
         proc.stdin.flush()
+
+
+def texts_read(lines):
+    """The texts a `read` racer got, from its lines."""
+    return [text for line in lines for text in line["texts"]]
 
 
 def racer_outputs(procs, timeout=300):

@@ -98,21 +98,23 @@ def send(client, start, count, skew):
 
 
 def read(client, start, _):
-    """Read until told "stop" on standard input (the senders are done) and nothing more comes,
-    or else until nothing has come for 3 s; print each message's text."""
+    """Read until told "stop" on standard input (the senders are done, or the test has ended
+    and closed it) and nothing more comes, or else until nothing has come for 3 s.  Prints,
+    for each read that got messages, their texts and when the read began and ended."""
     import select
     time.sleep(max(0, start - time.time()))
     quiet_since, stopping = time.monotonic(), False
     while time.monotonic() - quiet_since < (0.5 if stopping else 3.0):
+        began = time.time()
         messages = client.inbox()
-        for m in messages:
-            print(json.dumps(m["text"]), flush=True)
         if messages:
+            print(json.dumps({"texts": [m["text"] for m in messages], "began": began,
+                              "ended": time.time()}), flush=True)
             quiet_since = time.monotonic()
         else:
             time.sleep(0.2)   # an idle reader must not flood the store the senders are using
-        if not stopping and not sys.stdin.closed and select.select([sys.stdin], [], [], 0)[0]:
-            stopping = sys.stdin.readline().strip() == "stop"
+        if not stopping and select.select([sys.stdin], [], [], 0)[0]:
+            stopping = sys.stdin.readline().strip() in ("stop", "")   # "": nobody is left
             quiet_since = time.monotonic()
 
 

@@ -1,9 +1,6 @@
 """Section 8: the real command line in subprocesses, against every store."""
 import json
 import os
-import re
-import subprocess
-import sys
 import time
 
 import pytest

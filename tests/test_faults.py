@@ -10,7 +10,8 @@ import time
 import pytest
 
 import tracecraft
-from conftest import CLI, assert_rounds_raced, clean_env, race, raced, racer_outputs, stop_readers
+from conftest import (CLI, assert_rounds_raced, clean_env, race, raced, racer_outputs,
+                      stop_readers, texts_read)
 from fakes import FaultProxy
 from scenario import run_seed_scenario
 
@@ -57,7 +58,9 @@ def test_four_hundred_messages_arrive_exactly_once(faulty):
     got = racer_outputs(readers, timeout=600)
     assert raced(*runs), "the senders did not send at the same time"
     assert len(sent) == 400
-    for agent, received in (("r1", got[0] + got[1]), ("r2", got[2] + got[3])):
+    for agent, readers in (("r1", got[0:2]), ("r2", got[2:4])):
+        assert all(readers) and raced(*readers), f"the readers of {agent} did not race"
+        received = texts_read(readers[0] + readers[1])
         expected = sorted(m["text"] for m in sent if m["to"] in (agent, "_broadcast"))
         assert sorted(received) == expected, (agent, len(received), len(expected))
     print(f"\n400 messages, 0 lost, 0 duplicated; proxy: {proxy.counts}")

@@ -7,7 +7,6 @@ listings skip the bad ones with a warning and still serve the rest.
 The commands run in this process through tracecraft.main(), the command line's own entry point
 (a process per command would cost minutes: every line of the command table runs per payload)."""
 import json
-import os
 
 import pytest
 

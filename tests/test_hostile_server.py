@@ -3,7 +3,6 @@ never ends its headers, answers 100 Continue forever, sends floods of headers, u
 a huge body, and puts terminal escapes in its errors.  Each command, run through the real CLI,
 ends within the deadline with exit 4, in bounded time and memory, and prints nothing raw."""
 import json
-import os
 import socket
 import subprocess
 import sys

@@ -37,7 +37,9 @@ def test_no_definition_uses_a_later_section():
     defined = {}
     for node in tree.body:
         names = [node.name] if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else \
-            [t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]
+            [t.id for target in getattr(node, "targets", [])
+             for t in (target.elts if isinstance(target, ast.Tuple) else [target])
+             if isinstance(t, ast.Name)]
         for name in names:
             defined.setdefault(name, section(node.lineno))
     wrong = sorted({f"{getattr(node, 'name', '?')} (section {section(node.lineno)}) uses "
@@ -75,3 +77,29 @@ def test_every_name_a_function_reads_is_defined():
             visit(child)
     visit(top)
     assert not undefined, "\n".join(undefined)
+
+
+PEERS = {"records": "6a", "memory": "6b", "inbox": "6c", "steps": "6d", "agents": "6e",
+         "artifacts": "6f"}
+
+
+def test_each_peer_calls_only_the_peers_its_header_names():
+    """Within section 6 the peers reach each other through the client (self.client.steps...):
+    a subsection may use a later one only where its header says so."""
+    headers = [(line, number) for line, number, _ in section_headers() if number[0] == "6"]
+    wrong = []
+    for (start, number), (end, _) in zip(headers, headers[1:] + [(len(LINES), None)]):
+        if len(number) == 1 or number == "6g":
+            continue
+        lines = LINES[start - 1:start + 5]
+        lines = lines[:next(i for i, line in enumerate(lines) if line.startswith("# ===="))]
+        header = " ".join(lines).split("Calls:")[1]
+        allowed = set(re.findall(r"6[a-g]", header))
+        for first, last in re.findall(r"(6[a-g])-(6[a-g])", header):
+            allowed |= {"6" + chr(c) for c in range(ord(first[1]), ord(last[1]) + 1)}
+        body = "\n".join(LINES[start:end - 1])
+        for peer in set(re.findall(r"\bclient\.(\w+)", body)) & set(PEERS):
+            if PEERS[peer] != number and PEERS[peer] not in allowed:
+                wrong.append(f"{number} calls {PEERS[peer]} ({peer}) but its header says "
+                             f"{header.strip()!r}")
+    assert not wrong, "\n".join(wrong)

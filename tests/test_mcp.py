@@ -1,10 +1,9 @@
 """Section 8: the MCP server, driven by the official MCP Python SDK as the client over stdio."""
 import json
-import sys
 
 import pytest
 
-from conftest import CLI, COMMAND, clean_env, init_args
+from conftest import COMMAND
 
 mcp = pytest.importorskip("mcp")   # before anyio, which comes with the SDK
 import anyio  # noqa: E402
@@ -237,7 +236,9 @@ def test_bad_calls_are_named_errors_and_the_server_lives_on(local_cli):
              ("wait_for", {"steps": "s"}, "'steps' must be a list"),
              ("wait_for", {"steps": [1]}, "has an item that must be text"),
              ("memory_incr", {"key": "k", "by": True}, "'by' must be a finite number"),
-             ("memory_set", {"key": "k", "value": DEEP}, "nested")]
+             ("memory_set", {"key": "k", "value": DEEP}, "nested"),
+             ("inbox", {"delete": True, "all": True}, "combined with --peek or --all"),
+             ("complete", {"step": "unclaimed"}, "tracecraft claim unclaimed")]
     for n, (tool, arguments, words) in enumerate(cases, start=2):
         session.call(n, tool, **arguments)
         answer = session.receive()

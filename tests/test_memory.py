@@ -103,7 +103,6 @@ def test_incr_and_history(client_factory):
 
 
 def test_eight_processes_fifty_increments_each(atomic_settings, client_factory_atomic):
-    import time
     from conftest import race, raced, racer_outputs
     observer = client_factory_atomic("observer")
     runs = racer_outputs(race([("memincr", atomic_settings, f"w{i}", 50) for i in range(8)]))

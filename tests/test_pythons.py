@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import TRACECRAFT, settings_for
+from conftest import settings_for
 from scenario import run_seed_scenario
 
 

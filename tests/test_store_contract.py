@@ -4,7 +4,6 @@ import io
 
 import pytest
 
-import tracecraft
 from tracecraft import NoSuchKey, PreconditionFailed
 
 KEYS = ["plain.json", "with space/and+plus.json", "ünïcödé/ключ/日本.json",
@@ -123,7 +122,6 @@ def test_server_clock_is_reported(contract_store):
 
 def test_compare_and_swap_is_atomic_across_processes(atomic_settings):
     """4 processes x 25 read-modify-write increments with if-match: no update is lost."""
-    import time
     from conftest import _open, race, raced, racer_outputs
     store = _open(atomic_settings)
     store.put("race/counter", b"0")

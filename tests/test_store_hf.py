@@ -1,14 +1,11 @@
 """The hf backend against an emulator of the documented Hugging Face S3 gateway (tests/hf_gateway.py)
 in front of SeaweedFS: the same results as on plain S3."""
 import json
-import subprocess
-import sys
-import time
 
 import pytest
 
 import tracecraft
-from conftest import CLI, REPO, clean_env, init_args
+from conftest import CLI, clean_env, init_args
 from hf_gateway import HFGateway
 from scenario import run_seed_scenario
 
