@@ -2490,15 +2490,16 @@ class Records(_Peer):
             if isinstance(writers, list) else []
         return record
 
-    def update(self, key, change):
+    def update(self, key, change, remembered=True):
         """The one read-modify-write: compare-and-swap until it sticks.  `change(got)`, given
         (record, Blob) or None, returns the new record or raises.  Returns (new record, the
         Blob written).
 
         The first attempt starts from the version this agent last wrote, if it remembers one
         (remembered()): one request instead of two while nobody else writes the key.  What
-        change() refuses on that version is judged again on what the store holds."""
-        hint = self.remembered(key)
+        change() refuses on that version is judged again on what the store holds.
+        `remembered=False`: judge on what the store holds from the first attempt."""
+        hint = self.remembered(key) if remembered else None
         for _ in _retries(key):
             got = hint or self.read(key, missing_ok=True)
             try:
@@ -3182,6 +3183,7 @@ class Steps(_Peer):
         """Replace this agent's lease with `change(lease record)` (Records.update: on the version
         this agent remembers writing, one request, while it is current).  Raises LostLease when
         the lease is no longer this agent's."""
+        self.client.me()
         got = self.records.update(self.key(step, "claim"),
                                   lambda got: change(self._own(step, got, verb).record))
         return Lease(step, got)
@@ -3218,13 +3220,20 @@ class Steps(_Peer):
             if len(note.encode("utf-8")) > MAX_VALUE:
                 raise UsageError(f"note is larger than the {MAX_VALUE // 1024} KiB limit")
 
+        judged = []
+
         def end(got):   # on a version that changed meanwhile, judged again on the new one
             lease = Lease(step, got)
+            if force and judged and lease.state not in ENDED:
+                raise LostLease(f"cannot end step {step}: the lease changed meanwhile ("
+                                f"{lease.holder or 'nobody'} holds it now); try again")
+            judged.append(lease)   # a forced end acts on what it read, not on what came since
             forced = self._may_end(step, lease, force)
             record = lease.record if lease.blob else {"step": step, "agent": self.client.agent,
                                                       "generation": 1, "ttl": DEFAULT_TTL}
             return self._ended(record, status, note, forced)
-        return self._publish_end(step, *self.records.update(self.key(step, "claim"), end))
+        got = self.records.update(self.key(step, "claim"), end, remembered=not force)
+        return self._publish_end(step, *got)
 
     def _may_end(self, step, lease, force):
         """Refuse, saying why, unless this agent may end the step now: it holds a live lease on
@@ -3271,7 +3280,9 @@ class Steps(_Peer):
                       + (", this agent)" if by == self.client.agent else ")"))
 
     def _publish_end(self, step, lease, written):
-        """Write status.json and handoff.json after the ended lease; return the step."""
+        """Write status.json and handoff.json after the ended lease; return the step.  An ended
+        lease is never remembered: what this agent wrote last is no longer a lease to act on."""
+        self.records.forget(self.key(step, "claim"))
         shape = Lease(step, (lease, written)).shape()
         if shape["note"] is not None:
             self.records.write(self.key(step, "handoff"),
@@ -3282,7 +3293,6 @@ class Steps(_Peer):
                             "generation": shape["generation"], "note": shape["note"],
                             "forced": shape["forced"], "by": shape["ended_by"],
                             "at": shape["ended_at"]})
-        self.records.forget(self.key(step, "claim"))
         return shape
 
     def step_status(self, step):

@@ -1,10 +1,12 @@
 """Claims are leases: one winner among racing processes, expiry by the store's clock, fencing."""
+import json
 import time
 
 import pytest
 
 import tracecraft
 from conftest import assert_rounds_raced, race, racer_outputs
+from fakes import CountingStore
 
 
 def claim_race(settings, racers, rounds):
@@ -129,6 +131,65 @@ def test_force_is_recorded(client_factory):
     assert record["forced"] is True and record["ended_by"] == "bob" and record["holder"] == "alice"
     info = bob.step_status("s")
     assert info["forced"] is True and info["ended_by"] == "bob" and info["note"] == "alice vanished"
+
+
+def claim_lands_before_the_next_write(writer, claimant, step):
+    """Make `writer`'s next write of the step's lease find `claimant`'s claim there first."""
+    real_put = writer.store.put
+
+    def put(key, *args, **kwargs):
+        if key.endswith(f"/steps/{step}/claim.json"):
+            writer.store.put = real_put
+            claimant.claim(step)
+        return real_put(key, *args, **kwargs)
+    writer.store.put = put
+
+
+@pytest.mark.parametrize("before", ["unclaimed", "expired"])
+def test_a_forced_end_acts_on_what_it_read(client_factory, store_clock, before):
+    """A claim that lands between a forced completion's read and its write is not ended by it:
+    the forcer is told the lease changed, and the new holder keeps the step."""
+    alice, bob, carol = (store_clock.wrap(client_factory(n)) for n in ("alice", "bob", "carol"))
+    if before == "expired":
+        alice.claim("s", ttl=30)
+        store_clock.advance(32)
+    claim_lands_before_the_next_write(bob, carol, "s")
+    with pytest.raises(tracecraft.LostLease, match="changed meanwhile .carol holds it now"):
+        bob.complete("s", force=True)
+    info = bob.step_status("s")
+    assert info["status"] == "in_progress" and info["holder"] == "carol"
+    assert carol.complete("s")["ended_by"] == "carol"
+
+
+def test_an_ended_lease_is_never_remembered(client_factory):
+    """complete() forgets the lease before anything else: a status.json write that fails must not
+    leave the ended lease remembered, to be acted on by a later call."""
+    alice = client_factory("alice")
+    alice.claim("s")
+    real_put = alice.store.put
+
+    def failing(key, *args, **kwargs):
+        if key.endswith("/status.json"):
+            raise tracecraft.Unreachable("the store went away")
+        return real_put(key, *args, **kwargs)
+    alice.store.put = failing
+    with pytest.raises(tracecraft.Unreachable):
+        alice.complete("s")
+    alice.store.put = real_put
+    assert alice.records.remembered(alice.steps.key("s", "claim")) is None
+    with pytest.raises(tracecraft.Refused, match="already complete"):
+        alice.complete("s")                       # which also writes the missing status.json
+    assert json.loads(alice.store.get(alice.steps.key("s", "status")).body)["status"] == "complete"
+
+
+def test_an_agent_without_an_id_is_told_so_before_any_request(tmp_path):
+    observer = tracecraft.connect(project="p", backend="local", root=str(tmp_path),
+                                  config=None, read_only=True)
+    observer.store = counting = CountingStore(observer.store)
+    for action in (observer.renew, observer.release, observer.complete, observer.claim):
+        with pytest.raises(tracecraft.UsageError, match="no agent id"):
+            action("s")
+    assert counting.calls == 0
 
 
 def test_failed_and_blocked_stop_wait_for(client_factory):
