@@ -306,6 +306,8 @@ def assert_rounds_raced(per_round, share=0.5):
 # Most tests wait (on processes starting, on a server, on a lease to expire) rather than compute,
 # so three workers share the 2 cores well.  The tests that start many processes at once and prove
 # that they raced are kept to one worker, one after the other, so that two of them never compete.
+# The fault tests race too, but mostly wait out the proxy's faults and their backoffs: they have a
+# worker of their own, beside the others.
 
 HEAVY = ("test_fifty_processes", "test_twenty_processes", "test_exactly_once_with_skewed",
          "test_the_same_agent_ending", "test_racing_overwrites", "test_a_killed_upload",
@@ -315,5 +317,7 @@ HEAVY = ("test_fifty_processes", "test_twenty_processes", "test_exactly_once_wit
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.name.startswith(HEAVY) or item.module.__name__ == "test_faults":
+        if item.module.__name__ == "test_faults":
+            item.add_marker(pytest.mark.xdist_group("faults"))
+        elif item.name.startswith(HEAVY):
             item.add_marker(pytest.mark.xdist_group("heavy"))
