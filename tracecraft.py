@@ -32,7 +32,9 @@ ordered bottom-up; each may call only the sections above it (tests/test_map.py k
        6d. Steps             leases, the end of a step, barriers
        6e. Agents            heartbeats, who is online, the picture of the whole project
        6f. Artifacts         shared files, their bytes and metadata agreeing
-       6g. The client        one agent in one project: a façade over the peers
+       6g. Sessions          agents' transcripts mirrored exactly once, redacted; each
+                             harness's transcripts on this machine
+       6h. The client        one agent in one project: a façade over the peers
   7. Python API              connect(), open_client()
   8. MCP server              `tracecraft mcp`: the API as Model Context Protocol tools, and the
                              instructions an agent follows
@@ -2249,6 +2251,8 @@ def resolve_settings(config_path=None, **overrides):
 #    steps/<id>/status.json            written when the step ends: complete, failed or blocked
 #    steps/<id>/handoff.json           the note for the next agent
 #    artifacts/<step|shared>/<name>    shared files; artifacts/<step>/.meta/<name>.json describes one
+#    sessions/<harness>/<session>/     a mirrored transcript: part-NNNNNN.jsonl, and meta.json,
+#                                      whose list of parts, in order, is the transcript
 #
 #    Every atomic promise is a conditional write: a claim is create-only, a takeover or a renewal
 #    is a compare-and-swap on the lease's ETag, a memory update is a compare-and-swap, and a
@@ -2490,7 +2494,7 @@ class Records(_Peer):
             if isinstance(writers, list) else []
         return record
 
-    def update(self, key, change, remembered=True):
+    def update(self, key, change, remembered=True, start=_KEEP):
         """The one read-modify-write: compare-and-swap until it sticks.  `change(got)`, given
         (record, Blob) or None, returns the new record or raises.  Returns (new record, the
         Blob written).
@@ -2498,14 +2502,18 @@ class Records(_Peer):
         The first attempt starts from the version this agent last wrote, if it remembers one
         (remembered()): one request instead of two while nobody else writes the key.  What
         change() refuses on that version is judged again on what the store holds.
-        `remembered=False`: judge on what the store holds from the first attempt."""
-        hint = self.remembered(key) if remembered else None
+        `remembered=False`: judge on what the store holds from the first attempt; `start`:
+        what the caller has just read ((record, Blob), or None for missing), to begin with."""
+        hint = self.remembered(key) if remembered and start is _KEEP else None
         for _ in _retries(key):
-            got = hint or self.read(key, missing_ok=True)
+            if start is not _KEEP:
+                got, start = start, _KEEP
+            else:
+                got = hint or self.read(key, missing_ok=True)
             try:
                 new = change(got)
             except TracecraftError:
-                if hint is None:
+                if hint is None or got is not hint:
                     raise
                 hint = None   # judged on a hint: judge again on what the store holds
                 continue
@@ -3390,16 +3398,19 @@ class Steps(_Peer):
 
 # ==================================================================================================
 # 6e. Agents.  Owns: agents/<id>.json (heartbeats) and the picture of the whole project.
-#    Calls: sections 1-5, 6a-6d.
+#    Calls: sections 1-5, 6a-6d, and 6g's list() (the sessions each agent mirrored).
 # ==================================================================================================
 
-def _agent_shape(agent, record, age, holding):
-    """An agent as shown everywhere: agent, state, holding, last_seen, age_seconds, host."""
+def _agent_shape(agent, record, age, holding, sessions=()):
+    """An agent as shown everywhere: agent, state, holding, last_seen, age_seconds, host,
+    sessions (its mirrored transcripts: session, harness, state, last_event)."""
     state = ("offline" if age is None or age >= IDLE_SECONDS
              else "idle" if age >= ONLINE_SECONDS else "online")
     return {"agent": agent, "state": state, "holding": holding,
             "last_seen": record.get("last_seen"),
-            "age_seconds": None if age is None else int(age), "host": record.get("host")}
+            "age_seconds": None if age is None else int(age), "host": record.get("host"),
+            "sessions": [{k: s[k] for k in ("session", "harness", "state", "last_event")}
+                         for s in sessions]}
 
 
 class Agents(_Peer):
@@ -3408,13 +3419,15 @@ class Agents(_Peer):
     def __call__(self, cache=None, leases=None):
         """Every agent with a record: agent, state (online / idle / offline by heartbeat age, on
         the store's clock), holding (the steps it holds, from the leases; `leases`: Steps.leases()
-        already read), last_seen, age_seconds, host.  `cache`: see status()."""
+        already read), last_seen, age_seconds, host, sessions.  `cache`: see status()."""
         result = []
         cache = {} if cache is None else cache
-        holding = {}
+        holding, sessions = {}, {}
         for lease in self.client.steps.leases(cache, ended=False) if leases is None else leases:
             if lease.status() == "in_progress":
                 holding.setdefault(lease.holder, []).append(lease.step)
+        for session in self.client.sessions.list(cache=cache):
+            sessions.setdefault(session["agent"], []).append(session)
         prefix = self.client.key("agents") + "/"
         for entry in self.store.list(prefix):
             agent = entry.key[len(prefix):-5]
@@ -3433,7 +3446,8 @@ class Agents(_Peer):
                 continue
             now = (blob.server_time or time.time()) + since
             age = max(0.0, now - blob.last_modified) if blob.last_modified else None
-            result.append(_agent_shape(agent, record, age, holding.get(agent, [])))
+            result.append(_agent_shape(agent, record, age, holding.get(agent, []),
+                                       sessions.get(agent, [])))
         return result
 
     def _publish(self):
@@ -3875,8 +3889,701 @@ def _exists(dest):
 
 
 # ==================================================================================================
-# 6g. The client.  Owns: an agent's identity in a project and the peers that act for it.
-#    Calls: sections 1-5, and 6a-6f.
+# 6g. Sessions.  Owns: sessions/<harness>/<session id>/ (a mirrored transcript: its parts and its
+#    meta.json), finding and reading each harness's transcripts on this machine (read-only), and
+#    redaction.  Calls: sections 1-5, 6a.
+#
+#    A transcript is mirrored as numbered parts, each the redacted bytes of whole source lines,
+#    and meta.json, whose "parts" list, in order, *is* the transcript.  A flush takes a part
+#    number with a create-only write, then appends the part to the list by compare-and-swap,
+#    which holds only if the list still ends where the part begins in the source ("segment"
+#    and "position" are the bucket's, not this machine's).  So two mirrors of one session, a
+#    mirror killed between its two writes, or one that lost its local state waste at most a
+#    part (never listed; deleted when known) and never list a byte twice or skip one.  A source
+#    that shrinks or whose first bytes change was replaced: a new segment starts at its start.
+# ==================================================================================================
+
+HARNESSES = ("claude-code", "codex", "openclaw", "hermes")
+PART_BYTES = 4 << 20      # source bytes a part holds at most (unless one line is longer)
+LINE_BYTES = 32 << 20     # a line longer than this is cut (and redacted piece by piece)
+HEAD_BYTES = 4096         # the start of a source that tells whether it was replaced
+PARTS_KEPT = 500          # parts in a transcript before a following mirror compacts them
+ORPHAN_SECONDS = 3600     # an unlisted part this old was left by a killed mirror
+_PART_GUARD = 600.0       # a part older than this (paused mirror) is not appended: redone
+
+# name, pattern, the group replaced (0: the whole match).  No pattern matches a quote, a
+# backslash or a line break where it could end, so a redacted JSON line stays JSON.
+SECRET_PATTERNS = (
+    ("aws-access-key-id", r"(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|APKA|AROA|ASCA)"
+                          r"[A-Z0-9]{16}(?![A-Za-z0-9])", 0),
+    ("aws-secret-access-key", r"(?i:aws_secret_access_key)[\"'\\]*[ \t]*[:=][ \t]*[\"'\\]*"
+                              r"([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])", 1),
+    ("private-key", r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?:.*?-----END [A-Z0-9 ]*PRIVATE "
+                    r"KEY-----|[^\"\\\n]*)", 0),
+    ("anthropic", r"sk-ant-[A-Za-z0-9_\-]{16,}", 0),
+    ("openai", r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,}", 0),
+    ("huggingface", r"hf_[A-Za-z0-9]{30,}", 0),
+    ("github", r"(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})", 0),
+    ("slack", r"xox[abposr]-[A-Za-z0-9-]{10,}", 0),
+    ("bearer", r"[Bb]earer[ \t]+([A-Za-z0-9._~+/=-]{16,})", 1),
+)
+
+
+class Redactor:
+    """Replaces secrets with [REDACTED:<pattern>] and counts them per pattern, before bytes
+    leave the machine: SECRET_PATTERNS, the store's own secret and session token (`literals`),
+    and a project's own patterns (`extra`: name -> regular expression, from the config's
+    "redact_patterns").  Lines stay lines: a match that would span one is kept.  A JSON line
+    stays JSON: one that would not parse after redaction is redacted value by value."""
+
+    def __init__(self, extra=None, literals=()):
+        import re
+        self.patterns = [(name, re.compile(re.escape(value)), 0)
+                         for name, value in literals if isinstance(value, str) and len(value) >= 8]
+        self.patterns += [(name, re.compile(p), group) for name, p, group in SECRET_PATTERNS]
+        for name, pattern in (extra or {}).items():
+            check_name("redaction pattern name", name)
+            try:
+                if not isinstance(pattern, str) or len(pattern) > 1000:
+                    raise ValueError("wanted a regular expression of at most 1000 characters")
+                self.patterns.append((name, re.compile(pattern), 0))
+            except (ValueError, re.error) as exc:
+                raise ConfigError(f"redaction pattern {name!r} is not usable: {exc}") from None
+
+    def _sub(self, text, counts):
+        for name, pattern, group in self.patterns:
+            tag, hits = f"[REDACTED:{name}]", 0
+
+            def replace(m):
+                nonlocal hits
+                start = m.start()
+                # a secret starts a word: "sk-" inside "task-..." is no key
+                if name not in ("aws-secret-access-key", "private-key") and start and \
+                        (text[start - 1].isalnum() or text[start - 1] == "_"):
+                    return m.group(0)
+                if "\n" in m.group(0) or not m.group(0):
+                    return m.group(0)
+                hits += 1
+                whole = m.group(0)
+                return whole[:m.start(group) - start] + tag + whole[m.end(group) - start:]
+            text = pattern.sub(replace, text)
+            if hits:
+                counts[name] = counts.get(name, 0) + hits
+        return text
+
+    def _value(self, value, counts):
+        if isinstance(value, str):
+            return self._sub(value, counts)
+        if isinstance(value, list):
+            return [self._value(v, counts) for v in value]
+        if isinstance(value, dict):
+            return {self._value(k, counts): self._value(v, counts) for k, v in value.items()}
+        return value
+
+    def __call__(self, data, counts):
+        """Redacted `data` (bytes of whole lines); adds what it replaced to `counts`."""
+        text = data.decode("utf-8", "surrogateescape")
+        found = {}
+        out = self._sub(text, found)
+        if out == text:
+            return data
+        before, after = text.split("\n"), out.split("\n")
+        for i, (old, new) in enumerate(zip(before, after)):
+            if old != new and _parses(old) and not _parses(new):
+                self._sub(old, redone := {})
+                for name, hits in redone.items():
+                    found[name] -= hits
+                after[i] = json.dumps(self._value(json.loads(old), found), ensure_ascii=False)
+        for name, hits in found.items():
+            if hits:
+                counts[name] = counts.get(name, 0) + hits
+        return "\n".join(after).encode("utf-8", "surrogateescape")
+
+
+def _parses(line):
+    try:
+        json.loads(line)
+        return True
+    except (ValueError, RecursionError):
+        return False
+
+
+class Transcript:
+    """One session's transcript on this machine, never written to: an append-only JSONL file,
+    or (Hermes) the rows of one session in a SQLite database, one JSON line per row.  A
+    position is a byte offset in the file, or the id of the last row read."""
+
+    def __init__(self, harness, session, path, cwd=None):
+        self.harness = check_harness(harness)
+        self.session = check_name("session id", session)
+        self.path, self.cwd = path, cwd
+
+    def __repr__(self):
+        return f"Transcript({self.harness!r}, {self.session!r}, {self.path!r})"
+
+    def signature(self):
+        """What changes when the transcript may have (a stat; None when it is gone): a
+        following mirror reads nothing, and asks the store nothing, while it stays the same."""
+        found = []
+        for path in (self.path, self.path + "-wal") if self.harness == "hermes" else (self.path,):
+            try:
+                st = os.stat(path)
+                found.append((st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError:
+                found.append(None)
+        return tuple(found) if found[0] else None
+
+    def modified(self):
+        signature = self.signature()
+        return max(s[2] for s in signature if s) / 1e9 if signature else 0.0
+
+    def _open(self):
+        """The file, read-only, only if it is a regular file (a FIFO or a device in its place
+        would block or never end)."""
+        import stat
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | _CLOEXEC)
+        except OSError as exc:
+            raise UsageError(f"cannot read the transcript {shown(self.path)}: "
+                             f"{os_reason(exc)}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UsageError(f"the transcript {shown(self.path)} is not a regular file")
+        return os.fdopen(fd, "rb")
+
+    def head(self, length):
+        """SHA-256 of the first `length` bytes, or None if the file is shorter (Hermes: "")."""
+        if self.harness == "hermes":
+            return ""
+        with self._open() as f:
+            data = f.read(length)
+        return _hash("sha256", data).hexdigest() if len(data) == length else None
+
+    def read(self, position, limit=None):
+        """(bytes of whole lines from `position`, the position after them, lines) or, when the
+        source no longer reaches `position` (it shrank: replaced), None.  A last line without
+        its line break is still being written: it waits for the next read."""
+        limit = limit or PART_BYTES
+        if self.harness == "hermes":
+            return self._rows(position, limit)
+        with self._open() as f:
+            if os.fstat(f.fileno()).st_size < position:
+                return None
+            f.seek(position)
+            data = f.read(limit)
+            end = data.rfind(b"\n") + 1
+            while not end and len(data) < LINE_BYTES:   # one line longer than a part
+                more = f.read(min(limit, LINE_BYTES - len(data)))
+                if not more:
+                    break
+                found = more.rfind(b"\n") + 1
+                end = len(data) + found if found else 0
+                data += more
+            if not end and len(data) >= LINE_BYTES:
+                end = len(data)   # a monster line: cut, so that the mirror moves on
+        data = data[:end]
+        return data, position + end, data.count(b"\n")
+
+    def _rows(self, after, limit):
+        import sqlite3
+        uri = "file:" + uri_encode(os.path.abspath(self.path), keep_slash=True) + "?mode=ro"
+        try:
+            db = sqlite3.connect(uri, uri=True, timeout=2.0)
+        except sqlite3.Error as exc:
+            raise UsageError(f"cannot open the Hermes database {shown(self.path)}: {exc}") from None
+        try:
+            if (db.execute("SELECT MAX(id) FROM messages WHERE session_id = ?",
+                           (self.session,)).fetchone()[0] or 0) < after:
+                return None
+            lines, size, last = [], 0, after
+            while size < limit:
+                cursor = db.execute("SELECT * FROM messages WHERE session_id = ? AND id > ? "
+                                    "ORDER BY id LIMIT 500", (self.session, last))
+                names = [d[0] for d in cursor.description]
+                rows = cursor.fetchall()
+                if not rows:
+                    break
+                for row in rows:
+                    line = (_row_json(dict(zip(names, row))) + "\n").encode("utf-8",
+                                                                          "surrogateescape")
+                    lines.append(line)
+                    size += len(line)
+                    last = row[names.index("id")]
+                    if size >= limit:
+                        break
+        except sqlite3.Error as exc:
+            raise UsageError(f"cannot read the Hermes database {shown(self.path)}: {exc}") from None
+        finally:
+            db.close()
+        return b"".join(lines), last, len(lines)
+
+
+def _row_json(row):
+    """One Hermes message row as a JSON line: every column there is; content that starts
+    with \\x00json: holds JSON."""
+    for name, value in row.items():
+        if isinstance(value, str) and value.startswith("\x00json:"):
+            try:
+                row[name] = loads(value[6:])
+            except ValueError:
+                pass
+        elif isinstance(value, bytes):
+            row[name] = value.decode("utf-8", "replace")
+        elif isinstance(value, float) and value - value != 0:
+            row[name] = repr(value)
+    return json.dumps(row, ensure_ascii=False)
+
+
+def check_harness(harness):
+    if harness not in HARNESSES:
+        raise UsageError(f"harness must be one of {', '.join(HARNESSES)}, not "
+                         f"{shown(harness)!r:.40}")
+    return harness
+
+
+def _home(variable, *default):
+    value = os.environ.get(variable)
+    return value if value else os.path.join(os.path.expanduser("~"), *default)
+
+
+def _scan(directory, suffix=".jsonl"):
+    """Regular files named *suffix in `directory` (nothing when it cannot be read)."""
+    try:
+        with os.scandir(directory) as entries:
+            return [e.path for e in entries if e.name.endswith(suffix)
+                    and e.is_file(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _subdirs(directory):
+    try:
+        with os.scandir(directory) as entries:
+            return [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _cwd_of(path, field):
+    """The working directory a transcript's first lines record (`field`: a function from a
+    parsed line to it, or None), or None: read from its first 64 KiB only."""
+    try:
+        with open(path, "rb") as f:
+            start = f.read(64 << 10)
+    except OSError:
+        return None
+    for line in start.split(b"\n"):
+        try:
+            found = field(json.loads(line))
+        except (ValueError, RecursionError, AttributeError, TypeError, KeyError):
+            continue
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _claude_cwd(line):
+    return line.get("cwd")
+
+
+def _codex_cwd(line):
+    return line["payload"]["cwd"] if line.get("type") == "session_meta" else None
+
+
+def find_transcripts(harness, cwd=None):
+    """Every session of `harness` on this machine for the directory `cwd` (None: for any
+    directory), newest activity first.  Claude Code and Codex record their working directory;
+    OpenClaw and Hermes sessions belong to no directory, so all of them are listed."""
+    import re
+    found = []
+    if harness == "claude-code":
+        root = os.path.join(_home("CLAUDE_CONFIG_DIR", ".claude"), "projects")
+        dirs = _subdirs(root)
+        if cwd:
+            names = {re.sub(r"[/\\.:]", "-", cwd), re.sub(r"[^A-Za-z0-9]", "-", cwd)}
+            named = [d for d in dirs if os.path.basename(d) in names]
+            dirs = named or dirs   # the encoding is in doubt: the lines' cwd decides
+        for directory in dirs:
+            for path in _scan(directory):
+                recorded = _cwd_of(path, _claude_cwd) if cwd else None
+                if cwd is None or recorded == cwd or (recorded is None and directory in named):
+                    found.append((os.path.basename(path)[:-6], path, recorded))
+    elif harness == "codex":
+        root = os.path.join(_home("CODEX_HOME", ".codex"), "sessions")
+        for year in _subdirs(root):
+            for month in _subdirs(year):
+                for day in _subdirs(month):
+                    for path in _scan(day):
+                        name = os.path.basename(path)[:-6]
+                        if not name.startswith("rollout-"):
+                            continue
+                        name = name[len("rollout-"):]
+                        if re.match(r"\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d-", name):
+                            name = name[20:]
+                        recorded = _cwd_of(path, _codex_cwd)
+                        if cwd is None or recorded == cwd:
+                            found.append((name, path, recorded))
+    elif harness == "openclaw":
+        base = os.environ.get("OPENCLAW_STATE_DIR") or _home("OPENCLAW_HOME", ".openclaw")
+        for agent_dir in _subdirs(os.path.join(base, "agents")):
+            for path in _scan(os.path.join(agent_dir, "sessions")):
+                found.append((f"{os.path.basename(agent_dir)}__{os.path.basename(path)[:-6]}",
+                              path, None))
+    else:
+        path = os.path.join(_home("HERMES_HOME", ".hermes"), "state.db")
+        if os.path.isfile(path):
+            import sqlite3
+            try:
+                db = sqlite3.connect("file:" + uri_encode(os.path.abspath(path), keep_slash=True)
+                                     + "?mode=ro", uri=True, timeout=2.0)
+                try:
+                    rows = db.execute("SELECT session_id, MAX(id) FROM messages GROUP BY "
+                                      "session_id ORDER BY MAX(id) DESC").fetchall()
+                finally:
+                    db.close()
+            except sqlite3.Error as exc:
+                raise UsageError(f"cannot read the Hermes database {shown(path)}: {exc}") from None
+            return [t for t in (_transcript("hermes", str(s), path, None) for s, _ in rows) if t]
+    transcripts = [t for t in (_transcript(harness, *f) for f in found) if t]
+    return sorted(transcripts, key=lambda t: t.modified(), reverse=True)
+
+
+def _transcript(harness, session, path, cwd):
+    try:
+        return Transcript(harness, session, path, cwd)
+    except UsageError:
+        return None   # a file whose name is no session id tracecraft can keep
+
+
+def _event_time(line):
+    """The time a transcript line records (its "timestamp"), as ISO 8601 text, or None."""
+    try:
+        found = json.loads(line)
+        stamp = found.get("timestamp") if isinstance(found, dict) else None
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) and 0 < stamp < 1e11:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
+    return stamp[:40] if isinstance(stamp, str) else None
+
+
+def _session_shape(record):
+    """A mirrored session as shown everywhere."""
+    return {"session": record.get("session"), "harness": record.get("harness"),
+            "agent": record.get("agent"), "host": record.get("host"), "cwd": record.get("cwd"),
+            "source": record.get("source"), "first_event": record.get("first_event"),
+            "last_event": record.get("last_event"), "bytes": record.get("bytes", 0),
+            "lines": record.get("lines", 0), "parts": len(record.get("parts", [])),
+            "state": record.get("state"), "redacted": record.get("redacted"),
+            "redactions": record.get("redactions", {}), "updated": record.get("updated")}
+
+
+class Sessions(_Peer):
+    """Mirrored session transcripts (`tc.sessions`): mirror() copies what is new in one,
+    list(), get(), read() give them back, compact() and stop() look after them."""
+
+    def _key(self, harness, session, name):
+        return self.client.key("sessions", check_harness(harness),
+                               check_name("session id", session), name)
+
+    def _meta(self, got, key):
+        """The meta record of a (record, Blob) read, checked; None for None."""
+        if got is None:
+            return None
+        record, where = got[0], f"session record {key}"
+        for name, kinds in (("session", str), ("harness", str), ("state", str)):
+            _field(record, name, kinds, where)
+        for name in ("segment", "position", "next_part", "bytes", "lines"):
+            _field(record, name, int, where, None, 0, MAX_INT)
+        parts = _field(record, "parts", list, where)
+        for part in parts:
+            if not (isinstance(part, list) and len(part) == 5 and all(
+                    type(v) is int and 0 <= v <= MAX_INT for v in part)):
+                raise CorruptObject(f"{where} is not a tracecraft record: a part is "
+                                    f"{shown(repr(part)):.40}")
+        for name in ("redactions", "head"):
+            _field(record, name, (dict if name == "redactions" else list), where, {})
+        return record
+
+    def _new(self, transcript, redacted):
+        return self.client.record(
+            session=transcript.session, harness=transcript.harness, agent=self.client.agent,
+            host=_hostname(), cwd=transcript.cwd, source=transcript.path, first_event=None,
+            last_event=None, bytes=0, lines=0, parts=[], next_part=1, segment=0, position=0,
+            head=[0, _hash("sha256", b"").hexdigest()], redacted=redacted, redactions={},
+            state="active", updated=self.client.now())
+
+    def redactor(self):
+        store = getattr(self.store, "store", self.store)   # an observer's store wraps one
+        return Redactor(self.client.redact_patterns,
+                        (("store-secret", getattr(store, "secret_key", None)),
+                         ("store-session-token", getattr(store, "session_token", None))))
+
+    def mirror(self, transcript, redact=True, redactor=None):
+        """Copy what is new in `transcript` (a Transcript): every whole line after the end of
+        the mirrored copy, redacted unless `redact` is False, a part per PART_BYTES.  Returns
+        {"session", "harness", "parts" written, "bytes", "lines", "lost": races lost to
+        another mirror}.  Costs 2 requests per part once this agent knows the session's
+        record (one read more the first time), none when nothing is new."""
+        self.client.me()
+        redactor = redactor or (self.redactor() if redact else None)
+        key = self._key(transcript.harness, transcript.session, "meta.json")
+        got, fresh = self.records.remembered(key), False
+        done = {"session": transcript.session, "harness": transcript.harness, "parts": 0,
+                "bytes": 0, "lines": 0, "lost": 0}
+        while True:
+            if got is None:
+                got, fresh = self.records.read(key, missing_ok=True), True
+            meta = self._meta(got, key)
+            base = meta or self._new(transcript, redactor is not None)
+            segment, position = base["segment"], base["position"]
+            chunk = transcript.read(position) if position and \
+                transcript.head(base["head"][0]) == base["head"][1] else None
+            if chunk is None:   # new, or replaced (shorter, or other first bytes): a segment
+                segment, position = segment + (1 if base["position"] else 0), 0
+                chunk = transcript.read(0)
+            data, end, lines = chunk
+            if not data:
+                if meta is None:   # a session is listed from the start, before its first line
+                    self.records.update(key, lambda got: got[0] if got else base, start=got)
+                return done
+            counts = {}
+            body = redactor(data, counts) if redactor else data
+            number = self._take_part(transcript, base["next_part"], body, fresh)
+            if number is None:
+                got = None   # the hint was stale: start again from what the store holds
+                continue
+            put_at, text = time.monotonic(), data.split(b"\n")
+            head = base["head"] if position else \
+                [min(len(data), HEAD_BYTES), transcript.head(0) if transcript.harness ==
+                 "hermes" else _hash("sha256", data[:HEAD_BYTES]).hexdigest()]
+
+            def append(current):
+                now = self._meta(current, key)
+                if now is None and meta is not None:
+                    raise Refused(f"{key} was deleted")
+                now = now or base
+                if (now["segment"], now["position"]) != (base["segment"], base["position"]):
+                    raise Refused("another mirror appended first")
+                if time.monotonic() - put_at > _PART_GUARD:
+                    raise Refused("the part was written too long ago to be appended safely")
+                redactions = dict(now["redactions"])
+                for name, hits in counts.items():
+                    redactions[name] = redactions.get(name, 0) + hits
+                return dict(now, parts=now["parts"] + [[number, len(body), lines, segment, end]],
+                            next_part=max(now["next_part"], number + 1), segment=segment,
+                            position=end, head=head, bytes=now["bytes"] + len(body),
+                            lines=now["lines"] + lines, redactions=redactions, state="active",
+                            first_event=now["first_event"] or _event_time(text[0]),
+                            last_event=_event_time(text[-2]) or now["last_event"],
+                            updated=self.client.now())
+            try:
+                got = self.records.update(key, append, start=got)
+                fresh = False
+            except Refused:
+                self.store.delete(self._part(transcript.harness, transcript.session, number))
+                done["lost"] += 1
+                if done["lost"] > 100:
+                    raise StoreError(f"{key}: gave up after losing 100 races to other mirrors")
+                got = None
+                continue
+            done.update(parts=done["parts"] + 1, bytes=done["bytes"] + len(body),
+                        lines=done["lines"] + lines)
+            if len(got[0]["parts"]) > PARTS_KEPT:
+                self.compact(transcript.session, transcript.harness)
+                got = None
+
+    def _part(self, harness, session, number):
+        return self._key(harness, session, f"part-{number:06d}.jsonl")
+
+    def _take_part(self, transcript, number, body, fresh):
+        """Write `body` as the first free part from `number` on (create-only), and return its
+        number; None when `number` was taken and the record it came from was a hint."""
+        for number in range(number, number + 1000):
+            try:
+                self.store.put(self._part(transcript.harness, transcript.session, number), body,
+                               if_none_match=True, content_type="application/jsonl")
+                return number
+            except PreconditionFailed:
+                if not fresh:
+                    return None
+        raise StoreError(f"{transcript.session}: 1000 part numbers in a row are taken")
+
+    def find(self, session, harness=None):
+        """(record, Blob) of a mirrored session's meta.json (`harness`: where to look; by
+        default each in turn).  Raises NotFound."""
+        for name in (check_harness(harness),) if harness else HARNESSES:
+            key = self._key(name, session, "meta.json")
+            got = self.records.read(key, missing_ok=True)
+            if got:
+                return self._meta(got, key), got[1]
+        raise NotFound(f"no mirrored session {shown(session)!r:.80}"
+                       + (f" of {harness}" if harness else ""))
+
+    def get(self, session, harness=None):
+        """A mirrored session as list() shows it."""
+        return _session_shape(self.find(session, harness)[0])
+
+    def list(self, harness=None, agent=None, cache=None):
+        """Every mirrored session (or only one harness's, one agent's), last updated first.
+        A listing of sessions/ (it holds the parts too) and a read per session record;
+        `cache`: see Agents.status()."""
+        prefix = self.client.key("sessions", check_harness(harness) if harness else "")
+        prefix = prefix.rstrip("/") + "/"
+        cache = {} if cache is None else cache
+        found = []
+        for entry in self.store.list(prefix):
+            if not entry.key.endswith("/meta.json"):
+                continue
+            try:
+                got, _ = self.records.read_listed(entry, cache)
+                record = self._meta(got, entry.key)
+            except CorruptObject as exc:
+                self.client.warn_once(f"skipped {entry.key}: {exc}")
+                continue
+            if record and (agent is None or record.get("agent") == agent):
+                found.append(_session_shape(record))
+        return sorted(found, key=lambda s: str(s["updated"] or ""), reverse=True)
+
+    def read(self, session, harness=None, into=None, tail=None):
+        """Write the mirrored transcript into `into` (a binary file), byte for byte as it was
+        mirrored, or only its last `tail` lines.  A compaction that runs meanwhile is followed:
+        nothing is written twice or left out.  Returns the session's record."""
+        record, _ = self.find(session, harness)
+        start = 0
+        if tail is not None:   # from the part where the last `tail` lines begin
+            lines, parts = 0, record["parts"]
+            while parts and lines < tail:
+                lines += parts[-1][2]
+                parts = parts[:-1]
+            start = sum(p[1] for p in parts)
+            into, target = _Tail(tail), into
+        done = [start]
+        for _ in range(10):
+            try:
+                self._copy(record, done, into)
+                break
+            except NoSuchKey:   # compacted meanwhile: the new list says where the bytes are
+                record, _ = self.find(session, harness)
+        else:
+            raise StoreError(f"session {session}: its parts keep disappearing")
+        if tail is not None and target is not None:
+            target.write(into.lines())
+        return record
+
+    def _copy(self, record, done, into):
+        """Write the transcript from byte done[0] on into `into`, counting in done[0]."""
+        import tempfile
+        offset = 0
+        for number, size, *_ in record["parts"]:
+            if offset + size <= done[0]:
+                offset += size
+                continue
+            key = self._part(record["harness"], record["session"], number)
+            with tempfile.TemporaryFile() as spool:
+                if size > MAX_RECORD:   # a compacted part: streamed, never held in memory
+                    self.store.get(key, into=spool)
+                    got = spool.tell()
+                    spool.seek(done[0] - offset)
+                    blocks = iter(lambda: spool.read(1 << 20), b"")
+                else:
+                    body = self.store.get(key).body
+                    got, blocks = len(body), [body[done[0] - offset:]]
+                if got != size:
+                    raise CorruptObject(f"{key} holds {got} bytes; its session record says {size}")
+                for block in blocks:
+                    into.write(block)
+                    done[0] += len(block)
+            offset += size
+
+    def compact(self, session, harness=None):
+        """Merge every part of a mirrored session into one, atomically: a reader sees the old
+        list of parts or the new one, each whole.  Parts nobody listed that are older than
+        ORPHAN_SECONDS (left by killed mirrors) are removed.  Returns the session's record."""
+        import tempfile
+        self.client.me()
+        record, blob = self.find(session, harness)
+        harness, parts = record["harness"], record["parts"]
+        key = self._key(harness, session, "meta.json")
+        if len(parts) > 1:
+            with tempfile.TemporaryFile() as merged:
+                self._copy(record, [0], merged)
+                size = merged.tell()
+                number = record["next_part"]
+                while True:
+                    merged.seek(0)
+                    try:
+                        self.store.put(self._part(harness, session, number),
+                                       FileBody(merged, size), if_none_match=True,
+                                       content_type="application/jsonl")
+                        break
+                    except PreconditionFailed:
+                        number += 1
+            last = parts[-1]
+            entry = [number, size, sum(p[2] for p in parts), last[3], last[4]]
+
+            def merge(current):
+                now = self._meta(current, key)
+                if now is None or now["parts"][:len(parts)] != parts:
+                    raise Refused(f"session {session} was compacted by another process meanwhile")
+                return dict(now, parts=[entry] + now["parts"][len(parts):],
+                            next_part=max(now["next_part"], number + 1))
+            try:
+                record, blob = self.records.update(key, merge, start=(record, blob))
+            except Refused:
+                self.store.delete(self._part(harness, session, number))
+                raise
+            for old in parts:
+                self.store.delete(self._part(harness, session, old[0]))
+        listed = {p[0] for p in record["parts"]}
+        for entry in self.store.list(self._key(harness, session, "part-")):
+            name = entry.key.rpartition("/")[2]
+            digits = name[5:-6]
+            if digits.isascii() and digits.isdigit() and int(digits) not in listed and \
+                    int(digits) < record["next_part"] and entry.server_time and \
+                    entry.server_time - (entry.last_modified or 0) > ORPHAN_SECONDS:
+                self.store.delete(entry.key)
+        return _session_shape(record)
+
+    def stop(self, session, harness=None):
+        """Mark a mirrored session ended (a later mirror of it marks it active again)."""
+        self.client.me()
+        record, blob = self.find(session, harness)
+        key = self._key(record["harness"], session, "meta.json")
+
+        def ended(current):
+            now = self._meta(current, key)
+            if now is None:
+                raise NotFound(f"no mirrored session {session!r}")
+            return dict(now, state="ended", ended_at=self.client.now(), updated=self.client.now())
+        record, _ = self.records.update(key, ended, start=(record, blob))
+        return _session_shape(record)
+
+
+class _Tail:
+    """A file that keeps only the last `count` lines written to it."""
+
+    def __init__(self, count):
+        self.count, self.data = count, bytearray()
+
+    def write(self, block):
+        self.data += block
+        if len(self.data) > (8 << 20):
+            self.data = bytearray(self.lines())
+
+    def lines(self):
+        end = len(self.data) - (1 if self.data.endswith(b"\n") else 0)
+        cut = end
+        for _ in range(self.count):
+            cut = self.data.rfind(b"\n", 0, cut)
+            if cut < 0:
+                return bytes(self.data)
+        return bytes(self.data[cut + 1:]) if self.count else b""
+
+
+# ==================================================================================================
+# 6h. The client.  Owns: an agent's identity in a project and the peers that act for it.
+#    Calls: sections 1-5, and 6a-6g.
 # ==================================================================================================
 
 class Client:
@@ -3889,12 +4596,14 @@ class Client:
         tc.steps       leases on steps: claim, renew, release, complete, wait_for
         tc.agents      who is alive: tc.agents() lists them; heartbeat, status
         tc.artifacts   shared files: upload, download, list
+        tc.sessions    mirrored transcripts: mirror, list, read, compact, stop
 
     The verbs of the command line are also the client's own (tc.claim(), tc.send(), ...).
     `warn(message)` hears what does not stop a call (an object skipped in a listing);
     `cancel`, a threading.Event, ends a wait (the MCP server sets it)."""
 
-    def __init__(self, store, project, agent=None, clock=time.time, warn=None):
+    def __init__(self, store, project, agent=None, clock=time.time, warn=None,
+                 redact_patterns=None):
         self.store = store
         self.project = check_name("project", project)
         self.agent = check_agent(agent) if agent else None
@@ -3902,6 +4611,10 @@ class Client:
         self.clock = clock              # stamps records; coordination itself never trusts it
         self.warn = warn or (lambda message: None)
         self.cancel = None
+        if redact_patterns is not None and not isinstance(redact_patterns, dict):
+            raise ConfigError("redact_patterns must be an object: pattern name -> regular "
+                              "expression")
+        self.redact_patterns = redact_patterns   # a project's own secrets (see Redactor)
         self._warned = set()
         self.records = Records(self)      # conditional writes, checked reads, remembered hints
         self.memory = Memory(self)        # memory/
@@ -3909,6 +4622,7 @@ class Client:
         self.steps = Steps(self)          # steps/
         self.agents = Agents(self)        # agents/, and the picture of the whole project
         self.artifacts = Artifacts(self)  # artifacts/
+        self.sessions = Sessions(self)    # sessions/
 
     def __repr__(self):
         return (f"<tracecraft.Client project={self.project!r} agent={self.agent!r} on "
@@ -4022,7 +4736,8 @@ def open_client(settings, warn=None):
                           "`tracecraft init`")
     for note in config_warnings(settings) if warn else ():
         warn(note)
-    return Client(open_store(settings), settings["project"], settings.get("agent"), warn=warn)
+    return Client(open_store(settings), settings["project"], settings.get("agent"), warn=warn,
+                  redact_patterns=settings.get("redact_patterns"))
 
 
 # ==================================================================================================
@@ -4128,7 +4843,28 @@ MCP_TOOLS = {   # name: (description, input schema, run(client, arguments) -> di
                _schema(), lambda c, a: {"agents": c.agents()}),
     "status": ("One picture of the project: agents, steps, unread messages, recent handoffs.",
                _schema(), lambda c, a: c.status()),
+    "session_list": ("List the mirrored session transcripts of the agents (Claude Code, Codex, "
+                     "OpenClaw, Hermes): agent, harness, state, size, last event.",
+                     _schema(harness=_arg("string", "Only this harness's", enum=list(HARNESSES)),
+                             agent=_arg("string", "Only this agent's")),
+                     lambda c, a: {"sessions": c.sessions.list(a.get("harness"), a.get("agent"))}),
+    "session_show": ("A mirrored session and its last lines: what another agent was told, "
+                     "said and did.",
+                     _schema(["session"], session=_arg("string", "Session id (from session_list)"),
+                             harness=_arg("string", "Its harness", enum=list(HARNESSES)),
+                             tail=_arg("number", "Lines from the end (default 20)", minimum=0,
+                                       maximum=1000)),
+                     lambda c, a: _session_tail(c, a["session"], a.get("harness"),
+                                                int(a.get("tail", 20)))),
 }
+
+
+def _session_tail(client, session, harness, tail):
+    import io
+    lines = io.BytesIO()
+    record = client.sessions.read(session, harness, lines, tail=tail)
+    text = lines.getvalue().decode("utf-8", "replace")
+    return dict(_session_shape(record), tail=text.split("\n")[:-1] if text else [])
 
 
 def _downloaded(path, artifact):
@@ -4378,6 +5114,10 @@ PROMPT = [
      "  `artifact_download`."),
     ("- See the whole picture: `tracecraft status`; who is online: `tracecraft agents`.",
      "- See the whole picture: `status`; who is online: `agents`."),
+    ("- See what another agent was told and did: `tracecraft session list`, then\n"
+     "  `tracecraft session show ID --tail 20` (its mirrored transcript).",
+     "- See what another agent was told and did: `session_list`, then `session_show` (its\n"
+     "  mirrored transcript)."),
 ]
 
 
@@ -4816,9 +5556,18 @@ def cmd_agents(args, out):
     for a in agents:
         lines.append(f"{a['agent']:<{width}}  {a['state']:<7}  {_ago(a['age_seconds']):<9}  "
                      + (", ".join(a["holding"]) or "-"))
+        lines += _sessions_of(a, " " * (width + 2))
     if not agents and not out.as_json:
         out.note("No agents yet")
     out.result({"agents": agents}, *lines)
+
+
+def _sessions_of(agent, indent):
+    """An agent's mirrored sessions, a line each (the three most recent)."""
+    found = sorted(agent["sessions"], key=lambda s: str(s["last_event"] or ""), reverse=True)
+    lines = [f"{indent}session {s['harness']} {s['session']} ({s['state']}, last event "
+             f"{s['last_event'] or '?'})" for s in found[:3]]
+    return lines + ([f"{indent}... and {len(found) - 3} more sessions"] if len(found) > 3 else [])
 
 
 def cmd_heartbeat(args, out):
@@ -4909,6 +5658,7 @@ def _status_lines(info):
     for a in info["agents"]:
         lines.append(f"  {a['agent']:<16} {a['state']:<8} unread {a['unread']:<4} "
                      f"seen {_ago(a['age_seconds']):<9} holding {', '.join(a['holding']) or '-'}")
+        lines += _sessions_of(a, "    ")
     order = {"in_progress": 0, "expired": 1, "failed": 2, "blocked": 3, "complete": 4, "pending": 5}
     lines += ["", "STEPS"]
     for st in sorted(info["steps"], key=lambda s: (order.get(s["status"], 9), s["step"])):
@@ -4943,6 +5693,331 @@ def cmd_prompt(args, out):
 
 def cmd_mcp(args, out):
     serve_mcp(lambda: _open_client(args, out.warn))
+
+
+def _transcripts(args):
+    """The transcripts `session mirror` copies: the one named, the newest for the directory,
+    or (--all) every one for it."""
+    harnesses = [args.harness] if args.harness else list(HARNESSES)
+    if args.transcript:
+        name = os.path.basename(args.transcript)
+        return [Transcript(args.harness or "claude-code",
+                           args.session_id or (name[:-6] if name.endswith(".jsonl") else name),
+                           os.path.abspath(args.transcript), args.cwd)]
+    cwd = os.path.abspath(args.cwd) if args.cwd else current_directory()
+    if args.session_id:
+        found = [t for h in harnesses for t in find_transcripts(h) if t.session == args.session_id]
+    else:
+        found = sorted((t for h in harnesses for t in find_transcripts(h, cwd)),
+                       key=lambda t: t.modified(), reverse=True)
+    if not found:
+        which = "/".join(harnesses) if args.harness else "Claude Code, Codex, OpenClaw or Hermes"
+        raise NotFound(f"no {which} session " + (f"{shown(args.session_id)!r:.80}" if
+                                                 args.session_id else f"for {shown(cwd)}")
+                       + " on this machine (see `tracecraft session mirror --help` for where "
+                       "each harness keeps its transcripts)")
+    return found if args.all else found[:1]
+
+
+def _mirrored(result):
+    return (f"Mirrored {result['lines']} lines ({_size(result['bytes'])}) of {result['harness']} "
+            f"session {result['session']}" + (f" in {result['parts']} parts"
+                                              if result["parts"] > 1 else ""))
+
+
+def cmd_session_mirror(args, out):
+    client = _client(args)
+    interval = parse_duration(args.interval)
+    if args.follow and interval < 0.05:
+        raise UsageError("--interval: at least 0.05 s")
+    redactor = None if args.no_redact else client.sessions.redactor()
+    transcripts, seen, found_at = _transcripts(args), {}, time.monotonic()
+
+    def flush():
+        nonlocal transcripts, found_at
+        if args.all and time.monotonic() - found_at > 30:   # sessions started since
+            try:
+                transcripts, found_at = _transcripts(args), time.monotonic()
+            except NotFound:
+                pass
+        results = []
+        for transcript in transcripts:
+            which = (transcript.harness, transcript.session)
+            signature = transcript.signature()   # before reading: a change meanwhile is next
+            if args.follow and (signature is None or seen.get(which) == signature):
+                continue   # nothing new: no request
+            try:
+                result = client.sessions.mirror(transcript, redact=not args.no_redact,
+                                                redactor=redactor)
+            except (StoreError, UsageError) as exc:
+                if not args.follow:
+                    raise
+                out.warn(f"{transcript.harness} session {transcript.session}: {exc.for_cli()}")
+                continue
+            seen[which] = signature
+            results.append(result)
+        return results
+    if not args.follow:
+        results = flush()
+        out.result({"sessions": results}, *[_mirrored(r) for r in results])
+        return EXIT_OK
+    if not out.as_json:
+        out.note(f"Mirroring {len(transcripts)} session(s) every {_seconds(interval)} "
+                 "(Ctrl-C to stop)")
+
+    def attempt():
+        for result in flush():   # --json: a line per flush, one JSON document each
+            if out.as_json:
+                print(dumps(result), flush=True)
+            elif result["parts"]:
+                out.result(result, _mirrored(result))
+                sys.stdout.flush()
+        return None, False
+    try:
+        poll(attempt, None, None, interval, interval)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _session_lines(s):
+    redactions = ", ".join(f"{k} {v}" for k, v in sorted(s["redactions"].items())) or "none"
+    return [f"{s['harness']} session {s['session']} ({s['state']})",
+            f"  agent:      {s['agent']} on {s['host']}", f"  directory:  {s['cwd'] or '-'}",
+            f"  events:     {s['first_event'] or '?'} .. {s['last_event'] or '?'}",
+            f"  size:       {_size(s['bytes'])}, {s['lines']} lines in {s['parts']} part(s)",
+            f"  redactions: {redactions}" + ("" if s["redacted"] else " (not redacted)")]
+
+
+def cmd_session_list(args, out):
+    sessions = _client(args).sessions.list(args.harness, args.agent)   # --agent: whose
+    lines = [f"{'SESSION':<38} {'HARNESS':<11} {'AGENT':<14} {'STATE':<6} {'LAST EVENT':<20} "
+             f"{'SIZE':>9} {'LINES':>7} REDACTED"] if sessions else []
+    for s in sessions:
+        lines.append(f"{s['session']:<38} {s['harness']:<11} {str(s['agent']):<14} "
+                     f"{s['state']:<6} {str(s['last_event'] or '-')[:20]:<20} "
+                     f"{_size(s['bytes']):>9} {s['lines']:>7} "
+                     f"{sum(s['redactions'].values())}")
+    if not sessions and not out.as_json:
+        out.note("No mirrored sessions")
+    out.result({"sessions": sessions}, *lines)
+
+
+class _Shown:
+    """Standard output for transcript bytes: exact, or neutralised line by line on a terminal."""
+
+    def __init__(self, neutralise):
+        self.neutralise, self.rest = neutralise, b""
+
+    def write(self, block):
+        if not self.neutralise:
+            sys.stdout.buffer.write(block)
+            return
+        lines = (self.rest + block).split(b"\n")
+        self.rest = lines.pop()
+        for line in lines:
+            print(shown(line.decode("utf-8", "replace")))
+
+    def close(self):
+        if self.rest:
+            self.write(b"\n")
+        sys.stdout.flush()
+
+
+def cmd_session_show(args, out):
+    client = _client(args)
+    if args.tail is not None and args.tail < 0:
+        raise UsageError("--tail: a number of lines, 0 or more")
+    if args.raw:
+        sink = _Shown(sys.stdout.isatty())
+        record = client.sessions.read(args.session, args.harness, sink,
+                                      tail=args.tail)
+        sink.close()
+    else:
+        import io
+        data = io.BytesIO()
+        record = client.sessions.read(args.session, args.harness, data,
+                                      tail=20 if args.tail is None else args.tail)
+        text = data.getvalue().decode("utf-8", "replace")
+        lines = text.split("\n")[:-1] if text else []
+        session = _session_shape(record)
+        out.result(dict(session, tail=lines), *_session_lines(session), "",
+                   *[(line if len(line) <= 400 else line[:400] + "...") for line in lines])
+    if not args.follow:
+        return EXIT_OK
+    harness, done = record["harness"], [record["bytes"]]
+    sink = _Shown(sys.stdout.isatty() or not args.raw)
+
+    def attempt():
+        found, _ = client.sessions.find(args.session, harness)
+        before = done[0]
+        if found["bytes"] > done[0]:
+            try:
+                client.sessions._copy(found, done, sink)
+            except NoSuchKey:
+                pass   # compacted meanwhile: the next look reads the new list
+        sys.stdout.flush()
+        return (True if found["state"] == "ended" and done[0] >= found["bytes"] else None,
+                done[0] > before)
+    try:
+        poll(attempt, None, None)
+    except KeyboardInterrupt:
+        pass
+    sink.close()
+    return EXIT_OK
+
+
+def cmd_session_compact(args, out):
+    s = _client(args).sessions.compact(args.session, args.harness)
+    out.result(s, f"Compacted {s['harness']} session {s['session']}: {s['parts']} part(s), "
+                  f"{_size(s['bytes'])}")
+
+
+def cmd_session_stop(args, out):
+    s = _client(args).sessions.stop(args.session, args.harness)
+    out.result(s, f"Marked {s['harness']} session {s['session']} ended")
+
+
+def _self_command():
+    """The command that runs this tracecraft again (for hooks): the installed command, or this
+    interpreter with this file."""
+    import shlex
+    argv0 = sys.argv[0] if sys.argv else ""
+    if os.path.basename(argv0) == "tracecraft" and os.path.isfile(argv0):
+        return shlex.quote(os.path.abspath(argv0))
+    return f"{shlex.quote(sys.executable)} {shlex.quote(os.path.abspath(__file__))}"
+
+
+HOOK_EVENTS = ("SessionStart", "Stop", "SessionEnd")
+
+
+def cmd_hooks_claude_code(args, out):
+    command = _self_command() + " session hook"
+    events = HOOK_EVENTS + (("UserPromptSubmit",) if args.inbox else ())
+    ours = {"type": "command", "command": command, "timeout": 10}
+    if not args.install:
+        snippet = {"hooks": {e: [{"matcher": "", "hooks": [ours]}] for e in events}}
+        out.result(snippet, dumps(snippet, indent=2))
+        return EXIT_OK
+    directory = os.path.abspath(args.dir) if args.dir else current_directory()
+    path = os.path.join(directory, ".claude", "settings.json")
+    try:
+        with open(path, "rb") as f:
+            settings = loads(f.read(MAX_RECORD).decode("utf-8"))
+    except FileNotFoundError:
+        settings = {}
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{shown(path)} cannot be read as JSON ({exc}): fix it first, or add "
+                         "the hooks that `tracecraft hooks claude-code` prints by hand") from None
+    hooks = settings.setdefault("hooks", {}) if isinstance(settings, dict) else None
+    if not isinstance(hooks, dict) or not all(isinstance(v, list) for v in hooks.values()):
+        raise UsageError(f"{shown(path)}: its \"hooks\" are not shaped as Claude Code reads them")
+
+    def mine(hook):
+        return isinstance(hook, dict) and str(hook.get("command", "")).endswith(" session hook") \
+            and "tracecraft" in str(hook.get("command", ""))
+    for event in set(hooks) | set(events):
+        groups = []
+        for group in hooks.get(event, []):
+            if isinstance(group, dict) and isinstance(group.get("hooks"), list):
+                group = dict(group, hooks=[h for h in group["hooks"] if not mine(h)])
+                if not group["hooks"]:
+                    continue
+            groups.append(group)
+        if event in events:
+            groups.append({"matcher": "", "hooks": [ours]})
+        if groups:
+            hooks[event] = groups
+        else:
+            hooks.pop(event, None)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    replace_file(path, (dumps(settings, indent=2) + "\n").encode("utf-8"), 0o644)
+    out.result({"path": path, "events": list(events), "command": command},
+               f"Installed tracecraft's hooks ({', '.join(events)}) in {path}")
+
+
+def _mirror_pid(client, session):
+    return client.records.state_path("mirrors", session)
+
+
+def _running_mirror(path, session):
+    """The pid of the background mirror of `session` that a hook started, if it still runs."""
+    try:
+        with open(path, "rb") as f:
+            pid = loads(f.read(4096)).get("pid")
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if session.encode("utf-8") not in f.read().split(b"\0"):
+                return None   # the pid was reused by another process
+        return pid
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError, TypeError):
+        return None
+
+
+def cmd_session_hook(args, out):
+    """Run as a Claude Code hook: the hook's JSON on standard input says what happened.  Prints
+    nothing but new messages (UserPromptSubmit with --inbox); a failure goes to standard error
+    with exit 1, never 2 (which would block the agent's prompt)."""
+    try:
+        return _hook(args, out)
+    except TracecraftError as exc:
+        out.note(f"tracecraft: {exc.for_cli()}")
+        return EXIT_NO
+
+
+def _hook(args, out):
+    try:
+        event = loads(sys.stdin.buffer.read(MAX_VALUE).decode("utf-8"))
+        name, session = event.get("hook_event_name"), event.get("session_id")
+        path, cwd = event.get("transcript_path"), event.get("cwd")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        raise UsageError("session hook: standard input is not the JSON object a hook gets") \
+            from None
+    client = _client(args)
+    if name == "UserPromptSubmit":
+        messages = client.inbox()
+        if messages:
+            print(f"New messages for {client.agent} (tracecraft):")
+            for m in messages:
+                print(shown(f"[{m['at']}] ({m['kind']}) {m['from']}: {_indented(m['text'])}"))
+        return EXIT_OK
+    if not isinstance(path, str) or not isinstance(session, str):
+        raise UsageError(f"session hook: the {name} event carries no session_id and "
+                         "transcript_path")
+    transcript = Transcript("claude-code", session, os.path.abspath(path),
+                            cwd if isinstance(cwd, str) else None)
+    pidfile = _mirror_pid(client, session)
+    if name == "SessionStart":
+        if _running_mirror(pidfile, session) is None:
+            import subprocess
+            command = [sys.executable, os.path.abspath(__file__)]
+            if os.path.basename(sys.argv[0] if sys.argv else "") == "tracecraft":
+                command = [os.path.abspath(sys.argv[0])]
+            os.makedirs(os.path.dirname(pidfile), mode=0o700, exist_ok=True)
+            with open(pidfile[:-5] + ".log", "ab") as log:
+                child = subprocess.Popen(
+                    command + ["session", "mirror", "--harness", "claude-code", "--session-id",
+                               session, "--transcript", transcript.path, "--follow"]
+                    + (["--config", args.config] if getattr(args, "config", None) else []),
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                    start_new_session=True, cwd=cwd if isinstance(cwd, str) and
+                    os.path.isdir(cwd) else None)
+            replace_file(pidfile, dumps({"pid": child.pid, "session": session}).encode("utf-8"))
+        return EXIT_OK
+    if name in ("Stop", "SessionEnd"):
+        if name == "SessionEnd":
+            pid = _running_mirror(pidfile, session)
+            if pid:
+                import _signal
+                os.kill(pid, _signal.SIGTERM)
+            unlink_quietly(pidfile)
+        if os.path.isfile(transcript.path):
+            client.sessions.mirror(transcript)
+        if name == "SessionEnd":
+            try:
+                client.sessions.stop(session, "claude-code")
+            except NotFound:
+                pass   # nothing was ever mirrored
+    return EXIT_OK
 
 
 class _Unbuilt:
@@ -5191,8 +6266,83 @@ def build_parser(argv=None):
                 "tracecraft artifact list", "tracecraft artifact list --step design",
                 parent=artifact_commands)
     p.add_argument("--step", help="only this step's artifacts")
+
+    session_commands = group("session", "Mirror agents' session transcripts into the store, "
+                                        "and read them back.")
+    p = command("mirror", cmd_session_mirror, "Copy what is new in a session transcript "
+                "(redacted) into the store.",
+                "tracecraft session mirror                      # this directory's newest session",
+                "tracecraft session mirror --harness codex --follow",
+                "tracecraft session mirror --all -f --interval 10",
+                parent=session_commands,
+                epilog="transcripts are read, never changed: claude-code in $CLAUDE_CONFIG_DIR/"
+                       "projects (~/.claude/projects), codex in $CODEX_HOME/sessions "
+                       "(~/.codex/sessions), openclaw in $OPENCLAW_STATE_DIR, $OPENCLAW_HOME or "
+                       "~/.openclaw (agents/*/sessions), hermes in $HERMES_HOME/state.db "
+                       "(~/.hermes). Secrets are replaced by [REDACTED:<pattern>] before they "
+                       "leave the machine; add a project's own patterns as \"redact_patterns\": "
+                       "{\"name\": \"regex\"} in .tracecraft.json. Mirroring is exactly once: "
+                       "two mirrors of one session, or one killed and run again, never copy a "
+                       "line twice or skip one.")
+    p.add_argument("--harness", choices=HARNESSES,
+                   help="whose transcripts (default: any; the most recently active wins)")
+    p.add_argument("--session-id", metavar="ID", help="this session (default: the newest for "
+                                                      "--cwd)")
+    p.add_argument("--transcript", metavar="PATH",
+                   help="mirror this file (as the Claude Code hook does; default harness "
+                        "claude-code, default session id its name)")
+    p.add_argument("--cwd", metavar="DIR", help="the project directory (default: this one)")
+    p.add_argument("--all", action="store_true", help="every session for the directory")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep mirroring every --interval until interrupted")
+    p.add_argument("--interval", default="5", help="seconds between looks (default: 5)")
+    p.add_argument("--no-redact", action="store_true", help="copy secrets as they are")
+    p = command("list", cmd_session_list, "List mirrored sessions (--agent ID: only that "
+                "agent's).", "tracecraft session list",
+                "tracecraft session list --agent reviewer --json", parent=session_commands)
+    p.add_argument("--harness", choices=HARNESSES, help="only this harness's sessions")
+    p = command("show", cmd_session_show, "Show a mirrored session and its last lines.",
+                "tracecraft session show 3f2c9a1e-...",
+                "tracecraft session show 3f2c9a1e-... --raw > transcript.jsonl",
+                "tracecraft session show 3f2c9a1e-... --tail 5 --follow",
+                parent=session_commands)
+    p.add_argument("session", metavar="ID")
+    p.add_argument("--harness", choices=HARNESSES, help="its harness (default: found)")
+    p.add_argument("--tail", type=int, metavar="N", help="the last N lines (default: 20; with "
+                                                         "--raw, the whole transcript)")
+    p.add_argument("--follow", action="store_true", help="keep printing new lines until the "
+                                                         "session ends")
+    p.add_argument("--raw", action="store_true", help="the transcript's bytes exactly as "
+                                                      "mirrored (neutralised on a terminal)")
+    p = command("compact", cmd_session_compact, "Merge a mirrored session's parts into one "
+                "(readers see no change).", "tracecraft session compact 3f2c9a1e-...",
+                parent=session_commands)
+    p.add_argument("session", metavar="ID")
+    p.add_argument("--harness", choices=HARNESSES, help="its harness (default: found)")
+    p = command("stop", cmd_session_stop, "Mark a mirrored session ended.",
+                "tracecraft session stop 3f2c9a1e-...", parent=session_commands)
+    p.add_argument("session", metavar="ID")
+    p.add_argument("--harness", choices=HARNESSES, help="its harness (default: found)")
+    command("hook", cmd_session_hook, "Run as a Claude Code hook (reads the hook's JSON on "
+            "standard input).", "tracecraft hooks claude-code --install   # sets it up",
+            parent=session_commands)
+
+    hooks_commands = group("hooks", "Hooks that make a harness record itself.")
+    p = command("claude-code", cmd_hooks_claude_code, "Print (or --install) the Claude Code "
+                "hooks that mirror every session.", "tracecraft hooks claude-code",
+                "tracecraft hooks claude-code --install --inbox", parent=hooks_commands,
+                epilog="SessionStart starts a background mirror of that session, Stop flushes "
+                       "it, SessionEnd flushes and marks it ended; --inbox adds a "
+                       "UserPromptSubmit hook that puts this agent's new messages into its "
+                       "context (and prints nothing when there are none).")
+    p.add_argument("--install", action="store_true",
+                   help="merge them into .claude/settings.json, keeping what is there")
+    p.add_argument("--inbox", action="store_true", help="also deliver new messages on every "
+                                                        "prompt")
+    p.add_argument("--dir", metavar="DIR", help="the project directory (default: this one)")
     if wanted and any(not isinstance(parent, _Unbuilt) and not parent.choices
-                      for parent in (commands, memory_commands, artifact_commands)):
+                      for parent in (commands, memory_commands, artifact_commands,
+                                     session_commands, hooks_commands)):
         return build_parser()   # a misspelt command: argparse lists the right ones
     return parser
 
