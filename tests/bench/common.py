@@ -47,6 +47,8 @@ def classify_key(rest):
         return "artifact-meta" if ".meta" in parts[1:] else "artifact"
     if kind == "_probe":
         return "probe"
+    if kind == "sessions":
+        return "session-meta" if parts[-1] == "meta.json" else "session-part"
     return kind or "project"
 
 

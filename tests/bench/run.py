@@ -15,6 +15,8 @@ Scenarios (names for --only):
   contention   N processes claim from a pool of steps until none is left
   inbox        reading 10 new messages when the inbox holds 100 / 1,000 / 10,000 old ones
   scale        agents (threads in a few processes) working a DAG of steps with barriers, messages
+  sessions     mirroring a 200 MB transcript (MB/s, peak memory); `mirror --all -f` over 50
+               sessions: requests per minute while idle and while every session grows
 
 The machine is small and shared: timings are medians over repetitions, and every ratio is
 measured within one run.  Request counts are exact and do not depend on the machine.
@@ -44,7 +46,8 @@ TRACECRAFT = SOURCE      # set to the snapshot by main()
 tracecraft = None        # the snapshot, imported by main()
 WORKER = os.path.join(HERE, "worker.py")
 BUCKET = "bench"
-SCENARIOS = ["cli", "requests", "throughput", "barrier", "contention", "inbox", "scale"]
+SCENARIOS = ["cli", "requests", "throughput", "barrier", "contention", "inbox", "scale",
+             "sessions"]
 
 
 class BenchError(Exception):
@@ -771,9 +774,106 @@ def scenario_scale(b):
 # Driver
 # ==================================================================================================
 
+
+# ==================================================================================================
+# 8. Session mirroring
+# ==================================================================================================
+
+def _transcript_lines(n, cwd, session, start=0):
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from harnesses import SECRETS, claude_line
+    return "".join(claude_line(i, cwd, session, SECRETS[i % len(SECRETS)] if i % 97 == 1 else None)
+                   for i in range(start, start + n))
+
+
+def scenario_sessions(b):
+    import resource
+    section = "8 sessions"
+    size_mb = 40 if b.quick else 200
+    d = b.cli_project("sessions")
+    path = os.path.join(b.tmp, "big-session.jsonl")
+    block = _transcript_lines(2000, d, "big-session").encode()
+    with open(path, "wb") as f:
+        while f.tell() < size_mb << 20:
+            f.write(block)
+    size = os.path.getsize(path)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    seconds, _ = b.cli(["session", "mirror", "--transcript", path], d)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss   # KiB, the largest child yet
+    client = b.client("sessions", "reader")
+    meta = client.sessions.get("big-session")
+    client.close()
+    if meta["lines"] != block.count(b"\n") * (size // len(block)):
+        raise BenchError(f"mirrored {meta['lines']} lines of {size} bytes: not all of them")
+    rate = size / seconds / 1e6
+    b.row(section, f"mirror a {size / 1e6:.0f} MB transcript to SeaweedFS (one process)",
+          f"{rate:.1f} MB/s", ">= 20 MB/s", rate >= 20,
+          f"{seconds:.1f} s, {meta['parts']} parts, redacted ({sum(meta['redactions'].values())} "
+          "secrets)")
+    b.row(section, "peak memory of that process (RSS)", f"{peak / 1024:.0f} MB",
+          "bounded", peak < 200 * 1024,
+          f"the source is {size / 1e6:.0f} MB; parts of {tracecraft.PART_BYTES >> 20} MiB"
+          + ("" if peak > before else "; an earlier command had the peak"))
+    b.figures["sessions"] = {"mirror_mb_s": rate, "mirror_s": seconds, "peak_rss_kb": peak,
+                             "bytes": size, "parts": meta["parts"]}
+
+    # --all over 50 live sessions: requests per minute, idle and growing
+    host, port = b.s3.endpoint.rsplit("//", 1)[1].split(":")
+    window = 10 if b.quick else 30
+    with CountingProxy(host, int(port)) as proxy:
+        d = b.cli_project("fleet", endpoint=proxy.endpoint)
+        cwd = os.path.realpath(d)
+        claude = os.path.join(b.tmp, "claude")
+        directory = os.path.join(claude, "projects", cwd.replace("/", "-").replace(".", "-"))
+        os.makedirs(directory, exist_ok=True)
+        paths = [os.path.join(directory, f"s{i:02d}.jsonl") for i in range(50)]
+        for p in paths:
+            with open(p, "w") as f:
+                f.write(_transcript_lines(20, cwd, os.path.basename(p)[:-6]))
+        env = dict(b.env, CLAUDE_CONFIG_DIR=claude)
+        follower = subprocess.Popen([b.python, TRACECRAFT, "session", "mirror", "--all",
+                                     "--harness", "claude-code", "-f", "--interval", "5",
+                                     "--json"], cwd=d, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 120
+            flushed = set()
+            while len(flushed) < 50 and time.monotonic() < deadline:
+                line = follower.stdout.readline()
+                if not line:
+                    break
+                flushed.add(json.loads(line)["session"])
+            if len(flushed) < 50:
+                raise BenchError(f"the follower flushed {len(flushed)} of 50 sessions")
+            time.sleep(6)
+            mark = proxy.log.mark()
+            time.sleep(window)
+            idle = len(proxy.log.labels(mark)) * 60 / window
+            mark, t, lines = proxy.log.mark(), time.monotonic(), 0
+            while time.monotonic() - t < window:
+                for i, p in enumerate(paths):
+                    with open(p, "a") as f:
+                        f.write(_transcript_lines(1, cwd, f"s{i:02d}", 20 + lines))
+                lines += 1
+                time.sleep(1)
+            time.sleep(5.5)   # the last lines' flush
+            labels = proxy.log.labels(mark)
+            growing = len(labels) * 60 / (time.monotonic() - t)
+        finally:
+            follower.kill()
+            follower.wait()
+        b.row(section, "mirror --all -f, 50 sessions, idle: requests per minute", f"{idle:.0f}",
+              "0", idle == 0, f"over {window} s, --interval 5 (a stat of each source per look)")
+        b.row(section, "mirror --all -f, 50 sessions, each growing a line a second",
+              f"{growing:.0f}/min", "", None,
+              f"{', '.join(f'{k} {v}' for k, v in summarize(labels).items())}; 2 requests "
+              "per session per 5 s look would be 1200/min")
+        b.figures["sessions"].update(idle_requests_per_min=idle, growing_requests_per_min=growing)
+
+
 RUNNERS = {"cli": scenario_cli, "requests": scenario_requests, "throughput": scenario_throughput,
            "barrier": scenario_barrier, "contention": scenario_contention,
-           "inbox": scenario_inbox, "scale": scenario_scale}
+           "inbox": scenario_inbox, "scale": scenario_scale, "sessions": scenario_sessions}
 
 
 def print_table(rows, out=sys.stdout):
