@@ -3907,7 +3907,8 @@ HARNESSES = ("claude-code", "codex", "openclaw", "hermes")
 PART_BYTES = 4 << 20      # source bytes a part holds at most (unless one line is longer)
 LINE_BYTES = 32 << 20     # a line longer than this is cut (and redacted piece by piece)
 HEAD_BYTES = 4096         # the start of a source that tells whether it was replaced
-PARTS_KEPT = 500          # parts in a transcript before a following mirror compacts them
+PARTS_KEPT = 500          # parts in a transcript before a mirror compacts them
+MAX_PARTS = 10 ** 9       # part numbers (part-NNNNNN.jsonl: six digits or more)
 ORPHAN_SECONDS = 3600     # an unlisted part this old was left by a killed mirror
 _PART_GUARD = 600.0       # a part older than this (paused mirror) is not appended: redone
 
@@ -4296,18 +4297,25 @@ class Sessions(_Peer):
         if got is None:
             return None
         record, where = got[0], f"session record {key}"
+        wrong = CorruptObject(f"{where} is not a tracecraft record")
         for name, kinds in (("session", str), ("harness", str), ("state", str)):
             _field(record, name, kinds, where)
-        for name in ("segment", "position", "next_part", "bytes", "lines"):
+        for name in ("agent", "host", "cwd", "source", "first_event", "last_event", "updated"):
+            _field(record, name, (str, type(None)), where)
+        for name in ("segment", "position", "bytes", "lines"):
             _field(record, name, int, where, None, 0, MAX_INT)
-        parts = _field(record, "parts", list, where)
-        for part in parts:
-            if not (isinstance(part, list) and len(part) == 5 and all(
-                    type(v) is int and 0 <= v <= MAX_INT for v in part)):
-                raise CorruptObject(f"{where} is not a tracecraft record: a part is "
-                                    f"{shown(repr(part)):.40}")
-        for name in ("redactions", "head"):
-            _field(record, name, (dict if name == "redactions" else list), where, {})
+        _field(record, "next_part", int, where, None, 1, MAX_PARTS)
+        if not all(isinstance(part, list) and len(part) == 5 and all(
+                type(v) is int and 0 <= v <= MAX_INT for v in part)
+                for part in _field(record, "parts", list, where)):
+            raise wrong
+        head = _field(record, "head", list, where)
+        if len(head) != 2 or type(head[0]) is not int or not 0 <= head[0] <= HEAD_BYTES or \
+                not isinstance(head[1], str):
+            raise wrong
+        if not all(isinstance(k, str) and type(v) is int and 0 <= v <= MAX_INT
+                   for k, v in _field(record, "redactions", dict, where).items()):
+            raise wrong
         return record
 
     def _new(self, transcript, redacted):
@@ -4350,7 +4358,11 @@ class Sessions(_Peer):
             data, end, lines = chunk
             if not data:
                 if meta is None:   # a session is listed from the start, before its first line
-                    self.records.update(key, lambda got: got[0] if got else base, start=got)
+                    try:
+                        self.records.remember(key, self.records.write(key, base,
+                                                                      create_only=True))
+                    except PreconditionFailed:
+                        pass   # another mirror listed it first
                 return done
             counts = {}
             body = redactor(data, counts) if redactor else data
@@ -4404,7 +4416,7 @@ class Sessions(_Peer):
     def _take_part(self, transcript, number, body, fresh):
         """Write `body` as the first free part from `number` on (create-only), and return its
         number; None when `number` was taken and the record it came from was a hint."""
-        for number in range(number, number + 1000):
+        for number in range(number, min(number + 1000, MAX_PARTS)):
             try:
                 self.store.put(self._part(transcript.harness, transcript.session, number), body,
                                if_none_match=True, content_type="application/jsonl")
@@ -4514,16 +4526,17 @@ class Sessions(_Peer):
             with tempfile.TemporaryFile() as merged:
                 self._copy(record, [0], merged)
                 size = merged.tell()
-                number = record["next_part"]
-                while True:
-                    merged.seek(0)
+                first = record["next_part"]
+                for number in range(first, min(first + 1000, MAX_PARTS)):
                     try:
                         self.store.put(self._part(harness, session, number),
                                        FileBody(merged, size), if_none_match=True,
                                        content_type="application/jsonl")
                         break
                     except PreconditionFailed:
-                        number += 1
+                        continue   # a part nobody listed (or a mirror's, in flight)
+                else:
+                    raise StoreError(f"session {session}: 1000 part numbers in a row are taken")
             last = parts[-1]
             entry = [number, size, sum(p[2] for p in parts), last[3], last[4]]
 

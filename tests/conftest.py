@@ -180,15 +180,25 @@ class CLI:
         return result.stdout
 
 
-@pytest.fixture
-def cli(settings, tmp_path):
-    """A directory initialised as project `proj`, agent `designer`, on the test's store."""
+def _cli_on(settings, tmp_path, agent="designer"):
     work = tmp_path / "work"
     work.mkdir()
     runner = CLI(work, clean_env(tmp_path))
-    runner.ok("init", "--project", "proj", "--agent", "designer", *init_args(settings))
+    runner.ok("init", "--project", "proj", "--agent", agent, *init_args(settings))
     runner.settings = settings
     return runner
+
+
+@pytest.fixture
+def cli(settings, tmp_path):
+    """A directory initialised as project `proj`, agent `designer`, on the test's store."""
+    return _cli_on(settings, tmp_path)
+
+
+@pytest.fixture
+def atomic_cli(atomic_settings, tmp_path):
+    """The same on a store whose conditional writes are atomic (for races): agent `mirror`."""
+    return _cli_on(atomic_settings, tmp_path, "mirror")
 
 
 @pytest.fixture
@@ -310,6 +320,7 @@ def assert_rounds_raced(per_round, share=0.5):
 # worker of their own, beside the others.
 
 HEAVY = ("test_fifty_processes", "test_twenty_processes", "test_exactly_once_with_skewed",
+         "test_killed_racing_mirrors",
          "test_the_same_agent_ending", "test_racing_overwrites", "test_a_killed_upload",
          "test_eight_processes", "test_compare_and_swap_is_atomic_across_processes",
          "test_twenty_racers", "test_the_seed_scenario_on_every_python")

@@ -57,9 +57,10 @@ def test_numbers_have_no_gaps_and_no_repeats(client_factory_atomic):
     """4 threads send 25 messages each to one inbox at once (on the stores whose create-only
     writes are atomic: on moto two senders can both win a number, and one message is lost)."""
     senders = [client_factory_atomic(f"s{i}") for i in range(4)]
-    runs = []
+    runs, start = [], threading.Barrier(4)
 
     def send_all(client):
+        start.wait()   # all four threads exist before any sends: they start together
         run = [{"began": time.time()}]
         for j in range(25):
             client.send("bob", f"{client.agent}:{j}")

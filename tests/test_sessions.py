@@ -13,7 +13,7 @@ import time
 import pytest
 
 import tracecraft
-from conftest import COMMAND, CLI, REPO, clean_env, init_args
+from conftest import COMMAND, REPO
 from fakes import CountingStore
 from harnesses import (SECRETS, add_hermes_rows, claude_line, make_claude, make_codex,
                        make_hermes, make_openclaw)
@@ -201,16 +201,6 @@ def test_hermes_rows_are_mirrored_as_json_lines(client_factory, tmp_path, harnes
 
 
 # -- exactly once: killed and racing mirrors on real stores ----------------------------------------
-
-@pytest.fixture
-def atomic_cli(atomic_settings, tmp_path):
-    work = tmp_path / "work"
-    work.mkdir()
-    runner = CLI(work, clean_env(tmp_path))
-    runner.ok("init", "--project", "proj", "--agent", "mirror", *init_args(atomic_settings))
-    runner.settings = atomic_settings
-    return runner
-
 
 def test_killed_racing_mirrors_never_double_or_skip_a_byte(atomic_cli, tmp_path):
     """A writer appends (secrets and half lines included) while two followers mirror the one
