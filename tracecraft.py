@@ -5723,11 +5723,17 @@ def _transcripts(args):
                            args.session_id or (name[:-6] if name.endswith(".jsonl") else name),
                            os.path.abspath(args.transcript), args.cwd)]
     cwd = os.path.abspath(args.cwd) if args.cwd else current_directory()
+    found = []
+    for harness in harnesses:
+        try:
+            found += find_transcripts(harness, None if args.session_id else cwd)
+        except UsageError as exc:   # one harness's broken files must not hide the others'
+            if args.harness:
+                raise
+            args.out.warn(str(exc))
     if args.session_id:
-        found = [t for h in harnesses for t in find_transcripts(h) if t.session == args.session_id]
-    else:
-        found = sorted((t for h in harnesses for t in find_transcripts(h, cwd)),
-                       key=lambda t: t.modified(), reverse=True)
+        found = [t for t in found if t.session == args.session_id]
+    found.sort(key=lambda t: t.modified(), reverse=True)
     if not found:
         which = "/".join(harnesses) if args.harness else "Claude Code, Codex, OpenClaw or Hermes"
         raise NotFound(f"no {which} session " + (f"{shown(args.session_id)!r:.80}" if
@@ -5738,9 +5744,10 @@ def _transcripts(args):
 
 
 def _mirrored(result):
-    return (f"Mirrored {result['lines']} lines ({_size(result['bytes'])}) of {result['harness']} "
-            f"session {result['session']}" + (f" in {result['parts']} parts"
-                                              if result["parts"] > 1 else ""))
+    lines = result["lines"]
+    return (f"Mirrored {lines} line{'' if lines == 1 else 's'} ({_size(result['bytes'])}) of "
+            f"{result['harness']} session {result['session']}"
+            + (f" in {result['parts']} parts" if result["parts"] > 1 else ""))
 
 
 def cmd_session_mirror(args, out):
@@ -6293,15 +6300,15 @@ def build_parser(argv=None):
                 "tracecraft session mirror --harness codex --follow",
                 "tracecraft session mirror --all -f --interval 10",
                 parent=session_commands,
-                epilog="transcripts are read, never changed: claude-code in $CLAUDE_CONFIG_DIR/"
-                       "projects (~/.claude/projects), codex in $CODEX_HOME/sessions "
-                       "(~/.codex/sessions), openclaw in $OPENCLAW_STATE_DIR, $OPENCLAW_HOME or "
-                       "~/.openclaw (agents/*/sessions), hermes in $HERMES_HOME/state.db "
-                       "(~/.hermes). Secrets are replaced by [REDACTED:<pattern>] before they "
-                       "leave the machine; add a project's own patterns as \"redact_patterns\": "
-                       "{\"name\": \"regex\"} in .tracecraft.json. Mirroring is exactly once: "
-                       "two mirrors of one session, or one killed and run again, never copy a "
-                       "line twice or skip one.")
+                epilog="transcripts are read, never changed:\n"
+                       "  claude-code  $CLAUDE_CONFIG_DIR/projects (~/.claude/projects)\n"
+                       "  codex        $CODEX_HOME/sessions (~/.codex/sessions)\n"
+                       "  openclaw     $OPENCLAW_STATE_DIR, $OPENCLAW_HOME or ~/.openclaw\n"
+                       "  hermes       $HERMES_HOME/state.db (~/.hermes/state.db)\n"
+                       "secrets become [REDACTED:<pattern>] before they leave the machine; a "
+                       "project adds\nits own as \"redact_patterns\": {\"name\": \"regex\"} "
+                       "in .tracecraft.json.\nexactly once: two mirrors of one session, or one "
+                       "killed and run again, never\ncopy a line twice or skip one.")
     p.add_argument("--harness", choices=HARNESSES,
                    help="whose transcripts (default: any; the most recently active wins)")
     p.add_argument("--session-id", metavar="ID", help="this session (default: the newest for "
@@ -6313,7 +6320,8 @@ def build_parser(argv=None):
     p.add_argument("--all", action="store_true", help="every session for the directory")
     p.add_argument("-f", "--follow", action="store_true",
                    help="keep mirroring every --interval until interrupted")
-    p.add_argument("--interval", default="5", help="seconds between looks (default: 5)")
+    p.add_argument("--interval", default="5", metavar="SECONDS",
+                   help="seconds between looks (default: 5)")
     p.add_argument("--no-redact", action="store_true", help="copy secrets as they are")
     p = command("list", cmd_session_list, "List mirrored sessions (--agent ID: only that "
                 "agent's).", "tracecraft session list",
@@ -6350,9 +6358,9 @@ def build_parser(argv=None):
                 "hooks that mirror every session.", "tracecraft hooks claude-code",
                 "tracecraft hooks claude-code --install --inbox", parent=hooks_commands,
                 epilog="SessionStart starts a background mirror of that session, Stop flushes "
-                       "it, SessionEnd flushes and marks it ended; --inbox adds a "
-                       "UserPromptSubmit hook that puts this agent's new messages into its "
-                       "context (and prints nothing when there are none).")
+                       "it,\nSessionEnd flushes and marks it ended; --inbox adds a "
+                       "UserPromptSubmit hook\nthat puts this agent's new messages into its "
+                       "context (nothing when there are none).")
     p.add_argument("--install", action="store_true",
                    help="merge them into .claude/settings.json, keeping what is there")
     p.add_argument("--inbox", action="store_true", help="also deliver new messages on every "

@@ -422,3 +422,38 @@ def test_mcp_session_tools(local_cli, tmp_path):
                 bad = await mcp.call_tool("session_show", {"session": session, "tail": -1})
                 assert bad.is_error and "tail" in bad.content[0].text
     anyio.run(scenario)
+
+
+def test_a_following_mirror_with_nothing_new_asks_the_store_nothing(seaweed, tmp_path,
+                                                                    bucket_name):
+    """Counted at a proxy in front of SeaweedFS: a follower looking every 0.1 s at a transcript
+    that does not change makes no request; a new line costs two (the part, the list)."""
+    sys.path.insert(0, str(REPO / "tests" / "bench"))
+    from proxy import CountingProxy
+    from conftest import CLI, clean_env
+    host, port = seaweed.endpoint.rsplit("//", 1)[1].split(":")
+    session, path = make_claude(str(tmp_path / "claude"), str(tmp_path), lines=5)
+    with CountingProxy(host, int(port)) as proxy:
+        work = tmp_path / "work"
+        work.mkdir()
+        cli = CLI(work, clean_env(tmp_path))
+        cli.ok("init", "--project", "proj", "--agent", "mirror", "--bucket", bucket_name,
+               "--endpoint", proxy.endpoint, "--access-key", seaweed.access_key,
+               "--secret-key", seaweed.secret_key)
+        follower = subprocess.Popen([*COMMAND, "session", "mirror", "--transcript", path, "-f",
+                                     "--interval", "0.1", "--json"], cwd=work, env=cli.env,
+                                    stdout=subprocess.PIPE, text=True)
+        try:
+            assert json.loads(follower.stdout.readline())["lines"] == 5
+            time.sleep(0.5)   # the follower's exit paths and heartbeat are not part of a look
+            mark = proxy.log.mark()
+            time.sleep(2)
+            assert proxy.log.labels(mark) == []
+            with open(path, "a") as f:
+                f.write(claude_line(5, str(tmp_path), session))
+            assert json.loads(follower.stdout.readline())["lines"] == 1
+            assert sorted(proxy.log.labels(mark)) == ["PUT-cas session-meta",
+                                                      "PUT-create session-part"]
+        finally:
+            follower.kill()
+            follower.wait()
