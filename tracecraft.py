@@ -2268,6 +2268,7 @@ WAIT_POLL_FAST = 0.35   # seconds between a waiter's polls at first and right af
 WAIT_POLL_MAX = 0.7     # ... growing to this while idle: detection ~0.35 s, ~1.4 requests/s
 DEFAULT_TTL = 1800.0
 ENDED = ("complete", "failed", "blocked")
+STEP_STATES = ("in_progress", "expired", "failed", "blocked", "complete", "pending")
 HISTORY_LIMIT, HISTORY_BYTES = 10, 64 * 1024
 LOG_WIDTH = 12          # message numbers are stored inverted, so a listing starts at the newest
 LOG_TOP = 10 ** LOG_WIDTH
@@ -3473,23 +3474,36 @@ class Agents(_Peer):
         renewed = self.client.steps.renew_held() if renew else []
         return _agent_shape(self.client.agent, record, 0.0, renewed)
 
-    def status(self, cache=None):
+    def status(self, cache=None, states=None, agent=None):
         """One picture of the project: agents (each with `unread`, the messages it has not read),
-        steps (Lease.shape() each), the latest handoff notes and the number of memory keys.
+        steps (Lease.shape() each), `counts` of steps per state, the latest handoff notes and
+        the number of memory keys.  `states` keeps only the steps in those states; `agent` only
+        that agent and the steps it holds or ended (`counts` are of its steps, in every state).
 
         Costs a few listings, one read per step and per agent, and two requests per agent for
         unread counts.  Pass the same dict as `cache` to later calls (status --watch does): an
         object whose listing shows it unchanged is not read again."""
+        for state in states or ():
+            if state not in STEP_STATES:
+                raise UsageError(f"a step's state is one of {', '.join(STEP_STATES)}, not "
+                                 f"{shown(state)!r:.40}")
         cache = {} if cache is None else cache
         leases = self.client.steps.leases(cache)
-        agents = self(cache, leases)
+        agents = [a for a in self(cache, leases) if agent is None or a["agent"] == agent]
         broadcast_tail = self.client.inbox.tail(BROADCAST)
-        for agent in agents:
-            agent["unread"] = self.client.inbox.unread(agent["agent"], broadcast_tail)
+        for one in agents:
+            one["unread"] = self.client.inbox.unread(one["agent"], broadcast_tail)
         steps = [lease.shape() for lease in leases]
+        if agent is not None:
+            steps = [s for s in steps if agent in (s["holder"], s["ended_by"])]
+        counts = {state: 0 for state in STEP_STATES}
+        for step in steps:
+            counts[step["status"]] = counts.get(step["status"], 0) + 1
         handoffs = sorted((s for s in steps if s["note"] is not None),
                           key=lambda s: s["ended_at"] or "", reverse=True)[:5]
-        return {"project": self.client.project, "agents": agents, "steps": steps,
+        if states:
+            steps = [s for s in steps if s["status"] in states]
+        return {"project": self.client.project, "agents": agents, "steps": steps, "counts": counts,
                 "handoffs": [{"step": s["step"], "by": s["ended_by"], "at": s["ended_at"],
                               "note": s["note"]} for s in handoffs],
                 "memory_keys": len(self.client.memory.list())}
@@ -4708,8 +4722,8 @@ class Client:
     def heartbeat(self, renew=True):
         return self.agents.heartbeat(renew)
 
-    def status(self, cache=None):
-        return self.agents.status(cache)
+    def status(self, cache=None, states=None, agent=None):
+        return self.agents.status(cache, states, agent)
 
     def touch(self):
         return self.agents.touch()
@@ -4859,8 +4873,12 @@ MCP_TOOLS = {   # name: (description, input schema, run(client, arguments) -> di
                               overwrite=bool(a.get("overwrite"))))),
     "agents": ("List agents: online / idle / offline, the steps they hold, when last seen.",
                _schema(), lambda c, a: {"agents": c.agents()}),
-    "status": ("One picture of the project: agents, steps, unread messages, recent handoffs.",
-               _schema(), lambda c, a: c.status()),
+    "status": ("One picture of the project: agents, steps (counts per state), unread messages, "
+               "recent handoffs.",
+               _schema(state=_arg("array", "Only steps in these states",
+                                  items={"type": "string", "enum": list(STEP_STATES)}),
+                       agent=_arg("string", "Only this agent and its steps")),
+               lambda c, a: c.agents.status(None, a.get("state"), a.get("agent"))),
     "session_list": ("List the mirrored session transcripts of the agents (Claude Code, Codex, "
                      "OpenClaw, Hermes): agent, harness, state, size, last event.",
                      _schema(harness=_arg("string", "Only this harness's", enum=list(HARNESSES)),
@@ -5655,15 +5673,21 @@ def cmd_status(args, out):
     if interval is not None and interval < 0.5:
         raise UsageError("--watch: redraw at most every 0.5 s (a smaller interval would keep a "
                          "core busy and flood the store with requests)")
-    cache = {}
-    if interval is None or out.as_json:
-        info = client.status(cache)
-        out.result(info, *_status_lines(info))
+    cache, states = {}, args.state or None
+
+    def picture():
+        return client.status(cache, states, args.agent)
+    if interval is None:
+        info = picture()
+        out.result(info, *_status_lines(info, states))
         return EXIT_OK
 
     def redraw():
-        print("\033[H\033[2J" + "\n".join(shown(line) for text in _status_lines(
-            client.status(cache)) for line in text.split("\n")), flush=True)
+        if out.as_json:   # a JSON document per refresh, a line each
+            print(dumps(picture()), flush=True)
+        else:
+            print("\033[H\033[2J" + "\n".join(shown(line) for text in _status_lines(
+                picture(), states) for line in text.split("\n")), flush=True)
         return None, False   # never done: until interrupted
     try:
         poll(redraw, None, None, interval, interval)   # a person watching is no agent at work
@@ -5671,29 +5695,62 @@ def cmd_status(args, out):
         return EXIT_OK
 
 
-def _status_lines(info):
-    lines = [f"Project {info['project']}", "", "AGENTS"]
+STATUS_LISTED = 10   # steps of one state listed before the rest are counted
+
+
+def _natural(name):
+    """A sort key that puts step-2 before step-10."""
+    import re
+    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name))]
+
+
+def _elided(names, most=5):
+    return ", ".join(names[:most]) + (f" ... and {len(names) - most} more" if
+                                       len(names) > most else "") if names else "-"
+
+
+def _status_lines(info, states=None):
+    """The screen `status` prints: counts first, then what needs attention (in progress,
+    expired, failed, blocked), a few of each; with `states`, every step in those states."""
+    online = sum(a["state"] == "online" for a in info["agents"])
+    lines = [f"Project {info['project']}", "",
+             f"AGENTS  {len(info['agents'])} ({online} online)"]
     for a in info["agents"]:
         lines.append(f"  {a['agent']:<16} {a['state']:<8} unread {a['unread']:<4} "
-                     f"seen {_ago(a['age_seconds']):<9} holding {', '.join(a['holding']) or '-'}")
+                     f"seen {_ago(a['age_seconds']):<9} holding {_elided(a['holding'])}")
         lines += _sessions_of(a, "    ")
-    order = {"in_progress": 0, "expired": 1, "failed": 2, "blocked": 3, "complete": 4, "pending": 5}
-    lines += ["", "STEPS"]
-    for st in sorted(info["steps"], key=lambda s: (order.get(s["status"], 9), s["step"])):
-        detail = ""
-        if st["status"] in ("in_progress", "expired"):
-            left = st["lease_left"] or 0
-            detail = f"{st['holder']} (generation {st['generation']}, " + \
-                (f"lease {_duration(left)} left)" if left > 0 else f"expired {_duration(-left)} ago)")
-        elif st["status"] in ENDED:
-            detail = f"by {st['ended_by']}"
-        lines.append(f"  {st['status']:<12} {st['step']:<24} {detail}")
+    counts = info["counts"]
+    lines += ["", f"STEPS  {sum(counts.values())}: " + ", ".join(
+        f"{n} {state}" for state, n in counts.items())]
+    listed = states or STEP_STATES[:4]
+    if not states and any(counts[s] for s in listed):
+        lines.append("NEEDS ATTENTION")
+    for state in listed:
+        steps = sorted((s for s in info["steps"] if s["status"] == state),
+                       key=lambda s: _natural(s["step"]))
+        most = len(steps) if states else STATUS_LISTED
+        for st in steps[:most]:
+            lines.append(_step_line(st))
+        if len(steps) > most:
+            lines.append(f"  ... and {len(steps) - most} more {state} (status --state {state} "
+                         "lists them all)")
     if info["handoffs"]:
         lines += ["", "RECENT HANDOFFS"]
         lines += [f"  {h['step']} ({h['by']}, {h['at']}): {_indented(h['note'])}"
                   for h in info["handoffs"]]
     lines += ["", f"MEMORY  {info['memory_keys']} keys"]
     return lines
+
+
+def _step_line(st):
+    detail = ""
+    if st["status"] in ("in_progress", "expired"):
+        left = st["lease_left"] or 0
+        detail = f"{st['holder']} (generation {st['generation']}, " + \
+            (f"lease {_duration(left)} left)" if left > 0 else f"expired {_duration(-left)} ago)")
+    elif st["status"] in ENDED:
+        detail = f"by {st['ended_by']}"
+    return f"  {st['status']:<12} {st['step']:<24} {detail}"
 
 
 def cmd_prompt(args, out):
@@ -6160,9 +6217,17 @@ def build_parser(argv=None):
                                   "latency and clock skew.", "tracecraft doctor",
             "tracecraft doctor --json")
     p = command("status", cmd_status, "One screen: agents, steps, unread messages, handoffs.",
-                "tracecraft status", "tracecraft status --watch 5")
+                "tracecraft status", "tracecraft status --watch 5",
+                "tracecraft status --state failed --state blocked",
+                "tracecraft status --agent reviewer --json",
+                epilog="counts of steps per state first, then what needs attention (in "
+                       "progress, expired, failed,\nblocked: a few of each); --state lists "
+                       "every step in that state. --watch --json prints\na JSON document per "
+                       "refresh, a line each.")
     p.add_argument("--watch", nargs="?", const="2", metavar="SECONDS",
                    help="redraw every SECONDS (default 2) until interrupted")
+    p.add_argument("--state", action="append", choices=STEP_STATES,
+                   help="only steps in this state (again for more states)")
     command("prompt", cmd_prompt, "Print instructions for CLAUDE.md / AGENTS.md.",
             "tracecraft prompt >> CLAUDE.md", "tracecraft prompt --agent reviewer",
             epilog="use --agent NAME to write them for another agent.")

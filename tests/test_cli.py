@@ -1,12 +1,13 @@
 """Section 8: the real command line in subprocesses, against every store."""
 import json
 import os
+import subprocess
 import time
 
 import pytest
 
 import tracecraft
-from conftest import CLI, clean_env, init_args
+from conftest import CLI, COMMAND, clean_env, init_args
 from scenario import run_seed_scenario
 
 
@@ -418,3 +419,46 @@ def test_an_observer_on_every_store(cli, tmp_path):
     assert [s["step"] for s in info["steps"]] == ["s"]
     refused = watch("claim", "t")
     assert refused.returncode == 2 and "read-only" in refused.stderr
+
+
+def test_status_scales_to_many_steps(local_cli, tmp_path):
+    """150 steps: counts per state first, a few of each state that needs attention, long lists
+    elided with a count; --state and --agent narrow it; --watch --json streams a line each."""
+    tc = tracecraft.connect(project="proj", agent="worker", backend="local",
+                            root=str(tmp_path / "store"))
+    try:
+        tc.heartbeat(renew=False)
+        for i in range(150):
+            tc.claim(f"step-{i}")
+        for i in range(130):
+            tc.complete(f"step-{i}", status="failed" if 5 <= i < 35 else "complete")
+    finally:
+        tc.close()
+    local_cli.ok("claim", "mine")
+    text = local_cli.ok("status")
+    lines = text.splitlines()
+    assert len(lines) < 40 and max(len(line) for line in lines) < 200
+    assert "STEPS  151: 21 in_progress, 0 expired, 30 failed, 0 blocked, 100 complete, 0 pending" \
+        in text
+    assert "... and 11 more in_progress" in text and "... and 20 more failed" in text
+    assert "holding step-130, step-131, step-132, step-133, step-134 ... and 15 more" in text
+    assert text.index("step-9 ") < text.index("step-10 ")   # in natural order
+    failed = local_cli.ok("status", "--state", "failed")
+    assert failed.count("  failed ") == 30 and "in_progress  step" not in failed
+    mine = json.loads(local_cli.ok("status", "--agent", "designer", "--json"))
+    assert [s["step"] for s in mine["steps"]] == ["mine"]
+    assert [a["agent"] for a in mine["agents"]] == ["designer"]
+    assert "worker" in text and len(json.loads(local_cli.ok("status", "--json"))["steps"]) == 151
+    assert mine["counts"] == {"in_progress": 1, "expired": 0, "failed": 0, "blocked": 0,
+                              "complete": 0, "pending": 0}
+    bad = local_cli("status", "--state", "done")
+    assert bad.returncode == 2 and "--state" in bad.stderr
+    watch = subprocess.Popen([*COMMAND, "status", "--watch", "0.5", "--json", "--state",
+                              "failed"], cwd=local_cli.cwd, env=local_cli.env,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        documents = [json.loads(watch.stdout.readline()) for _ in range(2)]
+    finally:
+        watch.kill()
+        watch.wait()
+    assert all(len(d["steps"]) == 30 and d["counts"]["complete"] == 100 for d in documents)

@@ -96,7 +96,7 @@ def test_status_shows_every_state(cli):
     cli.ok("memory", "set", "k", "1")
     time.sleep(max(0, 2.2 - (time.monotonic() - claimed)))   # S3 stamps whole seconds
     info = json.loads(cli.ok("status", "--json"))
-    assert set(info) == {"project", "agents", "steps", "handoffs", "memory_keys"}
+    assert set(info) == {"project", "agents", "steps", "counts", "handoffs", "memory_keys"}
     states = {s["step"]: s["status"] for s in info["steps"]}
     assert states == {"working": "in_progress", "short": "expired", "done": "complete",
                       "broken": "failed", "stuck": "blocked", "given-back": "pending"}
