@@ -2752,6 +2752,21 @@ class Memory(_Peer):
         return [{k: entry.get(k) for k in ("value", "by", "at", "revision")}
                 for entry in [record] + record.get("history", [])]
 
+    def entries(self, cache=None):
+        """(key, record) of every memory key, its history included, read once and then again
+        only when the listing shows it changed (`cache`: see Agents.status())."""
+        root = self.client.key("memory") + "/"
+        cache = {} if cache is None else cache
+        for entry in self.store.list(root):
+            key = entry.key[len(root):-5].replace("/", ".")
+            try:
+                check_memory_key(key)
+                got, _ = self.records.read_listed(entry, cache)
+                if got and entry.key.endswith(".json"):
+                    yield key, self._checked(got[0], key)
+            except (CorruptObject, UsageError) as exc:
+                self.client.warn_once(f"skipped {entry.key}: {exc}")
+
     def list(self, prefix=""):
         """Keys under `prefix`, matched by whole segments: `phase1` never returns `phase10.x`.
         Objects whose names are not memory keys are skipped with a warning."""
@@ -3017,11 +3032,11 @@ class Inbox(_Peer):
             result.append(message)
         return result
 
-    def log(self, log):
-        """Every message of one log (an agent's inbox, or _broadcast), oldest first, moving
-        no cursor: what a replay shows.  Emptied messages are gone."""
+    def log(self, log, after=0):
+        """Every message of one log (an agent's inbox, or _broadcast) numbered above `after`,
+        oldest first, moving no cursor: what a replay shows.  Emptied messages are gone."""
         found = []
-        for n, entry in self._since(log, 0, contiguous=False):
+        for n, entry in self._since(log, after, contiguous=False):
             try:
                 blob = self.store.get(entry.key) if entry.size else None
                 if blob is None or not blob.body:
@@ -3745,14 +3760,15 @@ class Artifacts(_Peer):
                     return
                 continue   # another upload replaced the bytes first: go again, after it
 
-    def list(self, step=None):
+    def list(self, step=None, cache=None):
         """Every artifact (of one step, or all), sorted by step and name: name, step, size,
         sha256, content_type, uploader, at.  Objects that are not artifacts are skipped with a
-        warning."""
+        warning.  `cache`: see Agents.status() (metadata unchanged is not read again)."""
         root = self.client.key("artifacts") + "/"
         prefix = root + (check_name("step id", step) + "/" if step else "")
-        result = []
-        for entry in self.store.list(prefix):
+        result, entries = [], list(self.store.list(prefix))
+        metas = {e.key: e for e in entries if "/.meta/" in e.key}
+        for entry in entries:
             parts = entry.key[len(root):].split("/")
             if len(parts) == 3 and parts[1] == ".meta":
                 continue
@@ -3760,7 +3776,9 @@ class Artifacts(_Peer):
                 if len(parts) != 2:
                     raise UsageError("not an artifact (artifacts are <step>/<name>)")
                 data_key, meta_key, _ = self._keys(parts[1], parts[0])
-                got = self.records.read(meta_key, missing_ok=True)
+                got = self.records.read_listed(metas[meta_key], cache)[0] \
+                    if cache is not None and meta_key in metas else \
+                    self.records.read(meta_key, missing_ok=True)
                 result.append(self._listed(parts[1], parts[0], entry, got, data_key))
             except (CorruptObject, UsageError) as exc:
                 self.client.warn_once(f"skipped {entry.key}: {exc}")
@@ -4693,20 +4711,32 @@ def _transcript_event(line):
 
 
 class Timeline(_Peer):
-    """A project's history (`tc.timeline`): timeline() reads every kind of record once and
-    returns {"project", "agents", "steps", "events"}, events in time order."""
+    """A project's history (`tc.timeline`): tc.timeline() reads every kind of record and
+    returns {"project", "agents", "steps", "events"}, events in time order.
 
-    def __call__(self, since=None, until=None, agents=None, sessions=True):
-        events, client = [], self.client
+    Pass the same dict as `state` to later calls (a live view does): they return only the
+    events that are new, and cost requests in proportion to what changed: listings (a page
+    per 1,000 objects), new messages only, and a read of each record the listings show
+    changed (as status --watch)."""
+
+    def __call__(self, since=None, until=None, agents=None, sessions=True, state=None):
+        client, events = self.client, []
+        state = {} if state is None else state
+        cache, seen = state.setdefault("cache", {}), state.setdefault("seen", set())
 
         def add(at, kind, agent, **fields):
-            if isinstance(at, str) and at and (since is None or at >= since) and \
-                    (until is None or at <= until) and (not agents or agent in agents
-                                                        or fields.get("to") in agents):
-                events.append(dict(fields, at=at, kind=kind, agent=agent))
-        known = {a["agent"]: a for a in client.agents()}
+            if not (isinstance(at, str) and at) or (since is not None and at < since) or \
+                    (until is not None and at > until) or \
+                    (agents and agent not in agents and fields.get("to") not in agents):
+                return
+            event = dict(fields, at=at, kind=kind, agent=agent)
+            signature = dumps(event)
+            if signature not in seen:
+                seen.add(signature)
+                events.append(event)
+        known = {a["agent"]: a for a in client.agents(cache)}
         steps = []
-        for lease in client.steps.leases({}):
+        for lease in client.steps.leases(cache):
             record, shape = lease.record, lease.shape()
             steps.append(shape)
             for earlier in record.get("holders", []):
@@ -4715,56 +4745,64 @@ class Timeline(_Peer):
                 add(earlier.get("to"), "release" if earlier.get("how") == "released" else
                     "expired", earlier.get("agent"), step=lease.step,
                     generation=earlier.get("generation"))
-            add(record.get("at"), "takeover" if record.get("generation", 1) > 1 and
-                record.get("previous") else "claim", lease.holder, step=lease.step,
-                generation=record.get("generation"), previous=record.get("previous"))
+            add(record.get("at"), "takeover" if record.get("previous") else "claim",
+                lease.holder, step=lease.step, generation=record.get("generation"),
+                previous=record.get("previous"))
             if lease.state == "released":
                 add(record.get("released_at"), "release", lease.holder, step=lease.step,
                     generation=record.get("generation"))
             if lease.state in ENDED:
                 add(shape["ended_at"], lease.state, shape["ended_by"], step=lease.step,
                     note=shape["note"], forced=shape["forced"], generation=shape["generation"])
+        read = state.setdefault("logs", {})
         for log in [BROADCAST] + sorted(known):
-            for message in client.inbox.log(log):
+            for message in client.inbox.log(log, read.get(log, 0)):
+                read[log] = max(read.get(log, 0), message["seq"])
                 add(message["at"], "message", message["from"], to=message["to"] or BROADCAST,
                     text=_clip(message["text"]), seq=message["seq"])
-        for key in client.memory.list():
-            try:
-                for entry in client.memory.history(key):
-                    add(entry["at"], "memory", entry["by"], key=key, value=_clip(entry["value"]),
-                        revision=entry["revision"])
-            except (NotFound, CorruptObject):
-                continue
-        for artifact in client.artifacts.list():
+        for key, record in client.memory.entries(cache):
+            for entry in [record] + record.get("history", []):
+                add(entry.get("at"), "memory", entry.get("by"), key=key,
+                    value=_clip(entry.get("value")), revision=entry.get("revision"))
+        for artifact in client.artifacts.list(cache=cache):
             add(artifact["at"], "artifact", artifact["uploader"], name=artifact["name"],
                 step=artifact["step"], size=artifact["size"])
         for agent in known.values():
             add(agent["last_seen"], "seen", agent["agent"])
         if sessions:
-            for session in client.sessions.list():
-                self._session_events(session, add)
+            done = state.setdefault("sessions", {})
+            for session in client.sessions.list(cache=cache):
+                self._session_events(session, add, done)
         events.sort(key=lambda e: e["at"])
-        for n, event in enumerate(events):
-            event["id"] = n + 1
+        for event in events:
+            state["ids"] = event["id"] = state.get("ids", 0) + 1
         names = sorted({e["agent"] for e in events if isinstance(e["agent"], str)} | set(known))
         return {"project": client.project, "agents": names, "steps": steps, "events": events}
 
-    def _session_events(self, session, add):
+    def _session_events(self, session, add, done):
+        """The events of a mirrored session's lines: the last SESSION_LINES_SHOWN at first,
+        then only the lines mirrored since (`done`: bytes read of each session)."""
         import io
-        out = io.BytesIO()
+        out, which = io.BytesIO(), (session["harness"], session["session"])
+        if done.get(which, 0) >= session["bytes"]:
+            return
         try:
-            self.client.sessions.read(session["session"], session["harness"], out,
-                                      tail=SESSION_LINES_SHOWN)
+            if which in done:
+                record, _ = self.client.sessions.find(session["session"], session["harness"])
+                position = [done[which]]
+                self.client.sessions._copy(record, position, out)
+                done[which] = position[0]
+            else:
+                record = self.client.sessions.read(session["session"], session["harness"], out,
+                                                   tail=SESSION_LINES_SHOWN)
+                done[which] = record["bytes"]
         except (NotFound, CorruptObject) as exc:
             self.client.warn_once(f"skipped session {session['session']}: {exc}")
             return
         last = session["first_event"]
         for line in out.getvalue().decode("utf-8", "replace").split("\n"):
-            try:
-                stamp = _event_time(line) or last
-            except Exception:
-                stamp = last
             found = _transcript_event(line) if line else None
+            stamp = (_event_time(line) if line else None) or last
             if found and stamp:
                 last = stamp
                 add(stamp, found[0], session["agent"], text=found[1], detail=found[2],
@@ -6417,13 +6455,33 @@ document.querySelectorAll("#filters input[type=checkbox]").forEach((box) => {
 $("q").value = shown.q; refresh();
 $("list").addEventListener("scroll", renderRows);
 window.addEventListener("resize", () => { renderRows(); drawLanes(); });
+function merge(news) {
+  for (const a of news.agents) if (!lane.has(a)) { lane.set(a, agents.length); agents.push(a);
+    shown.agents.add(a); checkbox($("filters"), a, shown.agents); }
+  for (const k of new Set(news.events.map((e) => e.kind))) if (!kinds.includes(k)) {
+    kinds.push(k); shown.kinds.add(k); checkbox($("filters"), k, shown.kinds, color(k)); }
+  D.events.push(...news.events); D.events.sort((a, b) => (a.at < b.at ? -1 : a.at > b.at));
+  for (const e of news.events) { t0 = Math.min(t0, time(e)); t1 = Math.max(t1, time(e)); }
+  D.steps = news.steps; $("steps").textContent = ""; buildSteps(); refresh();
+}
+if (D.live) {
+  const token = new URLSearchParams(location.search).get("token") || "";
+  let last = D.events.reduce((m, e) => Math.max(m, e.id), 0), busy = false;
+  setInterval(async () => {
+    if (busy) return; busy = true;
+    try { const r = await fetch("events?after=" + last, {headers: {"X-Tracecraft-Token": token}});
+      if (r.ok) { const news = await r.json();
+        if (news.events.length) { last = news.events[news.events.length - 1].id; merge(news); } }
+    } catch (err) { /* the server is gone: keep what is shown */ }
+    busy = false; }, 1000);
+}
 const wanted = /^#e(\\d+)$/.exec(location.hash);
 if (wanted) { const e = D.events.find((x) => x.id === Number(wanted[1])); if (e) select(e, true); }
 """
 
 REPLAY_PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src '{script_hash}'; style-src '{style_hash}'; img-src 'none'; form-action 'none'; base-uri 'none'">
+<meta http-equiv="Content-Security-Policy" content="{policy}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>tracecraft replay</title><style>{style}</style></head>
 <body><header><h1 id="title"></h1><div id="range"></div></header>
@@ -6435,21 +6493,30 @@ REPLAY_PAGE = """<!DOCTYPE html>
 """
 
 
-def replay_page(timeline):
-    """The self-contained HTML page of a timeline: no request when it is opened, and nothing an
-    agent wrote can run in it (the data is JSON read by a script that only sets textContent,
-    and the Content-Security-Policy admits only this page's own script and style)."""
+def page_policy(live=False):
+    """The Content-Security-Policy of the replay page: only its own script and style (by
+    hash); the live page may also ask its own server for new events."""
     import base64
 
     def digest(text):
-        return "sha256-" + base64.b64encode(_hash("sha256", text.encode("utf-8")).digest()) \
-            .decode("ascii")
-    data = dumps(timeline)
+        return "'sha256-" + base64.b64encode(_hash("sha256", text.encode("utf-8")).digest()) \
+            .decode("ascii") + "'"
+    return (f"default-src 'none'; script-src {digest(REPLAY_SCRIPT)}; style-src "
+            f"{digest(REPLAY_STYLE)}; img-src 'none'; form-action 'none'; base-uri 'none'"
+            + ("; connect-src 'self'" if live else ""))
+
+
+def replay_page(timeline, live=False):
+    """The self-contained HTML page of a timeline: no request when it is opened, and nothing an
+    agent wrote can run in it (the data is JSON read by a script that only sets textContent,
+    and the Content-Security-Policy admits only this page's own script and style).  `live`:
+    the page asks its server (`tracecraft ui`) for new events every second."""
+    data = dumps(dict(timeline, live=live))
     for raw, escaped in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e"),
                          ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
         data = data.replace(raw, escaped)
-    return REPLAY_PAGE.format(script_hash=digest(REPLAY_SCRIPT), style_hash=digest(REPLAY_STYLE),
-                              style=REPLAY_STYLE, data=data, script=REPLAY_SCRIPT)
+    return REPLAY_PAGE.format(policy=page_policy(live), style=REPLAY_STYLE, data=data,
+                              script=REPLAY_SCRIPT)
 
 
 def _moment(text, flag):
@@ -6480,6 +6547,110 @@ def cmd_replay(args, out):
                 "bytes": len(page)},
                f"Wrote {path}: {len(timeline['events'])} events of {len(timeline['agents'])} "
                f"agents ({_size(len(page))}); open it in a browser")
+
+
+def cmd_ui(args, out):
+    """Serve the replay page live: read-only, on 127.0.0.1 unless --bind says otherwise (then
+    every request must carry the token printed here), answering only requests for its own
+    address (a DNS rebinding page cannot reach it)."""
+    import http.server
+    import threading
+    client = _client(args)
+    host = args.bind or "127.0.0.1"
+    if not 0 <= args.port <= 65535:
+        raise UsageError("--port: from 0 (any free port) to 65535")
+    token = None if host == "127.0.0.1" else os.urandom(18).hex()   # another address: a token
+    every = parse_duration(args.refresh)
+    state, lock, events = {}, threading.Lock(), []
+    first = client.timeline(state=state)
+    looked = [time.monotonic()]
+    events += first["events"]
+    latest = [first]
+
+    def refresh():
+        with lock:   # one look at the store at a time, however many pages ask
+            if time.monotonic() - looked[0] >= every:
+                found = client.timeline(state=state)
+                events.extend(found["events"])
+                latest[0], looked[0] = found, time.monotonic()
+            return latest[0]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def version_string(self):
+            return "tracecraft"
+
+        def log_message(self, format, *arguments):
+            if args.verbose:
+                out.note("ui: " + format % arguments)
+
+        def answer(self, status, body, ctype="text/plain; charset=utf-8"):
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Referrer-Policy", "no-referrer")
+            self.send_header("Content-Security-Policy", page_policy(live=True)
+                             + "; frame-ancestors 'none'")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def do_GET(self):
+            allowed = {f"{host}:{port}"} | ({f"localhost:{port}", f"127.0.0.1:{port}"}
+                                            if token is None else set())
+            if self.headers.get("Host", "") not in allowed:
+                return self.answer(403, b"tracecraft ui answers only requests for its own "
+                                        b"address\n")
+            path, _, query = self.path.partition("?")
+            fields = dict(p.partition("=")[::2] for p in query.split("&") if p)
+            if token is not None and token not in (fields.get("token"),
+                                                   self.headers.get("X-Tracecraft-Token")):
+                return self.answer(403, b"this tracecraft ui needs its token (printed when it "
+                                        b"started)\n")
+            try:
+                if path == "/":
+                    return self.answer(200, replay_page(dict(latest[0], events=list(events)),
+                                                        live=True).encode("utf-8"),
+                                       "text/html; charset=utf-8")
+                if path == "/events":
+                    after = int(fields.get("after", "0")) if fields.get("after", "0").isdigit() \
+                        else 0
+                    found = refresh()
+                    with lock:
+                        news = [e for e in events if e["id"] > after][:5000]
+                    return self.answer(200, dumps(dict(found, events=news)).encode("utf-8"),
+                                       "application/json")
+            except TracecraftError as exc:
+                return self.answer(503, (exc.for_cli() + "\n").encode("utf-8"))
+            return self.answer(404, b"not found\n")
+        do_HEAD = do_GET
+
+        def refuse(self):
+            self.answer(405, b"tracecraft ui is read-only\n")
+        do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = refuse
+
+    try:
+        server = http.server.ThreadingHTTPServer((host, args.port), Handler)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}:{args.port}: {os_reason(exc)}") from None
+    server.daemon_threads = True
+    port = server.server_address[1]
+    shown_host = f"[{host}]" if ":" in host else host
+    url = f"http://{shown_host}:{port}/" + (f"?token={token}" if token else "")
+    if token and not _is_loopback(host):
+        out.note(f"tracecraft ui: listening on {host}, not only for this machine: anyone who "
+                 "can reach it and has the token can read the whole project")
+    print(f"Serving project {client.project} at {url} (Ctrl-C to stop)", flush=True)
+    if args.open:
+        import webbrowser
+        webbrowser.open(url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 class _Unbuilt:
@@ -6756,6 +6927,19 @@ def build_parser(argv=None):
     p.add_argument("--until", metavar="T", help="only events until T")
     p.add_argument("--agent", dest="agent_only", action="append", metavar="A",
                    help="only this agent's events (again for more)")
+
+    p = command("ui", cmd_ui, "Serve the replay page live: new events appear as they happen.",
+                "tracecraft ui", "tracecraft ui --port 8800 --open",
+                "tracecraft ui --bind 0.0.0.0   # other machines too: prints a token",
+                epilog="read-only; binds 127.0.0.1 unless --bind says otherwise, and answers only "
+                       "requests for its\nown address; refreshing reads only what changed.")
+    p.add_argument("--port", type=int, default=8700, help="port (default: 8700; 0: any free one)")
+    p.add_argument("--open", action="store_true", help="open it in a browser")
+    p.add_argument("--bind", metavar="ADDRESS", help="listen on this address instead of "
+                                                     "127.0.0.1 (requires the printed token)")
+    p.add_argument("--refresh", default="1", metavar="SECONDS",
+                   help="look at the store at most this often (default: 1; pages ask every second)")
+    p.add_argument("--verbose", action="store_true", help="log every request to stderr")
 
     session_commands = group("session", "Mirror agents' session transcripts into the store, "
                                         "and read them back.")

@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 import tracecraft
+from conftest import COMMAND
 from harnesses import make_claude
 
 HOSTILE = ["<img src=x onerror=alert(1)>", "</script><script>document.title='pwned'</script>",
@@ -118,3 +119,83 @@ def test_replay_narrows_by_agent_and_time(project, tmp_path):
     assert 0 < only["events"] < full["events"] and later["events"] == 0
     bad = project("replay", "--since", "yesterday")
     assert bad.returncode == 2 and "--since" in bad.stderr
+
+
+def start_ui(cli, *flags):
+    proc = subprocess.Popen([*COMMAND, "ui", "--port", "0", "--verbose", *flags], cwd=cli.cwd,
+                            env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    line = proc.stdout.readline()
+    url = re.search(r"at (http://\S+) ", line)
+    assert url, (line, proc.stderr.read() if proc.poll() is not None else "")
+    return proc, url[1]
+
+
+def request(url, method="GET", host=None, headers=()):
+    import http.client
+    from urllib.parse import urlsplit
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    conn.putrequest(method, parts.path + ("?" + parts.query if parts.query else ""),
+                    skip_host=True)
+    conn.putheader("Host", host or parts.netloc)
+    for name, value in headers:
+        conn.putheader(name, value)
+    conn.endheaders()
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    return resp.status, dict(resp.getheaders()), body
+
+
+def test_the_live_page_shows_new_events_without_a_reload(project, tmp_path):
+    proc, url = start_ui(project, "--refresh", "0")   # the browser's clock is virtual: fast
+    try:
+        status, headers, page = request(url)
+        assert status == 200 and b"tracecraft replay" in page
+        policy = headers["Content-Security-Policy"]
+        assert "default-src 'none'" in policy and "connect-src 'self'" in policy
+        assert "'unsafe-inline'" not in policy and headers["X-Content-Type-Options"] == "nosniff"
+        assert request(url, host="evil.example:80")[0] == 403   # DNS rebinding
+        assert request(url, method="POST")[0] == 405 and request(url, method="DELETE")[0] == 405
+        assert request(url + "nothing")[0] == 404
+
+        def write_when_the_page_polls():
+            for line in proc.stderr:
+                if "GET /events" in line:
+                    tc = tracecraft.connect(project="proj", agent="carol", backend="local",
+                                            root=str(tmp_path / "store"))
+                    tc.send("alice", "<img src=x onerror=alert(9)> arrived live")
+                    tc.close()
+                    break
+            for _ in proc.stderr:
+                pass
+        import threading
+        writer = threading.Thread(target=write_when_the_page_polls, daemon=True)
+        writer.start()
+        command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+                   "--virtual-time-budget=20000", f"--user-data-dir={tmp_path / 'profile'}",
+                   "--dump-dom", url + "#q=arrived%20live"]
+        dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+        body = dom.split("<body", 1)[1]
+        assert re.search(r'id="count">1 of \d+ events', body), "the new event never came"
+        assert "&lt;img src=x onerror=alert(9)&gt; arrived live" in body and "<img" not in body
+        assert 'data-name="carol"' in body   # a new agent gets its lane and filter
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_another_address_needs_the_token(project):
+    proc, url = start_ui(project, "--bind", "127.0.0.2")
+    try:
+        assert "token=" in url
+        bare = url.split("?")[0]
+        assert request(bare)[0] == 403
+        assert request(url)[0] == 200
+        token = url.split("token=")[1]
+        assert request(bare + "events", headers=[("X-Tracecraft-Token", token)])[0] == 200
+        assert request(url, host=f"127.0.0.1:{url.split(':')[2].split('/')[0]}")[0] == 403
+    finally:
+        proc.terminate()
+        proc.wait(10)
