@@ -6313,7 +6313,7 @@ main{display:flex;height:calc(100vh - 220px);min-height:260px}
 .row{position:absolute;left:0;right:0;height:22px;padding:0 8px;white-space:nowrap;
 overflow:hidden;text-overflow:ellipsis;border-bottom:1px solid #f0f0f3;cursor:pointer}
 .row:hover{background:#eef3ff}.row.sel{background:#dfe8ff}
-.k{display:inline-block;width:74px;font-weight:600}.t{color:#667;width:170px;display:inline-block}
+.k{display:inline-block;width:74px;font-weight:600}.t{color:#667;width:150px;display:inline-block}
 .a{display:inline-block;width:110px;overflow:hidden;vertical-align:bottom}
 aside{flex:2;overflow:auto;padding:8px 12px;border-left:1px solid #dde}
 aside pre{white-space:pre-wrap;word-break:break-word;background:#f4f5f8;padding:8px}
@@ -6403,7 +6403,7 @@ function renderRows() {
     const e = visible[i], row = el("div", undefined, "row" + (e === selected ? " sel" : ""));
     row.style.top = i * ROW + "px"; row.dataset.id = e.id;
     const k = el("span", e.kind, "k"); k.style.color = color(e.kind);
-    row.append(el("span", e.at, "t"), el("span", String(e.agent), "a"), k,
+    row.append(el("span", e.at.slice(0, 19).replace("T", " "), "t"), el("span", String(e.agent), "a"), k,
       el("span", summary(e)));
     row.addEventListener("click", () => select(e, false)); rows.append(row);
   }

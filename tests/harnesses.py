@@ -20,8 +20,9 @@ SECRETS = ["AKIAIOSFODNN7EXAMPLE", "sk-ant-api03-" + "a1B2" * 8, "sk-proj-" + "Z
            "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\n-----END RSA PRIVATE KEY-----"]
 
 
-def claude_line(i, cwd, session, secret=None):
-    """One line of a Claude Code transcript (user and assistant turns, a tool call)."""
+def claude_line(i, cwd, session, secret=None, start=None):
+    """One line of a Claude Code transcript (user and assistant turns, a tool call); its time
+    is `start` (epoch seconds; default 2026-12-02T10:00Z) plus i seconds."""
     kind = ("user", "assistant")[i % 2]
     text = f"turn {i}: " + ("let me look at the tests " * (i % 5)) + (f" key {secret}" if secret else "")
     content = [{"type": "text", "text": text}] if kind == "assistant" and i % 3 else text
@@ -31,7 +32,9 @@ def claude_line(i, cwd, session, secret=None):
     return json.dumps({"parentUuid": None if i == 0 else f"u{i - 1}", "isSidechain": False,
                        "type": kind, "message": {"role": kind, "content": content},
                        "uuid": f"u{i}", "sessionId": session, "cwd": cwd, "version": "2.0.0",
-                       "timestamp": f"2026-12-02T10:{i // 60 % 60:02d}:{i % 60:02d}.000Z"}) + "\n"
+                       "timestamp": f"2026-12-02T10:{i // 60 % 60:02d}:{i % 60:02d}.000Z"
+                       if start is None else time.strftime("%Y-%m-%dT%H:%M:%S.000Z",
+                                                           time.gmtime(start + i))}) + "\n"
 
 
 def claude_dir(config_dir, cwd):
@@ -39,7 +42,7 @@ def claude_dir(config_dir, cwd):
     return os.path.join(config_dir, "projects", re.sub(r"[/\\.:]", "-", cwd))
 
 
-def make_claude(config_dir, cwd, lines=20, session=None, encode=None):
+def make_claude(config_dir, cwd, lines=20, session=None, encode=None, start=None):
     session = session or str(uuid.uuid4())
     directory = os.path.join(config_dir, "projects", encode(cwd)) if encode else \
         claude_dir(config_dir, cwd)
@@ -47,7 +50,8 @@ def make_claude(config_dir, cwd, lines=20, session=None, encode=None):
     path = os.path.join(directory, session + ".jsonl")
     with open(path, "w") as f:
         for i in range(lines):
-            f.write(claude_line(i, cwd, session, SECRETS[i % len(SECRETS)] if i % 4 == 1 else None))
+            f.write(claude_line(i, cwd, session, SECRETS[i % len(SECRETS)] if i % 4 == 1 else None,
+                                start))
     return session, path
 
 

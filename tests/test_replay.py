@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -199,3 +200,29 @@ def test_another_address_needs_the_token(project):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_replay_of_the_readme_scenario(tmp_path):
+    """The README's two agents, replayed and photographed by headless chromium: the picture
+    in the README is this test's (UPDATE_DOCS=1 writes it to docs/replay.png)."""
+    from conftest import CLI, clean_env
+    from scenario import run_seed_scenario
+    settings = {"backend": "local", "root": str(tmp_path / "store"), "bucket": "tracecraft"}
+    run_seed_scenario(settings, tmp_path)
+    designer = tracecraft.connect(project="myproject", agent="designer", **settings)
+    try:
+        session, path = make_claude(str(tmp_path / "claude"), str(tmp_path / "designer"), lines=8,
+                                    start=time.time() - 6)
+        designer.sessions.mirror(tracecraft.Transcript("claude-code", session, path))
+    finally:
+        designer.close()
+    cli = CLI(tmp_path / "designer", clean_env(tmp_path))
+    out, picture = tmp_path / "replay.html", tmp_path / "replay.png"
+    result = json.loads(cli.ok("replay", "--out", str(out), "--json"))
+    assert set(result["agents"]) == {"designer", "developer"}
+    dom = browse(out, screenshot=picture, tmp_path=tmp_path)
+    for text in ("Design is ready", "design.status", "implementation", "done"):
+        assert text in dom
+    assert os.path.getsize(picture) > 20_000
+    if os.environ.get("UPDATE_DOCS"):
+        shutil.copy(picture, os.path.join(os.path.dirname(__file__), "..", "docs", "replay.png"))
