@@ -3016,17 +3016,8 @@ class Inbox(_Peer):
         while any(queues.values()):
             kind = min((q[0][0], k) for k, q in queues.items() if q)[1]
             _, _, n, entry = queues[kind].pop(0)
-            try:
-                blob = self.store.get(entry.key)
-                if not blob.body:
-                    continue   # emptied by `inbox --delete` since it was listed
-                message = _message_shape(self.records.parse(blob), entry.key)
-            except NoSuchKey:
-                continue
-            except CorruptObject as exc:
-                self.client.warn(f"skipped {exc}")
-                continue
-            if kind == "broadcast" and message["from"] == me:
+            message = self._fetch(entry)
+            if message is None or (kind == "broadcast" and message["from"] == me):
                 continue
             message.update(kind=kind, seq=n)
             result.append(message)
@@ -3035,20 +3026,22 @@ class Inbox(_Peer):
     def log(self, log, after=0):
         """Every message of one log (an agent's inbox, or _broadcast) numbered above `after`,
         oldest first, moving no cursor: what a replay shows.  Emptied messages are gone."""
-        found = []
-        for n, entry in self._since(log, after, contiguous=False):
-            try:
-                blob = self.store.get(entry.key) if entry.size else None
-                if blob is None or not blob.body:
-                    continue
-                message = _message_shape(self.records.parse(blob), entry.key)
-            except NoSuchKey:
-                continue
-            except CorruptObject as exc:
-                self.client.warn_once(f"skipped {exc}")
-                continue
-            found.append(dict(message, kind="broadcast" if log == BROADCAST else "direct", seq=n))
-        return found
+        kind = "broadcast" if log == BROADCAST else "direct"
+        return [dict(message, kind=kind, seq=n)
+                for n, entry in self._since(log, after, contiguous=False) if entry.size
+                for message in [self._fetch(entry)] if message is not None]
+
+    def _fetch(self, entry):
+        """The message a listed entry names, or None: gone, emptied by `inbox --delete` since
+        it was listed, or not a message (with a warning)."""
+        try:
+            blob = self.store.get(entry.key)
+            return _message_shape(self.records.parse(blob), entry.key) if blob.body else None
+        except NoSuchKey:
+            return None
+        except CorruptObject as exc:
+            self.client.warn_once(f"skipped {exc}")
+            return None
 
     def unread(self, agent, broadcast_tail):
         """How many messages `agent` has not read yet (direct and broadcast): two requests."""
