@@ -3964,98 +3964,136 @@ MAX_PARTS = 10 ** 9       # part numbers (part-NNNNNN.jsonl: six digits or more)
 ORPHAN_SECONDS = 3600     # an unlisted part this old was left by a killed mirror
 _PART_GUARD = 600.0       # a part older than this (paused mirror) is not appended: redone
 
-# name, pattern, the group replaced (0: the whole match).  No pattern matches a quote, a
-# backslash or a line break where it could end, so a redacted JSON line stays JSON.
+# name, pattern, the group replaced (0: the whole match).  No pattern can match part of a JSON
+# escape, a quote or a line break, so a line redacted with them stays JSON.  Private keys span
+# escaped line breaks: they are found by Redactor._keys, within one JSON string at a time.
 SECRET_PATTERNS = (
     ("aws-access-key-id", r"(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|APKA|AROA|ASCA)"
                           r"[A-Z0-9]{16}(?![A-Za-z0-9])", 0),
-    ("aws-secret-access-key", r"(?i:aws_secret_access_key)[\"'\\]*[ \t]*[:=][ \t]*[\"'\\]*"
+    ("aws-secret-access-key", r"(?i:secret_?access_?key)[\"'\\]*[ \t]*[:=][ \t]*[\"'\\]*"
                               r"([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])", 1),
-    ("private-key", r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?:.*?-----END [A-Z0-9 ]*PRIVATE "
-                    r"KEY-----|[^\"\\\n]*)", 0),
+    ("aws-session-token", r"(?i:session_?token)[\"'\\]*[ \t]*[:=][ \t]*[\"'\\]*"
+                          r"([A-Za-z0-9/+=]{100,})", 1),
     ("anthropic", r"sk-ant-[A-Za-z0-9_\-]{16,}", 0),
     ("openai", r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,}", 0),
     ("huggingface", r"hf_[A-Za-z0-9]{30,}", 0),
     ("github", r"(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})", 0),
-    ("slack", r"xox[abposr]-[A-Za-z0-9-]{10,}", 0),
-    ("bearer", r"[Bb]earer[ \t]+([A-Za-z0-9._~+/=-]{16,})", 1),
+    ("slack", r"(?:xox[abposr]|xapp)-[A-Za-z0-9-]{10,}", 0),
+    # a token has a digit: "the bearer responsibilities" is no secret
+    ("bearer", r"[Bb]earer[ \t]+((?=[A-Za-z._~+/=-]*[0-9])[A-Za-z0-9._~+/=-]{16,})", 1),
 )
+_HINTS = {"aws-secret-access-key": ("ecret", "ECRET"), "aws-session-token": ("oken", "OKEN"),
+          "bearer": ("earer",)}   # a scan without a literal prefix is slow: look first
+_KEY_BEGIN, _KEY_END = "-----BEGIN ", "-----END "
+_JSON_STRING = r'"(?:[^"\\\n]|\\.)*"'
 
 
 class Redactor:
     """Replaces secrets with [REDACTED:<pattern>] and counts them per pattern, before bytes
-    leave the machine: SECRET_PATTERNS, the store's own secret and session token (`literals`),
-    and a project's own patterns (`extra`: name -> regular expression, from the config's
-    "redact_patterns").  Lines stay lines: a match that would span one is kept.  A JSON line
-    stays JSON: one that would not parse after redaction is redacted value by value."""
+    leave the machine: SECRET_PATTERNS, private key blocks, the store's own secret and session
+    token (`literals`), and a project's own patterns (`extra`: name -> regular expression, from
+    the config's "redact_patterns").  Lines stay lines: no match spans one.  JSON stays JSON
+    and is otherwise kept byte for byte: a line where a private key or a project's pattern
+    matched is redacted within each of its JSON strings, and a string that a pattern would
+    break is replaced whole."""
 
     def __init__(self, extra=None, literals=()):
         import re
+        self.re = re
         self.patterns = [(name, re.compile(re.escape(value)), 0)
                          for name, value in literals if isinstance(value, str) and len(value) >= 8]
         self.patterns += [(name, re.compile(p), group) for name, p, group in SECRET_PATTERNS]
+        self.own = []
         for name, pattern in (extra or {}).items():
             check_name("redaction pattern name", name)
             try:
                 if not isinstance(pattern, str) or len(pattern) > 1000:
                     raise ValueError("wanted a regular expression of at most 1000 characters")
-                self.patterns.append((name, re.compile(pattern), 0))
+                self.own.append((name, re.compile(pattern), 0))
             except (ValueError, re.error) as exc:
                 raise ConfigError(f"redaction pattern {name!r} is not usable: {exc}") from None
+        self.key_start = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
+        self.strings = re.compile(_JSON_STRING)
 
-    _HINTS = {"aws-secret-access-key": ("ecret_access_key", "ECRET_ACCESS_KEY"),
-              "bearer": ("earer",)}   # a scan without a literal prefix is slow: look first
-
-    def _sub(self, text, counts):
-        for name, pattern, group in self.patterns:
-            if name in self._HINTS and not any(h in text for h in self._HINTS[name]):
+    def _sub(self, text, counts, patterns):
+        for name, pattern, group in patterns:
+            if name in _HINTS and not any(h in text for h in _HINTS[name]):
                 continue
             tag, hits = f"[REDACTED:{name}]", 0
 
             def replace(m):
                 nonlocal hits
-                start = m.start()
-                # a secret starts a word: "sk-" inside "task-..." is no key
-                if name not in ("aws-secret-access-key", "private-key") and start and \
-                        (text[start - 1].isalnum() or text[start - 1] == "_"):
-                    return m.group(0)
-                if "\n" in m.group(0) or not m.group(0):
-                    return m.group(0)
+                start, whole = m.start(), m.group(0)
+                # "sk-" inside a word ("risk-assessment-...") is no key; after an escape
+                # (\n, \t) or an ANSI colour (\u001b[32m) it starts one
+                if name == "openai" and start and (text[start - 1].isalnum() or
+                                                   text[start - 1] == "_") and not (
+                        start > 1 and text[start - 2] == "\\" or
+                        self.re.search(r"\[[0-9;]*m\Z", text[max(0, start - 12):start])):
+                    return whole
+                if "\n" in whole or not whole:
+                    return whole
                 hits += 1
-                whole = m.group(0)
                 return whole[:m.start(group) - start] + tag + whole[m.end(group) - start:]
             text = pattern.sub(replace, text)
             if hits:
                 counts[name] = counts.get(name, 0) + hits
         return text
 
-    def _value(self, value, counts):
-        if isinstance(value, str):
-            return self._sub(value, counts)
-        if isinstance(value, list):
-            return [self._value(v, counts) for v in value]
-        if isinstance(value, dict):
-            return {self._value(k, counts): self._value(v, counts) for k, v in value.items()}
-        return value
+    def _keys(self, text, counts):
+        """Private key blocks in `text` (one JSON string's content, or a line that is no JSON),
+        from BEGIN to the first END after it, or to the end when there is none; linear."""
+        out, at = [], 0
+        for m in self.key_start.finditer(text):
+            if m.start() < at:
+                continue
+            end = text.find(_KEY_END, m.end())
+            close = text.find("-----", end + len(_KEY_END)) if end >= 0 else -1
+            stop = close + 5 if close >= 0 else len(text)
+            out += [text[at:m.start()], "[REDACTED:private-key]"]
+            counts["private-key"] = counts.get("private-key", 0) + 1
+            at = stop
+        return "".join(out) + text[at:] if out else text
+
+    def _within_strings(self, line, counts):
+        """A JSON line redacted string by string, each of its strings checked still to be one."""
+        def string(m):
+            found = {}
+            inner = self._keys(m.group(0)[1:-1], found)
+            inner = self._sub(inner, found, self.patterns + self.own)
+            if not _parses('"' + inner + '"'):
+                inner, found = f"[REDACTED:{next(iter(found), 'private-key')}]", \
+                    {next(iter(found), "private-key"): 1}
+            for name, hits in found.items():
+                counts[name] = counts.get(name, 0) + hits
+            return '"' + inner + '"'
+        return self.strings.sub(string, line)
 
     def __call__(self, data, counts):
         """Redacted `data` (bytes of whole lines); adds what it replaced to `counts`."""
         text = data.decode("utf-8", "surrogateescape")
         found = {}
-        out = self._sub(text, found)
-        if out == text:
+        out = self._sub(text, found, self.patterns)
+        careful = bool(self.own) or _KEY_BEGIN in text
+        if out == text and not careful:
             return data
-        before, after = text.split("\n"), out.split("\n")
-        for i, (old, new) in enumerate(zip(before, after)):
-            if old != new and _parses(old) and not _parses(new):
-                self._sub(old, redone := {})
-                for name, hits in redone.items():
-                    found[name] -= hits
-                after[i] = json.dumps(self._value(json.loads(old), found), ensure_ascii=False)
+        if careful:   # key blocks, and a project's patterns, line by line and string by string
+            lines = out.split("\n")
+            for i, line in enumerate(lines):
+                if _KEY_BEGIN in line or self.own:
+                    lines[i] = self._within_strings(line, found) if _parses(line) else \
+                        self._sub(self._keys(line, found), found, self.own)
+            out = "\n".join(lines)
         for name, hits in found.items():
-            if hits:
-                counts[name] = counts.get(name, 0) + hits
-        return "\n".join(after).encode("utf-8", "surrogateescape")
+            counts[name] = counts.get(name, 0) + hits
+        return out.encode("utf-8", "surrogateescape")
+
+
+def _uptime():
+    """Seconds on a clock that runs while the machine sleeps (a suspended laptop's mirror must
+    see how old its part is), where there is one."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") \
+        else time.monotonic()
 
 
 def _parses(line):
@@ -4071,10 +4109,14 @@ class Transcript:
     or (Hermes) the rows of one session in a SQLite database, one JSON line per row.  A
     position is a byte offset in the file, or the id of the last row read."""
 
-    def __init__(self, harness, session, path, cwd=None):
+    def __init__(self, harness, session, path, cwd=None, row_key=None):
         self.harness = check_harness(harness)
         self.session = check_name("session id", session)
+        for what, value in (("transcript path", path), ("directory", cwd)):
+            if value is not None and (not isinstance(value, str) or "\0" in value):
+                raise UsageError(f"the {what} must be text without NUL characters")
         self.path, self.cwd = path, cwd
+        self.row_key = session if row_key is None else row_key   # Hermes: its session_id as stored
 
     def __repr__(self):
         return f"Transcript({self.harness!r}, {self.session!r}, {self.path!r})"
@@ -4117,17 +4159,30 @@ class Transcript:
             data = f.read(length)
         return _hash("sha256", data).hexdigest() if len(data) == length else None
 
-    def read(self, position, limit=None):
-        """(bytes of whole lines from `position`, the position after them, lines) or, when the
-        source no longer reaches `position` (it shrank: replaced), None.  A last line without
-        its line break is still being written: it waits for the next read."""
+    def end(self):
+        """Where the transcript ends now (its size; Hermes: its last row's id)."""
+        if self.harness == "hermes":
+            return self._rows(0, 0, last=True)
+        with self._open() as f:
+            return os.fstat(f.fileno()).st_size
+
+    def read(self, position, limit=None, end=None):
+        """(bytes of whole lines from `position` up to `end` at most, the position after them,
+        lines) or None when the source was replaced: it no longer reaches `position`, or the
+        byte before `position` ends no line.  A last line without its line break is still
+        being written: it waits for the next read."""
         limit = limit or PART_BYTES
         if self.harness == "hermes":
-            return self._rows(position, limit)
+            return self._rows(position, limit, upto=end)
         with self._open() as f:
             if os.fstat(f.fileno()).st_size < position:
                 return None
-            f.seek(position)
+            if position:
+                f.seek(position - 1)
+                if f.read(1) != b"\n":
+                    return None
+            if end is not None:
+                limit = max(0, min(limit, end - position))
             data = f.read(limit)
             end = data.rfind(b"\n") + 1
             while not end and len(data) < LINE_BYTES:   # one line longer than a part
@@ -4142,7 +4197,7 @@ class Transcript:
         data = data[:end]
         return data, position + end, data.count(b"\n")
 
-    def _rows(self, after, limit):
+    def _rows(self, after, limit, last=False, upto=None):
         import sqlite3
         uri = "file:" + uri_encode(os.path.abspath(self.path), keep_slash=True) + "?mode=ro"
         try:
@@ -4150,13 +4205,20 @@ class Transcript:
         except sqlite3.Error as exc:
             raise UsageError(f"cannot open the Hermes database {shown(self.path)}: {exc}") from None
         try:
-            if (db.execute("SELECT MAX(id) FROM messages WHERE session_id = ?",
-                           (self.session,)).fetchone()[0] or 0) < after:
+            top = db.execute("SELECT MAX(id) FROM messages WHERE session_id = ?",
+                             (self.row_key,)).fetchone()[0] or 0
+            if type(top) is not int:
+                raise UsageError(f"the Hermes database {shown(self.path)} has message ids that "
+                                 "are not integers")
+            if last:
+                return top
+            if top < after:
                 return None
             lines, size, last = [], 0, after
             while size < limit:
                 cursor = db.execute("SELECT * FROM messages WHERE session_id = ? AND id > ? "
-                                    "ORDER BY id LIMIT 500", (self.session, last))
+                                    "AND id <= ? ORDER BY id LIMIT 500",
+                                    (self.row_key, last, MAX_INT if upto is None else upto))
                 names = [d[0] for d in cursor.description]
                 rows = cursor.fetchall()
                 if not rows:
@@ -4301,14 +4363,15 @@ def find_transcripts(harness, cwd=None):
                     db.close()
             except sqlite3.Error as exc:
                 raise UsageError(f"cannot read the Hermes database {shown(path)}: {exc}") from None
-            return [t for t in (_transcript("hermes", str(s), path, None) for s, _ in rows) if t]
+            return [t for t in (_transcript("hermes", str(s), path, None, s) for s, _ in rows
+                                if s is not None) if t]
     transcripts = [t for t in (_transcript(harness, *f) for f in found) if t]
     return sorted(transcripts, key=lambda t: t.modified(), reverse=True)
 
 
-def _transcript(harness, session, path, cwd):
+def _transcript(harness, session, path, cwd, row_key=None):
     try:
-        return Transcript(harness, session, path, cwd)
+        return Transcript(harness, session, path, cwd, row_key)
     except UsageError:
         return None   # a file whose name is no session id tracecraft can keep
 
@@ -4352,8 +4415,11 @@ class Sessions(_Peer):
         wrong = CorruptObject(f"{where} is not a tracecraft record")
         for name, kinds in (("session", str), ("harness", str), ("state", str)):
             _field(record, name, kinds, where)
+        if key.split("/")[-3:-1] != [record["harness"], record["session"]]:
+            raise CorruptObject(f"{where} describes another session ({shown(record['harness'])!r:.30} "
+                                f"{shown(record['session'])!r:.60})")
         for name in ("agent", "host", "cwd", "source", "first_event", "last_event", "updated"):
-            _field(record, name, (str, type(None)), where)
+            record[name] = _field(record, name, (str, type(None)), where)
         for name in ("segment", "position", "bytes", "lines"):
             _field(record, name, int, where, None, 0, MAX_INT)
         _field(record, "next_part", int, where, None, 1, MAX_PARTS)
@@ -4396,17 +4462,21 @@ class Sessions(_Peer):
         got, fresh = self.records.remembered(key), False
         done = {"session": transcript.session, "harness": transcript.harness, "parts": 0,
                 "bytes": 0, "lines": 0, "lost": 0}
+        goal, replaced = transcript.end(), False   # what there is now: a call ends
         while True:
             if got is None:
                 got, fresh = self.records.read(key, missing_ok=True), True
             meta = self._meta(got, key)
             base = meta or self._new(transcript, redactor is not None)
             segment, position = base["segment"], base["position"]
-            chunk = transcript.read(position) if position and \
+            chunk = transcript.read(position, end=goal) if position and \
                 transcript.head(base["head"][0]) == base["head"][1] else None
             if chunk is None:   # new, or replaced (shorter, or other first bytes): a segment
-                segment, position = segment + (1 if base["position"] else 0), 0
-                chunk = transcript.read(0)
+                if replaced:
+                    return done   # replaced again already: a source that keeps changing
+                replaced = bool(base["position"])
+                segment, position = segment + replaced, 0
+                chunk = transcript.read(0, end=goal)
             data, end, lines = chunk
             if not data:
                 if meta is None:   # a session is listed from the start, before its first line
@@ -4422,7 +4492,7 @@ class Sessions(_Peer):
             if number is None:
                 got = None   # the hint was stale: start again from what the store holds
                 continue
-            put_at, text = time.monotonic(), data.split(b"\n")
+            put_at, text = _uptime(), data.split(b"\n")
             head = base["head"] if position else \
                 [min(len(data), HEAD_BYTES), transcript.head(0) if transcript.harness ==
                  "hermes" else _hash("sha256", data[:HEAD_BYTES]).hexdigest()]
@@ -4434,8 +4504,11 @@ class Sessions(_Peer):
                 now = now or base
                 if (now["segment"], now["position"]) != (base["segment"], base["position"]):
                     raise Refused("another mirror appended first")
-                if time.monotonic() - put_at > _PART_GUARD:
-                    raise Refused("the part was written too long ago to be appended safely")
+                # A number below next_part was skipped by whoever took a later one (a compaction
+                # that found it unlisted): it may be swept as an orphan, so it is not listed.
+                if now["next_part"] > number or _uptime() - put_at > _PART_GUARD:
+                    raise Refused("the part was passed over, or written too long ago, to be "
+                                  "appended safely")
                 redactions = dict(now["redactions"])
                 for name, hits in counts.items():
                     redactions[name] = redactions.get(name, 0) + hits
@@ -4443,8 +4516,8 @@ class Sessions(_Peer):
                             next_part=max(now["next_part"], number + 1), segment=segment,
                             position=end, head=head, bytes=now["bytes"] + len(body),
                             lines=now["lines"] + lines, redactions=redactions, state="active",
-                            first_event=now["first_event"] or _event_time(text[0]),
-                            last_event=_event_time(text[-2]) or now["last_event"],
+                            first_event=now.get("first_event") or _event_time(text[0]),
+                            last_event=_event_time(text[-2]) or now.get("last_event"),
                             updated=self.client.now())
             try:
                 got = self.records.update(key, append, start=got)
@@ -4518,7 +4591,7 @@ class Sessions(_Peer):
         """Write the mirrored transcript into `into` (a binary file), byte for byte as it was
         mirrored, or only its last `tail` lines.  A compaction that runs meanwhile is followed:
         nothing is written twice or left out.  Returns the session's record."""
-        record, _ = self.find(session, harness)
+        record, blob = self.find(session, harness)
         start = 0
         if tail is not None:   # from the part where the last `tail` lines begin
             lines, parts = 0, record["parts"]
@@ -4527,13 +4600,17 @@ class Sessions(_Peer):
                 parts = parts[:-1]
             start = sum(p[1] for p in parts)
             into, target = _Tail(tail), into
-        done = [start]
+        done, version = [start], blob.etag
         for _ in range(10):
             try:
                 self._copy(record, done, into)
                 break
-            except NoSuchKey:   # compacted meanwhile: the new list says where the bytes are
-                record, _ = self.find(session, harness)
+            except NoSuchKey as exc:   # compacted meanwhile: the new list says where they are
+                record, blob = self.find(session, harness)
+                if blob.etag == version:
+                    raise CorruptObject(f"session {session} lists a part that is missing "
+                                        f"({exc})") from None
+                version = blob.etag
         else:
             raise StoreError(f"session {session}: its parts keep disappearing")
         if tail is not None and target is not None:
@@ -4576,7 +4653,11 @@ class Sessions(_Peer):
         key = self._key(harness, session, "meta.json")
         if len(parts) > 1:
             with tempfile.TemporaryFile() as merged:
-                self._copy(record, [0], merged)
+                try:
+                    self._copy(record, [0], merged)
+                except NoSuchKey:
+                    raise Refused(f"session {session} was compacted by another process "
+                                  "meanwhile") from None
                 size = merged.tell()
                 first = record["next_part"]
                 for number in range(first, min(first + 1000, MAX_PARTS)):
@@ -5998,13 +6079,61 @@ def _mirrored(result):
             + (f" in {result['parts']} parts" if result["parts"] > 1 else ""))
 
 
+GONE_SECONDS = 60   # a followed transcript missing this long is let go
+
+
+def _follow_lock(client, transcript):
+    """The open lock file that makes this process the one that follows `transcript` for this
+    agent on this machine (its pid inside, for SessionEnd), or None when another holds it."""
+    path = _mirror_lock(client, transcript.harness, transcript.session)
+    try:
+        import fcntl
+    except ImportError:
+        return -1   # no flock here: followers are not made exclusive
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, dumps({"pid": os.getpid(), "session": transcript.session}).encode("utf-8"))
+    return fd
+
+
+def _mirror_lock(client, harness, session):
+    return client.records.state_path("mirrors", f"{harness}/{session}")[:-5] + ".lock"
+
+
+def _running_mirror(path):
+    """The pid of the process that follows a session (holding its lock file), or None."""
+    try:
+        import fcntl
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None   # nobody holds it
+    except OSError:
+        found = loads(os.read(fd, 4096).decode("utf-8", "replace") or "{}")
+        return found.get("pid") if isinstance(found, dict) and type(found.get("pid")) is int \
+            and found["pid"] > 0 else None
+    except ValueError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def cmd_session_mirror(args, out):
     client = _client(args)
     interval = parse_duration(args.interval)
     if args.follow and interval < 0.05:
         raise UsageError("--interval: at least 0.05 s")
     redactor = None if args.no_redact else client.sessions.redactor()
-    transcripts, seen, found_at = _transcripts(args), {}, time.monotonic()
+    transcripts, found_at = _transcripts(args), time.monotonic()
+    seen, warned, gone, locks = {}, {}, {}, {}
 
     def flush():
         nonlocal transcripts, found_at
@@ -6014,19 +6143,37 @@ def cmd_session_mirror(args, out):
             except NotFound:
                 pass
         results = []
-        for transcript in transcripts:
+        for transcript in list(transcripts):
             which = (transcript.harness, transcript.session)
+            if args.follow and which not in locks:
+                locks[which] = _follow_lock(client, transcript)
+                if locks[which] is None:   # followed by another process: leave it to that one
+                    del locks[which]
+                    transcripts.remove(transcript)
+                    continue
             signature = transcript.signature()   # before reading: a change meanwhile is next
-            if args.follow and (signature is None or seen.get(which) == signature):
+            if args.follow and signature is None:   # gone (deleted, or not yet there)
+                if time.monotonic() - gone.setdefault(which, time.monotonic()) > GONE_SECONDS:
+                    transcripts.remove(transcript)
+                    fd = locks.pop(which, -1)
+                    if fd >= 0:
+                        os.close(fd)
+                continue
+            gone.pop(which, None)
+            if args.follow and seen.get(which) == signature:
                 continue   # nothing new: no request
             try:
                 result = client.sessions.mirror(transcript, redact=not args.no_redact,
                                                 redactor=redactor)
-            except (StoreError, UsageError) as exc:
+            except TracecraftError as exc:
                 if not args.follow:
                     raise
-                out.warn(f"{transcript.harness} session {transcript.session}: {exc.for_cli()}")
+                message = f"{transcript.harness} session {transcript.session}: {exc.for_cli()}"
+                if warned.get(which) != message:   # once, not every interval
+                    out.warn(message)
+                warned[which], seen[which] = message, signature
                 continue
+            warned.pop(which, None)
             seen[which] = signature
             results.append(result)
         return results
@@ -6045,11 +6192,16 @@ def cmd_session_mirror(args, out):
             elif result["parts"]:
                 out.result(result, _mirrored(result))
                 sys.stdout.flush()
+        if not transcripts and not args.all:
+            if not out.as_json:
+                out.note("Nothing left to follow (gone, or followed by another process)")
+            return True, False
         return None, False
     try:
         poll(attempt, None, None, interval, interval)
     except KeyboardInterrupt:
-        return EXIT_OK
+        pass
+    return EXIT_OK
 
 
 def _session_lines(s):
@@ -6151,20 +6303,29 @@ def cmd_session_stop(args, out):
 
 
 def _self_command():
-    """The command that runs this tracecraft again (for hooks): the installed command, or this
-    interpreter with this file."""
+    """The command that runs this tracecraft again (for hooks): `tracecraft` when that is on
+    the PATH (a settings file others share then works for them too), else this interpreter
+    with this file."""
     import shlex
-    argv0 = sys.argv[0] if sys.argv else ""
-    if os.path.basename(argv0) == "tracecraft" and os.path.isfile(argv0):
-        return shlex.quote(os.path.abspath(argv0))
+    import shutil
+    if shutil.which("tracecraft"):
+        return "tracecraft"
     return f"{shlex.quote(sys.executable)} {shlex.quote(os.path.abspath(__file__))}"
+
+
+def _is_our_hook(hook):
+    """Whether a hook in .claude/settings.json is one of tracecraft's: `<tracecraft or
+    tracecraft.py> session hook`, and nothing else that merely looks like it."""
+    words = str(hook.get("command", "")).split() if isinstance(hook, dict) else []
+    return len(words) >= 3 and words[-2:] == ["session", "hook"] and \
+        os.path.basename(words[-3].strip("'\"")) in ("tracecraft", "tracecraft.py")
 
 
 HOOK_EVENTS = ("SessionStart", "Stop", "SessionEnd")
 
 
 def cmd_hooks_claude_code(args, out):
-    command = _self_command() + " session hook"
+    command = (args.command or _self_command()) + " session hook"
     events = HOOK_EVENTS + (("UserPromptSubmit",) if args.inbox else ())
     ours = {"type": "command", "command": command, "timeout": 10}
     if not args.install:
@@ -6185,14 +6346,11 @@ def cmd_hooks_claude_code(args, out):
     if not isinstance(hooks, dict) or not all(isinstance(v, list) for v in hooks.values()):
         raise UsageError(f"{shown(path)}: its \"hooks\" are not shaped as Claude Code reads them")
 
-    def mine(hook):
-        return isinstance(hook, dict) and str(hook.get("command", "")).endswith(" session hook") \
-            and "tracecraft" in str(hook.get("command", ""))
     for event in set(hooks) | set(events):
         groups = []
         for group in hooks.get(event, []):
             if isinstance(group, dict) and isinstance(group.get("hooks"), list):
-                group = dict(group, hooks=[h for h in group["hooks"] if not mine(h)])
+                group = dict(group, hooks=[h for h in group["hooks"] if not _is_our_hook(h)])
                 if not group["hooks"]:
                     continue
             groups.append(group)
@@ -6206,24 +6364,6 @@ def cmd_hooks_claude_code(args, out):
     replace_file(path, (dumps(settings, indent=2) + "\n").encode("utf-8"), 0o644)
     out.result({"path": path, "events": list(events), "command": command},
                f"Installed tracecraft's hooks ({', '.join(events)}) in {path}")
-
-
-def _mirror_pid(client, session):
-    return client.records.state_path("mirrors", session)
-
-
-def _running_mirror(path, session):
-    """The pid of the background mirror of `session` that a hook started, if it still runs."""
-    try:
-        with open(path, "rb") as f:
-            pid = loads(f.read(4096)).get("pid")
-        os.kill(pid, 0)
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if session.encode("utf-8") not in f.read().split(b"\0"):
-                return None   # the pid was reused by another process
-        return pid
-    except (OSError, ValueError, UnicodeDecodeError, AttributeError, TypeError):
-        return None
 
 
 def cmd_session_hook(args, out):
@@ -6258,15 +6398,15 @@ def _hook(args, out):
                          "transcript_path")
     transcript = Transcript("claude-code", session, os.path.abspath(path),
                             cwd if isinstance(cwd, str) else None)
-    pidfile = _mirror_pid(client, session)
+    lock = _mirror_lock(client, "claude-code", session)
     if name == "SessionStart":
-        if _running_mirror(pidfile, session) is None:
+        if _running_mirror(lock) is None:   # two at once: the mirrors' lock keeps one
             import subprocess
             command = [sys.executable, os.path.abspath(__file__)]
             if os.path.basename(sys.argv[0] if sys.argv else "") == "tracecraft":
                 command = [os.path.abspath(sys.argv[0])]
-            os.makedirs(os.path.dirname(pidfile), mode=0o700, exist_ok=True)
-            with open(pidfile[:-5] + ".log", "ab") as log:
+            os.makedirs(os.path.dirname(lock), mode=0o700, exist_ok=True)
+            with open(lock[:-5] + ".log", "ab") as log:
                 child = subprocess.Popen(
                     command + ["session", "mirror", "--harness", "claude-code", "--session-id",
                                session, "--transcript", transcript.path, "--follow"]
@@ -6274,15 +6414,17 @@ def _hook(args, out):
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
                     start_new_session=True, cwd=cwd if isinstance(cwd, str) and
                     os.path.isdir(cwd) else None)
-            replace_file(pidfile, dumps({"pid": child.pid, "session": session}).encode("utf-8"))
+            del child   # it runs on by itself, past this hook
         return EXIT_OK
     if name in ("Stop", "SessionEnd"):
         if name == "SessionEnd":
-            pid = _running_mirror(pidfile, session)
+            pid = _running_mirror(lock)
             if pid:
                 import _signal
-                os.kill(pid, _signal.SIGTERM)
-            unlink_quietly(pidfile)
+                try:
+                    os.kill(pid, _signal.SIGTERM)
+                except OSError:
+                    pass   # it ended meanwhile
         if os.path.isfile(transcript.path):
             client.sessions.mirror(transcript)
         if name == "SessionEnd":
@@ -7008,6 +7150,9 @@ def build_parser(argv=None):
     p.add_argument("--inbox", action="store_true", help="also deliver new messages on every "
                                                         "prompt")
     p.add_argument("--dir", metavar="DIR", help="the project directory (default: this one)")
+    p.add_argument("--command", metavar="CMD", help="how the hooks run tracecraft (default: "
+                                                    "`tracecraft` if it is on the PATH, else "
+                                                    "this Python and this file)")
     if wanted and any(not isinstance(parent, _Unbuilt) and not parent.choices
                       for parent in (commands, memory_commands, artifact_commands,
                                      session_commands, hooks_commands)):

@@ -51,14 +51,15 @@ def test_every_secret_pattern_is_redacted_and_json_lines_stay_json():
     lines.append('{"a": "-----BEGIN EC PRIVATE KEY-----\\nabc", "b": "-----END EC PRIVATE '
                  'KEY-----"}\n')   # a key block across two JSON values: redacted value by value
     lines.append('plain text, not JSON: Bearer abcdefghijklmnopqrstuvwxyz0123\n')
-    lines.append(json.dumps({"ok": "task-ant-abcdefghijklmnopqrstuvwxyz desk-proj-x "
-                             "ASIA0123 AKIAZZZZ0000ZZZZ0000X long"}) + "\n")   # no secrets
+    lines.append(json.dumps({"ok": "risk-assessment-of-the-new-pipeline desk-proj-x "
+                             "ASIA0123 AKIAZZZZ0000ZZZZ0000X long, the bearer "
+                             "responsibilities"}) + "\n")   # no secrets
     counts = {}
     out = tracecraft.Redactor(literals=[("store-secret", "s3cr3t-value-123")])(
         "".join(lines).encode() + b'{"k": "s3cr3t-value-123"}\n', counts)
     text = out.decode()
     for secret in SECRETS + ["s3cr3t-value-123"]:
-        assert secret.split("\n")[0][-12:] not in text, secret
+        assert secret.split("\n")[min(1, secret.count("\n"))][-12:] not in text, secret
     out_lines = text.split("\n")[:-1]
     assert len(out_lines) == len(lines) + 1
     for original, line in zip(lines, out_lines):
@@ -67,6 +68,7 @@ def test_every_secret_pattern_is_redacted_and_json_lines_stay_json():
     assert out_lines[-2] == lines[-1].rstrip("\n"), "a word that only contains a prefix is no key"
     assert set(counts) >= set(SESSION_TAGS) | {"store-secret"}
     assert counts["private-key"] == 2 and counts["bearer"] == 2
+    assert '"b": "-----END EC PRIVATE KEY-----"' in text   # what is between is kept
     for tag in SESSION_TAGS:
         assert f"[REDACTED:{tag}]" in text
     assert "Bearer [REDACTED:bearer]" in text   # the word stays, the token goes
@@ -376,9 +378,13 @@ def test_claude_code_hooks_record_a_session_and_deliver_messages(local_cli, tmp_
         time.sleep(0.2)
     else:
         pytest.fail("the background mirror never mirrored the session")
-    mirrors = subprocess.run(["pgrep", "-f", f"session-id {session}"], capture_output=True,
-                             text=True).stdout.split()
-    assert len(mirrors) == 1
+    def mirrors():
+        return subprocess.run(["pgrep", "-f", f"session-id {session}"], capture_output=True,
+                              text=True).stdout.split()
+    deadline = time.time() + 10
+    while len(mirrors()) > 1 and time.time() < deadline:   # the second gives way to the first
+        time.sleep(0.1)
+    assert len(mirrors()) == 1
     with open(path, "a") as f:
         f.write(claude_line(4, str(local_cli.cwd), session))
     stopped = hook(local_cli, "Stop", session, path, local_cli.cwd, stop_hook_active=False)
@@ -457,3 +463,180 @@ def test_a_following_mirror_with_nothing_new_asks_the_store_nothing(seaweed, tmp
         finally:
             follower.kill()
             follower.wait()
+
+
+# -- what an attack on the mirror found (each test pins a class) ----------------------------------
+
+def test_secrets_after_escapes_colours_and_in_every_form_are_redacted():
+    lines = [{"content": "sk-proj-" + "A1b2" * 6 + "\nsk-ant-api03-" + "x9Y8" * 6},
+             {"content": "token list:\nghp_" + "a1B2c3D4e5" * 4},
+             {"content": "KEY\tsk-ant-" + "q" * 30}, {"content": "\u001b[32mghp_" + "Z9" * 20},
+             {"content": "ids:\nAKIAIOSFODNN7EXAMPLE"}, {"content": "\nBearer abc123def456ghi789"},
+             {"content": "\nhf_" + "k" * 34}, {"content": "secret:\nstore-secret-value-1"},
+             {"Credentials": {"AccessKeyId": "ASIAIOSFODNN7EXAMPLE",
+                              "SecretAccessKey": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                              "SessionToken": "IQoJb3JpZ2luX2Vj" * 8}},
+             {"content": "Aws_Secret_Access_Key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"},
+             {"content": "xapp-1-A0123456789-abcdefghij"},
+             {"content": "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAA\nAAAA"},
+             {"content": "-----BEGIN PGP PRIVATE KEY BLOCK-----\nlQOYBF0\n-----END PGP PRIVATE "
+                         "KEY BLOCK-----"},
+             {"a": "-----BEGIN PRIVATE KEY-----abc", "important": "keep me",
+              "c": "-----END PRIVATE KEY-----"}]
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    data += b'{"n": 1e400, "same": 1, "same": 2, "k": "-----BEGIN PRIVATE KEY-----x"}\n'
+    counts = {}
+    out = tracecraft.Redactor(literals=[("store-secret", "store-secret-value-1")])(data, counts)
+    text = out.decode()
+    for leak in ("x9Y8x9Y8", "a1B2c3D4e5a1B2", "qqqqqqqqqq", "Z9Z9Z9Z9", "AKIAIOSFODNN7EXAMPLE",
+                 "abc123def456", "kkkkkkkkkk", "store-secret-value-1", "bPxRfiCYEXAMPLEKEY",
+                 "IQoJb3JpZ2luX2Vj", "xapp-1-A0123", "b3BlbnNzaC1rZXkt", "lQOYBF0"):
+        assert leak not in text, leak
+    assert '"important": "keep me"' in text and '"n": 1e400, "same": 1, "same": 2' in text
+    assert len(text.splitlines()) == len(lines) + 1
+    for line in text.splitlines():
+        json.loads(line)
+    assert counts["private-key"] == 4 and counts["aws-session-token"] == 1
+
+
+def test_a_poison_line_and_a_key_flood_neither_crash_nor_stall(tmp_path):
+    poison = b'{"a":"-----BEGIN PRIVATE KEY-----abc","b":["\\ud800","-----END PRIVATE KEY-----"]}\n'
+    out = tracecraft.Redactor()(poison, {})
+    assert json.loads(out)["b"][0] == "\ud800" and b"abc" not in out
+    flood = json.dumps({"x": '-----BEGIN PRIVATE KEY-----"' * 20000}).encode() + b"\n"
+    counts = {}
+    assert len(tracecraft.Redactor()(flood, counts)) < len(flood) and counts["private-key"] >= 1
+
+
+def test_a_part_passed_over_by_a_compaction_is_never_listed(client_factory_atomic, tmp_path):
+    """A mirror pauses (a laptop asleep) between writing its part and listing it; meanwhile a
+    compaction elsewhere passes its part's number over.  The part must not be listed: it
+    could be swept as an orphan and leave the session unreadable."""
+    alice, bob = client_factory_atomic("alice"), client_factory_atomic("bob")
+    session, path = make_claude(str(tmp_path / "claude"), str(tmp_path), lines=3)
+    transcript = tracecraft.Transcript("claude-code", session, path)
+    alice.sessions.mirror(transcript)
+    with open(path, "a") as f:
+        f.write(claude_line(3, str(tmp_path), session))
+    alice.sessions.mirror(transcript)   # two parts: something to compact
+    with open(path, "a") as f:
+        f.write(claude_line(4, str(tmp_path), session))
+    take = alice.sessions._take_part
+
+    def take_then_compact_elsewhere(*args):
+        number = take(*args)
+        alice.sessions._take_part = take   # once
+        bob.sessions.compact(session)
+        return number
+    alice.sessions._take_part = take_then_compact_elsewhere
+    assert alice.sessions.mirror(transcript)["lost"] >= 1
+    meta = bob.sessions.find(session)[0]
+    listed = {p[0] for p in meta["parts"]}
+    stored = {int(e.key[-12:-6]) for e in bob.store.list(bob.key("sessions", "claude-code",
+                                                                 session, "part-"))}
+    assert listed <= stored and reassembled(bob, session) == redacted(open(path, "rb").read())
+
+
+def test_replaced_sources_and_changing_ones(client_factory, tmp_path):
+    alice = client_factory("alice")
+    path = tmp_path / "rot.jsonl"
+    path.write_text('{"type":"session","id":"s"}\n')
+    transcript = tracecraft.Transcript("claude-code", "rot", str(path))
+    alice.sessions.mirror(transcript)
+    with open(path, "a") as f:
+        f.write('{"type":"user","text":"aaaaaaaaaaaaaaaaaaaa"}\n')
+    alice.sessions.mirror(transcript)
+    replaced = ('{"type":"session","id":"s"}\n{"type":"compaction","summary":"the whole '
+                'conversation so far, summarised"}\n{"type":"user","text":"next"}\n')
+    (tmp_path / "new").write_text(replaced)
+    os.replace(tmp_path / "new", path)   # same first line, longer: resumed mid-line before
+    alice.sessions.mirror(transcript)
+    got = reassembled(alice, "rot")
+    assert got.endswith(replaced.encode()) and all(_json(line) for line in got.splitlines())
+    # a source whose first bytes change all the time ends a call instead of running forever
+    heads = iter(range(10 ** 6))
+    transcript.head = lambda length: str(next(heads))
+    alice.sessions.mirror(transcript)
+    assert next(heads) < 10
+
+
+def _json(line):
+    json.loads(line)
+    return True
+
+
+def test_hermes_oddities_are_clear(client_factory, tmp_path, harness_env):
+    import sqlite3
+    alice = client_factory("alice")
+    os.makedirs(harness_env["HERMES_HOME"])
+    db = sqlite3.connect(os.path.join(harness_env["HERMES_HOME"], "state.db"))
+    db.execute("CREATE TABLE messages (id, session_id, role, content)")
+    db.execute("INSERT INTO messages VALUES (1, 42, 'user', 'a number for a session id')")
+    db.execute("INSERT INTO messages VALUES (2, 42, 'user', 'again')")
+    db.execute("INSERT INTO messages VALUES ('x', 'texty', 'user', 'a text id')")
+    db.commit()
+    db.close()
+    found = {t.session: t for t in tracecraft.find_transcripts("hermes")}
+    assert alice.sessions.mirror(found["42"])["lines"] == 2
+    with pytest.raises(tracecraft.UsageError, match="not integers"):
+        alice.sessions.mirror(found["texty"])
+
+
+def test_hostile_session_records_are_reported(local_cli, tmp_path):
+    session, path = make_claude(str(tmp_path / "claude"), str(tmp_path), lines=2)
+    local_cli.ok("session", "mirror", "--transcript", path)
+    meta = local_cli.root / "sessions" / "claude-code" / session / "meta.json"
+    record = json.loads(meta.read_text())
+    for change in ({"first_event": None, "last_event": None}, {"harness": "codex"},
+                   {"harness": "bogus"}, {"session": "another"}):
+        broken = {k: v for k, v in dict(record, **change).items() if v is not None}
+        meta.write_text(json.dumps(broken))
+        with open(path, "a") as f:
+            f.write(claude_line(9, str(tmp_path), session))
+        result = local_cli("session", "mirror", "--transcript", path)
+        assert result.returncode in (0, 4) and "Traceback" not in result.stderr, change
+        assert "internal error" not in result.stderr, (change, result.stderr)
+        if "first_event" not in change:
+            assert result.returncode == 4 and "another session" in result.stderr, change
+    nul = local_cli("session", "hook", stdin=json.dumps({
+        "hook_event_name": "Stop", "session_id": session, "transcript_path": "a\u0000b",
+        "cwd": str(tmp_path)}))
+    assert nul.returncode == 1 and "NUL" in nul.stderr and nul.stdout == ""
+
+
+def test_hooks_keep_lookalikes_and_start_one_mirror_however_many_starts(local_cli, tmp_path):
+    settings = local_cli.cwd / ".claude" / "settings.json"
+    settings.parent.mkdir()
+    theirs = {"type": "command", "command": "/opt/tracecraft/bin/mylogger session hook"}
+    settings.write_text(json.dumps({"hooks": {"Stop": [{"matcher": "", "hooks": [theirs]}]}}))
+    local_cli.ok("hooks", "claude-code", "--install", "--command", "tracecraft")
+    hooks = json.loads(settings.read_text())["hooks"]
+    assert theirs in hooks["Stop"][0]["hooks"]
+    assert hooks["SessionStart"][0]["hooks"][0]["command"] == "tracecraft session hook"
+    session, path = make_claude(str(tmp_path / "claude"), str(local_cli.cwd), lines=3)
+    payload = json.dumps({"session_id": session, "transcript_path": path,
+                          "cwd": str(local_cli.cwd), "hook_event_name": "SessionStart"})
+    starts = [subprocess.Popen([*COMMAND, "session", "hook"], cwd=local_cli.cwd,
+                               env=local_cli.env, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True) for _ in range(6)]
+    for start in starts:
+        assert start.communicate(payload, timeout=30)[0] == ""
+
+    def mirrors():
+        return subprocess.run(["pgrep", "-f", f"session-id {session}"], capture_output=True,
+                              text=True).stdout.split()
+    try:
+        deadline = time.time() + 15
+        while (len(mirrors()) != 1 or local_cli("session", "show", session).returncode) and \
+                time.time() < deadline:
+            time.sleep(0.1)
+        assert len(mirrors()) == 1
+        end = dict(json.loads(payload), hook_event_name="SessionEnd")
+        assert local_cli("session", "hook", stdin=json.dumps(end)).returncode == 0
+        deadline = time.time() + 10
+        while mirrors() and time.time() < deadline:
+            time.sleep(0.1)
+        assert not mirrors()
+    finally:
+        for pid in mirrors():
+            os.kill(int(pid), signal.SIGKILL)
