@@ -17,6 +17,8 @@ Scenarios (names for --only):
   scale        agents (threads in a few processes) working a DAG of steps with barriers, messages
   sessions     mirroring a 200 MB transcript (MB/s, peak memory); `mirror --all -f` over 50
                sessions: requests per minute while idle and while every session grows
+  replay       a replay of 100 agents, 1,000 steps, 10,000 messages, 1,000 memory writes and 20
+               sessions of 5 MB: build time, requests, file size, headless chromium; `ui` refreshes
 
 The machine is small and shared: timings are medians over repetitions, and every ratio is
 measured within one run.  Request counts are exact and do not depend on the machine.
@@ -47,7 +49,7 @@ tracecraft = None        # the snapshot, imported by main()
 WORKER = os.path.join(HERE, "worker.py")
 BUCKET = "bench"
 SCENARIOS = ["cli", "requests", "throughput", "barrier", "contention", "inbox", "scale",
-             "sessions"]
+             "sessions", "replay"]
 
 
 class BenchError(Exception):
@@ -871,9 +873,117 @@ def scenario_sessions(b):
         b.figures["sessions"].update(idle_requests_per_min=idle, growing_requests_per_min=growing)
 
 
+
+# ==================================================================================================
+# 9. Replay and the live view
+# ==================================================================================================
+
+def scenario_replay(b):
+    import concurrent.futures
+    section = "9 replay"
+    scale = 0.2 if b.quick else 1.0
+    n_agents, n_steps = 100, int(1000 * scale)
+    n_messages, n_memory, n_sessions = int(10000 * scale), int(1000 * scale), int(20 * scale) or 1
+    project, t = "replay", time.perf_counter()
+    d = b.cli_project(project)
+    clients = [b.client(project, f"agent-{i:03d}") for i in range(n_agents)]
+
+    def work(i):
+        c = clients[i]
+        c.heartbeat(renew=False)
+        for s in range(i, n_steps, n_agents):
+            c.claim(f"step-{s}")
+            c.complete(f"step-{s}", note=f"step {s} done by {c.agent}")
+        for m in range(i, n_messages, n_agents):
+            c.send(f"agent-{(m * 7) % n_agents:03d}" if m % 10 else "_broadcast", f"message {m}")
+        for k in range(i, n_memory, n_agents):
+            c.memory.set(f"results.r{k % 97}", {"k": k, "by": c.agent})
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(work, range(n_agents)))
+    for i in range(n_sessions):
+        path = os.path.join(b.tmp, f"replay-session-{i}.jsonl")
+        block = _transcript_lines(2000, d, f"replay-session-{i}").encode()
+        with open(path, "wb") as f:
+            while f.tell() < 5 << 20:
+                f.write(block)
+        clients[i].sessions.mirror(tracecraft.Transcript("claude-code", f"replay-session-{i}",
+                                                         path))
+    built = time.perf_counter() - t
+    for c in clients:
+        c.close()
+    out = os.path.join(b.tmp, "replay.html")
+    mark = b.log.mark()
+    seconds, _ = b.cli(["replay", "--out", out, "--json"], d)
+    # the command ran in a process of its own: count its requests through a proxy instead
+    host, port = b.s3.endpoint.rsplit("//", 1)[1].split(":")
+    with CountingProxy(host, int(port)) as proxy:
+        counted = b.cli_project(project, endpoint=proxy.endpoint)
+        mark = proxy.log.mark()
+        b.cli(["replay", "--out", out + ".2", "--json"], counted)
+        labels = proxy.log.labels(mark)
+    size = os.path.getsize(out)
+    b.row(section, f"replay of {n_agents} agents, {n_steps} steps, {n_messages} messages, "
+          f"{n_memory} memory writes, {n_sessions} sessions of 5 MB", f"{seconds:.1f} s",
+          "<= 20 s", seconds <= 20, f"project built in {built:.0f} s; file {size / 1e6:.1f} MB")
+    b.row(section, "requests of that replay", f"{len(labels)}", "", None,
+          ", ".join(f"{k} {v}" for k, v in list(summarize(labels).items())[:8]))
+    chrome = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chrome:
+        profile = os.path.join(b.tmp, "chromium")
+        base = [chrome, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+                "--virtual-time-budget=2000", "--dump-dom"]
+        t = time.perf_counter()
+        subprocess.run(base + ["about:blank"], capture_output=True, timeout=120)
+        empty = time.perf_counter() - t
+        t = time.perf_counter()
+        dom = subprocess.run(base + [f"file://{out}"], capture_output=True, timeout=300,
+                             text=True).stdout
+        loaded = time.perf_counter() - t
+        t = time.perf_counter()
+        subprocess.run(base + [f"file://{out}#q=message%2042&kinds=message"], capture_output=True,
+                       timeout=300)
+        filtered = time.perf_counter() - t
+        ok, rows = 'class="row' in dom, dom.count('class="row')
+        b.row(section, "the page in headless chromium: loaded and drawn (beyond chromium's own "
+              "start)", f"{loaded - empty:.2f} s", "< 2 s", ok and loaded - empty < 2,
+              f"chromium alone {empty:.2f} s; rows drawn: {rows}")
+        b.row(section, "the page opened with a text and kind filter", f"{filtered - empty:.2f} s",
+              "< 2 s", filtered - empty < 2, "")
+    with CountingProxy(host, int(port)) as proxy:
+        counted = b.cli_project(project, endpoint=proxy.endpoint)
+        ui = subprocess.Popen([b.python, TRACECRAFT, "ui", "--port", "0", "--refresh", "0"],
+                              cwd=counted, env=b.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+        try:
+            url = ui.stdout.readline().split(" at ")[1].split(" ")[0]
+            import urllib.request
+            urllib.request.urlopen(url + "events?after=0", timeout=120).read()
+            mark = proxy.log.mark()
+            for _ in range(5):
+                urllib.request.urlopen(url + "events?after=999999999", timeout=120).read()
+            idle = proxy.log.labels(mark)
+            writer = b.client(project, "agent-000", b.settings(proxy.endpoint))
+            for m in range(100):
+                writer.send("agent-001", f"live {m}")
+            writer.close()
+            mark = proxy.log.mark()
+            urllib.request.urlopen(url + "events?after=999999999", timeout=120).read()
+            busy = proxy.log.labels(mark)
+        finally:
+            ui.terminate()
+            ui.wait(10)
+    b.row(section, "ui: requests per refresh, idle", f"{len(idle) / 5:.0f}", "", None,
+          ", ".join(f"{k} {v / 5:g}" for k, v in summarize(idle).items()))
+    b.row(section, "ui: requests of the refresh after 100 new messages", f"{len(busy)}", "", None,
+          ", ".join(f"{k} {v}" for k, v in summarize(busy).items()))
+    b.figures["replay"] = {"seconds": seconds, "bytes": size, "requests": len(labels),
+                           "ui_idle_requests": len(idle) / 5, "ui_busy_requests": len(busy)}
+
+
 RUNNERS = {"cli": scenario_cli, "requests": scenario_requests, "throughput": scenario_throughput,
            "barrier": scenario_barrier, "contention": scenario_contention,
-           "inbox": scenario_inbox, "scale": scenario_scale, "sessions": scenario_sessions}
+           "inbox": scenario_inbox, "scale": scenario_scale, "sessions": scenario_sessions,
+           "replay": scenario_replay}
 
 
 def print_table(rows, out=sys.stdout):
