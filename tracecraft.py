@@ -3442,7 +3442,9 @@ def _agent_shape(agent, record, age, holding, sessions=()):
     sessions (its mirrored transcripts: session, harness, state, last_event)."""
     state = ("offline" if age is None or age >= IDLE_SECONDS
              else "idle" if age >= ONLINE_SECONDS else "online")
+    first = record.get("first_seen")
     return {"agent": agent, "state": state, "holding": holding,
+            "first_seen": first if isinstance(first, str) else None,
             "last_seen": record.get("last_seen"),
             "age_seconds": None if age is None else int(age), "host": record.get("host"),
             "sessions": [{k: s[k] for k in ("session", "harness", "state", "last_event")}
@@ -3489,8 +3491,15 @@ class Agents(_Peer):
     def _publish(self):
         """Write this agent's record: who and where it is, and when it was last seen.  Only the
         agent itself writes it, so a plain write does; what it holds is read from the leases."""
+        # When this agent was first seen is kept on this machine: the record is written plainly,
+        # never read first (so a lost cache directory makes it later than it was).
+        first = self.records.kept("first-seen", self.client.agent)
+        if not first or not isinstance(first.get("at"), str):
+            first = {"at": self.client.now()}
+            self.records.keep("first-seen", self.client.agent, first)
         record = self.client.record(agent=self.client.agent, project=self.client.project,
-                                    host=_hostname(), pid=os.getpid(), last_seen=self.client.now())
+                                    host=_hostname(), pid=os.getpid(), first_seen=first["at"],
+                                    last_seen=self.client.now())
         self.records.write(self.client.key("agents", self.client.agent + ".json"), record)
         stamp = self.records.state_path("heartbeat")
         try:
@@ -4808,9 +4817,11 @@ class Timeline(_Peer):
             if signature not in seen:
                 seen.add(signature)
                 events.append(event)
-        known = {a["agent"]: a for a in client.agents(cache)}
+        leases = client.steps.leases(cache)
+        known = {a["agent"]: a for a in client.agents(cache, [lease for lease in leases
+                                                               if lease.state not in ENDED])}
         steps = []
-        for lease in client.steps.leases(cache):
+        for lease in leases:
             record, shape = lease.record, lease.shape()
             steps.append(shape)
             for earlier in record.get("holders", []):
@@ -4842,6 +4853,7 @@ class Timeline(_Peer):
             add(artifact["at"], "artifact", artifact["uploader"], name=artifact["name"],
                 step=artifact["step"], size=artifact["size"])
         for agent in known.values():
+            add(agent["first_seen"], "joined", agent["agent"])
             add(agent["last_seen"], "seen", agent["agent"])
         if sessions:
             done = state.setdefault("sessions", {})
@@ -6461,7 +6473,7 @@ const D = JSON.parse(document.getElementById("data").textContent);
 const $ = (id) => document.getElementById(id);
 const KIND_COLORS = {claim:"#2a7", takeover:"#d80", release:"#999", expired:"#c70",
   released:"#999", complete:"#16a", failed:"#c23", blocked:"#a3c", message:"#07c",
-  memory:"#690", artifact:"#850", seen:"#bbb", prompt:"#333", said:"#58f", tool:"#f80",
+  memory:"#690", artifact:"#850", seen:"#bbb", joined:"#bbb", prompt:"#333", said:"#58f", tool:"#f80",
   system:"#aaa", note:"#aaa"};
 const color = (k) => KIND_COLORS[k] || "#555";
 const el = (tag, text, cls) => { const e = document.createElement(tag);

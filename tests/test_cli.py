@@ -340,7 +340,8 @@ def test_json_shapes_are_one_per_kind_and_numbers_are_plain(local_cli):
     assert set(json.loads(local_cli.ok("send", "bob", "hi", "--json"))) == message_keys
     inbox = json.loads(local_cli.ok("inbox", "--json", agent="bob"))["messages"]
     assert set(inbox[0]) == message_keys
-    agent_keys = {"agent", "state", "holding", "last_seen", "age_seconds", "host", "sessions"}
+    agent_keys = {"agent", "state", "holding", "first_seen", "last_seen", "age_seconds", "host",
+                  "sessions"}
     assert all(set(a) == agent_keys for a in json.loads(local_cli.ok("agents", "--json"))
                ["agents"])
     assert set(json.loads(local_cli.ok("heartbeat", "--json"))) == agent_keys

@@ -138,13 +138,13 @@ class Bench:
         """Run `python tracecraft.py ARGV` as a fresh process; returns (seconds, CompletedProcess)."""
         return self.run([self.python, TRACECRAFT] + argv, cwd, agent, expect)
 
-    def run(self, cmd, cwd=None, agent=None, expect=(0,), env=None):
+    def run(self, cmd, cwd=None, agent=None, expect=(0,), env=None, timeout=120):
         env = dict(env or self.env)
         if agent:
             env["TRACECRAFT_AGENT"] = agent
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=cwd or self.tmp, env=env, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
         seconds = time.perf_counter() - start
         if proc.returncode not in expect:
             raise BenchError(f"{' '.join(cmd[1:])} exited {proc.returncode} (expected {expect}): "
@@ -912,15 +912,12 @@ def scenario_replay(b):
     for c in clients:
         c.close()
     out = os.path.join(b.tmp, "replay.html")
-    mark = b.log.mark()
-    seconds, _ = b.cli(["replay", "--out", out, "--json"], d)
-    # the command ran in a process of its own: count its requests through a proxy instead
-    host, port = b.s3.endpoint.rsplit("//", 1)[1].split(":")
-    with CountingProxy(host, int(port)) as proxy:
-        counted = b.cli_project(project, endpoint=proxy.endpoint)
-        mark = proxy.log.mark()
-        b.cli(["replay", "--out", out + ".2", "--json"], counted)
-        labels = proxy.log.labels(mark)
+    b.progress(f"replay: project built in {built:.0f} s")
+    seconds, _ = b.run([b.python, TRACECRAFT, "replay", "--out", out, "--json"], d,
+                       timeout=600)
+    reader = b.client(project, "reader")   # the same reads in this process, counted
+    _, labels = b.measure(lambda: reader.timeline())
+    reader.close()
     size = os.path.getsize(out)
     b.row(section, f"replay of {n_agents} agents, {n_steps} steps, {n_messages} messages, "
           f"{n_memory} memory writes, {n_sessions} sessions of 5 MB", f"{seconds:.1f} s",
@@ -949,29 +946,20 @@ def scenario_replay(b):
               f"chromium alone {empty:.2f} s; rows drawn: {rows}")
         b.row(section, "the page opened with a text and kind filter", f"{filtered - empty:.2f} s",
               "< 2 s", filtered - empty < 2, "")
-    with CountingProxy(host, int(port)) as proxy:
-        counted = b.cli_project(project, endpoint=proxy.endpoint)
-        ui = subprocess.Popen([b.python, TRACECRAFT, "ui", "--port", "0", "--refresh", "0"],
-                              cwd=counted, env=b.env, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True)
-        try:
-            url = ui.stdout.readline().split(" at ")[1].split(" ")[0]
-            import urllib.request
-            urllib.request.urlopen(url + "events?after=0", timeout=120).read()
-            mark = proxy.log.mark()
-            for _ in range(5):
-                urllib.request.urlopen(url + "events?after=999999999", timeout=120).read()
-            idle = proxy.log.labels(mark)
-            writer = b.client(project, "agent-000", b.settings(proxy.endpoint))
-            for m in range(100):
-                writer.send("agent-001", f"live {m}")
-            writer.close()
-            mark = proxy.log.mark()
-            urllib.request.urlopen(url + "events?after=999999999", timeout=120).read()
-            busy = proxy.log.labels(mark)
-        finally:
-            ui.terminate()
-            ui.wait(10)
+    # what `ui` does on each refresh: the same timeline call with the state it keeps, counted
+    live, state = b.client(project, "viewer"), {}
+    live.timeline(state=state)
+    idle = []
+    for _ in range(5):
+        idle += b.measure(lambda: live.timeline(state=state))[1]
+    writer = b.client(project, "agent-000")
+    for m in range(100):
+        writer.send("agent-001", f"live {m}")
+    writer.close()
+    found, busy = b.measure(lambda: live.timeline(state=state))
+    live.close()
+    if len(found["events"]) < 100:
+        raise BenchError(f"the refresh after 100 messages found {len(found['events'])} events")
     b.row(section, "ui: requests per refresh, idle", f"{len(idle) / 5:.0f}", "", None,
           ", ".join(f"{k} {v / 5:g}" for k, v in summarize(idle).items()))
     b.row(section, "ui: requests of the refresh after 100 new messages", f"{len(busy)}", "", None,
