@@ -4385,6 +4385,14 @@ def _transcript(harness, session, path, cwd, row_key=None):
         return None   # a file whose name is no session id tracecraft can keep
 
 
+def _timely(stamp):
+    """Whether `stamp` is an ISO 8601 UTC time of this era (2026-12-02T10:00...): a time read
+    from an agent's records or transcript is hostile until it is one."""
+    return isinstance(stamp, str) and len(stamp) >= 16 and stamp[4] == stamp[7] == "-" and \
+        stamp[10] == "T" and stamp[13] == ":" and stamp[:4].isascii() and \
+        stamp[:4].isdigit() and "1970" <= stamp[:4] <= "2999"
+
+
 def _event_time(line):
     """The time a transcript line records (its "timestamp"), as ISO 8601 text, or None."""
     try:
@@ -4394,7 +4402,7 @@ def _event_time(line):
         return None
     if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) and 0 < stamp < 1e11:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
-    return stamp[:40] if isinstance(stamp, str) else None
+    return stamp[:40] if _timely(stamp) else None
 
 
 def _session_shape(record):
@@ -4803,26 +4811,34 @@ class Timeline(_Peer):
     changed (as status --watch)."""
 
     def __call__(self, since=None, until=None, agents=None, sessions=True, state=None):
-        client, events = self.client, []
-        state = {} if state is None else state
-        cache, seen = state.setdefault("cache", {}), state.setdefault("seen", set())
+        client, events, given = self.client, [], state
+        # Worked on a copy, kept only if the whole look succeeds: a store that fails halfway
+        # must not make the next look skip what this one had found.
+        state = {"cache": dict((given or {}).get("cache", {})),
+                 "seen": set((given or {}).get("seen", ())),
+                 "logs": dict((given or {}).get("logs", {})),
+                 "sessions": dict((given or {}).get("sessions", {})),
+                 "ids": (given or {}).get("ids", 0)}
+        cache, seen = state["cache"], state["seen"]
 
         def add(at, kind, agent, **fields):
-            if not (isinstance(at, str) and at) or (since is not None and at < since) or \
-                    (until is not None and at > until) or \
+            if not _timely(at) or \
+                    (since is not None and at < since) or (until is not None and at > until) or \
                     (agents and agent not in agents and fields.get("to") not in agents):
                 return
-            event = dict(fields, at=at, kind=kind, agent=agent)
+            event = {k: v for k, v in dict(fields, at=at, kind=kind, agent=agent).items()
+                     if v is not None}
             signature = dumps(event)
             if signature not in seen:
                 seen.add(signature)
-                events.append(event)
+                events.append(dict(event, agent=agent))
         leases = client.steps.leases(cache)
         known = {a["agent"]: a for a in client.agents(cache, [lease for lease in leases
                                                                if lease.state not in ENDED])}
         steps = []
         for lease in leases:
             record, shape = lease.record, lease.shape()
+            shape["note"] = None if shape["note"] is None else _clip(shape["note"])
             steps.append(shape)
             for earlier in record.get("holders", []):
                 add(earlier.get("from"), "claim", earlier.get("agent"), step=lease.step,
@@ -4839,8 +4855,17 @@ class Timeline(_Peer):
             if lease.state in ENDED:
                 add(shape["ended_at"], lease.state, shape["ended_by"], step=lease.step,
                     note=shape["note"], forced=shape["forced"], generation=shape["generation"])
-        read = state.setdefault("logs", {})
-        for log in [BROADCAST] + sorted(known):
+        read = state["logs"]
+        if not read:   # the first look: every log there is, an agent's that never ran too
+            prefix = client.key("messages") + "/"
+            read.update((e.key[len(prefix):].partition("/")[0], 0)
+                        for e in self.store.list(prefix))
+        read.update((log, read.get(log, 0)) for log in [BROADCAST] + sorted(known))
+        for log in sorted(read):
+            try:
+                check_name("agent id", log)
+            except UsageError:
+                continue
             for message in client.inbox.log(log, read.get(log, 0)):
                 read[log] = max(read.get(log, 0), message["seq"])
                 add(message["at"], "message", message["from"], to=message["to"] or BROADCAST,
@@ -4856,12 +4881,14 @@ class Timeline(_Peer):
             add(agent["first_seen"], "joined", agent["agent"])
             add(agent["last_seen"], "seen", agent["agent"])
         if sessions:
-            done = state.setdefault("sessions", {})
+            done = state["sessions"]
             for session in client.sessions.list(cache=cache):
                 self._session_events(session, add, done)
         events.sort(key=lambda e: e["at"])
         for event in events:
-            state["ids"] = event["id"] = state.get("ids", 0) + 1
+            state["ids"] = event["id"] = state["ids"] + 1
+        if given is not None:
+            given.update(state)
         names = sorted({e["agent"] for e in events if isinstance(e["agent"], str)} | set(known))
         return {"project": client.project, "agents": names, "steps": steps, "events": events}
 
@@ -5960,7 +5987,7 @@ def cmd_status(args, out):
     cache, states = {}, args.state or None
 
     def picture():
-        return client.status(cache, states, args.agent)
+        return client.status(cache, states, args.agent_only)
     if interval is None:
         info = picture()
         out.result(info, *_status_lines(info, states))
@@ -6226,7 +6253,7 @@ def _session_lines(s):
 
 
 def cmd_session_list(args, out):
-    sessions = _client(args).sessions.list(args.harness, args.agent)   # --agent: whose
+    sessions = _client(args).sessions.list(args.harness, args.agent_only)
     lines = [f"{'SESSION':<38} {'HARNESS':<11} {'AGENT':<14} {'STATE':<6} {'LAST EVENT':<20} "
              f"{'SIZE':>9} {'LINES':>7} REDACTED"] if sessions else []
     for s in sessions:
@@ -6499,18 +6526,19 @@ function matches(e) {
   return !shown.q || JSON.stringify(e).toLowerCase().includes(shown.q);
 }
 let visible = D.events, selected = null;
-function checkbox(box, name, set, tint) {
+function checkbox(box, name, set, tint, before) {
   const label = el("label"), input = el("input"); input.type = "checkbox"; input.checked = true;
-  input.dataset.name = name; input.addEventListener("change", () => {
+  input.dataset.name = name; input.dataset.group = set === shown.agents ? "agents" : "kinds";
+  input.addEventListener("change", () => {
     if (input.checked) set.add(name); else set.delete(name); refresh(); });
   label.append(input, el("span", " " + name)); if (tint) label.style.color = tint;
-  box.append(label);
+  if (before) box.insertBefore(label, before); else box.append(label);
 }
 function buildFilters() {
   const box = $("filters");
   box.append(el("b", "agents"));
   agents.forEach((a) => checkbox(box, a, shown.agents));
-  box.append(el("b", "kinds"));
+  const heading = el("b", "kinds"); heading.id = "kinds-heading"; box.append(heading);
   kinds.forEach((k) => checkbox(box, k, shown.kinds, color(k)));
   const q = el("input"); q.id = "q"; q.placeholder = "search text";
   q.addEventListener("input", () => { shown.q = q.value.toLowerCase(); refresh(); });
@@ -6598,17 +6626,21 @@ for (const [name, set] of [["agents", shown.agents], ["kinds", shown.kinds]]) {
 if (params.has("q")) shown.q = params.get("q").toLowerCase();
 buildFilters(); buildSteps();
 document.querySelectorAll("#filters input[type=checkbox]").forEach((box) => {
-  box.checked = shown.agents.has(box.dataset.name) || shown.kinds.has(box.dataset.name); });
+  box.checked = shown[box.dataset.group].has(box.dataset.name); });
 $("q").value = shown.q; refresh();
 $("list").addEventListener("scroll", renderRows);
 window.addEventListener("resize", () => { renderRows(); drawLanes(); });
 function merge(news) {
   for (const a of news.agents) if (!lane.has(a)) { lane.set(a, agents.length); agents.push(a);
-    shown.agents.add(a); checkbox($("filters"), a, shown.agents); }
+    shown.agents.add(a); checkbox($("filters"), a, shown.agents, null, $("kinds-heading")); }
   for (const k of new Set(news.events.map((e) => e.kind))) if (!kinds.includes(k)) {
-    kinds.push(k); shown.kinds.add(k); checkbox($("filters"), k, shown.kinds, color(k)); }
-  D.events.push(...news.events); D.events.sort((a, b) => (a.at < b.at ? -1 : a.at > b.at));
-  for (const e of news.events) { t0 = Math.min(t0, time(e)); t1 = Math.max(t1, time(e)); }
+    kinds.push(k); shown.kinds.add(k); checkbox($("filters"), k, shown.kinds, color(k), $("q")); }
+  for (const e of news.events) D.events.push(e);
+  D.events.sort((a, b) => (a.at < b.at ? -1 : a.at > b.at));
+  t0 = Infinity; t1 = -Infinity;
+  for (const e of D.events) { t0 = Math.min(t0, time(e)); t1 = Math.max(t1, time(e)); }
+  if (!(t1 > t0)) t1 = t0 + 1;
+  $("range").textContent = D.events[0].at + " .. " + D.events[D.events.length - 1].at;
   D.steps = news.steps; $("steps").textContent = ""; buildSteps(); refresh();
 }
 if (D.live) {
@@ -6653,16 +6685,24 @@ def page_policy(live=False):
             + ("; connect-src 'self'" if live else ""))
 
 
+def page_json(value):
+    """JSON for the page: < > & and U+2028/9 escaped (no `</script>` can end its script
+    element), and a lone surrogate (half of an emoji an agent cut) made U+FFFD."""
+    import re
+    data = re.sub("[\ud800-\udfff]", "\ufffd", dumps(value))
+    for raw, escaped in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e"),
+                         ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        data = data.replace(raw, escaped)
+    return data
+
+
 def replay_page(timeline, live=False):
     """The self-contained HTML page of a timeline: no request when it is opened, and nothing an
     agent wrote can run in it (the data is JSON read by a script that only sets textContent,
     and the Content-Security-Policy admits only this page's own script and style).  `live`:
     the page asks its server (`tracecraft ui`) for new events every second."""
-    data = dumps(dict(timeline, live=live))
-    for raw, escaped in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e"),
-                         ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
-        data = data.replace(raw, escaped)
-    return REPLAY_PAGE.format(policy=page_policy(live), style=REPLAY_STYLE, data=data,
+    return REPLAY_PAGE.format(policy=page_policy(live), style=REPLAY_STYLE,
+                              data=page_json(dict(timeline, live=live)),
                               script=REPLAY_SCRIPT)
 
 
@@ -6723,6 +6763,8 @@ def cmd_ui(args, out):
             return latest[0]
 
     class Handler(http.server.BaseHTTPRequestHandler):
+        timeout = 60   # an idle connection is let go
+
         def version_string(self):
             return "tracecraft"
 
@@ -6744,9 +6786,11 @@ def cmd_ui(args, out):
                 self.wfile.write(body)
 
         def do_GET(self):
-            allowed = {f"{host}:{port}"} | ({f"localhost:{port}", f"127.0.0.1:{port}"}
-                                            if token is None else set())
-            if self.headers.get("Host", "") not in allowed:
+            # On 127.0.0.1, only requests for this address (a DNS-rebinding page names another
+            # host); on another address, the token is what keeps strangers out.
+            allowed = {f"localhost:{port}", f"127.0.0.1:{port}"} | \
+                ({"localhost", "127.0.0.1"} if port == 80 else set())
+            if token is None and self.headers.get("Host", "") not in allowed:
                 return self.answer(403, b"tracecraft ui answers only requests for its own "
                                         b"address\n")
             path, _, query = self.path.partition("?")
@@ -6761,12 +6805,14 @@ def cmd_ui(args, out):
                                                         live=True).encode("utf-8"),
                                        "text/html; charset=utf-8")
                 if path == "/events":
-                    after = int(fields.get("after", "0")) if fields.get("after", "0").isdigit() \
-                        else 0
+                    after = fields.get("after", "0")
+                    after = int(after) if after.isascii() and after.isdigit() and \
+                        len(after) <= 18 else 0
                     found = refresh()
                     with lock:
                         news = [e for e in events if e["id"] > after][:5000]
-                    return self.answer(200, dumps(dict(found, events=news)).encode("utf-8"),
+                    answer = dict(found, events=news) if news else {"events": []}
+                    return self.answer(200, page_json(answer).encode("utf-8"),
                                        "application/json")
             except TracecraftError as exc:
                 return self.answer(503, (exc.for_cli() + "\n").encode("utf-8"))
@@ -6777,8 +6823,13 @@ def cmd_ui(args, out):
             self.answer(405, b"tracecraft ui is read-only\n")
         do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = refuse
 
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            pass   # a browser that went away mid-answer: nothing to tell
+
+    args.reads_only = True   # a viewer: no heartbeat, even on the way out
     try:
-        server = http.server.ThreadingHTTPServer((host, args.port), Handler)
+        server = Server((host, args.port), Handler)
     except OSError as exc:
         raise UsageError(f"cannot listen on {host}:{args.port}: {os_reason(exc)}") from None
     server.daemon_threads = True
@@ -6925,7 +6976,9 @@ def build_parser(argv=None):
                 epilog="counts of steps per state first, then what needs attention (in "
                        "progress, expired, failed,\nblocked: a few of each); --state lists "
                        "every step in that state. --watch --json prints\na JSON document per "
-                       "refresh, a line each.")
+                       "refresh, a line each.", flags=shared(agent=False))
+    p.add_argument("--agent", dest="agent_only", metavar="ID",
+                   help="only this agent and the steps it holds or ended")
     p.add_argument("--watch", nargs="?", const="2", metavar="SECONDS",
                    help="redraw every SECONDS (default 2) until interrupted")
     p.add_argument("--state", action="append", choices=STEP_STATES,
@@ -7119,10 +7172,11 @@ def build_parser(argv=None):
     p.add_argument("--interval", default="5", metavar="SECONDS",
                    help="seconds between looks (default: 5)")
     p.add_argument("--no-redact", action="store_true", help="copy secrets as they are")
-    p = command("list", cmd_session_list, "List mirrored sessions (--agent ID: only that "
-                "agent's).", "tracecraft session list",
-                "tracecraft session list --agent reviewer --json", parent=session_commands)
+    p = command("list", cmd_session_list, "List mirrored sessions.", "tracecraft session list",
+                "tracecraft session list --agent reviewer --json", parent=session_commands,
+                flags=shared(agent=False))   # --agent here chooses whose sessions
     p.add_argument("--harness", choices=HARNESSES, help="only this harness's sessions")
+    p.add_argument("--agent", dest="agent_only", metavar="ID", help="only this agent's sessions")
     p = command("show", cmd_session_show, "Show a mirrored session and its last lines.",
                 "tracecraft session show 3f2c9a1e-...",
                 "tracecraft session show 3f2c9a1e-... --raw > transcript.jsonl",
@@ -7222,7 +7276,8 @@ def main(argv=None):
             try:
                 # Every command that reached the store keeps its agent visible, whatever the
                 # answer was (at most once a minute); bad input and a failing store do not.
-                if code in (EXIT_OK, EXIT_NO, EXIT_TIMEOUT):
+                if code in (EXIT_OK, EXIT_NO, EXIT_TIMEOUT) and not getattr(args, "reads_only",
+                                                                             False):
                     client.touch()
             except TracecraftError as exc:
                 client.warn(f"could not refresh the heartbeat: {exc}")

@@ -196,7 +196,8 @@ def test_another_address_needs_the_token(project):
         assert request(url)[0] == 200
         token = url.split("token=")[1]
         assert request(bare + "events", headers=[("X-Tracecraft-Token", token)])[0] == 200
-        assert request(url, host=f"127.0.0.1:{url.split(':')[2].split('/')[0]}")[0] == 403
+        assert request(bare + "events", host="evil.example")[0] == 403   # no token: refused
+        assert request(url, host="this-machine.example:8700")[0] == 200   # the token admits
     finally:
         proc.terminate()
         proc.wait(10)
@@ -226,3 +227,73 @@ def test_a_replay_of_the_readme_scenario(tmp_path):
     assert os.path.getsize(picture) > 20_000
     if os.environ.get("UPDATE_DOCS"):
         shutil.copy(picture, os.path.join(os.path.dirname(__file__), "..", "docs", "replay.png"))
+
+
+def test_what_broke_the_replay_and_the_live_view(local_cli, tmp_path):
+    """Lone surrogates, a refresh that fails halfway, a takeover seen live, huge notes, odd
+    times, odd queries, messages to an agent that never ran, and --agent as a filter."""
+    root = str(tmp_path / "store")
+    a = tracecraft.connect(project="proj", agent="alice", backend="local", root=root)
+    b = tracecraft.connect(project="proj", agent="bob", backend="local", root=root)
+    try:
+        a.heartbeat(renew=False)
+        b.heartbeat(renew=False)
+        a.memory.set("k", "a value")
+        a.claim("big")
+        a.complete("big", note="n" * 200_000)
+        b.send("ghost", "to an agent that never ran")
+        path = tmp_path / "t.jsonl"
+        path.write_text('{"type":"user","timestamp":"0001-01-01T00:00:00Z","message":{"role":'
+                        '"user","content":"year one"}}\n{"type":"user","timestamp":'
+                        '"2026-12-02T01:00:02Z","message":{"role":"user","content":"lone '
+                        '\\ud800 in a transcript"}}\n')
+        a.sessions.mirror(tracecraft.Transcript("claude-code", "odd", str(path)))
+        state = {}
+        first = a.timeline(state=state)
+        assert any(e.get("to") == "ghost" for e in first["events"])
+        assert all(not e["at"].startswith("0001") for e in first["events"])
+        assert all(len(e.get("note", "")) < 5000 for e in first["events"])
+        a.claim("s")
+        a.timeline(state=state)
+        a.release("s")
+        b.claim("s")   # a takeover: alice's claim must not come again
+        b.send("alice", "during a failing look")
+        entries = a.memory.entries
+        a.memory.entries = lambda *x: (_ for _ in ()).throw(tracecraft.StoreError("503"))
+        with pytest.raises(tracecraft.StoreError):
+            a.timeline(state=state)
+        a.memory.entries = entries
+        later = a.timeline(state=state)["events"]
+        assert [e["text"] for e in later if e["kind"] == "message"] == ["during a failing look"]
+        assert [(e["kind"], e["agent"]) for e in later if e.get("step") == "s"] == \
+            [("release", "alice"), ("takeover", "bob")]
+    finally:
+        a.close()
+        b.close()
+    out = tmp_path / "r.html"
+    assert json.loads(local_cli.ok("replay", "--out", str(out), "--json"))["events"] > 5
+    assert b"\\ud800" not in out.read_bytes() and "\ufffd" in out.read_text()
+    dom = browse(out, "#q=lone", tmp_path=tmp_path)
+    assert re.search(r'id="count">[12] of', dom)
+    proc, url = start_ui(local_cli)
+    try:
+        assert request(url)[0] == 200
+        for after in ("9" * 5000, "-1", "", "%C2%B2"):
+            status, _, body = request(url + "events?after=" + after)
+            assert status == 200, after
+        import socket
+        from urllib.parse import urlsplit
+        where = urlsplit(url)
+        with socket.create_connection((where.hostname, where.port), timeout=30) as raw:
+            raw.sendall(b"GET /events?after=\xb2 HTTP/1.1\r\nHost: " + where.netloc.encode()
+                        + b"\r\nConnection: close\r\n\r\n")   # a byte that isdigit() takes
+            assert raw.recv(100).startswith(b"HTTP/1.0 200")
+        status, _, body = request(url + "events?after=999999")
+        assert status == 200 and json.loads(body) == {"events": []}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    before = sorted(os.listdir(local_cli.root / "agents"))
+    local_cli.ok("status", "--agent", "typo-bob")
+    local_cli.ok("session", "list", "--agent", "typo-bob")
+    assert sorted(os.listdir(local_cli.root / "agents")) == before   # a filter, not an identity
