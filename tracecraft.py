@@ -4549,7 +4549,10 @@ class Sessions(_Peer):
             done.update(parts=done["parts"] + 1, bytes=done["bytes"] + len(body),
                         lines=done["lines"] + lines)
             if len(got[0]["parts"]) > PARTS_KEPT:
-                self.compact(transcript.session, transcript.harness)
+                try:
+                    self.compact(transcript.session, transcript.harness)
+                except Refused:
+                    pass   # another process compacted it meanwhile
                 got = None
 
     def _part(self, harness, session, number):
