@@ -4208,11 +4208,7 @@ class Transcript:
 
     def _rows(self, after, limit, last=False, upto=None):
         import sqlite3
-        uri = "file:" + uri_encode(os.path.abspath(self.path), keep_slash=True) + "?mode=ro"
-        try:
-            db = sqlite3.connect(uri, uri=True, timeout=2.0)
-        except sqlite3.Error as exc:
-            raise UsageError(f"cannot open the Hermes database {shown(self.path)}: {exc}") from None
+        db = _hermes_db(self.path)
         try:
             top = db.execute("SELECT MAX(id) FROM messages WHERE session_id = ?",
                              (self.row_key,)).fetchone()[0] or 0
@@ -4245,6 +4241,17 @@ class Transcript:
         finally:
             db.close()
         return b"".join(lines), last, len(lines)
+
+
+def _hermes_db(path):
+    """Hermes' state.db, read-only (mode=ro: never `immutable`, which would miss what its WAL
+    holds), waiting a little for a writer's lock."""
+    import sqlite3
+    try:
+        return sqlite3.connect("file:" + uri_encode(os.path.abspath(path), keep_slash=True)
+                               + "?mode=ro", uri=True, timeout=2.0)
+    except sqlite3.Error as exc:
+        raise UsageError(f"cannot open the Hermes database {shown(path)}: {exc}") from None
 
 
 def _row_json(row):
@@ -4362,16 +4369,14 @@ def find_transcripts(harness, cwd=None):
         path = os.path.join(_home("HERMES_HOME", ".hermes"), "state.db")
         if os.path.isfile(path):
             import sqlite3
+            db = _hermes_db(path)
             try:
-                db = sqlite3.connect("file:" + uri_encode(os.path.abspath(path), keep_slash=True)
-                                     + "?mode=ro", uri=True, timeout=2.0)
-                try:
-                    rows = db.execute("SELECT session_id, MAX(id) FROM messages GROUP BY "
-                                      "session_id ORDER BY MAX(id) DESC").fetchall()
-                finally:
-                    db.close()
+                rows = db.execute("SELECT session_id, MAX(id) FROM messages GROUP BY "
+                                  "session_id ORDER BY MAX(id) DESC").fetchall()
             except sqlite3.Error as exc:
                 raise UsageError(f"cannot read the Hermes database {shown(path)}: {exc}") from None
+            finally:
+                db.close()
             return [t for t in (_transcript("hermes", str(s), path, None, s) for s, _ in rows
                                 if s is not None) if t]
     transcripts = [t for t in (_transcript(harness, *f) for f in found) if t]
@@ -4505,7 +4510,8 @@ class Sessions(_Peer):
                 return done
             counts = {}
             body = redactor(data, counts) if redactor else data
-            number = self._take_part(transcript, base["next_part"], body, fresh)
+            number = self._take_part(transcript.harness, transcript.session, base["next_part"],
+                                     lambda: body, fresh)
             if number is None:
                 got = None   # the hint was stale: start again from what the store holds
                 continue
@@ -4558,18 +4564,19 @@ class Sessions(_Peer):
     def _part(self, harness, session, number):
         return self._key(harness, session, f"part-{number:06d}.jsonl")
 
-    def _take_part(self, transcript, number, body, fresh):
-        """Write `body` as the first free part from `number` on (create-only), and return its
-        number; None when `number` was taken and the record it came from was a hint."""
+    def _take_part(self, harness, session, number, body, fresh=True):
+        """Write `body()` as the first free part from `number` on (create-only), and return
+        its number; None when `number` was taken and the record it came from was a hint (not
+        `fresh`).  A number taken is a part nobody listed: a killed mirror's, or one in flight."""
         for number in range(number, min(number + 1000, MAX_PARTS)):
             try:
-                self.store.put(self._part(transcript.harness, transcript.session, number), body,
+                self.store.put(self._part(harness, session, number), body(),
                                if_none_match=True, content_type="application/jsonl")
                 return number
             except PreconditionFailed:
                 if not fresh:
                     return None
-        raise StoreError(f"{transcript.session}: 1000 part numbers in a row are taken")
+        raise StoreError(f"session {session}: 1000 part numbers in a row are taken")
 
     def find(self, session, harness=None):
         """(record, Blob) of a mirrored session's meta.json (`harness`: where to look; by
@@ -4607,12 +4614,12 @@ class Sessions(_Peer):
                 found.append(_session_shape(record))
         return sorted(found, key=lambda s: str(s["updated"] or ""), reverse=True)
 
-    def read(self, session, harness=None, into=None, tail=None):
+    def read(self, session, harness=None, into=None, tail=None, start=0):
         """Write the mirrored transcript into `into` (a binary file), byte for byte as it was
-        mirrored, or only its last `tail` lines.  A compaction that runs meanwhile is followed:
-        nothing is written twice or left out.  Returns the session's record."""
+        mirrored, from byte `start` on, or only its last `tail` lines.  A compaction that runs
+        meanwhile is followed: nothing is written twice or left out.  Returns the session's
+        record (its "bytes": where the copy written ends, where a later read may start)."""
         record, blob = self.find(session, harness)
-        start = 0
         if tail is not None:   # from the part where the last `tail` lines begin
             lines, parts = 0, record["parts"]
             while parts and lines < tail:
@@ -4679,17 +4686,8 @@ class Sessions(_Peer):
                     raise Refused(f"session {session} was compacted by another process "
                                   "meanwhile") from None
                 size = merged.tell()
-                first = record["next_part"]
-                for number in range(first, min(first + 1000, MAX_PARTS)):
-                    try:
-                        self.store.put(self._part(harness, session, number),
-                                       FileBody(merged, size), if_none_match=True,
-                                       content_type="application/jsonl")
-                        break
-                    except PreconditionFailed:
-                        continue   # a part nobody listed (or a mirror's, in flight)
-                else:
-                    raise StoreError(f"session {session}: 1000 part numbers in a row are taken")
+                number = self._take_part(harness, session, record["next_part"],
+                                         lambda: FileBody(merged, size))
             last = parts[-1]
             entry = [number, size, sum(p[2] for p in parts), last[3], last[4]]
 
@@ -4903,15 +4901,10 @@ class Timeline(_Peer):
         if done.get(which, 0) >= session["bytes"]:
             return
         try:
-            if which in done:
-                record, _ = self.client.sessions.find(session["session"], session["harness"])
-                position = [done[which]]
-                self.client.sessions._copy(record, position, out)
-                done[which] = position[0]
-            else:
-                record = self.client.sessions.read(session["session"], session["harness"], out,
-                                                   tail=SESSION_LINES_SHOWN)
-                done[which] = record["bytes"]
+            record = self.client.sessions.read(
+                session["session"], session["harness"], out, start=done.get(which, 0),
+                tail=None if which in done else SESSION_LINES_SHOWN)
+            done[which] = record["bytes"]
         except (NotFound, CorruptObject) as exc:
             self.client.warn_once(f"skipped session {session['session']}: {exc}")
             return
@@ -6315,16 +6308,11 @@ def cmd_session_show(args, out):
     sink = _Shown(sys.stdout.isatty() or not args.raw)
 
     def attempt():
-        found, _ = client.sessions.find(args.session, harness)
         before = done[0]
-        if found["bytes"] > done[0]:
-            try:
-                client.sessions._copy(found, done, sink)
-            except NoSuchKey:
-                pass   # compacted meanwhile: the next look reads the new list
+        found = client.sessions.read(args.session, harness, sink, start=before)
+        done[0] = found["bytes"]
         sys.stdout.flush()
-        return (True if found["state"] == "ended" and done[0] >= found["bytes"] else None,
-                done[0] > before)
+        return (True if found["state"] == "ended" else None, done[0] > before)
     try:
         poll(attempt, None, None)
     except KeyboardInterrupt:
@@ -6344,15 +6332,22 @@ def cmd_session_stop(args, out):
     out.result(s, f"Marked {s['harness']} session {s['session']} ended")
 
 
+def _self_argv():
+    """How this tracecraft runs again: the installed command it was run as, or this
+    interpreter with this file."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    if os.path.basename(argv0) == "tracecraft" and os.path.isfile(argv0):
+        return [os.path.abspath(argv0)]
+    return [sys.executable, os.path.abspath(__file__)]
+
+
 def _self_command():
-    """The command that runs this tracecraft again (for hooks): `tracecraft` when that is on
-    the PATH (a settings file others share then works for them too), else this interpreter
-    with this file."""
+    """The command hooks run: `tracecraft` when that is on the PATH (a settings file others
+    share then works for them too), else _self_argv()."""
     import shlex
     import shutil
-    if shutil.which("tracecraft"):
-        return "tracecraft"
-    return f"{shlex.quote(sys.executable)} {shlex.quote(os.path.abspath(__file__))}"
+    return "tracecraft" if shutil.which("tracecraft") else \
+        " ".join(shlex.quote(word) for word in _self_argv())
 
 
 def _is_our_hook(hook):
@@ -6444,9 +6439,7 @@ def _hook(args, out):
     if name == "SessionStart":
         if _running_mirror(lock) is None:   # two at once: the mirrors' lock keeps one
             import subprocess
-            command = [sys.executable, os.path.abspath(__file__)]
-            if os.path.basename(sys.argv[0] if sys.argv else "") == "tracecraft":
-                command = [os.path.abspath(sys.argv[0])]
+            command = _self_argv()
             os.makedirs(os.path.dirname(lock), mode=0o700, exist_ok=True)
             with open(lock[:-5] + ".log", "ab") as log:
                 child = subprocess.Popen(

@@ -41,15 +41,21 @@ def browse(path, fragment="", screenshot=None, tmp_path=None):
                           timeout=120, check=True).stdout
 
 
+def alice_and_bob(tmp_path):
+    """Two agents on the local store of local_cli, both seen."""
+    root = str(tmp_path / "store")
+    agents = [tracecraft.connect(project="proj", agent=name, backend="local", root=root)
+              for name in ("alice", "bob")]
+    for agent in agents:
+        agent.heartbeat(renew=False)
+    return agents
+
+
 @pytest.fixture
 def project(local_cli, tmp_path):
     """Two agents coordinating, a lease taken over, hostile texts everywhere, a session."""
-    root = str(tmp_path / "store")
-    alice = tracecraft.connect(project="proj", agent="alice", backend="local", root=root)
-    bob = tracecraft.connect(project="proj", agent="bob", backend="local", root=root)
+    alice, bob = alice_and_bob(tmp_path)
     try:
-        alice.heartbeat(renew=False)
-        bob.heartbeat(renew=False)
         alice.claim("design")
         alice.release("design")
         bob.claim("design")   # a takeover of a released lease: generation 2
@@ -232,12 +238,8 @@ def test_a_replay_of_the_readme_scenario(tmp_path):
 def test_what_broke_the_replay_and_the_live_view(local_cli, tmp_path):
     """Lone surrogates, a refresh that fails halfway, a takeover seen live, huge notes, odd
     times, odd queries, messages to an agent that never ran, and --agent as a filter."""
-    root = str(tmp_path / "store")
-    a = tracecraft.connect(project="proj", agent="alice", backend="local", root=root)
-    b = tracecraft.connect(project="proj", agent="bob", backend="local", root=root)
+    a, b = alice_and_bob(tmp_path)
     try:
-        a.heartbeat(renew=False)
-        b.heartbeat(renew=False)
         a.memory.set("k", "a value")
         a.claim("big")
         a.complete("big", note="n" * 200_000)
