@@ -30,12 +30,14 @@ ordered bottom-up; each may call only the sections above it (tests/test_map.py k
        6b. Memory            shared key-value memory
        6c. Inbox             numbered message logs and read cursors
        6d. Steps             leases, the end of a step, barriers
-       6e. Agents            heartbeats, who is online, the picture of the whole project
-       6f. Artifacts         shared files, their bytes and metadata agreeing
-       6g. Sessions          agents' transcripts mirrored exactly once, redacted; each
+       6e. Plans             steps with dependencies: what is ready, next, reopen
+       6f. Reservations      paths an agent is editing, as leases that exclude overlaps
+       6g. Agents            heartbeats, who is online, the picture of the whole project
+       6h. Artifacts         shared files, their bytes and metadata agreeing
+       6i. Sessions          agents' transcripts mirrored exactly once, redacted; each
                              harness's transcripts on this machine
-       6h. Timeline          a project's history, told from every peer's records
-       6i. The client        one agent in one project: a façade over the peers
+       6j. Timeline          a project's history, told from every peer's records
+       6k. The client        one agent in one project: a façade over the peers
   7. Python API              connect(), open_client()
   8. MCP server              `tracecraft mcp`: the API as Model Context Protocol tools, and the
                              instructions an agent follows
@@ -2802,7 +2804,7 @@ class Memory(_Peer):
 
 # ==================================================================================================
 # 6c. Inbox.  Owns: messages/<log>/ (the numbered logs) and cursors/<agent>.json.
-#    Calls: sections 1-5, 6a, and 6e's touch() (an agent waiting for mail stays online).
+#    Calls: sections 1-5, 6a, and 6g's touch() (an agent waiting for mail stays online).
 # ==================================================================================================
 
 def _log_name(n):
@@ -3058,7 +3060,7 @@ class Inbox(_Peer):
 
 # ==================================================================================================
 # 6d. Steps.  Owns: steps/<id>/claim.json (the lease), status.json and handoff.json.
-#    Calls: sections 1-5, 6a, and 6e's touch() (an agent waiting for steps stays online).
+#    Calls: sections 1-5, 6a, and 6g's touch() (an agent waiting for steps stays online).
 # ==================================================================================================
 
 class Lease:
@@ -3433,8 +3435,20 @@ class Steps(_Peer):
 
 
 # ==================================================================================================
-# 6e. Agents.  Owns: agents/<id>.json (heartbeats) and the picture of the whole project.
-#    Calls: sections 1-5, 6a-6d, and 6g's list() (the sessions each agent mirrored).
+# 6e. Plans.  Owns: plan/ (the steps of a plan, their dependencies, and what is ready).
+#    Calls: sections 1-5, 6a-6d.
+# ==================================================================================================
+
+
+# ==================================================================================================
+# 6f. Reservations.  Owns: reservations/ (paths agents are editing).
+#    Calls: sections 1-5, 6a-6e.
+# ==================================================================================================
+
+
+# ==================================================================================================
+# 6g. Agents.  Owns: agents/<id>.json (heartbeats) and the picture of the whole project.
+#    Calls: sections 1-5, 6a-6d, and 6i's list() (the sessions each agent mirrored).
 # ==================================================================================================
 
 def _agent_shape(agent, record, age, holding, sessions=()):
@@ -3569,7 +3583,7 @@ class Agents(_Peer):
 
 
 # ==================================================================================================
-# 6f. Artifacts.  Owns: artifacts/<step>/<name> and its .meta/<name>.json.
+# 6h. Artifacts.  Owns: artifacts/<step>/<name> and its .meta/<name>.json.
 #    Calls: sections 1-5, 6a.
 # ==================================================================================================
 
@@ -3950,7 +3964,7 @@ def _exists(dest):
 
 
 # ==================================================================================================
-# 6g. Sessions.  Owns: sessions/<harness>/<session id>/ (a mirrored transcript: its parts and its
+# 6i. Sessions.  Owns: sessions/<harness>/<session id>/ (a mirrored transcript: its parts and its
 #    meta.json), finding and reading each harness's transcripts on this machine (read-only), and
 #    redaction.  Calls: sections 1-5, 6a.
 #
@@ -4751,8 +4765,8 @@ class _Tail:
 
 
 # ==================================================================================================
-# 6h. Timeline.  Owns: nothing in the bucket; the one history of a project told from every other
-#    peer's objects (what `replay` draws).  Calls: sections 1-5, 6a-6g.
+# 6j. Timeline.  Owns: nothing in the bucket; the one history of a project told from every other
+#    peer's objects (what `replay` draws).  Calls: sections 1-5, 6a-6i.
 #
 #    Records keep their last state and a little history (a lease its earlier holders, a memory
 #    key its last values, an artifact its last uploads), so the timeline is what those hold: a
@@ -4919,8 +4933,8 @@ class Timeline(_Peer):
 
 
 # ==================================================================================================
-# 6i. The client.  Owns: an agent's identity in a project and the peers that act for it.
-#    Calls: sections 1-5, and 6a-6h.
+# 6k. The client.  Owns: an agent's identity in a project and the peers that act for it.
+#    Calls: sections 1-5, and 6a-6j.
 # ==================================================================================================
 
 class Client:
