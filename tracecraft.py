@@ -2272,6 +2272,8 @@ WAIT_POLL_MAX = 0.7     # ... growing to this while idle: detection ~0.35 s, ~1.
 DEFAULT_TTL = 1800.0
 ENDED = ("complete", "failed", "blocked")
 STEP_STATES = ("in_progress", "expired", "failed", "blocked", "complete", "pending")
+HANDOFF_FIELDS = ("next_agent", "next_action", "changed_files", "needs_review")
+CHANGED_FILES_LIMIT = 1000   # files a handoff names
 HISTORY_LIMIT, HISTORY_BYTES = 10, 64 * 1024
 LOG_WIDTH = 12          # message numbers are stored inverted, so a listing starts at the newest
 LOG_TOP = 10 ** LOG_WIDTH
@@ -3060,7 +3062,8 @@ class Inbox(_Peer):
 
 # ==================================================================================================
 # 6d. Steps.  Owns: steps/<id>/claim.json (the lease), status.json and handoff.json.
-#    Calls: sections 1-5, 6a, and 6g's touch() (an agent waiting for steps stays online).
+#    Calls: sections 1-5, 6a, 6c's send() (a handoff to an agent), 6e's definition, unmet, ended
+#    and reopened (the plan's part of a step's end), and 6g's touch() (a waiter stays online).
 # ==================================================================================================
 
 class Lease:
@@ -3104,6 +3107,15 @@ class Lease:
         record["holders"] = [h for h in _field(record, "holders", list, where, [])
                              if isinstance(h, dict) and all(isinstance(h.get(k), str) for k in
                                                             ("agent", "from", "to", "how"))]
+        handoff = _field(record, "handoff", (dict, type(None)), where)
+        if handoff is not None:
+            files = handoff.get("changed_files")
+            record["handoff"] = {
+                "next_agent": _field(handoff, "next_agent", (str, type(None)), where),
+                "next_action": _field(handoff, "next_action", (str, type(None)), where),
+                "changed_files": [f for f in files if isinstance(f, str)]
+                if isinstance(files, list) else [],
+                "needs_review": _field(handoff, "needs_review", bool, where, False)}
 
     @property
     def state(self):
@@ -3145,7 +3157,8 @@ class Lease:
                 "generation": record.get("generation"), "ttl": _rounded(record.get("ttl")),
                 "lease_left": _rounded(self.left()), "claimed_at": record.get("at"),
                 "ended_by": record.get("ended_by"), "ended_at": record.get("ended_at"),
-                "forced": bool(record.get("forced")), "note": record.get("note")}
+                "forced": bool(record.get("forced")), "note": record.get("note"),
+                "handoff": record.get("handoff")}
 
 
 class Steps(_Peer):
@@ -3247,24 +3260,69 @@ class Steps(_Peer):
         released = self._change_own_lease(step, "release", lambda lease: dict(
             lease, state="released", released_at=self.client.now()))
         self.records.forget(self.key(step, "claim"))
+        self.client.plans.reopened(step, released)
         return released.shape()
 
-    def complete(self, step, note=None, force=False, status="complete"):
-        """End a step: `complete` (default), `failed` or `blocked`, with a handoff note.
+    def reopen(self, step):
+        """Put a failed or blocked step back to pending, by compare-and-swap on its lease: the
+        next claim takes the next generation, and the failure stays in the step's history
+        (`holders`).  A planned step may be ready again at once."""
+        me = self.client.me()
+
+        def change(got):
+            lease = Lease(step, got)
+            if lease.state not in ("failed", "blocked"):
+                raise Refused(f"step {step} is {lease.status()}: only a failed or blocked step "
+                              "can be reopened")
+            record = lease.record
+            earlier = {"agent": lease.ended_by or lease.holder, "generation":
+                       record["generation"], "from": record.get("at") or "",
+                       "to": record.get("ended_at") or "", "how": lease.state,
+                       "note": record.get("note")}
+            return dict(record, state="released", released_at=self.client.now(),
+                        reopened_by=me, note=None, ended_by=None, ended_at=None, handoff=None,
+                        holders=([earlier] + record["holders"])[:20])
+        reopened = Lease(step, self.records.update(self.key(step, "claim"), change,
+                                                   remembered=False))
+        self.records.forget(self.key(step, "claim"))
+        for name in ("status", "handoff"):   # the step is open again: leases() lists it so
+            try:
+                self.store.delete(self.key(step, name))
+            except NoSuchKey:
+                pass
+        self.client.plans.reopened(step, reopened)
+        return reopened.shape()
+
+    def complete(self, step, note=None, force=False, status="complete", *, to=None,
+                 next_action=None, needs_review=False, changed_files=None):
+        """End a step: `complete` (default), `failed` or `blocked`, with a handoff: a `note`,
+        and for the next agent `to` (also sent to its inbox), `next_action`, `needs_review`,
+        `changed_files` (paths).
 
         Only the holder of a live lease may end a step, and only once: of two calls ending it
-        at the same time (even by the same agent) one succeeds and the other is refused.
-        `force` lets anyone end any step, claimed or not, and is recorded.  The lease is ended by
-        a compare-and-swap, so a holder whose lease was taken over in the meantime is told it
-        lost the step and writes nothing.  After this agent's own claim it costs two requests
-        (three with a note): the lease, status.json and handoff.json."""
+        at the same time (even by the same agent) one succeeds and the other is refused.  A
+        planned step is complete only once its dependencies are.  `force` lets anyone end any
+        step, claimed or not, and is recorded.  The lease is ended by a compare-and-swap, so a
+        holder whose lease was taken over in the meantime is told it lost the step and writes
+        nothing.  After this agent's own claim it costs three requests (four with a handoff):
+        the plan's definition, the lease, status.json (and handoff.json); a planned step's end
+        then marks ready the dependents it was the last to wait for."""
         self.client.me()
         if status not in ENDED:
             raise UsageError(f"status must be one of {', '.join(ENDED)}, not {shown(status)!r:.40}")
-        if note is not None:
-            check_text("note", note)
-            if len(note.encode("utf-8")) > MAX_VALUE:
-                raise UsageError(f"note is larger than the {MAX_VALUE // 1024} KiB limit")
+        for name, text in (("note", note), ("next action", next_action)):
+            if text is not None:
+                check_text(name, text)
+                if len(text.encode("utf-8")) > MAX_VALUE:
+                    raise UsageError(f"{name} is larger than the {MAX_VALUE // 1024} KiB limit")
+        handoff = _handoff(to, next_action, needs_review, changed_files)
+        planned = self.client.plans.definition(step)
+        unmet = self.client.plans.unmet(planned[0]) if planned and status == "complete" \
+            and not force else []
+        if unmet:
+            waits = f"step {step} waits for {', '.join(unmet)}, not complete yet"
+            raise Refused(waits, fix=("force", "to complete it anyway"),
+                          cli=waits + " (complete it anyway with --force)")
 
         judged = []
 
@@ -3277,9 +3335,18 @@ class Steps(_Peer):
             forced = self._may_end(step, lease, force)
             record = lease.record if lease.blob else {"step": step, "agent": self.client.agent,
                                                       "generation": 1, "ttl": DEFAULT_TTL}
-            return self._ended(record, status, note, forced)
+            return dict(self._ended(record, status, note, forced), handoff=handoff)
         got = self.records.update(self.key(step, "claim"), end, remembered=not force)
-        return self._publish_end(step, *got)
+        shape = self._publish_end(step, *got)
+        if planned:   # (a step planned while it ended is put right by the next `plan show`)
+            self.client.plans.ended(step, Lease(step, got))
+        if to is not None:
+            try:
+                self.client.inbox.send(to, _handoff_text(shape))
+            except TracecraftError as exc:
+                self.client.warn(f"step {step} ended, but its handoff was not sent to {to}: "
+                                 f"{exc}")
+        return shape
 
     def _may_end(self, step, lease, force):
         """Refuse, saying why, unless this agent may end the step now: it holds a live lease on
@@ -3320,7 +3387,8 @@ class Steps(_Peer):
         """Refuse to end a step again, saying how it ended; first write the status.json that a
         call which died after ending the lease may have left unwritten."""
         if not self.store.exists(self.key(step, "status")):
-            self._publish_end(step, lease.record, lease.blob)
+            self._publish_end(step, lease.record, lease.blob)   # and what came after it:
+            self.client.plans.ended(step, lease)
         by = lease.ended_by or lease.holder
         raise Refused(f"step {step} is already {lease.state} (by {by}"
                       + (", this agent)" if by == self.client.agent else ")"))
@@ -3330,10 +3398,13 @@ class Steps(_Peer):
         lease is never remembered: what this agent wrote last is no longer a lease to act on."""
         self.records.forget(self.key(step, "claim"))
         shape = Lease(step, (lease, written)).shape()
-        if shape["note"] is not None:
-            self.records.write(self.key(step, "handoff"),
-                               {"step": step, "note": shape["note"], "status": shape["status"],
-                                "by": shape["ended_by"], "at": shape["ended_at"]})
+        handoff = shape["handoff"] or {}
+        if shape["note"] is not None or handoff:
+            self.records.write(self.key(step, "handoff"), dict(
+                {k: handoff.get(k) for k in HANDOFF_FIELDS}, schema=2, step=step,
+                note=shape["note"], status=shape["status"], by=shape["ended_by"],
+                at=shape["ended_at"], state="needs_review" if handoff.get("needs_review")
+                else shape["status"]))
         self.records.write(self.key(step, "status"),
                            {"step": step, "status": shape["status"], "holder": shape["holder"],
                             "generation": shape["generation"], "note": shape["note"],
@@ -3344,8 +3415,20 @@ class Steps(_Peer):
     def step_status(self, step):
         """The step (Lease.shape()): status (pending / in_progress / expired / complete / failed
         / blocked), holder, generation, ttl, lease_left (seconds, by the store's clock),
-        claimed_at, ended_by, ended_at, forced, note.  One read: the lease records its end."""
-        return self.lease(step).shape()
+        claimed_at, ended_by, ended_at, forced, note, handoff.  One read: the lease records its
+        end (two for a step never claimed: is it in a plan, or a typo?)."""
+        lease = self.lease(step)
+        if lease.blob is None:
+            self._unknown([step])
+        return lease.shape()
+
+    def _unknown(self, steps):
+        """Warn about steps in no plan that were never claimed (typos, most often)."""
+        unknown = [s for s in steps if not self.client.plans.definition(s)]
+        if unknown:
+            self.client.warn(f"no step {', '.join(unknown)} is in a plan or was ever claimed "
+                             "(a typo?)")
+        return unknown
 
     def wait_for(self, steps, timeout=300.0, on_complete=None):
         """Block until every step is complete; return {step: Lease.shape()}.  Raises StepEnded
@@ -3361,12 +3444,14 @@ class Steps(_Peer):
                              "one step id")
         if timeout is not None:
             timeout = check_number("the timeout", timeout, 0, MAX_SECONDS, True)
-        done = {}
+        done, first = {}, [True]
 
         def attempt():
-            progressed = False
+            progressed, unclaimed = False, []
             for step in list(pending):
                 lease = self.lease(step)
+                if lease.blob is None and first[0]:
+                    unclaimed.append(step)
                 if lease.state not in ENDED:
                     continue
                 shape = lease.shape()
@@ -3379,6 +3464,9 @@ class Steps(_Peer):
                 progressed = True
                 if on_complete:
                     on_complete(step, shape)
+            if first[0]:
+                first[0] = False
+                self._unknown(unclaimed)
             return (done if not pending else None), progressed
         return poll(attempt, timeout, lambda: f"timed out after {_seconds(timeout)} waiting for: "
                     + ", ".join(pending), cancel=self.client.cancel, tick=self.client.agents.touch)
@@ -3434,10 +3522,547 @@ class Steps(_Peer):
         return renewed
 
 
+def _handoff(to, next_action, needs_review, changed_files):
+    """The structured part of a handoff (the original's schema 2), checked; None when a step
+    ends with none."""
+    if to is not None:
+        check_agent(to)
+    if type(needs_review) is not bool:
+        raise UsageError("needs_review is true or false")
+    if changed_files is not None and (isinstance(changed_files, str)
+                                      or not isinstance(changed_files, (list, tuple))):
+        raise UsageError("changed_files must be a list of paths")
+    files = list(dict.fromkeys(check_text("a changed file", f) for f in changed_files or ()))
+    if to is None and next_action is None and not needs_review and changed_files is None:
+        return None
+    return {"next_agent": to, "next_action": next_action,
+            "changed_files": files[:CHANGED_FILES_LIMIT], "needs_review": needs_review}
+
+
+def _handoff_text(shape):
+    """A handoff as the message its next agent finds in its inbox."""
+    handoff = shape["handoff"] or {}
+    files = handoff.get("changed_files") or []
+    lines = [f"Handoff: step {shape['step']} is {shape['status']} (by {shape['ended_by']})"
+             + (", and needs review" if handoff.get("needs_review") else "")]
+    lines += [shape["note"]] if shape["note"] else []
+    lines += [f"Next: {handoff['next_action']}"] if handoff.get("next_action") else []
+    if files:
+        lines.append("Changed: " + ", ".join(files[:10])
+                     + (f" and {len(files) - 10} more" if len(files) > 10 else ""))
+    return "\n".join(lines)
+
+
 # ==================================================================================================
-# 6e. Plans.  Owns: plan/ (the steps of a plan, their dependencies, and what is ready).
-#    Calls: sections 1-5, 6a-6d.
+# 6e. Plans.  Owns: plan/ (planned steps, their dependencies, what is ready, the pulse waiters
+#    watch).  Calls: sections 1-5, 6a-6d, and 6g's touch() (a waiter stays online).
+#
+#    plan/steps/<id>.json     a planned step: after (its dependencies, fixed once written),
+#                             labels, priority, note, rank (its place in plan order), and before
+#                             (the steps that wait for it: the one field that changes, by CAS)
+#    plan/ready/<rank>.json   a step whose dependencies are all complete, with what `next` needs
+#                             to start it (its note, its dependencies' handoffs); emptied once
+#                             claimed (blank, its size the seconds until its lease is worth
+#                             checking again, at most 60), so a listing tells ready from held
+#                             and an expired lease from a live one without a read; removed
+#                             when the step ends
+#    plan/blocked/<id>.json   a step waiting on a dependency that failed or was blocked
+#    plan/pulse.json          rewritten whenever work becomes ready: what an idle `next --wait`
+#                             reads (one GET a round, no listing)
+#
+#    Why it is atomic.  No cycle can be made: a step's dependencies must be in the plan when it
+#    is added and never change, so the plan only grows in topological order (a file is checked
+#    for cycles as a whole and written dependencies first; a step is created create-only, so of
+#    two different definitions racing one wins and the other is refused).  Claiming is the
+#    step's lease (6d), so `next` never hands one step to two agents; the ready index is a hint
+#    that a claim confirms.  Readiness is never lost between a dependency's end and a new
+#    dependent: a completer ends the lease and then reads `before`; an adder writes `before` (or
+#    the new step) and then reads the dependency's lease, so of the two at least one sees the
+#    other, and the marker is create-only.  A process killed between ending a step and marking
+#    its dependents ready is repaired by the next reader who finds nothing in flight (`next`,
+#    `plan show`): readiness is recomputed from the definitions and the leases.
 # ==================================================================================================
+
+PRIORITY_LIMIT = 10 ** 6   # priorities are integers between -limit and +limit (exclusive)
+PLAN_AFTER_LIMIT = 256      # dependencies of one step
+HELD_RECHECK = 60          # seconds a claimed step's emptied marker is trusted, at most, before
+                            # `next` reads its lease again (an expired lease's step is ready)
+_RANK_HEAD = 27             # "<7-digit priority>-<18-digit plan order>-" before the step id
+
+
+class Plans(_Peer):
+    """Steps with dependencies (`tc.plans`): add (load), show, ready, next, and the plan's part
+    of ending and reopening a step."""
+
+    def _key(self, *parts):
+        return self.client.key("plan", *parts)
+
+    def _definition_key(self, step):
+        return self._key("steps", check_name("step id", step) + ".json")
+
+    def _ready_key(self, rank):
+        return self._key("ready", rank + ".json")
+
+    def definition(self, step):
+        """(definition, Blob) of a planned step, or None when the step is in no plan."""
+        got = self.records.read(self._definition_key(step), missing_ok=True)
+        return got and (self._checked(got[0], got[1].key, step), got[1])
+
+    @staticmethod
+    def _checked(record, where, step=None):
+        where = f"plan step {where}"
+        for name, kinds in (("after", list), ("before", list), ("labels", list),
+                            ("priority", int), ("rank", str), ("note", (str, type(None)))):
+            record[name] = _field(record, name, kinds, where, [] if kinds is list else None,
+                                  *((-PRIORITY_LIMIT, PRIORITY_LIMIT) if kinds is int else ()))
+        names = record["after"] + record["before"] + record["labels"]
+        if record.get("step") != step and step is not None or \
+                not all(isinstance(n, str) for n in names) or len(record["rank"]) <= _RANK_HEAD:
+            raise CorruptObject(f"{where} is not a tracecraft record")
+        return record
+
+    # -- adding steps -------------------------------------------------------------------------
+
+    def add(self, step, after=(), labels=(), priority=0, note=None):
+        """Add one step to the plan (see load()); returns what load() returns."""
+        return self.load([{"step": step, "after": list(after), "labels": list(labels),
+                           "priority": priority, "note": note}])
+
+    def load(self, steps):
+        """Add steps to the plan: a list of {step, after, labels, priority, note}, in plan
+        order.  Dependencies must be in the plan already or among `steps`; a cycle is refused,
+        naming it.  A step already planned the same way is left alone (loading a plan twice
+        changes nothing); one planned differently is refused.  Returns {"added": [...],
+        "unchanged": [...], "ready": [...]}.
+
+        Costs a listing of the plan, one create-only write per new step, one compare-and-swap
+        per dependency planned earlier, and one read per dependency to decide what is ready."""
+        self.client.me()
+        wanted = self._parse(steps)
+        listed = {e.key[len(self._key("steps")) + 1:-5]
+                  for e in self.store.list(self._key("steps") + "/") if e.key.endswith(".json")}
+        unknown = sorted({d for s in wanted.values() for d in s["after"]
+                          if d not in wanted and d not in listed})
+        if unknown:
+            raise Refused("unknown dependencies (not in the plan; add them first): "
+                          + ", ".join(shown(d) for d in unknown))
+        order = _topological(wanted)
+        stamp = f"{int(self.client.clock() * 1000) % 10 ** 13:013d}"
+        added, unchanged, records = [], [], {}
+        for step in order:
+            spec = wanted[step]
+            before = [s for s in order if step in wanted[s]["after"]]
+            rank = f"{PRIORITY_LIMIT - spec['priority']:07d}-{stamp}" \
+                   f"{spec['position']:05d}-{step}"
+            record = self.client.record(step=step, after=spec["after"], labels=spec["labels"],
+                                        priority=spec["priority"], note=spec["note"], rank=rank,
+                                        before=before)
+            if step in listed:
+                self._same(step, spec)
+                unchanged.append(step)
+                continue
+            try:
+                self.records.write(self._definition_key(step), record, create_only=True)
+                added.append(step)
+                records[step] = record
+            except PreconditionFailed:
+                self._same(step, spec)   # planned meanwhile by another agent: the same way?
+                unchanged.append(step)
+        for step in added:   # dependencies planned earlier learn of their new dependents
+            for dep in wanted[step]["after"]:
+                if dep not in wanted or dep in unchanged:
+                    self.records.update(self._definition_key(dep), lambda got, s=step: dict(
+                        self._existing(got, dep), before=sorted(set(got[0]["before"]) | {s})),
+                        remembered=False)
+        ready = self._mark_ready(records)
+        return {"added": added, "unchanged": unchanged, "ready": ready}
+
+    def _existing(self, got, step):
+        if got is None:
+            raise StoreError(f"plan step {step} vanished while steps were added after it")
+        return self._checked(got[0], got[1].key, step)
+
+    def _parse(self, steps):
+        if not isinstance(steps, list) or not steps:
+            raise UsageError("a plan is a non-empty list of steps")
+        wanted = {}
+        for position, spec in enumerate(steps):
+            if not isinstance(spec, dict):
+                raise UsageError(f"plan entry {position + 1} is not an object with a 'step'")
+            extra = set(spec) - {"step", "after", "labels", "priority", "note"}
+            if extra:
+                raise UsageError(f"plan entry {position + 1} has unknown fields: "
+                                 + ", ".join(sorted(shown(str(k)) for k in extra)))
+            step = check_name("step id", spec.get("step"))
+            after, labels = spec.get("after") or [], spec.get("labels") or []
+            if not isinstance(after, list) or not isinstance(labels, list):
+                raise UsageError(f"step {step}: 'after' and 'labels' are lists of names")
+            after = list(dict.fromkeys(check_name("dependency", d) for d in after))
+            labels = sorted({check_name("label", label) for label in labels})
+            if len(after) > PLAN_AFTER_LIMIT or len(labels) > 32:
+                raise UsageError(f"step {step}: at most {PLAN_AFTER_LIMIT} dependencies and 32 "
+                                 "labels")
+            priority = spec.get("priority") or 0
+            if type(priority) is not int or abs(priority) >= PRIORITY_LIMIT:
+                raise UsageError(f"step {step}: the priority is an integer between "
+                                 f"-{PRIORITY_LIMIT - 1} and {PRIORITY_LIMIT - 1}")
+            note = spec.get("note")
+            if note is not None:
+                check_text("note", note)
+                if len(note.encode("utf-8")) > MAX_VALUE:
+                    raise UsageError(f"step {step}: the note is larger than "
+                                     f"{MAX_VALUE // 1024} KiB")
+            entry = {"after": after, "labels": labels, "priority": priority, "note": note,
+                     "position": position % 10 ** 5}
+            if step in wanted and dict(wanted[step], position=0) != dict(entry, position=0):
+                raise UsageError(f"step {step} is in the plan twice, differently")
+            wanted.setdefault(step, entry)
+        return wanted
+
+    def _same(self, step, spec):
+        got = self.definition(step)
+        record = got[0] if got else {}
+        if [record.get(k) for k in ("after", "labels", "priority", "note")] != \
+                [spec[k] for k in ("after", "labels", "priority", "note")]:
+            raise Refused(f"step {step} is already in the plan, differently (after: "
+                          f"{', '.join(record.get('after') or []) or 'nothing'}); a step's "
+                          "dependencies never change: give the new one another id")
+
+    # -- readiness ----------------------------------------------------------------------------
+
+    def _leases(self, steps):
+        """{step: Lease} for the steps named: read one by one, or from one listing of steps/
+        when there are many."""
+        steps = set(steps)
+        if len(steps) <= 32:
+            return {s: self.client.steps.lease(s) for s in steps}
+        found = {lease.step: lease for lease in self.client.steps.leases()
+                 if lease.step in steps}
+        return {s: found.get(s) or Lease(s, None) for s in steps}
+
+    def _mark_ready(self, definitions, known=None, again=False):
+        """Mark ready those of `definitions` ({step: definition}) whose dependencies are all
+        complete and whose own lease is free; `known`: leases already read.  Returns the steps
+        marked.  The markers are create-only (two agents marking one step make one), or with
+        `again` rewritten (a released step whose marker `next` emptied)."""
+        if not definitions:
+            return []
+        leases = dict(known or {})
+        leases.update(self._leases({d for r in definitions.values() for d in r["after"]}
+                                   | set(definitions) - set(leases)))
+        marked = []
+        for step, record in definitions.items():
+            own = leases.get(step) or Lease(step, None)
+            if own.status() not in ("pending",):
+                continue
+            deps = [leases.get(d) or Lease(d, None) for d in record["after"]]
+            failed = [d for d in deps if d.state in ("failed", "blocked")]
+            if failed:
+                self._block(step, failed[0])
+                continue
+            if all(d.state == "complete" for d in deps):
+                self._put_ready(record, deps, create_only=not again)
+                marked.append(step)
+        if marked:
+            self._pulse()
+        return marked
+
+    def _put_ready(self, record, deps, create_only=True):
+        context = {"step": record["step"], "note": record["note"], "after": record["after"],
+                   "labels": record["labels"], "priority": record["priority"],
+                   "handoffs": [_handoff_of(d) for d in deps]}
+        try:
+            self.records.write(self._ready_key(record["rank"]), context,
+                               create_only=create_only)
+        except PreconditionFailed:
+            pass   # marked by another agent meanwhile
+
+    def _block(self, step, dep):
+        self.records.write(self._key("blocked", step + ".json"),
+                           {"step": step, "after": dep.step, "status": dep.state,
+                            "by": dep.ended_by, "note": dep.record.get("note")})
+
+    def _pulse(self):
+        self.store.put(self._key("pulse.json"), os.urandom(8).hex().encode("ascii"),
+                       content_type="text/plain")
+
+    def ended(self, step, lease):
+        """The plan's part of a step's end, after its lease was ended: drop its ready marker;
+        mark ready the dependents it was the last to wait for or, when it failed or was
+        blocked, mark them blocked.  Its definition is read after the end, never before: a
+        dependent added meanwhile is then either in `before` or saw the step ended."""
+        got = self.definition(step)
+        if not got:
+            return
+        record = got[0]
+        try:
+            self.store.delete(self._ready_key(record["rank"]))
+        except NoSuchKey:
+            pass
+        dependents = {s: self.definition(s) for s in record["before"]}
+        self._mark_ready({s: got[0] for s, got in dependents.items() if got}, {step: lease})
+
+    def reopened(self, step, lease):
+        """The plan's part of a reopened (or released) step: it may be ready again, and its
+        dependents are no longer blocked by it."""
+        got = self.definition(step)
+        if not got:
+            return
+        for dependent in got[0]["before"]:
+            try:
+                self.store.delete(self._key("blocked", dependent + ".json"))
+            except NoSuchKey:
+                pass
+        # rewritten, not created: `next` emptied the marker of a step it claimed
+        self._mark_ready({step: got[0]}, {step: lease}, again=True)
+
+    # -- what is ready ------------------------------------------------------------------------
+
+    def _markers(self):
+        """(ready entries, held entries) of plan/ready/, in rank order."""
+        ready, held = [], []
+        for entry in self.store.list(self._key("ready") + "/"):
+            rank = entry.key.rsplit("/", 1)[-1][:-5]
+            if len(rank) > _RANK_HEAD and entry.key.endswith(".json"):
+                (held if entry.size <= HELD_RECHECK else ready).append(entry)
+        return ready, held
+
+    def _context(self, entry, cache):
+        got, _ = self.records.read_listed(entry, cache)
+        if not got or got[1].size <= HELD_RECHECK:
+            return None
+        record = got[0]
+        if not isinstance(record.get("step"), str) or not isinstance(record.get("labels"), list):
+            self.client.warn_once(f"skipped {entry.key}: not a tracecraft record")
+            return None
+        return dict(record, rank=entry.key.rsplit("/", 1)[-1][:-5])
+
+    def ready(self, label=None, cache=None):
+        """Steps that can be picked up now, in the order `next` takes them: {"ready": [context
+        each: step, note, after, labels, priority, handoffs], "blocked": [{step, after, status,
+        by, note}]}.  A listing of ready markers, a read of each, a listing of blocked ones."""
+        cache = {} if cache is None else cache
+        if label is not None:
+            check_name("label", label)
+        ready = []
+        for entry in self._markers()[0]:
+            context = self._context(entry, cache)
+            if context and (label is None or label in context["labels"]):
+                ready.append(_ready_shape(context))
+        return {"ready": ready, "blocked": self.blocked()}
+
+    def blocked(self):
+        found = []
+        for entry in self.store.list(self._key("blocked") + "/"):
+            try:
+                record, _ = self.records.read(entry.key)
+                found.append({k: record.get(k) for k in ("step", "after", "status", "by",
+                                                         "note")})
+            except (NoSuchKey, CorruptObject) as exc:
+                if isinstance(exc, CorruptObject):
+                    self.client.warn_once(f"skipped {entry.key}: {exc}")
+        return found
+
+    def next(self, label=None, ttl=None, wait=None):
+        """Claim one ready step, highest priority first, then plan order; return it: {step,
+        note, after, labels, priority, handoffs (its dependencies' notes), lease}.
+
+        Raises NotFound when nothing is ready; with `wait` (seconds, True for no limit) blocks
+        until a step is ready, returns None when every planned step has ended, and raises
+        WaitTimeout.  While waiting it reads one small key a round (plan/pulse.json), listing
+        again only when it changes."""
+        self.client.me()
+        if label is not None:
+            check_name("label", label)
+        if wait is None:
+            found = self._take(label, ttl, {})
+            if isinstance(found, dict):
+                return found
+            raise NotFound(found)
+        timeout = None if wait is True else check_number("the wait", wait, 0, MAX_SECONDS, True)
+        cache, seen = {}, ["?", 0.0]
+
+        def attempt():
+            try:
+                pulse = self.store.head(self._key("pulse.json")).etag
+            except NoSuchKey:
+                pulse = None
+            # the pulse marks new work; the end of the last step in flight makes none, so
+            # look at the whole picture again now and then (one listing a minute)
+            if pulse == seen[0] and time.monotonic() - seen[1] < HELD_RECHECK:   # ~$0.0001/h
+                return None, False
+            seen[:] = pulse, time.monotonic()
+            found = self._take(label, ttl, cache)
+            if isinstance(found, dict):
+                return found, True
+            return (False if found.startswith("every") else None), False
+        found = poll(attempt, timeout, lambda: f"nothing became ready in {_seconds(timeout)}",
+                     cancel=self.client.cancel, tick=self.client.agents.touch)
+        return found or None
+
+    def _take(self, label, ttl, cache, repaired=False):
+        """Claim the first ready step: its context (a dict), else why nothing was (text)."""
+        ready, held = self._markers()
+        for entry in ready:
+            context = self._context(entry, cache)
+            if not context or (label is not None and label not in context["labels"]):
+                continue
+            taken = self._try(context, ttl, entry)
+            if taken:
+                return taken
+        for entry in held:   # claimed a while ago: has its lease expired, or been released?
+            now = entry.server_time if entry.server_time is not None else time.time()
+            if entry.last_modified is None or now - entry.last_modified >= entry.size:
+                context = self._recheck(entry, label)
+                taken = context and self._try(context, ttl, entry)
+                if taken:
+                    return taken
+        if ready or held:
+            return f"nothing is ready{' with label ' + label if label else ''}: " \
+                   f"{len(held)} in progress"
+        why = self._repair()
+        return self._take(label, ttl, cache, True) if why is None and not repaired else \
+            why or "nothing is ready"
+
+    def _try(self, context, ttl, entry):
+        step = context["step"]
+        try:
+            lease = self.client.steps.claim(step, ttl)
+        except Refused:
+            current = self.client.steps.lease(step)
+            if current.state in ENDED:
+                self.ended(step, current)   # its ender died before tidying up: finish for it
+            elif current.status() == "in_progress" and entry.size > HELD_RECHECK:
+                self._hold(entry.key, current.left())   # claimed without `next`
+            return None
+        self._hold(entry.key, lease["ttl"])
+        return dict(_ready_shape(context), lease=lease)
+
+    def _hold(self, key, seconds):
+        """Empty a ready marker: held, worth checking again in `seconds` (at most a minute)."""
+        self.store.put(key, b"\n" * max(1, min(HELD_RECHECK, int(seconds) + 1)))
+
+    def _recheck(self, entry, label):
+        step = entry.key.rsplit("/", 1)[-1][_RANK_HEAD:-5]
+        lease = self.client.steps.lease(step)
+        status = lease.status()
+        if status == "in_progress":
+            self._hold(entry.key, lease.left())   # still held: trusted again for a while
+            return None
+        if status in ENDED:
+            self.ended(step, lease)
+            return None
+        got = self.definition(step)
+        if not got or label is not None and label not in got[0]["labels"]:
+            return None
+        deps = self._leases(got[0]["after"])
+        return {"step": step, "note": got[0]["note"], "after": got[0]["after"],
+                "labels": got[0]["labels"], "priority": got[0]["priority"],
+                "handoffs": [_handoff_of(deps[d]) for d in got[0]["after"]]}
+
+    def _repair(self):
+        """Nothing ready and nothing in flight: recompute readiness from the whole plan (a
+        process that died between ending a step and marking its dependents left them
+        unmarked); say what is left."""
+        graph = self.show()
+        states = [s["state"] for s in graph["steps"]]
+        if graph["repaired"]:
+            return None
+        if not states:
+            return "the plan is empty (tracecraft plan add STEP, or plan load FILE)"
+        if all(state in ENDED for state in states):
+            return f"every planned step has ended ({states.count('complete')} complete)"
+        stuck = sum(state == "blocked" for state in states)
+        return f"nothing is ready: {stuck} blocked, {states.count('waiting')} waiting" \
+            if stuck or "waiting" in states else "nothing is ready"
+
+    # -- the whole plan -----------------------------------------------------------------------
+
+    def show(self, cache=None):
+        """The whole plan in plan order: {"steps": [{step, state, after, labels, priority,
+        note, holder, rank}], "repaired": [...]}.  state: the lease's (in_progress, expired,
+        complete, failed, blocked) or, for a step nobody holds, ready, waiting (for
+        dependencies) or blocked (a dependency, or one of theirs, failed or was blocked).
+        Reads every definition and every lease; marks ready any step found ready unmarked."""
+        cache = {} if cache is None else cache
+        prefix = self._key("steps") + "/"
+        definitions = {}
+        for entry in self.store.list(prefix):
+            step = entry.key[len(prefix):-5]
+            try:
+                got, _ = self.records.read_listed(entry, cache)
+                if got:
+                    definitions[step] = self._checked(got[0], entry.key, step)
+            except CorruptObject as exc:
+                self.client.warn_once(f"skipped {entry.key}: {exc}")
+        leases = {lease.step: lease for lease in self.client.steps.leases(cache)}
+        marked = {e.key.rsplit("/", 1)[-1][:-5] for group in self._markers() for e in group}
+        states = {}
+        for step in _topological(definitions):   # dependencies first: acyclic by construction
+            own = leases[step].status() if step in leases else "pending"
+            deps = [states.get(d) or (leases[d].status() if d in leases else "waiting")
+                    for d in definitions[step]["after"]]
+            states[step] = own if own != "pending" else \
+                "ready" if all(d == "complete" for d in deps) else \
+                "blocked" if any(d in ("failed", "blocked") for d in deps) else "waiting"
+        order = sorted(definitions, key=lambda s: definitions[s]["rank"])
+        repaired = [s for s in order if states[s] == "ready"
+                    and definitions[s]["rank"] not in marked]
+        if repaired and not self.client.read_only:
+            for step in repaired:
+                self._put_ready(definitions[step], [leases[d] for d in
+                                                    definitions[step]["after"]])
+            self._pulse()
+        return {"steps": [{"step": s, "state": states[s], "after": definitions[s]["after"],
+                           "labels": definitions[s]["labels"],
+                           "priority": definitions[s]["priority"], "note": definitions[s]["note"],
+                           "holder": leases[s].holder if s in leases and
+                           states[s] in ("in_progress", "expired") else None}
+                          for s in order],
+                "repaired": repaired}
+
+    def unmet(self, record, known=()):
+        """The dependencies of a planned step (its definition) that are not complete."""
+        pending = [d for d in record["after"] if d not in known]
+        leases = self._leases(pending)
+        return [d for d in pending if leases[d].state != "complete"]
+
+
+def _topological(wanted):
+    """The steps of `wanted` ({step: {after: [...]}}), dependencies first, else in their own
+    order; raises Refused naming a cycle.  Iterative: a chain of 5,000 steps is no recursion."""
+    order, done = [], set()
+    for root in wanted:
+        path, on_path, stack = [], set(), [(root, iter(wanted[root]["after"]))]
+        if root in done:
+            continue
+        path.append(root), on_path.add(root)
+        while stack:
+            step, deps = stack[-1]
+            dep = next((d for d in deps if d in wanted and d not in done), None)
+            if dep is None:
+                stack.pop(), path.pop(), on_path.discard(step), done.add(step)
+                order.append(step)
+            elif dep in on_path:
+                cycle = path[path.index(dep):] + [dep]
+                raise Refused("the plan has a cycle: " + " -> ".join(shown(s) for s in cycle))
+            else:
+                stack.append((dep, iter(wanted[dep]["after"])))
+                path.append(dep), on_path.add(dep)
+    return order
+
+
+def _handoff_of(lease):
+    """A dependency's handoff as `next` shows it: who ended it, how, and the note."""
+    record = lease.record
+    handoff = record.get("handoff") if isinstance(record.get("handoff"), dict) else {}
+    return {"step": lease.step, "status": lease.status(), "by": lease.ended_by,
+            "note": record.get("note"), **{k: handoff.get(k) for k in HANDOFF_FIELDS}}
+
+
+def _ready_shape(context):
+    return {k: context.get(k) for k in ("step", "note", "after", "labels", "priority",
+                                        "handoffs")}
 
 
 # ==================================================================================================
@@ -3448,7 +4073,7 @@ class Steps(_Peer):
 
 # ==================================================================================================
 # 6g. Agents.  Owns: agents/<id>.json (heartbeats) and the picture of the whole project.
-#    Calls: sections 1-5, 6a-6d, and 6i's list() (the sessions each agent mirrored).
+#    Calls: sections 1-5, 6a-6e, and 6i's list() (the sessions each agent mirrored).
 # ==================================================================================================
 
 def _agent_shape(agent, record, age, holding, sessions=()):
@@ -3564,6 +4189,7 @@ class Agents(_Peer):
         return {"project": self.client.project, "agents": agents, "steps": steps, "counts": counts,
                 "handoffs": [{"step": s["step"], "by": s["ended_by"], "at": s["ended_at"],
                               "note": s["note"]} for s in handoffs],
+                "blocked": self.client.plans.blocked() if agent is None else [],
                 "memory_keys": len(self.client.memory.list())}
 
     def touch(self):
@@ -4944,7 +5570,8 @@ class Client:
         tc.records     how records are written and read, and what this agent remembers
         tc.memory      shared key-value memory: tc.memory.set(), .get(), .incr(), ...
         tc.inbox       messages: tc.inbox() reads this agent's, tc.inbox.send() sends
-        tc.steps       leases on steps: claim, renew, release, complete, wait_for
+        tc.steps       leases on steps: claim, renew, release, complete, reopen, wait_for
+        tc.plans       steps with dependencies: add, load, show, ready, next
         tc.agents      who is alive: tc.agents() lists them; heartbeat, status
         tc.artifacts   shared files: upload, download, list
         tc.sessions    mirrored transcripts: mirror, list, read, compact, stop
@@ -4972,6 +5599,7 @@ class Client:
         self.memory = Memory(self)        # memory/
         self.inbox = Inbox(self)          # messages/ and cursors/
         self.steps = Steps(self)          # steps/
+        self.plans = Plans(self)          # plan/
         self.agents = Agents(self)        # agents/, and the picture of the whole project
         self.artifacts = Artifacts(self)  # artifacts/
         self.sessions = Sessions(self)    # sessions/
@@ -5031,8 +5659,17 @@ class Client:
     def release(self, step):
         return self.steps.release(step)
 
-    def complete(self, step, note=None, force=False, status="complete"):
-        return self.steps.complete(step, note, force, status)
+    def complete(self, step, note=None, force=False, status="complete", **handoff):
+        return self.steps.complete(step, note, force, status, **handoff)
+
+    def reopen(self, step):
+        return self.steps.reopen(step)
+
+    def next(self, label=None, ttl=None, wait=None):
+        return self.plans.next(label, ttl, wait)
+
+    def ready(self, label=None):
+        return self.plans.ready(label)
 
     def step_status(self, step):
         return self.steps.step_status(step)
@@ -5120,6 +5757,7 @@ VERSION = _arg("string", "Act only if the key is still at this version (from mem
 TTL = _arg("number", "Lease length in seconds (default 1800)", exclusiveMinimum=0,
            maximum=MAX_SECONDS)
 SECONDS = _arg("number", "Seconds", minimum=0, maximum=MAX_SECONDS)
+LABEL = _arg("string", "Only a step with this label")
 
 MCP_TOOLS = {   # name: (description, input schema, run(client, arguments) -> dict)
     "memory_get": ("Read a shared memory value (any JSON) with its version, author and time.",
@@ -5162,12 +5800,45 @@ MCP_TOOLS = {   # name: (description, input schema, run(client, arguments) -> di
     "release": ("Give a step's lease up so another agent can claim it.",
                 _schema(["step"], step=STEP), lambda c, a: c.release(a["step"])),
     "complete": ("End a step this agent holds: complete (default), failed or blocked, with a "
-                 "handoff note.",
+                 "handoff for the next agent.",
                  _schema(["step"], step=STEP, note=NOTE,
                          status=_arg("string", "How it ended (default complete)", enum=list(ENDED)),
-                         force=_arg("boolean", "End a step this agent does not hold (recorded)")),
+                         to=_arg("string", "The agent to take it from here (also sent the "
+                                           "handoff in its inbox)"),
+                         next_action=_arg("string", "What the next agent should do first"),
+                         needs_review=_arg("boolean", "The work wants a review"),
+                         changed_files=_arg("array", "Paths changed", items={"type": "string"}),
+                         force=_arg("boolean", "End a step this agent does not hold, or whose "
+                                               "dependencies are not complete (recorded)")),
                  lambda c, a: c.complete(a["step"], a.get("note"), bool(a.get("force")),
-                                         a.get("status", "complete"))),
+                                         a.get("status", "complete"), to=a.get("to"),
+                                         next_action=a.get("next_action"),
+                                         needs_review=bool(a.get("needs_review")),
+                                         changed_files=a.get("changed_files"))),
+    "reopen": ("Put a failed or blocked step back to pending (its history keeps the failure).",
+               _schema(["step"], step=STEP), lambda c, a: c.reopen(a["step"])),
+    "next": ("Claim the next ready step of the plan (highest priority, then plan order) and get "
+             "its note and its dependencies' handoffs. Errors when nothing is ready; with "
+             "`wait`, waits for one ({\"step\": null, \"ended\": true} once every step ended).",
+             _schema(label=LABEL, ttl=TTL,
+                     wait=dict(SECONDS, description="Seconds to wait for a ready step")),
+             lambda c, a: _next_result(c.next(a.get("label"), a.get("ttl"),
+                                              a.get("wait")))),
+    "ready": ("The planned steps that can be picked up now, and those blocked by a failed "
+              "dependency.", _schema(label=LABEL), lambda c, a: c.ready(a.get("label"))),
+    "plan_show": ("The whole plan: every step with its state (ready, waiting, blocked, "
+                  "in_progress, complete, ...) and dependencies.",
+                  _schema(), lambda c, a: c.plans.show()),
+    "plan_add": ("Add a step to the plan, after the steps it depends on (already planned).",
+                 _schema(["step"], step=STEP, after=_arg("array", "Steps it waits for",
+                                                         items={"type": "string"}),
+                         labels=_arg("array", "Labels", items={"type": "string"}),
+                         priority=_arg("integer", "Higher runs first (default 0)",
+                                       minimum=1 - PRIORITY_LIMIT, maximum=PRIORITY_LIMIT - 1),
+                         note=NOTE),
+                 lambda c, a: c.plans.add(a["step"], a.get("after") or (),
+                                          a.get("labels") or (), a.get("priority", 0),
+                                          a.get("note"))),
     "step_status": ("A step's status, holder, lease time left and handoff note.",
                     _schema(["step"], step=STEP), lambda c, a: c.step_status(a["step"])),
     "wait_for": ("Block until the given steps are complete (fails at once if one fails).",
@@ -5216,6 +5887,10 @@ MCP_TOOLS = {   # name: (description, input schema, run(client, arguments) -> di
 }
 
 
+def _next_result(found):
+    return dict(found, ended=False) if found else {"step": None, "ended": True}
+
+
 def _session_tail(client, session, harness, tail):
     import io
     lines = io.BytesIO()
@@ -5235,7 +5910,9 @@ def _invalid(spec, value):
         return "must be text"
     if kind == "boolean" and not isinstance(value, bool):
         return "must be true or false"
-    if kind == "number":
+    if kind == "integer" and type(value) is not int:
+        return "must be a whole number"
+    if kind in ("number", "integer"):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value - value == 0:
             return "must be a finite number"
         if value < spec.get("minimum", value) or value > spec.get("maximum", value) or \
@@ -5465,6 +6142,13 @@ PROMPT = [
      "  (an agent, or `_broadcast` for everyone) and `text`."),
     ("- Wait for dependencies instead of polling by hand: `tracecraft wait-for STEP [STEP...]`.",
      "- Wait for dependencies instead of polling by hand: `wait_for` with `steps`."),
+    ("- With a plan, take work with `tracecraft next` (claims the next ready step and prints\n"
+     "  its note and its dependencies' handoffs; `--wait` blocks until one is ready). Hand off\n"
+     "  with `complete STEP --to AGENT --next-action \"...\"` (`--needs-review`, `--changed-files-\n"
+     "  from-git`).",
+     "- With a plan, take work with `next` (claims the next ready step, with its note and its\n"
+     "  dependencies' handoffs); hand off with `complete` and `to`, `next_action`,\n"
+     "  `needs_review`, `changed_files`."),
     ("- Share state and files: `tracecraft memory set KEY VALUE`, `tracecraft memory get KEY`,\n"
      "  `tracecraft artifact upload PATH --step STEP`, `tracecraft artifact download NAME --step STEP`.",
      "- Share state and files: `memory_set`, `memory_get`, `memory_incr`, `artifact_upload`,\n"
@@ -5836,13 +6520,158 @@ def cmd_release(args, out):
     out.result(lease, f"Released step {args.step}")
 
 
+def _git_changed_files():
+    """The files changed in the git work tree here: modified, added, renamed and untracked
+    (deleted ones are not there to read); [] outside a work tree or without git."""
+    import subprocess
+    try:
+        done = subprocess.run(["git", "status", "--porcelain=v1", "-z", "--untracked-files=all"],
+                              capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if done.returncode != 0:
+        return []
+    files, fields = [], iter(done.stdout.decode("utf-8", "surrogateescape").split("\0"))
+    for field in fields:
+        code, path = field[:2], field[3:]
+        if code[0] in "RC":
+            next(fields, None)   # the name it had before
+        if path and "D" not in code and code != "!!":
+            files.append(path.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+    return files
+
+
 def cmd_complete(args, out):
-    record = _client(args).complete(args.step, note=args.note, force=args.force,
-                                    status=args.status)
+    status = "blocked" if args.blocked else args.status
+    if args.blocked and args.status not in ("complete", "blocked"):
+        raise UsageError("--blocked is --status blocked: give one of them")
+    files = _git_changed_files() if args.changed_files_from_git else None
+    record = _client(args).complete(args.step, note=args.note, force=args.force, status=status,
+                                    to=args.to, next_action=args.next_action,
+                                    needs_review=args.needs_review, changed_files=files)
     verb = {"complete": "Completed", "failed": "Marked failed:", "blocked": "Marked blocked:"}
     extra = " (forced)" if record["forced"] else ""
-    out.result(record, f"{verb[args.status]} step {args.step}{extra}"
-               + (" with a handoff note" if args.note is not None else ""))
+    handoff = record["handoff"] or {}
+    said = [" with a handoff note" if args.note is not None else ""]
+    said += [f", {len(handoff['changed_files'])} changed files"] if files is not None else []
+    said += [", for review"] if args.needs_review else []
+    said += [f", handed to {args.to}"] if args.to else []
+    out.result(record, f"{verb[status]} step {args.step}{extra}" + "".join(said))
+
+
+def _plan_text(text):
+    """A plan written by hand: one `step: dep dep` per line (`step:` alone for a step without
+    dependencies); blank lines and lines starting with # are skipped.  The step id ends at the
+    first ':' followed by a space or the end of the line, so ids may hold ':' but not spaces."""
+    import re
+    steps = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = re.match(r"(.+?):(?:\s+(.*))?$", line)
+        if not match or not match.group(1).strip():
+            raise UsageError(f"plan line {number}: write `step: dependency dependency`, or "
+                             f"`step:` alone, not {shown(line)!r:.60}")
+        steps.append({"step": match.group(1).strip(), "after": (match.group(2) or "").split()})
+    return steps
+
+
+def cmd_plan_load(args, out):
+    if args.file == "-":
+        text = _stdin_text("plan")
+    else:
+        try:
+            with open(args.file, "rb") as f:
+                text = f.read(MAX_RECORD + 1).decode("utf-8")
+        except OSError as exc:
+            raise LocalFileError(f"cannot read {args.file}: {os_reason(exc)}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"{args.file} is not UTF-8 text") from None
+    if text.lstrip()[:1] in ("[", "{"):
+        try:
+            steps = loads(text)
+        except ValueError as exc:
+            raise UsageError(f"{args.file} is not valid JSON: {exc}") from None
+        steps = steps.get("steps") if isinstance(steps, dict) else steps
+    else:
+        steps = _plan_text(text)
+    _plan_result(out, _client(args).plans.load(steps))
+
+
+def cmd_plan_add(args, out):
+    _plan_result(out, _client(args).plans.add(args.step, args.after or (), args.label or (),
+                                              args.priority, args.note))
+
+
+def _plan_result(out, result):
+    lines = [f"Added {len(result['added'])} steps to the plan"
+             + (f" ({len(result['unchanged'])} already there, unchanged)"
+                if result["unchanged"] else "")]
+    if result["ready"]:
+        lines.append(f"Ready now: {_elided(result['ready'], 10)}")
+    out.result(result, *lines)
+
+
+def cmd_plan_show(args, out):
+    plan = _client(args).plans.show()
+    lines = []
+    for s in plan["steps"]:
+        extra = f" [{', '.join(s['labels'])}]" if s["labels"] else ""
+        extra += f" priority {s['priority']}" if s["priority"] else ""
+        extra += f" ({s['holder']})" if s["holder"] else ""
+        lines.append(f"  {s['state']:<12} {s['step']:<24} after: "
+                     f"{', '.join(s['after']) or '-'}{extra}")
+    if not plan["steps"]:
+        out.note("The plan is empty (tracecraft plan add STEP --after DEP, or plan load FILE)")
+    elif not out.as_json:
+        counts = {}
+        for s in plan["steps"]:
+            counts[s["state"]] = counts.get(s["state"], 0) + 1
+        lines.insert(0, f"PLAN  {len(plan['steps'])} steps: "
+                     + ", ".join(f"{n} {state}" for state, n in counts.items()))
+    out.result(plan, *lines)
+
+
+def cmd_ready(args, out):
+    found = _client(args).ready(args.label)
+    lines = [f"  {r['step']:<24} after: {', '.join(r['after']) or '-'}"
+             + (f" [{', '.join(r['labels'])}]" if r["labels"] else "")
+             + (f" priority {r['priority']}" if r["priority"] else "") for r in found["ready"]]
+    if found["blocked"]:
+        lines += ["BLOCKED (a dependency failed or was blocked)"]
+        lines += [_blocked_line(b) for b in found["blocked"]]
+    if not found["ready"] and not out.as_json:
+        out.note("Nothing is ready" + (f" with label {args.label}" if args.label else ""))
+    out.result(found, *lines)
+    return EXIT_OK if found["ready"] else EXIT_NO
+
+
+def cmd_next(args, out):
+    wait = None if args.wait is None else (True if args.wait == "forever"
+                                          else parse_duration(args.wait))
+    client = _client(args)
+    found = client.next(args.label, _ttl(args), wait)
+    if found is None:
+        out.result({"step": None, "ended": True}, "Every planned step has ended: nothing "
+                   "left to do")
+        return EXIT_OK
+    lines = [f"Claimed step {found['step']} as {client.agent}"
+             + (f" (priority {found['priority']})" if found["priority"] else "")]
+    if found["note"]:
+        lines.append(f"  note: {_indented(found['note'], '        ')}")
+    for h in found["handoffs"]:
+        lines.append(f"  after {h['step']} ({h['status']} by {h['by']})"
+                     + (f": {_indented(h['note'], '      ')}" if h["note"] else ""))
+        if h["next_action"]:
+            lines.append(f"      next: {_indented(h['next_action'], '        ')}")
+    out.result(dict(found, ended=False), *lines)
+
+
+def cmd_reopen(args, out):
+    lease = _client(args).reopen(args.step)
+    out.result(lease, f"Reopened step {args.step}: pending again (the next claim is generation "
+                      f"{lease['generation'] + 1})")
 
 
 def cmd_step_status(args, out):
@@ -6059,8 +6888,16 @@ def _status_lines(info, states=None):
         lines += ["", "RECENT HANDOFFS"]
         lines += [f"  {h['step']} ({h['by']}, {h['at']}): {_indented(h['note'])}"
                   for h in info["handoffs"]]
+    if info["blocked"]:
+        lines += ["", "BLOCKED IN THE PLAN (by a failed or blocked dependency)"]
+        lines += [_blocked_line(b) for b in info["blocked"][:STATUS_LISTED]]
     lines += ["", f"MEMORY  {info['memory_keys']} keys"]
     return lines
+
+
+def _blocked_line(b):
+    return f"  {b['step']:<24} after {b['after']}, {b['status']} by {b['by']}" + \
+        (f": {_indented(b['note'])}" if b["note"] else "")
 
 
 def _step_line(st):
@@ -7075,18 +7912,38 @@ def build_parser(argv=None):
                 "tracecraft release design")
     p.add_argument("step")
     p = command("complete", cmd_complete, "End a step (complete, failed or blocked), with a "
-                                          "handoff note.",
+                                          "handoff for the next agent.",
                 "tracecraft complete design --note 'mockups in artifacts/design'",
                 "tracecraft complete build --status failed --note 'tests red: see ci.log'",
+                "tracecraft complete api --to reviewer --needs-review --changed-files-from-git "
+                "\
+      --next-action 'review the auth changes' --note 'tests pass'",
+                "tracecraft complete deploy --blocked --note 'waiting for credentials'",
                 epilog="only the holder of a live lease can end a step; a holder whose lease was "
-                       "taken over is told it lost the step (exit 1).")
+                       "taken over is told it lost the step (exit 1). A planned step completes "
+                       "only after its dependencies (exit 1 naming them).")
     p.add_argument("step")
     p.add_argument("--status", choices=ENDED, default="complete",
                    help="how the step ended (default: complete); wait-for stops on failed or "
                         "blocked")
+    p.add_argument("--blocked", action="store_true", help="short for --status blocked")
     p.add_argument("--note", help="context for the next agent (saved as the step's handoff)")
+    p.add_argument("--to", metavar="AGENT", help="the agent to take it from here: named in the "
+                                                 "handoff and sent it in its inbox")
+    p.add_argument("--next-action", metavar="TEXT", help="what the next agent should do first")
+    p.add_argument("--needs-review", action="store_true", help="the work wants a review (the "
+                                                               "handoff's state: needs_review)")
+    p.add_argument("--changed-files-from-git", action="store_true",
+                   help="list the files changed in this git work tree (modified, added, "
+                        "untracked) in the handoff")
     p.add_argument("--force", action="store_true",
-                   help="complete a step another agent holds (recorded as forced)")
+                   help="complete a step another agent holds, or whose dependencies are not "
+                        "complete (recorded as forced)")
+    p = command("reopen", cmd_reopen, "Put a failed or blocked step back to pending.",
+                "tracecraft reopen build", "tracecraft reopen build && tracecraft next",
+                epilog="by compare-and-swap on its lease: the next claim takes the next "
+                       "generation; the failure stays in the step's history.")
+    p.add_argument("step")
     p = command("step-status", cmd_step_status, "Show a step's status, lease and handoff note.",
                 "tracecraft step-status design",
                 "tracecraft step-status design && echo done",
@@ -7099,6 +7956,53 @@ def build_parser(argv=None):
                        "passes, naming the steps still pending.")
     p.add_argument("steps", nargs="+", metavar="STEP")
     p.add_argument("--timeout", default="300", help="e.g. 30, 90s, 10m (default: 300s)")
+
+    plan_commands = group("plan", "Steps with dependencies: what can run, and in which order.")
+    p = command("add", cmd_plan_add, "Add a step to the plan, after the steps it depends on.",
+                "tracecraft plan add lint", "tracecraft plan add test --after lint",
+                "tracecraft plan add deploy --after test --after build --priority 10 \
+"
+                "      --label ops --note 'use the blue-green script'", parent=plan_commands,
+                epilog="dependencies must be in the plan already and never change; adding the "
+                       "same step twice\nchanges nothing.")
+    p.add_argument("step")
+    p.add_argument("--after", action="append", metavar="DEP", help="a step this one waits for "
+                                                                   "(again for more)")
+    p.add_argument("--label", action="append", metavar="L", help="a label `next --label` "
+                                                                 "picks by (again for more)")
+    p.add_argument("--priority", type=int, default=0, metavar="N",
+                   help="higher runs first (default 0)")
+    p.add_argument("--note", help="what the agent who takes the step should know")
+    p = command("load", cmd_plan_load, "Add the steps of a plan file (JSON, or `step: dep dep` "
+                "lines).", "tracecraft plan load plan.json",
+                "printf 'lint:\ntest: lint\nbuild: lint\ndeploy: test build\n' | "
+                "tracecraft plan load -", parent=plan_commands,
+                epilog='JSON: [{"step": "test", "after": ["lint"], "labels": [], "priority": 0, '
+                       '"note": null}, ...]\n(or {"steps": [...]}). Text: one `step: dep dep` '
+                       'per line, `step:` alone for none;\n# starts a comment. Cycles and '
+                       'unknown dependencies are refused, naming them;\nloading a plan twice '
+                       'changes nothing.')
+    p.add_argument("file", help="the plan file; '-' reads standard input")
+    command("show", cmd_plan_show, "Show every planned step with its state and dependencies.",
+            "tracecraft plan show", "tracecraft plan show --json", parent=plan_commands,
+            epilog="states: ready, waiting (for dependencies), blocked (a dependency failed or "
+                   "was blocked),\nin_progress, expired, complete, failed.")
+    p = command("ready", cmd_ready, "List the planned steps that can be picked up now.",
+                "tracecraft ready", "tracecraft ready --label gpu --json",
+                epilog="exit 1 when nothing is ready; steps blocked by a failed dependency are "
+                       "listed too.")
+    p.add_argument("--label", metavar="L", help="only steps with this label")
+    p = command("next", cmd_next, "Claim the next ready step and print what to know to start "
+                                  "it.", "tracecraft next", "tracecraft next --label gpu "
+                "--ttl 2h", "while step=$(tracecraft next --wait --json); do ...; done",
+                epilog="highest priority first, then plan order; prints the step's note and its "
+                       "dependencies' handoffs.\nexit 1 when nothing is ready; with --wait, "
+                       "blocks until a step is ready (exit 0),\nevery planned step has ended "
+                       "(exit 0, saying so) or SECONDS pass (exit 3).")
+    p.add_argument("--label", metavar="L", help="only a step with this label")
+    p.add_argument("--ttl", help="lease length (default: 30m)")
+    p.add_argument("--wait", nargs="?", const="forever", metavar="SECONDS",
+                   help="block until a step is ready (exit 3 after SECONDS)")
 
     artifact_commands = group("artifact", "Share files between agents.")
     p = command("upload", cmd_artifact_upload, "Upload a file (refuses to replace one).",

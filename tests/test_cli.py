@@ -322,7 +322,7 @@ def test_bad_usage_is_exit_2_and_names_the_flag(local_cli):
 
 def test_json_shapes_are_one_per_kind_and_numbers_are_plain(local_cli):
     step_keys = {"step", "status", "holder", "generation", "ttl", "lease_left", "claimed_at",
-                 "ended_by", "ended_at", "forced", "note"}
+                 "ended_by", "ended_at", "forced", "note", "handoff"}
     claim = json.loads(local_cli.ok("claim", "s", "--ttl", "90", "--json"))
     assert set(claim) == step_keys | {"already_held"} and claim["already_held"] is False
     assert claim["ttl"] == 90 and isinstance(claim["ttl"], int)

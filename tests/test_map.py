@@ -92,7 +92,7 @@ def test_each_peer_calls_only_the_peers_its_header_names():
     for (start, number, title), (end, *_) in zip(headers, headers[1:] + [(len(LINES), None, "")]):
         if len(number) == 1 or title == "The client":   # the façade over them all
             continue
-        lines = LINES[start - 1:start + 20]
+        lines = LINES[start - 1:start + 40]
         lines = lines[:next(i for i, line in enumerate(lines) if line.startswith("# ===="))]
         header = " ".join(lines).split("Calls:")[1]
         allowed = set(re.findall(r"6[a-k]", header))

@@ -96,13 +96,14 @@ def test_status_shows_every_state(cli):
     cli.ok("memory", "set", "k", "1")
     time.sleep(max(0, 2.2 - (time.monotonic() - claimed)))   # S3 stamps whole seconds
     info = json.loads(cli.ok("status", "--json"))
-    assert set(info) == {"project", "agents", "steps", "counts", "handoffs", "memory_keys"}
+    assert set(info) == {"project", "agents", "steps", "counts", "handoffs", "blocked",
+                         "memory_keys"}
     states = {s["step"]: s["status"] for s in info["steps"]}
     assert states == {"working": "in_progress", "short": "expired", "done": "complete",
                       "broken": "failed", "stuck": "blocked", "given-back": "pending"}
     for step in info["steps"]:
         assert set(step) == {"step", "status", "holder", "generation", "ttl", "lease_left",
-                             "claimed_at", "ended_by", "ended_at", "forced", "note"}
+                             "claimed_at", "ended_by", "ended_at", "forced", "note", "handoff"}
     assert info["memory_keys"] == 1
     assert [h["step"] for h in info["handoffs"]][:2] in (["broken", "done"], ["done", "broken"])
     human = cli.ok("status")
