@@ -25,18 +25,19 @@ def test_claim_and_complete_cost_one_then_two_or_three(client_factory):
     calls = counted(alice)
     assert cost(calls, lambda: alice.claim("a")) == 1
     assert cost(calls, lambda: alice.renew("a")) == 1
-    assert cost(calls, lambda: alice.complete("a")) == 2              # lease + status.json
+    # is it planned (dependencies to check, dependents to tell)? + the lease + status.json
+    assert cost(calls, lambda: alice.complete("a")) == 3
     alice.claim("b")
-    assert cost(calls, lambda: alice.complete("b", note="n")) == 3    # + handoff.json
+    assert cost(calls, lambda: alice.complete("b", note="n")) == 4    # + handoff.json
     assert cost(calls, lambda: alice.step_status("b")) == 1          # the lease says it all
     assert alice.step_status("b")["note"] == "n"
     alice.claim("c")
-    assert cost(calls, lambda: alice.release("c")) == 1
+    assert cost(calls, lambda: alice.release("c")) == 2    # + is it planned (ready again)?
     before = calls.calls
     with pytest.raises(tracecraft.Refused, match="not claimed"):
         alice.complete("fresh")
-    assert calls.calls - before == 1                            # one read: nobody holds it
-    assert cost(calls, lambda: alice.complete("fresh", force=True)) == 3   # read, end, status
+    assert calls.calls - before == 2                  # planned? and one read: nobody holds it
+    assert cost(calls, lambda: alice.complete("fresh", force=True)) == 4   # + end, status
     assert alice.step_status("fresh")["status"] == "complete"
 
 
