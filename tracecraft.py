@@ -1139,7 +1139,7 @@ def replace_file(path, data, mode=0o600):
     it.  A reader sees the old file or the new one, never a part; a link at `path` is replaced,
     not followed."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = create_exclusive(directory, "." + os.path.basename(path) + ".")
+    fd, tmp = create_exclusive(directory, "." + os.path.basename(path) + ".", mode)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
