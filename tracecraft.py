@@ -5969,6 +5969,12 @@ PROMPT = [
      "- When done, end the step with `complete` and a useful `note` for the next agent: what\n"
      "  you did, where it is, what is left. If you cannot finish: `complete` with `status`\n"
      "  \"failed\" (or \"blocked\") and a `note` saying why, or `release` to hand it back."),
+    ("- Before editing files another agent may touch, reserve them: `tracecraft reserve 'src/api/**'`\n"
+     "  (exit 1 = another agent holds an overlapping reservation: ask it, or work elsewhere);\n"
+     "  `tracecraft unreserve` when done.",
+     "- Before editing files another agent may touch, reserve them: `reserve` with `globs` (an\n"
+     "  error naming the holder = another agent holds an overlapping one: ask it, or work\n"
+     "  elsewhere); `unreserve` when done."),
     ("- Check messages between steps: `tracecraft inbox`. Tell others what they need:\n"
      "  `tracecraft send AGENT \"message\"` or `tracecraft send _broadcast \"message\"`.",
      "- Check messages between steps: `inbox`. Tell others what they need: `send` with `to`\n"
