@@ -1139,7 +1139,7 @@ def replace_file(path, data, mode=0o600):
     it.  A reader sees the old file or the new one, never a part; a link at `path` is replaced,
     not followed."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = create_exclusive(directory, "." + os.path.basename(path) + ".")
+    fd, tmp = create_exclusive(directory, "." + os.path.basename(path) + ".", mode)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -2253,13 +2253,17 @@ def resolve_settings(config_path=None, **overrides):
 #    steps/<id>/claim.json             the lease: holder, generation, ttl, state, and how it ended
 #    steps/<id>/status.json            written when the step ends: complete, failed or blocked
 #    steps/<id>/handoff.json           the note for the next agent
+#    reservations/table.json           every path reservation: glob, agent, shared, step and
+#                                      generation (tied to a lease) or ttl and expires (store clock)
 #    artifacts/<step|shared>/<name>    shared files; artifacts/<step>/.meta/<name>.json describes one
 #    sessions/<harness>/<session>/     a mirrored transcript: part-NNNNNN.jsonl, and meta.json,
 #                                      whose list of parts, in order, is the transcript
 #
 #    Every atomic promise is a conditional write: a claim is create-only, a takeover or a renewal
-#    is a compare-and-swap on the lease's ETag, a memory update is a compare-and-swap, and a
-#    message takes the next number of its log with a create-only write.  Everything read from
+#    is a compare-and-swap on the lease's ETag, a memory update is a compare-and-swap, a
+#    reservation is a compare-and-swap on the one table that holds them all (overlapping globs
+#    have different names), and a message takes the next number of its log with a create-only
+#    write.  Everything read from
 #    the store is checked against the shape of its record: an object written by hand or by
 #    another tool is reported (CorruptObject: exit 4 when asked for by name, a warning and
 #    skipped in a listing), never crashed on.
@@ -4066,9 +4070,458 @@ def _ready_shape(context):
 
 
 # ==================================================================================================
-# 6f. Reservations.  Owns: reservations/ (paths agents are editing).
-#    Calls: sections 1-5, 6a-6e.
+# 6f. Reservations.  Owns: reservations/table.json (the paths agents are editing, as leases that
+#    exclude overlaps) and what a path glob is and when two overlap.  Calls: sections 1-5, 6a-6e
+#    (6d's leases: a reservation tied to a step lives while its agent holds that step's lease).
 # ==================================================================================================
+#
+#    One table, not an object per glob: two reservations that overlap have different names
+#    (src/api/** and src/api/auth.py), so a create-only object per glob could not exclude the
+#    other.  Every reservation of a project is an entry of one object, changed only by
+#    compare-and-swap on its ETag (Records.update): a reserve judges overlaps on exactly the
+#    version it replaces, so of agents racing for overlapping globs one wins and the others'
+#    swaps fail, re-read and are refused.  Reservations are few and change at the pace of
+#    commands, so one object is no bottleneck.
+#
+#    Time is the store's: an entry's `expires` is the store's clock (the Date of the read its
+#    change replaced) plus its ttl, and it is judged against the Date of a later read, never this
+#    machine's clock, so a skewed client can neither steal a live reservation nor keep a dead one.
+#    A step-tied entry (claim --paths) has no expiry of its own: it is live while its agent holds
+#    that step's lease at that generation (the lease is read only when the entry decides an
+#    answer).  Dead entries are dropped by the next change; heartbeat renews an agent's own.
+#
+#    Globs are paths relative to the repository's root, '/'-separated, normalised (no '.', '..'
+#    or empty segments, not absolute).  `**` as a whole segment matches zero or more segments;
+#    within a segment `*`, `?` and `[...]` match as fnmatch does, never across a '/' (so
+#    `src/*.py` is not `src/api/auth.py`: another depth).  A glob whose last segment is a plain
+#    name also covers everything under it, since the name may be a directory (as `git add
+#    src/api` does): `src/api` is `src/api/**` too; a trailing '/' means the same.  Two globs
+#    overlap when some path could match both, decided exactly, segment by segment, by searching
+#    the product of their automata (_meet).  Conservative (an overlap where no real path could
+#    be in both) only where a plain name is taken as a possible directory (`docs/index.md` meets
+#    `**/*.py` at docs/index.md/x.py) and where a class's only common character is '/'.
+
+MAX_GLOB = 512         # characters in one glob
+MAX_GLOBS = 100        # globs in one reserve
+_DEEP = "**"           # a compiled glob's segment that matches zero or more segments
+_ANY_CHAR = (True, ())  # a character set: (negated, ((low, high) code points, ...))
+_END = object()
+_globs_compiled = {}
+
+
+def _segment_tokens(segment):
+    """A segment of a glob as tokens: None for '*', else the set of characters one position
+    matches, (negated, ranges).  Classes read as fnmatch reads them: `[!...]` negates, a ']'
+    first is literal, an unclosed '[' is literal; one that matches nothing is refused."""
+    tokens, i, n = [], 0, len(segment)
+    while i < n:
+        c = segment[i]
+        i += 1
+        if c == "*":
+            if not tokens or tokens[-1] is not None:
+                tokens.append(None)
+            continue
+        if c == "?":
+            tokens.append(_ANY_CHAR)
+            continue
+        end = i + (segment[i:i + 1] == "!")
+        end = segment.find("]", end + (segment[end:end + 1] == "]")) if c == "[" else -1
+        if end < 0:
+            tokens.append((False, ((ord(c), ord(c)),)))
+            continue
+        body, negated = segment[i:end], segment[i:i + 1] == "!"
+        body, ranges, k = body[negated:], [], 0
+        while k < len(body):
+            if k + 2 < len(body) and body[k + 1] == "-":
+                if body[k] <= body[k + 2]:
+                    ranges.append((ord(body[k]), ord(body[k + 2])))
+                k += 3
+            else:
+                ranges.append((ord(body[k]), ord(body[k])))
+                k += 1
+        if not ranges and not negated:
+            raise UsageError(f"[{body}] matches no character")
+        tokens.append((negated, tuple(ranges)))
+        i = end + 1
+    return tokens
+
+
+def check_glob(glob, what="glob"):
+    """The normal form of a path glob (see this section's header), or UsageError naming `what`:
+    not absolute, no '..', no backslash (git would read it as an escape, fnmatch as a
+    character), no control character, a class that matches something.  A trailing '/' means
+    everything under it; '.' alone is the whole repository."""
+    if not isinstance(glob, str) or not glob.strip():
+        raise UsageError(f"{what}: a path glob must be non-empty text, relative to the "
+                         "repository's root (e.g. src/api/**)")
+    check_text(what, glob)
+    wrong = None
+    if len(glob) > MAX_GLOB:
+        wrong = f"is {len(glob)} characters long; the limit is {MAX_GLOB}"
+    elif not glob.isprintable():
+        wrong = "contains a control character"
+    elif glob.startswith(("/", "~")) or glob[1:3] in (":/", ":\\"):
+        wrong = "is absolute: give it relative to the repository's root (e.g. src/api/**)"
+    elif "\\" in glob:
+        wrong = "contains a backslash: separate directories with '/'"
+    segments = [s for s in glob.split("/") if s not in ("", ".")]
+    if wrong is None and ".." in segments:
+        wrong = "contains '..': it must stay inside the repository"
+    if wrong is None:
+        try:
+            for s in segments:
+                _segment_tokens(s)
+        except UsageError as exc:
+            wrong = str(exc)
+    if wrong:
+        raise UsageError(f"{what}: {shown(glob)!r:.80} {wrong}")
+    collapsed = []
+    for s in (segments + ([_DEEP] if glob.endswith("/") else [])) or [_DEEP]:
+        if not (s == _DEEP and collapsed[-1:] == [_DEEP]):
+            collapsed.append(s)
+    return "/".join(collapsed)
+
+
+def _compiled(glob):
+    """A normalised glob as its segments (_DEEP, or a segment's tokens); one whose last segment
+    is a plain name ends in _DEEP as well: that name may be a directory."""
+    found = _globs_compiled.get(glob)
+    if found is None:
+        segments = glob.split("/")
+        found = [_DEEP if s == _DEEP else _segment_tokens(s) for s in segments]
+        if not any(c in segments[-1] for c in "*?["):
+            found.append(_DEEP)
+        if len(_globs_compiled) > 4096:
+            _globs_compiled.clear()
+        _globs_compiled[glob] = found
+    return found
+
+
+def _chars_meet(a, b):
+    """Whether some character is in both sets.  Negated sets are of an unbounded alphabet, so
+    two always share one."""
+    if a[0] and b[0]:
+        return True
+    (_, positive), (negated, other) = (b, a) if a[0] else (a, b)
+    if not negated:
+        return any(low <= high2 and low2 <= high for low, high in positive for low2, high2 in other)
+    for low, high in positive:   # some character of this range that `other` does not hold?
+        at = low
+        for low2, high2 in sorted(other):
+            if low2 > at:
+                break
+            at = max(at, high2 + 1)
+        if at <= high:
+            return True
+    return False
+
+
+def _meet(p, q, deep, each):
+    """Whether two sequences have a common match: a search of the product automaton, whose
+    states are pairs of positions.  `deep` is the element that matches any run of the other's
+    (a '*' token within a segment, _DEEP among segments); `each(a, b)` says whether two other
+    elements have a common match."""
+    seen, todo = set(), [(0, 0)]
+    while todo:
+        state = todo.pop()
+        if state in seen:
+            continue
+        seen.add(state)
+        i, j = state
+        if i == len(p) and j == len(q):
+            return True
+        a = p[i] if i < len(p) else _END
+        b = q[j] if j < len(q) else _END
+        if a is deep:
+            todo.append((i + 1, j))         # matches nothing more
+            if b is not _END:
+                todo.append((i, j + 1))     # ... or takes b in
+        if b is deep:
+            todo.append((i, j + 1))
+            if a is not _END:
+                todo.append((i + 1, j))
+        if a is not _END and b is not _END and a is not deep and b is not deep and each(a, b):
+            todo.append((i + 1, j + 1))
+    return False
+
+
+def _segments_meet(p, q):
+    """Whether some segment matches both token lists ('*' is None: it takes in any character)."""
+    return _meet(p, q, None, _chars_meet)
+
+
+def globs_overlap(a, b):
+    """Whether some path could match both normalised globs (check_glob): src/api/** and
+    src/api/auth.py do, src/*.py and src/api/auth.py do not (different depths), src/*.py and
+    src/a*.py do, docs/** and src/** do not."""
+    return _meet(_compiled(a), _compiled(b), _DEEP, _segments_meet)
+
+
+def glob_matches(glob, path):
+    """Whether a path (relative to the repository's root, as git names it) is covered by a
+    normalised glob: the same search, the path's characters each a set of one."""
+    literal = [[(False, ((ord(c), ord(c)),)) for c in s] for s in path.split("/") if s]
+    return _meet(_compiled(glob), literal, _DEEP, _segments_meet)
+
+
+def _reservation_shape(entry, left):
+    """A reservation as shown everywhere: glob, agent, shared, step, note, at, expires_in
+    (seconds left by the store's clock; null for one just released)."""
+    return {"glob": entry["glob"], "agent": entry["agent"], "shared": entry["shared"],
+            "step": entry["step"], "note": entry["note"], "at": entry["at"],
+            "expires_in": _rounded(left)}
+
+
+class _Unchanged(TracecraftError):
+    """A change to the table that changes nothing: no write."""
+
+
+class _Vanished(TracecraftError):
+    """The table was deleted between its creation and the change."""
+
+
+class Reservations(_Peer):
+    """Paths agents are editing (`tc.reservations`): tc.reservations() lists the live ones;
+    reserve, unreserve, renew (heartbeat), blocking (the git guard).  See the section's header
+    for what overlapping means and why one table."""
+
+    def key(self):
+        return self.client.key("reservations", "table.json")
+
+    def __call__(self):
+        """Every live reservation (_reservation_shape), by glob.  One read, and one per step
+        that step-tied reservations name."""
+        got = self.records.read(self.key(), missing_ok=True)
+        if got is None:
+            return []
+        now, leases, live = self._now(got), {}, []
+        for entry in self._entries(got):
+            left = self._left(entry, now, leases)
+            if left > 0:
+                live.append(_reservation_shape(entry, left))
+        return sorted(live, key=lambda r: (r["glob"], r["agent"]))
+
+    def globs(self, globs, what="glob"):
+        """Globs checked and normalised (check_glob), without repeats."""
+        if isinstance(globs, str):
+            globs = [globs]
+        if not isinstance(globs, (list, tuple)) or not globs:
+            raise UsageError(f"{what}: give at least one path glob (e.g. src/api/**)")
+        if len(globs) > MAX_GLOBS:
+            raise UsageError(f"{what}: at most {MAX_GLOBS} globs at once")
+        return list(dict.fromkeys(check_glob(g, what) for g in globs))
+
+    def reserve(self, globs, ttl=None, shared=False, note=None, held=None, what="glob"):
+        """Reserve path globs for this agent, as a lease of `ttl` seconds (default 30 minutes)
+        that heartbeat renews; `shared` ones coexist with other shared ones.  `held`: the step
+        (Steps.claim()'s answer) the reservations are tied to instead (claim --paths).
+
+        Refused, naming the holder and its glob, while another agent's live reservation
+        overlaps one of `globs` (an exclusive one, or any when this one is exclusive).  This
+        agent's own reservations never stand in its way; one of the same glob (and step) is
+        replaced.  Atomic: judged on the version of the table that the compare-and-swap
+        replaces.  Returns the reservations made (_reservation_shape)."""
+        me = self.client.me()
+        globs = self.globs(globs, what)
+        ttl = DEFAULT_TTL if ttl is None else check_number("the reservation ttl", ttl)
+        if note is not None:
+            check_text("note", note)
+            if len(note) > 1000:
+                raise UsageError("note: at most 1000 characters")
+        step = held["step"] if held else None
+        made = []
+
+        def change(got):
+            entries, now, leases = self._entries(got), self._now(got), {}
+            kept = [e for e in entries if not self._expired(e, now)
+                    and not (e["agent"] == me and e["glob"] in globs and e["step"] == step)]
+            for glob in globs:
+                for e in kept:
+                    if e["agent"] != me and not (shared and e["shared"]) and \
+                            globs_overlap(glob, e["glob"]):
+                        left = self._left(e, now, leases)
+                        if left > 0:
+                            raise Refused(self._refusal(glob, e, left))
+            kept = [e for e in kept if e["step"] not in leases or self._left(e, now, leases) > 0]
+            made[:] = [{"id": os.urandom(6).hex(), "glob": glob, "agent": me,
+                        "shared": bool(shared), "step": step,
+                        "generation": held["generation"] if held else None, "note": note,
+                        "ttl": None if held else ttl, "expires": None if held else now + ttl,
+                        "at": self.client.now()} for glob in globs]
+            return self.client.record(reservations=kept + made)
+        self._change(change, create=True)
+        if held:   # remembered, so that ending the step drops them without a read otherwise
+            self.records.keep("reserved-steps", step, {"generation": held["generation"]})
+        left = held["lease_left"] if held else ttl
+        return [_reservation_shape(e, left) for e in made]
+
+    def unreserve(self, globs=None, step=None):
+        """Drop this agent's reservations of `globs` (None: all of them; `step`: those tied to
+        that step).  Returns the reservations dropped (expires_in null); none is no error."""
+        me = self.client.me()
+        globs = None if globs is None or globs == [] else self.globs(globs)
+        dropped = []
+
+        def change(got):
+            entries, now = self._entries(got), self._now(got)
+            dropped[:] = [e for e in entries if e["agent"] == me
+                          and (globs is None or e["glob"] in globs)
+                          and (step is None or e["step"] == step)]
+            kept = [e for e in entries if e not in dropped and not self._expired(e, now)]
+            if len(kept) == len(entries):
+                raise _Unchanged()
+            return self.client.record(reservations=kept)
+        self._change(change)
+        if step is not None:
+            self.records.keep("reserved-steps", step, None)
+        return [_reservation_shape(e, None) for e in dropped]
+
+    def step_ended(self, step):
+        """Drop this agent's reservations tied to `step`, which it has completed or released:
+        only when it remembers making some (else no request; they are dead anyway, since their
+        lease has ended)."""
+        if self.records.kept("reserved-steps", step):
+            return self.unreserve(step=step)
+        return []
+
+    def renew(self):
+        """Extend each of this agent's live reservations that is not tied to a step by its ttl,
+        from now: one read, and one compare-and-swap when it holds any.  Those that expired
+        before they were renewed are dropped and reported through warn() (another agent may
+        hold them now).  Returns the globs renewed."""
+        me = self.client.me()
+        renewed, lost = [], []
+
+        def change(got):
+            entries, now = self._entries(got), self._now(got)
+            renewed[:], lost[:], new = [], [], []
+            for e in entries:
+                if self._expired(e, now):
+                    if e["agent"] == me:
+                        lost.append(e["glob"])
+                    continue
+                if e["agent"] == me and e["step"] is None:
+                    e = dict(e, expires=now + e["ttl"])
+                    renewed.append(e["glob"])
+                new.append(e)
+            if not renewed and len(new) == len(entries):
+                raise _Unchanged()
+            return self.client.record(reservations=new)
+        self._change(change)
+        for glob in lost:
+            self.client.warn(f"this agent's reservation of {glob} expired before it was renewed: "
+                             f"reserve it again (tracecraft reserve {glob})")
+        return renewed
+
+    def blocking(self, paths):
+        """[(path, reservation)] for each path that another agent's live exclusive reservation
+        covers: what the git guard refuses.  Shared ones and this agent's own never block."""
+        others = [r for r in self() if not r["shared"] and r["agent"] != self.client.agent]
+        return [(path, r) for path in paths for r in others if glob_matches(r["glob"], path)]
+
+    # What the table holds, and how it changes.
+
+    def _change(self, change, create=False):
+        """Records.update of the table, judged on what the store holds (its read's Date is the
+        clock); with `create`, an empty table is made first if there is none (no clock to judge
+        by without a read)."""
+        key = self.key()
+        for _ in _retries(key):
+            got = self.records.read(key, missing_ok=True)
+            if got is None:
+                if not create:
+                    return None
+                try:
+                    self.records.write(key, self.client.record(reservations=[]), create_only=True)
+                except (PreconditionFailed, ConditionalConflict):
+                    pass
+                got = self.records.read(key, missing_ok=True)
+                if got is None:
+                    continue
+            try:
+                return self.records.update(key, lambda got: change(got) if got else _vanish(),
+                                           remembered=False, start=got)
+            except _Vanished:
+                continue
+            except _Unchanged:
+                return None
+
+    @staticmethod
+    def _now(got):
+        blob = got[1]
+        return blob.server_time if blob.server_time is not None else time.time()
+
+    def _entries(self, got):
+        """The table's entries, checked: an object written by another tool is CorruptObject
+        naming it, never a crash."""
+        record, blob = got
+        where = f"reservations table {blob.key}"
+        entries = _field(record, "reservations", list, where)
+        checks = (("id", str), ("glob", str), ("agent", str), ("shared", bool),
+                  ("step", (str, type(None))), ("generation", (int, type(None)), None, 1, MAX_INT),
+                  ("note", (str, type(None))), ("ttl", (float, type(None)), None, 0.001,
+                                                     MAX_SECONDS),
+                  ("expires", (float, type(None))), ("at", (str, type(None))))
+        checked = []
+        for entry in entries:
+            if not isinstance(entry, dict):
+                raise CorruptObject(f"{where} is not a tracecraft record: an entry is "
+                                    f"{shown(repr(entry)):.40}")
+            entry = {name: _field(entry, name, kinds, where, *bounds)
+                     for name, kinds, *bounds in checks}
+            try:
+                check_agent(entry["agent"])
+                if entry["glob"] != check_glob(entry["glob"]):
+                    raise UsageError("a glob not in normal form")
+                if entry["step"] is not None:
+                    check_name("step id", entry["step"])
+            except UsageError as exc:
+                raise CorruptObject(f"{where} is not a tracecraft record: {exc}") from None
+            if (entry["step"] is None) != (entry["generation"] is None) or \
+                    (entry["step"] is None) == (entry["expires"] is None) or \
+                    (entry["step"] is None and entry["ttl"] is None):
+                raise CorruptObject(f"{where} is not a tracecraft record: the reservation of "
+                                    f"{shown(entry['glob']):.60} is neither a lease nor a step's")
+            checked.append(entry)
+        return checked
+
+    @staticmethod
+    def _expired(entry, now):
+        """Whether a reservation that is not tied to a step has passed its time (a step-tied
+        one is judged by its lease: _left)."""
+        return entry["step"] is None and entry["expires"] <= now
+
+    def _left(self, entry, now, leases):
+        """Seconds a reservation has left by the store's clock (<= 0: dead): its own, or its
+        step's lease's while its agent holds that lease at that generation.  `leases` keeps the
+        leases read, a read per step."""
+        if entry["step"] is None:
+            return entry["expires"] - now
+        step = entry["step"]
+        if step not in leases:
+            try:
+                leases[step] = self.client.steps.lease(step)
+            except CorruptObject as exc:
+                self.client.warn_once(f"reservations of step {step} are taken as ended: {exc}")
+                leases[step] = None
+        lease = leases[step]
+        if lease is None or not lease.held_by(entry["agent"]) or \
+                lease.record["generation"] != entry["generation"]:
+            return 0.0
+        return lease.left()
+
+    @staticmethod
+    def _refusal(glob, entry, left):
+        kind = "shared" if entry["shared"] else "exclusively"
+        step = f" for step {entry['step']}" if entry["step"] else ""
+        note = f"; note: {entry['note']}" if entry["note"] else ""
+        overlap = glob if glob == entry["glob"] else f"{glob} overlaps {entry['glob']}, which is"
+        return (f"{overlap} reserved {kind} by {entry['agent']}{step} (for {_duration(left)} "
+                f"more{note}): ask them (tracecraft send {entry['agent']} ...), or wait")
+
+
+def _vanish():
+    raise _Vanished()
 
 
 # ==================================================================================================
@@ -5572,6 +6025,8 @@ class Client:
         tc.inbox       messages: tc.inbox() reads this agent's, tc.inbox.send() sends
         tc.steps       leases on steps: claim, renew, release, complete, reopen, wait_for
         tc.plans       steps with dependencies: add, load, show, ready, next
+        tc.reservations  paths agents are editing: tc.reservations() lists them; reserve,
+                       unreserve, renew, blocking
         tc.agents      who is alive: tc.agents() lists them; heartbeat, status
         tc.artifacts   shared files: upload, download, list
         tc.sessions    mirrored transcripts: mirror, list, read, compact, stop
@@ -5600,6 +6055,7 @@ class Client:
         self.inbox = Inbox(self)          # messages/ and cursors/
         self.steps = Steps(self)          # steps/
         self.plans = Plans(self)          # plan/
+        self.reservations = Reservations(self)   # reservations/
         self.agents = Agents(self)        # agents/, and the picture of the whole project
         self.artifacts = Artifacts(self)  # artifacts/
         self.sessions = Sessions(self)    # sessions/
@@ -5650,17 +6106,33 @@ class Client:
     def send(self, to, text):
         return self.inbox.send(to, text)
 
-    def claim(self, step, ttl=None):
-        return self.steps.claim(step, ttl)
+    def claim(self, step, ttl=None, paths=None):
+        """Steps.claim(); with `paths`, also reserve those globs for as long as this agent holds
+        the step (Reservations.reserve).  A refused reservation undoes the claim (a step this
+        agent already held stays held) and is the error, naming the holder."""
+        if not paths:
+            return self.steps.claim(step, ttl)
+        globs = self.reservations.globs(paths, "--paths")
+        lease = self.steps.claim(step, ttl)
+        try:
+            self.reservations.reserve(globs, held=lease, what="--paths")
+        except TracecraftError:
+            if not lease["already_held"]:
+                try:
+                    self.steps.release(step)
+                except TracecraftError as exc:
+                    self.warn(f"could not release step {step} again: {exc.for_cli()}")
+            raise
+        return lease
 
     def renew(self, step, ttl=None):
         return self.steps.renew(step, ttl)
 
     def release(self, step):
-        return self.steps.release(step)
+        return self._step_over(step, self.steps.release(step))
 
     def complete(self, step, note=None, force=False, status="complete", **handoff):
-        return self.steps.complete(step, note, force, status, **handoff)
+        return self._step_over(step, self.steps.complete(step, note, force, status, **handoff))
 
     def reopen(self, step):
         return self.steps.reopen(step)
@@ -5671,6 +6143,22 @@ class Client:
     def ready(self, label=None):
         return self.plans.ready(label)
 
+    def _step_over(self, step, shape):
+        """After this agent ended or released a step: drop the reservations it tied to it (they
+        are dead already, their lease being over: this only tidies the table)."""
+        try:
+            self.reservations.step_ended(step)
+        except StoreError as exc:
+            self.warn(f"could not drop the reservations of step {step} (they ended with it): "
+                      f"{exc.for_cli()}")
+        return shape
+
+    def reserve(self, globs, ttl=None, shared=False, note=None):
+        return self.reservations.reserve(globs, ttl, shared, note)
+
+    def unreserve(self, globs=None):
+        return self.reservations.unreserve(globs)
+
     def step_status(self, step):
         return self.steps.step_status(step)
 
@@ -5678,7 +6166,11 @@ class Client:
         return self.steps.wait_for(steps, timeout, on_complete)
 
     def heartbeat(self, renew=True):
-        return self.agents.heartbeat(renew)
+        """Agents.heartbeat(); with `renew`, this agent's reservations are renewed too."""
+        shape = self.agents.heartbeat(renew)
+        if renew:
+            self.reservations.renew()
+        return shape
 
     def status(self, cache=None, states=None, agent=None):
         return self.agents.status(cache, states, agent)
@@ -5758,6 +6250,8 @@ TTL = _arg("number", "Lease length in seconds (default 1800)", exclusiveMinimum=
            maximum=MAX_SECONDS)
 SECONDS = _arg("number", "Seconds", minimum=0, maximum=MAX_SECONDS)
 LABEL = _arg("string", "Only a step with this label")
+GLOBS = _arg("array", "Path globs relative to the repository's root, e.g. src/api/**",
+             items={"type": "string"}, minItems=1)
 
 MCP_TOOLS = {   # name: (description, input schema, run(client, arguments) -> dict)
     "memory_get": ("Read a shared memory value (any JSON) with its version, author and time.",
@@ -5794,7 +6288,9 @@ MCP_TOOLS = {   # name: (description, input schema, run(client, arguments) -> di
               lambda c, a: {"messages": c.inbox(bool(a.get("peek")), bool(a.get("all")),
                                                 bool(a.get("delete")), a.get("wait") or None)}),
     "claim": ("Claim a step as a lease before working on it; fails if another agent holds it.",
-              _schema(["step"], step=STEP, ttl=TTL), lambda c, a: c.claim(a["step"], a.get("ttl"))),
+              _schema(["step"], step=STEP, ttl=TTL, paths=dict(GLOBS, description=(
+                  "Also reserve these path globs while this agent holds the step"))),
+              lambda c, a: c.claim(a["step"], a.get("ttl"), a.get("paths"))),
     "renew": ("Extend this agent's lease on a step during long work.",
               _schema(["step"], step=STEP, ttl=TTL), lambda c, a: c.renew(a["step"], a.get("ttl"))),
     "release": ("Give a step's lease up so another agent can claim it.",
@@ -5848,6 +6344,20 @@ MCP_TOOLS = {   # name: (description, input schema, run(client, arguments) -> di
                  lambda c, a: {"complete": c.wait_for(a["steps"], a.get("timeout", 300))}),
     "heartbeat": ("Record that this agent is alive and renew every lease it holds.",
                   _schema(), lambda c, a: c.heartbeat()),
+    "reserve": ("Reserve the paths (globs relative to the repository's root, e.g. src/api/**) "
+                "this agent is about to edit; fails naming the holder if another agent holds "
+                "an overlapping one. Renewed by heartbeat.",
+                _schema(["globs"], globs=GLOBS,
+                        ttl=dict(TTL, description="Reservation length in seconds (default 1800)"),
+                        shared=_arg("boolean", "Coexist with other shared reservations"),
+                        note=_arg("string", "What this agent is doing there")),
+                lambda c, a: {"reservations": c.reserve(a["globs"], a.get("ttl"),
+                                                        bool(a.get("shared")), a.get("note"))}),
+    "unreserve": ("Drop this agent's reservations of these globs (all of them without globs).",
+                  _schema(globs=dict(GLOBS, minItems=0)),
+                  lambda c, a: {"released": c.unreserve(a.get("globs"))}),
+    "reservations": ("List live path reservations: glob, agent, shared, step, note, expires_in.",
+                     _schema(), lambda c, a: {"reservations": c.reservations()}),
     "artifact_list": ("List shared files, optionally of one step.",
                       _schema(step=STEP), lambda c, a: {"artifacts": c.artifacts.list(a.get("step"))}),
     "artifact_upload": ("Share a local file with the other agents.",
@@ -6136,6 +6646,12 @@ PROMPT = [
      "- When done, end the step with `complete` and a useful `note` for the next agent: what\n"
      "  you did, where it is, what is left. If you cannot finish: `complete` with `status`\n"
      "  \"failed\" (or \"blocked\") and a `note` saying why, or `release` to hand it back."),
+    ("- Before editing files another agent may touch, reserve them: `tracecraft reserve 'src/api/**'`\n"
+     "  (exit 1 = another agent holds an overlapping reservation: ask it, or work elsewhere);\n"
+     "  `tracecraft unreserve` when done.",
+     "- Before editing files another agent may touch, reserve them: `reserve` with `globs` (an\n"
+     "  error naming the holder = another agent holds an overlapping one: ask it, or work\n"
+     "  elsewhere); `unreserve` when done."),
     ("- Check messages between steps: `tracecraft inbox`. Tell others what they need:\n"
      "  `tracecraft send AGENT \"message\"` or `tracecraft send _broadcast \"message\"`.",
      "- Check messages between steps: `inbox`. Tell others what they need: `send` with `to`\n"
@@ -6505,9 +7021,10 @@ def _ttl(args):
 
 def cmd_claim(args, out):
     client = _client(args)
-    lease = client.claim(args.step, ttl=_ttl(args))
+    lease = client.claim(args.step, ttl=_ttl(args), paths=args.paths)
     verb = "Already holding" if lease["already_held"] else "Claimed"
-    out.result(lease, f"{verb} step {args.step} as {client.agent}")
+    out.result(lease, f"{verb} step {args.step} as {client.agent}"
+               + (f", reserving {', '.join(args.paths)}" if args.paths else ""))
 
 
 def cmd_renew(args, out):
@@ -7698,6 +8215,150 @@ def cmd_ui(args, out):
         server.server_close()
 
 
+def _reservation_line(r):
+    mode = "shared" if r["shared"] else "exclusive"
+    step = f"  step {r['step']}" if r["step"] else ""
+    note = f"  {_indented(r['note'])}" if r["note"] else ""
+    return f"{r['glob']}  {r['agent']}  {mode}  {_duration(r['expires_in'] or 0)} left{step}{note}"
+
+
+def cmd_reserve(args, out):
+    client = _client(args)
+    made = client.reserve(args.globs, ttl=_ttl(args), shared=args.shared, note=args.note)
+    mode = "shared" if args.shared else "exclusively"
+    out.result({"reservations": made}, f"Reserved {', '.join(r['glob'] for r in made)} {mode} "
+               f"as {client.agent} for {_duration(made[0]['expires_in'])} (renewed by heartbeat)")
+
+
+def cmd_unreserve(args, out):
+    dropped = _client(args).unreserve(args.globs or None)
+    out.result({"released": dropped}, "Released " + (", ".join(r["glob"] for r in dropped)
+                                                     or "nothing: no such reservation"))
+
+
+def cmd_reservations(args, out):
+    found = _client(args).reservations()
+    if not found and not out.as_json:
+        out.note("No reservations")
+    out.result({"reservations": found}, *map(_reservation_line, found))
+
+
+GUARD_MARK = "# tracecraft guard:"   # the line that tells tracecraft's pre-commit hook
+GUARD_CHAINED = "pre-commit.tracecraft-chained"   # the hook that was there before, run first
+
+
+def _git(*words):
+    """The output (bytes) of a git command in the current directory, or UsageError."""
+    import subprocess
+    try:
+        done = subprocess.run(["git", *words], capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise UsageError(f"git could not run: {exc}") from None
+    if done.returncode:
+        said = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise UsageError(f"git {words[-1] if words[0] == '-c' else words[0]}: "
+                         f"{said[0] if said else 'failed'}")
+    return done.stdout
+
+
+def _guard_paths():
+    """(pre-commit, the chained hook's path), where this work tree's git runs hooks (its
+    core.hooksPath, a linked worktree's common directory)."""
+    try:
+        hooks = _git("rev-parse", "--git-path", "hooks").decode("utf-8", "surrogateescape")
+    except UsageError as exc:
+        raise UsageError(f"guard: not in a git work tree ({exc})") from None
+    hooks = os.path.abspath(hooks.strip())
+    return os.path.join(hooks, "pre-commit"), os.path.join(hooks, GUARD_CHAINED)
+
+
+def _guard_installed(hook):
+    """Whether `hook` is tracecraft's guard: a regular file (never a link) with its mark."""
+    try:
+        if os.path.islink(hook) or not os.path.isfile(hook):
+            return False
+        with open(hook, "rb") as f:
+            return GUARD_MARK.encode() in f.read(64 * 1024)
+    except OSError:
+        return False
+
+
+def _guard_script(command):
+    return (f"#!/bin/sh\n{GUARD_MARK} refuses a commit that touches paths another agent has\n"
+            "# reserved exclusively (`tracecraft reservations`). `tracecraft guard uninstall` "
+            "removes it\n# and puts back the hook it runs first, if there was one.\n"
+            f'chained="$(dirname "$0")/{GUARD_CHAINED}"\n'
+            'if [ -x "$chained" ]; then "$chained" "$@" || exit $?; fi\n'
+            f"exec {command} guard check\n").encode("utf-8")
+
+
+def cmd_guard_install(args, out):
+    hook, chained = _guard_paths()
+    script = _guard_script(args.command or _self_command())
+    kept = None
+    if _guard_installed(hook):
+        with open(hook, "rb") as f:
+            if f.read() == script:
+                out.result({"hook": hook, "chained": os.path.lexists(chained), "changed": False},
+                           f"The guard is already installed in {hook}")
+                return EXIT_OK
+    elif os.path.lexists(hook):
+        if os.path.isdir(hook) and not os.path.islink(hook):
+            raise UsageError(f"guard: {shown(hook)} is a directory, not a hook")
+        if os.path.lexists(chained) and not args.force:
+            raise Refused(f"guard: {shown(chained)} exists already, beside a pre-commit hook "
+                          "that is not tracecraft's: move one of them, or --force to put the "
+                          "current hook there in its place")
+        os.replace(hook, chained)   # moved aside as it is (a link stays a link), run first
+        kept = chained
+    os.makedirs(os.path.dirname(hook), exist_ok=True)
+    replace_file(hook, script, 0o755)   # a link planted at the name is replaced, not followed
+    out.result({"hook": hook, "chained": os.path.lexists(chained), "changed": True},
+               f"Installed the guard in {hook}" + (f"; the hook that was there runs first, as "
+                                                   f"{kept}" if kept else ""))
+
+
+def cmd_guard_uninstall(args, out):
+    hook, chained = _guard_paths()
+    if not _guard_installed(hook):
+        raise Refused(f"guard: {shown(hook)} is not tracecraft's guard: nothing to uninstall")
+    os.unlink(hook)
+    restored = os.path.lexists(chained)
+    if restored:
+        os.replace(chained, hook)
+    out.result({"hook": hook, "restored": restored}, f"Removed the guard from {hook}"
+               + ("; the hook it ran first is back" if restored else ""))
+
+
+def cmd_guard_check(args, out):
+    """The pre-commit hook: refuse (exit 1) a commit whose staged paths another live agent
+    reserved exclusively.  When the reservations cannot be read (no config, the store down or
+    refusing, a corrupt table), warn and let the commit go: a guard that breaks commits offline
+    gets uninstalled."""
+    args.reads_only = True   # a check writes nothing, not even a heartbeat
+    try:
+        staged = _git("-c", "diff.relative=false", "diff", "--cached", "--name-only",
+                      "--no-renames", "-z")
+        paths = [p for p in staged.decode("utf-8", "surrogateescape").split("\0") if p]
+        blocked = _client(args).reservations.blocking(paths) if paths else []
+    except TracecraftError as exc:
+        out.warn(f"guard: reservations not checked, so the commit goes ahead: {exc.for_cli()}")
+        return EXIT_OK
+    out.result({"blocked": [dict(r, path=path) for path, r in blocked]})
+    for path, r in blocked:
+        step = f" for step {r['step']}" if r["step"] else ""
+        note = f" ({_indented(r['note'])})" if r["note"] else ""
+        out.note(f"tracecraft guard: {path} is reserved exclusively by {r['agent']}{step} as "
+                 f"{r['glob']}, for {_duration(r['expires_in'])} more{note}")
+    if blocked:
+        holders = sorted({r["agent"] for _, r in blocked})
+        out.note(f"Commit refused. Ask {', '.join(holders)} (tracecraft send {holders[0]} ...), "
+                 "wait until the reservation ends (tracecraft reservations), or, when you must, "
+                 "commit anyway with git commit --no-verify.")
+        return EXIT_NO
+    return EXIT_OK
+
+
 class _Unbuilt:
     """Stands in for the parser of a command this call does not run: it is never built
     (building all of them would cost more than the rest of a command's start-up)."""
@@ -7904,6 +8565,8 @@ def build_parser(argv=None):
                        "next generation number. Renew long work with `renew` or `heartbeat`.")
     p.add_argument("step")
     p.add_argument("--ttl", help="lease length, e.g. 90s, 10m, 2h (default: 30m)")
+    p.add_argument("--paths", nargs="+", metavar="GLOB", help="also reserve these paths while "
+                   "holding the step (see `tracecraft reserve --help`)")
     p = command("renew", cmd_renew, "Extend this agent's lease on a step.",
                 "tracecraft renew train-model", "tracecraft renew train-model --ttl 4h")
     p.add_argument("step")
@@ -8133,9 +8796,51 @@ def build_parser(argv=None):
     p.add_argument("--command", metavar="CMD", help="how the hooks run tracecraft (default: "
                                                     "`tracecraft` if it is on the PATH, else "
                                                     "this Python and this file)")
+    p = command("reserve", cmd_reserve, "Reserve paths this agent is editing; refused while "
+                "another agent holds an overlapping one.",
+                "tracecraft reserve 'src/api/**' --note 'auth rewrite'",
+                "tracecraft reserve docs/ README.md --shared --ttl 2h",
+                "tracecraft claim api --paths 'src/api/**'   # for as long as the step is held",
+                epilog="globs are relative to the repository's root: `**` is any number of "
+                       "directories, `*`, `?`\nand [...] match within one; a plain name covers "
+                       "what is under it (src/api is src/api/**).\ntwo overlap when some path "
+                       "could match both. exit 1 names the holder and its glob.\nreservations "
+                       "are leases: `heartbeat` renews them; `guard install` makes git refuse "
+                       "commits\nthat touch another agent's exclusive paths.")
+    p.add_argument("globs", nargs="+", metavar="GLOB")
+    p.add_argument("--ttl", help="how long it lasts unless renewed, e.g. 10m, 2h (default: 30m)")
+    p.add_argument("--shared", action="store_true",
+                   help="coexist with other shared reservations (not with an exclusive one)")
+    p.add_argument("--note", help="what this agent is doing there (shown to whoever is refused)")
+    p = command("unreserve", cmd_unreserve, "Drop this agent's reservations (all of them "
+                "without GLOB).", "tracecraft unreserve 'src/api/**'", "tracecraft unreserve")
+    p.add_argument("globs", nargs="*", metavar="GLOB")
+    command("reservations", cmd_reservations, "List live path reservations.",
+            "tracecraft reservations", "tracecraft reservations --json",
+            epilog="glob, agent, shared or exclusive, time left (by the store's clock), step, "
+                   "note.")
+    guard_commands = group("guard", "A git pre-commit hook that refuses commits touching "
+                                    "another agent's reserved paths.")
+    p = command("install", cmd_guard_install, "Install the pre-commit hook in this git "
+                "repository, keeping any hook there.", "tracecraft guard install",
+                parent=guard_commands,
+                epilog="the hook that was there moves to pre-commit.tracecraft-chained and runs "
+                       "first; installing\ntwice changes nothing. respects core.hooksPath and "
+                       "worktrees. when the store cannot be\nreached (or nothing is configured) "
+                       "the hook warns and lets the commit go.")
+    p.add_argument("--force", action="store_true", help="replace an earlier "
+                   "pre-commit.tracecraft-chained with the current hook")
+    p.add_argument("--command", metavar="CMD", help="how the hook runs tracecraft (default: "
+                                                    "`tracecraft` if it is on the PATH, else "
+                                                    "this Python and this file)")
+    command("uninstall", cmd_guard_uninstall, "Remove the hook and put back the one it "
+            "chained.", "tracecraft guard uninstall", parent=guard_commands)
+    command("check", cmd_guard_check, "What the hook runs: exit 1 when a staged path is "
+            "reserved exclusively by another agent.", "tracecraft guard check",
+            "git commit --no-verify   # commit anyway, when you must", parent=guard_commands)
     if wanted and any(not isinstance(parent, _Unbuilt) and not parent.choices
                       for parent in (commands, memory_commands, artifact_commands,
-                                     session_commands, hooks_commands)):
+                                     session_commands, hooks_commands, guard_commands)):
         return build_parser()   # a misspelt command: argparse lists the right ones
     return parser
 

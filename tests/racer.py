@@ -7,6 +7,7 @@ input, so that all racers start together as soon as the slowest is ready (confte
         waits for each round's start (START + round * 0.5 s), claims step-<round>, prints one
         JSON line per round: {"round": r, "won": bool, "holder": text}
     python tests/racer.py complete SETTINGS_JSON AGENT START ROUNDS
+    python tests/racer.py reserve SETTINGS_JSON AGENT START ROUNDS    (the glob in $RACER_GLOB)
     python tests/racer.py incr SETTINGS_JSON AGENT START COUNT
         adds 1 to the object "counter" COUNT times with compare-and-swap, prints the retries
     python tests/racer.py memincr SETTINGS_JSON AGENT START COUNT
@@ -149,6 +150,24 @@ def download(client, start, seconds):
                 print(json.dumps({"got": None}), flush=True)
 
 
+def reserve(client, start, rounds):
+    """Round by round, reserve r<round>/$RACER_GLOB exclusively at the same instant as the other
+    racers: {"round": r, "won": bool, "said": text, "began": t, "ended": t} per round."""
+    glob = os.environ["RACER_GLOB"]
+    for r in range(rounds):
+        delay = start + r * ROUND_GAP - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        began, said = time.time(), ""
+        try:
+            client.reserve([f"r{r}/{glob}"])
+            won = True
+        except tracecraft.Refused as exc:
+            won, said = False, str(exc)
+        print(json.dumps({"round": r, "won": won, "said": said, "began": began,
+                          "ended": time.time()}), flush=True)
+
+
 def main():
     mode, settings, agent, start, n, *extra = sys.argv[1:]
     client = tracecraft.connect(project="race", agent=agent, **json.loads(settings))
@@ -156,7 +175,8 @@ def main():
         print(json.dumps({"ready": True}), flush=True)
         start = sys.stdin.readline()
     modes = {"claim": claim, "incr": incr, "memincr": memincr, "send": send, "read": read,
-             "upload": upload, "download": download, "complete": complete}
+             "upload": upload, "download": download, "complete": complete,
+             "reserve": reserve}
     modes[mode](client, float(start), int(n), *map(float, extra))
 
 
