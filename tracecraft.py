@@ -3212,7 +3212,8 @@ class Steps(_Peer):
             earlier = {"agent": current.holder, "generation": current.record["generation"],
                        "from": current.record.get("at"),
                        "to": current.record.get("released_at") or self.client.now(),
-                       "how": "released" if current.state == "released" else "expired"}
+                       "how": "expired" if current.state != "released" else
+                       "reopened" if current.record.get("reopened_by") else "released"}
             taken = self.client.record(step=step, agent=me, ttl=ttl, state="held",
                                        generation=current.record["generation"] + 1,
                                        previous=current.holder,
@@ -3832,14 +3833,21 @@ class Plans(_Peer):
         return ready, held
 
     def _context(self, entry, cache):
-        got, _ = self.records.read_listed(entry, cache)
-        if not got or got[1].size <= HELD_RECHECK:
+        """What a ready marker says (a step's context), or None: gone, held, or not a marker
+        (warned about once)."""
+        try:
+            got, _ = self.records.read_listed(entry, cache)
+            if not got or got[1].size <= HELD_RECHECK:
+                return None
+            record = got[0]
+            step = entry.key.rsplit("/", 1)[-1][_RANK_HEAD:-5]
+            if record.get("step") != step or not all(
+                    isinstance(record.get(k), list) for k in ("labels", "after", "handoffs")):
+                raise CorruptObject("not a ready marker")
+        except CorruptObject as exc:
+            self.client.warn_once(f"skipped {entry.key}: {exc}")
             return None
-        record = got[0]
-        if not isinstance(record.get("step"), str) or not isinstance(record.get("labels"), list):
-            self.client.warn_once(f"skipped {entry.key}: not a tracecraft record")
-            return None
-        return dict(record, rank=entry.key.rsplit("/", 1)[-1][:-5])
+        return record
 
     def ready(self, label=None, cache=None):
         """Steps that can be picked up now, in the order `next` takes them: {"ready": [context
@@ -3873,8 +3881,9 @@ class Plans(_Peer):
 
         Raises NotFound when nothing is ready; with `wait` (seconds, True for no limit) blocks
         until a step is ready, returns None when every planned step has ended, and raises
-        WaitTimeout.  While waiting it reads one small key a round (plan/pulse.json), listing
-        again only when it changes."""
+        WaitTimeout.  While waiting it reads two small keys a round, and lists again only when
+        one changes: plan/pulse.json (new work) and the marker of one step in flight (its end
+        may be the plan's), with a look at the whole picture once a minute."""
         self.client.me()
         if label is not None:
             check_name("label", label)
@@ -3884,19 +3893,16 @@ class Plans(_Peer):
                 return found
             raise NotFound(found)
         timeout = None if wait is True else check_number("the wait", wait, 0, MAX_SECONDS, True)
-        cache, seen = {}, ["?", 0.0]
+        cache, watch, seen = {}, [], [None, None, None]
 
         def attempt():
-            try:
-                pulse = self.store.head(self._key("pulse.json")).etag
-            except NoSuchKey:
-                pulse = None
-            # the pulse marks new work; the end of the last step in flight makes none, so
-            # look at the whole picture again now and then (one listing a minute)
-            if pulse == seen[0] and time.monotonic() - seen[1] < HELD_RECHECK:   # ~$0.0001/h
+            now = (self._etag(self._key("pulse.json")),) + tuple(self._etag(k) for k in watch)
+            if seen[0] is None or len(seen[0]) != len(now):
+                seen[0] = now   # a key just chosen to watch: what it is now is the baseline
+            elif now == seen[0] and time.monotonic() - seen[1] < HELD_RECHECK:
                 return None, False
-            seen[:] = pulse, time.monotonic()
-            found = self._take(label, ttl, cache)
+            found = self._take(label, ttl, cache, watch)
+            seen[:] = None, time.monotonic(), None
             if isinstance(found, dict):
                 return found, True
             return (False if found.startswith("every") else None), False
@@ -3904,9 +3910,18 @@ class Plans(_Peer):
                      cancel=self.client.cancel, tick=self.client.agents.touch)
         return found or None
 
-    def _take(self, label, ttl, cache, repaired=False):
-        """Claim the first ready step: its context (a dict), else why nothing was (text)."""
+    def _etag(self, key):
+        try:
+            return self.store.head(key).etag or "?"
+        except NoSuchKey:
+            return None
+
+    def _take(self, label, ttl, cache, watch=None, repaired=False):
+        """Claim the first ready step: its context (a dict), else why nothing was (text).
+        `watch` gets the key of one step in flight, for a waiter to watch."""
         ready, held = self._markers()
+        if watch is not None:
+            watch[:] = [e.key for e in held[:1]]
         for entry in ready:
             context = self._context(entry, cache)
             if not context or (label is not None and label not in context["labels"]):
@@ -3914,48 +3929,58 @@ class Plans(_Peer):
             taken = self._try(context, ttl, entry)
             if taken:
                 return taken
+        tidied = False
         for entry in held:   # claimed a while ago: has its lease expired, or been released?
             now = entry.server_time if entry.server_time is not None else time.time()
             if entry.last_modified is None or now - entry.last_modified >= entry.size:
                 context = self._recheck(entry, label)
-                taken = context and self._try(context, ttl, entry)
+                taken = isinstance(context, dict) and self._try(context, ttl, entry)
                 if taken:
                     return taken
+                tidied = tidied or context == "ended"
+        if tidied and not repaired:   # finished a dead ender's work: its dependents may be ready
+            return self._take(label, ttl, cache, watch, True)
         if ready or held:
             return f"nothing is ready{' with label ' + label if label else ''}: " \
                    f"{len(held)} in progress"
         why = self._repair()
-        return self._take(label, ttl, cache, True) if why is None and not repaired else \
+        return self._take(label, ttl, cache, watch, True) if why is None and not repaired else \
             why or "nothing is ready"
 
     def _try(self, context, ttl, entry):
         step = context["step"]
         try:
             lease = self.client.steps.claim(step, ttl)
-        except Refused:
-            current = self.client.steps.lease(step)
-            if current.state in ENDED:
-                self.ended(step, current)   # its ender died before tidying up: finish for it
-            elif current.status() == "in_progress" and entry.size > HELD_RECHECK:
-                self._hold(entry.key, current.left())   # claimed without `next`
+        except Refused:   # taken meanwhile, or ended: and if its marker is still there, its
+            current = self.client.steps.lease(step)   # ender died before tidying up
+            if current.state in ENDED and self._etag(entry.key):
+                self.ended(step, current)
             return None
         self._hold(entry.key, lease["ttl"])
         return dict(_ready_shape(context), lease=lease)
 
-    def _hold(self, key, seconds):
-        """Empty a ready marker: held, worth checking again in `seconds` (at most a minute)."""
-        self.store.put(key, b"\n" * max(1, min(HELD_RECHECK, int(seconds) + 1)))
+    def _hold(self, key, seconds, if_match=None):
+        """Empty a ready marker: held, worth checking again in `seconds` (at most a minute).
+        Another agent's marker is emptied only if it is the version read (`if_match`): its
+        holder may have ended the step and removed it since, and it must not come back."""
+        try:
+            self.store.put(key, b"\n" * max(1, min(HELD_RECHECK, int(seconds) + 1)),
+                           if_match=if_match)
+        except (PreconditionFailed, NoSuchKey):
+            pass
 
     def _recheck(self, entry, label):
         step = entry.key.rsplit("/", 1)[-1][_RANK_HEAD:-5]
         lease = self.client.steps.lease(step)
         status = lease.status()
-        if status == "in_progress":
-            self._hold(entry.key, lease.left())   # still held: trusted again for a while
+        if status == "in_progress":   # still held: trusted again for a while
+            etag = entry.etag or self._etag(entry.key)
+            if etag:
+                self._hold(entry.key, lease.left(), if_match=etag)
             return None
         if status in ENDED:
             self.ended(step, lease)
-            return None
+            return "ended"
         got = self.definition(step)
         if not got or label is not None and label not in got[0]["labels"]:
             return None
@@ -7051,6 +7076,8 @@ def _git_changed_files():
     files, fields = [], iter(done.stdout.decode("utf-8", "surrogateescape").split("\0"))
     for field in fields:
         code, path = field[:2], field[3:]
+        if len(code) < 2:
+            continue
         if code[0] in "RC":
             next(fields, None)   # the name it had before
         if path and "D" not in code and code != "!!":

@@ -324,7 +324,7 @@ HEAVY = ("test_fifty_processes", "test_twenty_processes", "test_exactly_once_wit
          "test_the_same_agent_ending", "test_racing_overwrites", "test_a_killed_upload",
          "test_eight_processes", "test_compare_and_swap_is_atomic_across_processes",
          "test_twenty_racers", "test_the_seed_scenario_on_every_python",
-         "test_twelve_processes")
+         "test_twelve_processes", "test_racing_workers")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -8,6 +8,9 @@ input, so that all racers start together as soon as the slowest is ready (confte
         JSON line per round: {"round": r, "won": bool, "holder": text}
     python tests/racer.py complete SETTINGS_JSON AGENT START ROUNDS
     python tests/racer.py reserve SETTINGS_JSON AGENT START ROUNDS    (the glob in $RACER_GLOB)
+    python tests/racer.py work SETTINGS_JSON AGENT START MILLISECONDS
+        takes planned steps with next(wait=...) and, after MILLISECONDS of "work" on each,
+        completes them, until every step has ended
     python tests/racer.py incr SETTINGS_JSON AGENT START COUNT
         adds 1 to the object "counter" COUNT times with compare-and-swap, prints the retries
     python tests/racer.py memincr SETTINGS_JSON AGENT START COUNT
@@ -168,6 +171,24 @@ def reserve(client, start, rounds):
                           "ended": time.time()}), flush=True)
 
 
+def work(client, start, milliseconds):
+    """Take the plan's steps one by one with next() and complete each, until every planned step
+    has ended: one JSON line per step, {"step", "after", "began" (next called), "claimed" (it
+    returned), "ended" (complete returned)}, and a last {"idle": seconds spent waiting}."""
+    time.sleep(max(0, start - time.time()))
+    while True:
+        began = time.time()
+        found = client.next(wait=60)
+        if found is None:
+            break
+        claimed = time.time()
+        time.sleep(milliseconds / 1000)
+        client.complete(found["step"])
+        print(json.dumps({"step": found["step"], "after": [h["step"] for h in found["handoffs"]],
+                          "generation": found["lease"]["generation"], "began": began,
+                          "claimed": claimed, "ended": time.time()}), flush=True)
+
+
 def main():
     mode, settings, agent, start, n, *extra = sys.argv[1:]
     client = tracecraft.connect(project="race", agent=agent, **json.loads(settings))
@@ -176,7 +197,7 @@ def main():
         start = sys.stdin.readline()
     modes = {"claim": claim, "incr": incr, "memincr": memincr, "send": send, "read": read,
              "upload": upload, "download": download, "complete": complete,
-             "reserve": reserve}
+             "reserve": reserve, "work": work}
     modes[mode](client, float(start), int(n), *map(float, extra))
 
 
