@@ -2267,8 +2267,15 @@ def resolve_settings(config_path=None, **overrides):
 
 ONLINE_SECONDS, IDLE_SECONDS = 120, 900
 HEARTBEAT_EVERY = 60
-WAIT_POLL_FAST = 0.35   # seconds between a waiter's polls at first and right after progress
-WAIT_POLL_MAX = 0.7     # ... growing to this while idle: detection ~0.35 s, ~1.4 requests/s
+# A waiter's schedule (poll()).  Waiting is billed: at AWS list prices ($0.0004 per 1,000 GET or
+# HEAD, $0.005 per 1,000 LIST or PUT) $0.001 an agent-hour buys 2,500 GETs or 200 LISTs.  So a
+# wait polls every WAIT_POLL_FAST seconds for WAIT_FAST_SECONDS after it starts and after each
+# progress (new work is seen in ~0.15 s, when it is most likely), then backs off to one request
+# every WAIT_POLL_MAX seconds: 2,400 an hour, $0.00096, and a key watched every other round
+# (the inbox's two logs) is still looked at every 3 s.
+WAIT_POLL_FAST = 0.3
+WAIT_FAST_SECONDS = 8.0
+WAIT_POLL_MAX = 1.5
 DEFAULT_TTL = 1800.0
 ENDED = ("complete", "failed", "blocked")
 STEP_STATES = ("in_progress", "expired", "failed", "blocked", "complete", "pending")
@@ -2277,6 +2284,7 @@ LOG_WIDTH = 12          # message numbers are stored inverted, so a listing star
 LOG_TOP = 10 ** LOG_WIDTH
 LOG_PAGE = 50           # keys in the first listing page of an inbox read
 LOG_HOLE_SECONDS = 30   # a gap in a log this old is a hole (see Inbox._behind_hole)
+INBOX_RESYNC_SECONDS = 1200   # an idle inbox wait lists its logs this often (Inbox._wait)
 RECENT_WRITERS = 32       # writers a record remembers, to recognise a retried write that won
 CONTENTION_SECONDS = 30.0  # how long a compare-and-swap loop keeps trying before it gives up
 CLOCK_MARGIN = 1.0      # S3 stamps whole seconds: a lease judged on this machine's clock is
@@ -2355,14 +2363,15 @@ def _rounded(seconds):
 
 
 def poll(attempt, timeout, timed_out, fast=WAIT_POLL_FAST, slow=WAIT_POLL_MAX, cancel=None,
-         tick=None):
-    """The one wait loop (inbox --wait, wait-for, status --watch): call attempt() ->
-    (result, progressed) until its result is not None, pausing `fast` seconds at first and after
-    progress, growing to `slow` while nothing happens.  After `timeout` seconds (None: no limit)
+         tick=None, brisk=WAIT_FAST_SECONDS):
+    """The one wait loop (inbox --wait, wait-for, status --watch, session mirror -f, ...): call
+    attempt() -> (result, progressed) until its result is not None, pausing `fast` seconds for
+    the first `brisk` seconds and for `brisk` seconds after each progress, then growing by half
+    each round to `slow` while nothing happens.  After `timeout` seconds (None: no limit)
     raises WaitTimeout(timed_out()).  `tick()` runs between attempts (a waiting agent keeps its
     heartbeat fresh); `cancel` (a threading.Event) ends the wait with Cancelled."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    interval = fast
+    interval, lively = fast, time.monotonic()
     while True:
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled")
@@ -2370,7 +2379,7 @@ def poll(attempt, timeout, timed_out, fast=WAIT_POLL_FAST, slow=WAIT_POLL_MAX, c
         if result is not None:
             return result
         if progressed:
-            interval = fast
+            interval, lively = fast, time.monotonic()
         try:
             if tick:
                 tick()
@@ -2385,7 +2394,8 @@ def poll(attempt, timeout, timed_out, fast=WAIT_POLL_FAST, slow=WAIT_POLL_MAX, c
                 raise Cancelled("cancelled")
         else:
             time.sleep(pause)
-        interval = min(interval * 1.5, slow)
+        if time.monotonic() - lively >= brisk:
+            interval = min(interval * 1.5, slow)
 
 
 class _Peer:
@@ -2864,12 +2874,13 @@ class Inbox(_Peer):
             if limit is None or len(entries) < limit:
                 return 0
 
-    def _since(self, log, after, contiguous=True):
+    def _since(self, log, after, contiguous=True, gaps=None):
         """Entries of a log numbered above `after`, oldest first: [(n, entry)].
 
         Numbers are taken in order, so a gap means a message not yet visible in the listing
         (a directory read while files are being added, an eventually consistent store): with
-        `contiguous`, stop before the first gap so the cursor can never pass a message."""
+        `contiguous`, stop before the first gap so the cursor can never pass a message (and
+        append the log to `gaps`, a list, when given)."""
         found, prefix, last = [], self.client.key("messages", log) + "/", None
         for limit in (LOG_PAGE, None):   # most reads find a few new messages: list few first
             entries = list(self.store.list(prefix, start_after=last, limit=limit))
@@ -2895,6 +2906,8 @@ class Inbox(_Peer):
                                           "messages read (not tracecraft's)")
                     continue
                 if not (self._behind_hole(entry) and self._is_message(entry, log, n)):
+                    if gaps is not None:
+                        gaps.append(log)
                     break
             kept.append((n, entry))
             expected = n + 1
@@ -2964,11 +2977,40 @@ class Inbox(_Peer):
                              cli="--delete removes messages as it reads them: it cannot be "
                              "combined with --peek or --all")
         if wait is None or wait is False or everything:
-            return self._read(me, peek, everything, delete)
+            return self._read(me, peek, everything, delete)[0]
         timeout = None if wait is True else check_number("the wait", wait, 0, MAX_SECONDS, True)
-        return poll(lambda: (self._read(me, peek, everything, delete) or None, False), timeout,
-                    lambda: f"no new message within {_seconds(timeout)}", 0.1, 2.0,
-                    self.client.cancel, self.client.agents.touch)
+        return self._wait(me, peek, delete, timeout)
+
+    def arrived(self, log, after):
+        """Whether message after+1 of a log exists: one HEAD, the idle look of a waiter (a
+        listing costs as much as 12.5 of them)."""
+        return self.store.exists(self._key(log, after + 1))
+
+    def _wait(self, me, peek, delete, timeout):
+        """Read until a message comes.  While idle it lists nothing: each round asks for the
+        one key that must appear next (arrived()), of the direct log and of the broadcast log
+        in turn, and only when one is there reads as usual.  A number a sender skipped (see
+        _behind_hole) never appears, so a full read also comes every INBOX_RESYNC_SECONDS, and
+        LOG_HOLE_SECONDS after a read that stopped at a gap (a hole is one once that old).
+        Idle, per hour: 2,400 HEADs at WAIT_POLL_MAX, $0.00096; 3 full reads, each a cursor GET
+        and 2 LISTs, $0.00003; $0.00099 in all (and the heartbeat's 60 PUTs, as any agent)."""
+        logs = {"direct": me, "broadcast": BROADCAST}
+        seen = {"position": None, "full_at": 0.0, "turn": 0}
+
+        def attempt():
+            position = seen["position"]
+            if position is not None and time.monotonic() < seen["full_at"]:
+                kind = ("direct", "broadcast")[seen["turn"] % 2]
+                seen["turn"] += 1
+                if not self.arrived(logs[kind], position[kind]):
+                    return None, False
+            gaps = []
+            messages, seen["position"] = self._read(me, peek, False, delete, gaps)
+            seen["full_at"] = time.monotonic() + (LOG_HOLE_SECONDS + 1 if gaps
+                                                  else INBOX_RESYNC_SECONDS)
+            return messages or None, position is not None and seen["position"] != position
+        return poll(attempt, timeout, lambda: f"no new message within {_seconds(timeout)}",
+                    cancel=self.client.cancel, tick=self.client.agents.touch)
 
     START = {"direct": 0, "broadcast": 0}   # the read position of an agent that read nothing
 
@@ -2979,20 +3021,23 @@ class Inbox(_Peer):
         return {kind: _field(got[0], kind, int, where, 0, 0, LOG_TOP - 1)
                 for kind in ("direct", "broadcast")}
 
-    def _read(self, me, peek, everything, delete):
+    def _read(self, me, peek, everything, delete, gaps=None):
+        """(messages, position): the messages, and the numbers of each log read through (the
+        cursor's, or beyond it: what this read saw, even if it returned nothing of it)."""
         cursor_key = self.client.key("cursors", me + ".json")
         for _ in _retries(f"the inbox of {me}"):
             got = self.records.read(cursor_key, missing_ok=True)
             cursor = self._position(got, f"cursor {cursor_key}")
             start = self.START if everything else cursor
             logs = {kind: self._since(me if kind == "direct" else BROADCAST, start[kind],
-                                      contiguous=not everything)
+                                      not everything, gaps)
                     for kind in ("direct", "broadcast")}
+            position = {kind: max([start[kind]] + [n for n, _ in found])
+                        for kind, found in logs.items()}
             if not any(logs.values()):
-                return []
+                return [], position
             if not (peek or everything):
-                moved = self.client.record(**{kind: max([cursor[kind]] + [n for n, _ in found])
-                                              for kind, found in logs.items()})
+                moved = self.client.record(**position)
                 try:
                     self.records.write(cursor_key, moved, create_only=got is None,
                                        replacing=got[1] if got else None)
@@ -3002,7 +3047,7 @@ class Inbox(_Peer):
             for n, entry in logs["direct"] if delete else ():
                 if entry.size:
                     self.store.put(entry.key, b"", content_type=JSON_TYPE)
-            return messages
+            return messages, position
 
     def _merge(self, logs, me):
         """Fetch and merge the two logs: by the store's Last-Modified, then kind, then number.
@@ -3350,9 +3395,12 @@ class Steps(_Peer):
     def wait_for(self, steps, timeout=300.0, on_complete=None):
         """Block until every step is complete; return {step: Lease.shape()}.  Raises StepEnded
         at once when one ends failed or blocked, and WaitTimeout naming what is left (timeout
-        None: no limit).  Watches each step's lease (one read per step and round), every
-        WAIT_POLL_FAST seconds right after progress, backing off to every WAIT_POLL_MAX seconds
-        while nothing happens."""
+        None: no limit).  The first round reads every step's lease; then each round reads one
+        (poll()'s schedule: every WAIT_POLL_FAST s at first and after progress, backing off to
+        every WAIT_POLL_MAX s): on three rounds of four the first step still pending, which is
+        what holds the wait up (and, once it is complete, the next in the same round); on the
+        fourth one of the others, in turn.  So a later step's failure is reported within
+        4 (n-1) rounds for n steps pending: about 6 (n-1) s into an idle wait."""
         if isinstance(steps, str) or not isinstance(steps, (list, tuple)):
             raise UsageError("steps must be a list of step ids")
         pending = list(dict.fromkeys(check_name("step id", s) for s in steps))
@@ -3361,25 +3409,35 @@ class Steps(_Peer):
                              "one step id")
         if timeout is not None:
             timeout = check_number("the timeout", timeout, 0, MAX_SECONDS, True)
-        done = {}
+        done, rounds = {}, [0]
+
+        def ended(step):
+            lease = self.lease(step)
+            if lease.state not in ENDED:
+                return False
+            shape = lease.shape()
+            if shape["status"] != "complete":
+                note = f": {shape['note']}" if shape["note"] else ""
+                raise StepEnded(f"step {step} ended {shape['status']} "
+                                f"(by {shape['ended_by']}){note}")
+            done[step] = shape
+            pending.remove(step)
+            if on_complete:
+                on_complete(step, shape)
+            return True
 
         def attempt():
-            progressed = False
-            for step in list(pending):
-                lease = self.lease(step)
-                if lease.state not in ENDED:
-                    continue
-                shape = lease.shape()
-                if shape["status"] != "complete":
-                    note = f": {shape['note']}" if shape["note"] else ""
-                    raise StepEnded(f"step {step} ended {shape['status']} "
-                                    f"(by {shape['ended_by']}){note}")
-                done[step] = shape
-                pending.remove(step)
-                progressed = True
-                if on_complete:
-                    on_complete(step, shape)
-            return (done if not pending else None), progressed
+            rounds[0] += 1
+            before = len(pending)
+            if rounds[0] == 1:
+                for step in list(pending):
+                    ended(step)
+            elif rounds[0] % 4 == 0 and len(pending) > 1:
+                ended(pending[1 + (rounds[0] // 4) % (len(pending) - 1)])
+            else:
+                while pending and ended(pending[0]):
+                    pass
+            return (done if not pending else None), len(pending) < before
         return poll(attempt, timeout, lambda: f"timed out after {_seconds(timeout)} waiting for: "
                     + ", ".join(pending), cancel=self.client.cancel, tick=self.client.agents.touch)
 
