@@ -2253,6 +2253,8 @@ def resolve_settings(config_path=None, **overrides):
 #    steps/<id>/claim.json             the lease: holder, generation, ttl, state, and how it ended
 #    steps/<id>/status.json            written when the step ends: complete, failed or blocked
 #    steps/<id>/handoff.json           the note for the next agent
+#    steps/<id>/messages/<log>-<n>.json  empty: message n of that log was sent tagged with
+#                                      the step (send --step), for step-status to find
 #    artifacts/<step|shared>/<name>    shared files; artifacts/<step>/.meta/<name>.json describes one
 #    sessions/<harness>/<session>/     a mirrored transcript: part-NNNNNN.jsonl, and meta.json,
 #                                      whose list of parts, in order, is the transcript
@@ -2813,7 +2815,8 @@ class Memory(_Peer):
 
 
 # ==================================================================================================
-# 6c. Inbox.  Owns: messages/<log>/ (the numbered logs) and cursors/<agent>.json.
+# 6c. Inbox.  Owns: messages/<log>/ (the numbered logs), cursors/<agent>.json and the tags
+#    steps/<id>/messages/ (which message was sent about which step).
 #    Calls: sections 1-5, 6a, and 6g's touch() (an agent waiting for mail stays online).
 # ==================================================================================================
 
@@ -2822,15 +2825,16 @@ def _log_name(n):
 
 
 def _message_shape(record, key=None):
-    """A message as shown everywhere: seq, kind, from, to, text, at.  With `key` (a record
-    read from the store) its fields are checked first."""
+    """A message as shown everywhere: seq, kind, from, to, text, at, step (null when not
+    tagged).  With `key` (a record read from the store) its fields are checked first."""
     if key is not None:
         where = f"message {key}"
         for name, kinds in (("from", str), ("text", str), ("to", (str, type(None))),
-                            ("at", (str, type(None)))):
+                            ("at", (str, type(None))), ("step", (str, type(None)))):
             _field(record, name, kinds, where)
     return {"seq": record.get("seq"), "kind": record.get("kind"), "from": record["from"],
-            "to": record.get("to"), "text": record["text"], "at": record.get("at")}
+            "to": record.get("to"), "text": record["text"], "at": record.get("at"),
+            "step": record.get("step")}
 
 
 class Inbox(_Peer):
@@ -2933,11 +2937,14 @@ class Inbox(_Peer):
         return entry.server_time is not None and entry.last_modified is not None and \
             entry.server_time - entry.last_modified > LOG_HOLE_SECONDS
 
-    def send(self, to, text):
-        """Send `text` to agent `to`, or to everyone with to="_broadcast".  Returns the message."""
+    def send(self, to, text, step=None):
+        """Send `text` to agent `to`, or to everyone with to="_broadcast", tagged with `step`
+        if given (step-status then lists it: one more request).  Returns the message."""
         sender = self.client.me()
         if to != BROADCAST:
             check_agent(to)
+        if step is not None:
+            check_name("step id", step)
         check_text("message", text)
         if len(text.encode("utf-8")) > MAX_VALUE:
             raise UsageError(f"message is larger than the {MAX_VALUE // 1024} KiB limit")
@@ -2953,16 +2960,19 @@ class Inbox(_Peer):
                 raise StoreError(f"the inbox of {to} is full: it holds {LOG_TOP - 1} numbers")
             message = self.client.record(**{"from": sender}, to=to, seq=n + 1,
                                          kind="broadcast" if to == BROADCAST else "direct",
-                                         text=text)
+                                         text=text, step=step)
             try:
                 self.records.write(self._key(to, n + 1), message, create_only=True)
             except (PreconditionFailed, ConditionalConflict):
                 n = max(n + 1, self.tail(to))
                 continue
             self.records.keep("tails", to, {"n": n + 1})
+            if step is not None:
+                self.store.put(self.client.key("steps", step, "messages", f"{to}-{n + 1}.json"),
+                               b"", content_type=JSON_TYPE)
             return _message_shape(message)
 
-    def __call__(self, peek=False, everything=False, delete=False, wait=None):
+    def __call__(self, peek=False, everything=False, delete=False, wait=None, step=None):
         """This agent's unread messages, direct and broadcast, in one order all readers agree on
         (the store's clock, then the log's own order), marked read unless `peek`.
 
@@ -2970,23 +2980,28 @@ class Inbox(_Peer):
         before anything is returned, so two readers of one inbox never get the same message.
         `everything` returns all messages without moving it; `delete` also empties the direct
         messages read (their numbers stay taken); `wait` (seconds, or True for no limit) blocks
-        until at least one unread message arrives, raising WaitTimeout when the time is up."""
+        until at least one unread message arrives, raising WaitTimeout when the time is up.
+        `step` keeps only the messages tagged with that step and marks nothing read (as
+        `peek`): a cursor is one number per log, and the others must stay unread."""
         me = self.client.me()
-        if delete and (peek or everything):
-            raise UsageError("delete=True cannot be combined with peek or everything",
+        if delete and (peek or everything or step is not None):
+            raise UsageError("delete=True cannot be combined with peek, everything or step",
                              cli="--delete removes messages as it reads them: it cannot be "
-                             "combined with --peek or --all")
+                             "combined with --peek, --all or --step")
+        if step is not None:
+            check_name("step id", step)
+        peek = peek or step is not None
         if wait is None or wait is False or everything:
-            return self._read(me, peek, everything, delete)[0]
+            return self._read(me, peek, everything, delete, step=step)[0]
         timeout = None if wait is True else check_number("the wait", wait, 0, MAX_SECONDS, True)
-        return self._wait(me, peek, delete, timeout)
+        return self._wait(me, peek, delete, timeout, step)
 
     def arrived(self, log, after):
         """Whether message after+1 of a log exists: one HEAD, the idle look of a waiter (a
         listing costs as much as 12.5 of them)."""
         return self.store.exists(self._key(log, after + 1))
 
-    def _wait(self, me, peek, delete, timeout):
+    def _wait(self, me, peek, delete, timeout, step=None):
         """Read until a message comes.  While idle it lists nothing: each round asks for the
         key that must appear next (arrived()) of the direct log and of the broadcast log (of
         both while poll() is brisk, then of one in turn), and only when one is there reads as
@@ -3008,7 +3023,7 @@ class Inbox(_Peer):
                 if not any(self.arrived(logs[kind], position[kind]) for kind in kinds):
                     return None, False
             gaps = []
-            messages, seen["position"] = self._read(me, peek, False, delete, gaps)
+            messages, seen["position"] = self._read(me, peek, False, delete, gaps, step)
             seen["full_at"] = time.monotonic() + (LOG_HOLE_SECONDS + 1 if gaps
                                                   else INBOX_RESYNC_SECONDS)
             progressed = position is not None and seen["position"] != position
@@ -3027,7 +3042,7 @@ class Inbox(_Peer):
         return {kind: _field(got[0], kind, int, where, 0, 0, LOG_TOP - 1)
                 for kind in ("direct", "broadcast")}
 
-    def _read(self, me, peek, everything, delete, gaps=None):
+    def _read(self, me, peek, everything, delete, gaps=None, step=None):
         """(messages, position): the messages, and the numbers of each log read through (the
         cursor's, or beyond it: what this read saw, even if it returned nothing of it)."""
         cursor_key = self.client.key("cursors", me + ".json")
@@ -3049,7 +3064,7 @@ class Inbox(_Peer):
                                        replacing=got[1] if got else None)
                 except (PreconditionFailed, ConditionalConflict):
                     continue   # another reader took these; start again from its position
-            messages = self._merge(logs, me)
+            messages = [m for m in self._merge(logs, me) if step is None or m["step"] == step]
             for n, entry in logs["direct"] if delete else ():
                 if entry.size:
                     self.store.put(entry.key, b"", content_type=JSON_TYPE)
@@ -3111,7 +3126,8 @@ class Inbox(_Peer):
 
 # ==================================================================================================
 # 6d. Steps.  Owns: steps/<id>/claim.json (the lease), status.json and handoff.json.
-#    Calls: sections 1-5, 6a, and 6g's touch() (an agent waiting for steps stays online).
+#    Calls: sections 1-5, 6a, 6c (the messages tagged with a step), and 6g's touch() (an agent
+#    waiting for steps stays online).
 # ==================================================================================================
 
 class Lease:
@@ -3395,8 +3411,33 @@ class Steps(_Peer):
     def step_status(self, step):
         """The step (Lease.shape()): status (pending / in_progress / expired / complete / failed
         / blocked), holder, generation, ttl, lease_left (seconds, by the store's clock),
-        claimed_at, ended_by, ended_at, forced, note.  One read: the lease records its end."""
-        return self.lease(step).shape()
+        claimed_at, ended_by, ended_at, forced, note; and `messages`, those sent tagged with
+        it (messages()).  One read (the lease records its end) and one listing."""
+        return dict(self.lease(step).shape(), messages=self.messages(step))
+
+    def messages(self, step):
+        """The messages sent tagged with `step`, in the order they were tagged (the store's
+        clock): a listing of steps/<step>/messages/ and a read per message.  A tag whose
+        message is gone or was emptied by `inbox --delete` shows nothing."""
+        prefix = self.client.key("steps", check_name("step id", step), "messages") + "/"
+        found = []
+        for entry in self.store.list(prefix):
+            log, _, n = entry.key[len(prefix):-5].rpartition("-")
+            try:
+                if not (entry.key.endswith(".json") and n.isascii() and n.isdigit() and
+                        len(n) <= LOG_WIDTH and 0 < int(n) < LOG_TOP):
+                    raise UsageError("not a message's tag")
+                if log != BROADCAST:
+                    check_agent(log)
+            except UsageError as exc:
+                self.client.warn_once(f"skipped {entry.key}: {exc}")
+                continue
+            inbox = self.client.inbox
+            message = inbox._fetch(Entry(inbox._key(log, int(n)), 1, None))
+            if message is not None:
+                found.append((entry.last_modified or 0, dict(
+                    message, kind="broadcast" if log == BROADCAST else "direct", seq=int(n))))
+        return [message for _, message in sorted(found, key=lambda pair: pair[0])]
 
     def wait_for(self, steps, timeout=300.0, on_complete=None):
         """Block until every step is complete; return {step: Lease.shape()}.  Raises StepEnded
@@ -5083,8 +5124,8 @@ class Client:
 
     # The command line's verbs, each its peer's.
 
-    def send(self, to, text):
-        return self.inbox.send(to, text)
+    def send(self, to, text, step=None):
+        return self.inbox.send(to, text, step)
 
     def claim(self, step, ttl=None):
         return self.steps.claim(step, ttl)
@@ -5209,16 +5250,20 @@ MCP_TOOLS = {   # name: (description, input schema, run(client, arguments) -> di
                       or {"key": a["key"], "deleted": True}),
     "send": ("Send a message to another agent, or to '_broadcast' for every agent.",
              _schema(["to", "text"], to=_arg("string", "Agent id, or _broadcast"),
-                     text=_arg("string", "The message")),
-             lambda c, a: c.send(a["to"], a["text"])),
+                     text=_arg("string", "The message"),
+                     step=_arg("string", "Tag it with this step (step_status lists it)")),
+             lambda c, a: c.send(a["to"], a["text"], a.get("step"))),
     "inbox": ("Read this agent's unread messages (direct and broadcast) and mark them read.",
               _schema(peek=_arg("boolean", "Do not mark them read"),
                       all=_arg("boolean", "Every message, read or not (marks nothing)"),
                       delete=_arg("boolean", "Also delete the direct messages read"),
                       wait=_arg("number", "Seconds to wait for a message if there is none yet",
-                                minimum=0, maximum=MAX_SECONDS)),
+                                minimum=0, maximum=MAX_SECONDS),
+                      step=_arg("string", "Only messages tagged with this step (marks nothing "
+                                "read)")),
               lambda c, a: {"messages": c.inbox(bool(a.get("peek")), bool(a.get("all")),
-                                                bool(a.get("delete")), a.get("wait") or None)}),
+                                                bool(a.get("delete")), a.get("wait") or None,
+                                                a.get("step"))}),
     "claim": ("Claim a step as a lease before working on it; fails if another agent holds it.",
               _schema(["step"], step=STEP, ttl=TTL), lambda c, a: c.claim(a["step"], a.get("ttl"))),
     "renew": ("Extend this agent's lease on a step during long work.",
@@ -5864,7 +5909,7 @@ def cmd_send(args, out):
     text = " ".join(args.message)
     if text == "-":
         text = _stdin_text("message")
-    message = _client(args).send(args.to, text)
+    message = _client(args).send(args.to, text, args.step)
     out.result(message, f"Sent to {args.to}: {_indented(text)}")
 
 
@@ -5872,7 +5917,7 @@ def cmd_inbox(args, out):
     wait = None if args.wait is None else (True if args.wait == "forever"
                                           else parse_duration(args.wait))
     messages = _client(args).inbox(peek=args.peek, everything=args.all, delete=args.delete,
-                                   wait=wait)
+                                   wait=wait, step=args.step)
     lines = [f"[{m['at']}] ({m['kind']}) {m['from']}: {_indented(m['text'])}" for m in messages]
     if not messages and not out.as_json:
         out.note("No new messages" if not args.all else "No messages")
@@ -5925,6 +5970,8 @@ def cmd_step_status(args, out):
                      + (" (forced)" if info["forced"] else ""))
     if info["note"] is not None:
         lines.append(f"  handoff: {_indented(info['note'], '           ')}")
+    lines += [f"  message: [{m['at']}] {m['from']} -> {m['to']}: {_indented(m['text'], '    ')}"
+              for m in info["messages"]]
     out.result(info, *lines)
     return EXIT_OK if info["status"] == "complete" else EXIT_NO
 
@@ -7111,6 +7158,8 @@ def build_parser(argv=None):
                 epilog="MESSAGE may be several words; '-' reads it from standard input.")
     p.add_argument("to", metavar="AGENT")
     p.add_argument("message", nargs="+")
+    p.add_argument("--step", metavar="STEP", help="tag the message with a step (step-status "
+                   "lists it; inbox --step filters by it)")
     p = command("inbox", cmd_inbox, "Show this agent's unread messages, direct and broadcast, "
                                     "and mark them read.",
                 "tracecraft inbox", "tracecraft inbox --wait 60   # block up to a minute",
@@ -7122,6 +7171,8 @@ def build_parser(argv=None):
     p.add_argument("--delete", action="store_true", help="also delete the direct messages read")
     p.add_argument("--wait", nargs="?", const="forever", metavar="SECONDS",
                    help="block until a message arrives (exit 3 after SECONDS)")
+    p.add_argument("--step", metavar="STEP", help="only the messages tagged with STEP; marks "
+                   "nothing read (the others stay unread)")
 
     p = command("claim", cmd_claim, "Claim a step as a lease; exactly one of many racing agents "
                                     "wins.",

@@ -268,3 +268,25 @@ def test_a_waiting_reader_gets_a_message_behind_a_hole(client_factory, store_clo
     threading.Timer(0.3, send).start()
     got = bob.inbox(wait=30)
     assert texts(got) == ["behind a hole"] and got[0]["seq"] == 3
+
+
+def test_messages_tagged_with_a_step(local_cli):
+    """send --step tags a message; inbox --step shows only those and leaves every message
+    unread; step-status lists the step's messages; an untagged message has step null."""
+    local_cli.ok("send", "bob", "plain", agent="alice")
+    local_cli.ok("send", "bob", "about", "design", "--step", "design", agent="alice")
+    local_cli.ok("send", "_broadcast", "design is ready", "--step", "design", agent="carol")
+    tagged = json.loads(local_cli.ok("inbox", "--step", "design", "--json", agent="bob"))
+    assert [m["text"] for m in tagged["messages"]] == ["about design", "design is ready"]
+    assert {m["step"] for m in tagged["messages"]} == {"design"}
+    unread = json.loads(local_cli.ok("inbox", "--json", agent="bob"))["messages"]
+    assert [(m["text"], m["step"]) for m in unread] == [
+        ("plain", None), ("about design", "design"), ("design is ready", "design")]
+    result = local_cli("step-status", "design", "--json", agent="bob")
+    status = json.loads(result.stdout)
+    assert result.returncode == 1 and status["status"] == "pending"   # never claimed
+    assert [(m["text"], m["kind"], m["to"]) for m in status["messages"]] == [
+        ("about design", "direct", "bob"), ("design is ready", "broadcast", "_broadcast")]
+    assert "about design" in local_cli("step-status", "design", agent="bob").stdout
+    bad = local_cli("inbox", "--step", "design", "--delete", agent="bob")
+    assert bad.returncode == 2 and "--step" in bad.stderr and "Traceback" not in bad.stderr
