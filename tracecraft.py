@@ -2255,6 +2255,8 @@ def resolve_settings(config_path=None, **overrides):
 #    steps/<id>/handoff.json           the note for the next agent
 #    reservations/table.json           every path reservation: glob, agent, shared, step and
 #                                      generation (tied to a lease) or ttl and expires (store clock)
+#    steps/<id>/messages/<log>-<n>.json  empty: message n of that log was sent tagged with
+#                                      the step (send --step), for step-status to find
 #    artifacts/<step|shared>/<name>    shared files; artifacts/<step>/.meta/<name>.json describes one
 #    sessions/<harness>/<session>/     a mirrored transcript: part-NNNNNN.jsonl, and meta.json,
 #                                      whose list of parts, in order, is the transcript
@@ -2271,8 +2273,15 @@ def resolve_settings(config_path=None, **overrides):
 
 ONLINE_SECONDS, IDLE_SECONDS = 120, 900
 HEARTBEAT_EVERY = 60
-WAIT_POLL_FAST = 0.35   # seconds between a waiter's polls at first and right after progress
-WAIT_POLL_MAX = 0.7     # ... growing to this while idle: detection ~0.35 s, ~1.4 requests/s
+# A waiter's schedule (poll()).  Waiting is billed: at AWS list prices ($0.0004 per 1,000 GET or
+# HEAD, $0.005 per 1,000 LIST or PUT) $0.001 an agent-hour buys 2,500 GETs or 200 LISTs.  So a
+# wait polls every WAIT_POLL_FAST seconds for WAIT_FAST_SECONDS after it starts and after each
+# progress (new work is seen in ~0.15 s, when it is most likely), then backs off to one request
+# every WAIT_POLL_MAX seconds: 2,400 an hour, $0.00096, and a key watched every other round
+# (the inbox's two logs) is still looked at every 3 s.
+WAIT_POLL_FAST = 0.3
+WAIT_FAST_SECONDS = 8.0
+WAIT_POLL_MAX = 1.5
 DEFAULT_TTL = 1800.0
 ENDED = ("complete", "failed", "blocked")
 STEP_STATES = ("in_progress", "expired", "failed", "blocked", "complete", "pending")
@@ -2283,6 +2292,7 @@ LOG_WIDTH = 12          # message numbers are stored inverted, so a listing star
 LOG_TOP = 10 ** LOG_WIDTH
 LOG_PAGE = 50           # keys in the first listing page of an inbox read
 LOG_HOLE_SECONDS = 30   # a gap in a log this old is a hole (see Inbox._behind_hole)
+INBOX_RESYNC_SECONDS = 1200   # an idle inbox wait lists its logs this often (Inbox._wait)
 RECENT_WRITERS = 32       # writers a record remembers, to recognise a retried write that won
 CONTENTION_SECONDS = 30.0  # how long a compare-and-swap loop keeps trying before it gives up
 CLOCK_MARGIN = 1.0      # S3 stamps whole seconds: a lease judged on this machine's clock is
@@ -2361,14 +2371,15 @@ def _rounded(seconds):
 
 
 def poll(attempt, timeout, timed_out, fast=WAIT_POLL_FAST, slow=WAIT_POLL_MAX, cancel=None,
-         tick=None):
-    """The one wait loop (inbox --wait, wait-for, status --watch): call attempt() ->
-    (result, progressed) until its result is not None, pausing `fast` seconds at first and after
-    progress, growing to `slow` while nothing happens.  After `timeout` seconds (None: no limit)
+         tick=None, brisk=WAIT_FAST_SECONDS):
+    """The one wait loop (inbox --wait, wait-for, status --watch, session mirror -f, ...): call
+    attempt() -> (result, progressed) until its result is not None, pausing `fast` seconds for
+    the first `brisk` seconds and for `brisk` seconds after each progress, then growing by half
+    each round to `slow` while nothing happens.  After `timeout` seconds (None: no limit)
     raises WaitTimeout(timed_out()).  `tick()` runs between attempts (a waiting agent keeps its
     heartbeat fresh); `cancel` (a threading.Event) ends the wait with Cancelled."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    interval = fast
+    interval, lively = fast, time.monotonic()
     while True:
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled")
@@ -2376,7 +2387,7 @@ def poll(attempt, timeout, timed_out, fast=WAIT_POLL_FAST, slow=WAIT_POLL_MAX, c
         if result is not None:
             return result
         if progressed:
-            interval = fast
+            interval, lively = fast, time.monotonic()
         try:
             if tick:
                 tick()
@@ -2391,7 +2402,8 @@ def poll(attempt, timeout, timed_out, fast=WAIT_POLL_FAST, slow=WAIT_POLL_MAX, c
                 raise Cancelled("cancelled")
         else:
             time.sleep(pause)
-        interval = min(interval * 1.5, slow)
+        if time.monotonic() - lively >= brisk:
+            interval = min(interval * 1.5, slow)
 
 
 class _Peer:
@@ -2809,7 +2821,8 @@ class Memory(_Peer):
 
 
 # ==================================================================================================
-# 6c. Inbox.  Owns: messages/<log>/ (the numbered logs) and cursors/<agent>.json.
+# 6c. Inbox.  Owns: messages/<log>/ (the numbered logs), cursors/<agent>.json and the tags
+#    steps/<id>/messages/ (which message was sent about which step).
 #    Calls: sections 1-5, 6a, and 6g's touch() (an agent waiting for mail stays online).
 # ==================================================================================================
 
@@ -2818,15 +2831,16 @@ def _log_name(n):
 
 
 def _message_shape(record, key=None):
-    """A message as shown everywhere: seq, kind, from, to, text, at.  With `key` (a record
-    read from the store) its fields are checked first."""
+    """A message as shown everywhere: seq, kind, from, to, text, at, step (null when not
+    tagged).  With `key` (a record read from the store) its fields are checked first."""
     if key is not None:
         where = f"message {key}"
         for name, kinds in (("from", str), ("text", str), ("to", (str, type(None))),
-                            ("at", (str, type(None)))):
+                            ("at", (str, type(None))), ("step", (str, type(None)))):
             _field(record, name, kinds, where)
     return {"seq": record.get("seq"), "kind": record.get("kind"), "from": record["from"],
-            "to": record.get("to"), "text": record["text"], "at": record.get("at")}
+            "to": record.get("to"), "text": record["text"], "at": record.get("at"),
+            "step": record.get("step")}
 
 
 class Inbox(_Peer):
@@ -2870,12 +2884,13 @@ class Inbox(_Peer):
             if limit is None or len(entries) < limit:
                 return 0
 
-    def _since(self, log, after, contiguous=True):
+    def _since(self, log, after, contiguous=True, gaps=None):
         """Entries of a log numbered above `after`, oldest first: [(n, entry)].
 
         Numbers are taken in order, so a gap means a message not yet visible in the listing
         (a directory read while files are being added, an eventually consistent store): with
-        `contiguous`, stop before the first gap so the cursor can never pass a message."""
+        `contiguous`, stop before the first gap so the cursor can never pass a message (and
+        append the log to `gaps`, a list, when given)."""
         found, prefix, last = [], self.client.key("messages", log) + "/", None
         for limit in (LOG_PAGE, None):   # most reads find a few new messages: list few first
             entries = list(self.store.list(prefix, start_after=last, limit=limit))
@@ -2901,6 +2916,8 @@ class Inbox(_Peer):
                                           "messages read (not tracecraft's)")
                     continue
                 if not (self._behind_hole(entry) and self._is_message(entry, log, n)):
+                    if gaps is not None:
+                        gaps.append(log)
                     break
             kept.append((n, entry))
             expected = n + 1
@@ -2926,11 +2943,14 @@ class Inbox(_Peer):
         return entry.server_time is not None and entry.last_modified is not None and \
             entry.server_time - entry.last_modified > LOG_HOLE_SECONDS
 
-    def send(self, to, text):
-        """Send `text` to agent `to`, or to everyone with to="_broadcast".  Returns the message."""
+    def send(self, to, text, step=None):
+        """Send `text` to agent `to`, or to everyone with to="_broadcast", tagged with `step`
+        if given (step-status then lists it: one more request).  Returns the message."""
         sender = self.client.me()
         if to != BROADCAST:
             check_agent(to)
+        if step is not None:
+            check_name("step id", step)
         check_text("message", text)
         if len(text.encode("utf-8")) > MAX_VALUE:
             raise UsageError(f"message is larger than the {MAX_VALUE // 1024} KiB limit")
@@ -2946,16 +2966,19 @@ class Inbox(_Peer):
                 raise StoreError(f"the inbox of {to} is full: it holds {LOG_TOP - 1} numbers")
             message = self.client.record(**{"from": sender}, to=to, seq=n + 1,
                                          kind="broadcast" if to == BROADCAST else "direct",
-                                         text=text)
+                                         text=text, step=step)
             try:
                 self.records.write(self._key(to, n + 1), message, create_only=True)
             except (PreconditionFailed, ConditionalConflict):
                 n = max(n + 1, self.tail(to))
                 continue
             self.records.keep("tails", to, {"n": n + 1})
+            if step is not None:
+                self.store.put(self.client.key("steps", step, "messages", f"{to}-{n + 1}.json"),
+                               b"", content_type=JSON_TYPE)
             return _message_shape(message)
 
-    def __call__(self, peek=False, everything=False, delete=False, wait=None):
+    def __call__(self, peek=False, everything=False, delete=False, wait=None, step=None):
         """This agent's unread messages, direct and broadcast, in one order all readers agree on
         (the store's clock, then the log's own order), marked read unless `peek`.
 
@@ -2963,18 +2986,58 @@ class Inbox(_Peer):
         before anything is returned, so two readers of one inbox never get the same message.
         `everything` returns all messages without moving it; `delete` also empties the direct
         messages read (their numbers stay taken); `wait` (seconds, or True for no limit) blocks
-        until at least one unread message arrives, raising WaitTimeout when the time is up."""
+        until at least one unread message arrives, raising WaitTimeout when the time is up.
+        `step` keeps only the messages tagged with that step and marks nothing read (as
+        `peek`): a cursor is one number per log, and the others must stay unread."""
         me = self.client.me()
-        if delete and (peek or everything):
-            raise UsageError("delete=True cannot be combined with peek or everything",
+        if delete and (peek or everything or step is not None):
+            raise UsageError("delete=True cannot be combined with peek, everything or step",
                              cli="--delete removes messages as it reads them: it cannot be "
-                             "combined with --peek or --all")
+                             "combined with --peek, --all or --step")
+        if step is not None:
+            check_name("step id", step)
+        peek = peek or step is not None
         if wait is None or wait is False or everything:
-            return self._read(me, peek, everything, delete)
+            return self._read(me, peek, everything, delete, step=step)[0]
         timeout = None if wait is True else check_number("the wait", wait, 0, MAX_SECONDS, True)
-        return poll(lambda: (self._read(me, peek, everything, delete) or None, False), timeout,
-                    lambda: f"no new message within {_seconds(timeout)}", 0.1, 2.0,
-                    self.client.cancel, self.client.agents.touch)
+        return self._wait(me, peek, delete, timeout, step)
+
+    def arrived(self, log, after):
+        """Whether message after+1 of a log exists: one HEAD, the idle look of a waiter (a
+        listing costs as much as 12.5 of them)."""
+        return self.store.exists(self._key(log, after + 1))
+
+    def _wait(self, me, peek, delete, timeout, step=None):
+        """Read until a message comes.  While idle it lists nothing: each round asks for the
+        key that must appear next (arrived()) of the direct log and of the broadcast log (of
+        both while poll() is brisk, then of one in turn), and only when one is there reads as
+        usual.  A number a sender skipped (see
+        _behind_hole) never appears, so a full read also comes every INBOX_RESYNC_SECONDS, and
+        LOG_HOLE_SECONDS after a read that stopped at a gap (a hole is one once that old).
+        Idle, per hour: 2,400 HEADs at WAIT_POLL_MAX, $0.00096; 3 full reads, each a cursor GET
+        and 2 LISTs, $0.00003; $0.00099 in all (and the heartbeat's 60 PUTs, as any agent)."""
+        logs = {"direct": me, "broadcast": BROADCAST}
+        seen = {"position": None, "full_at": 0.0, "turn": 0, "lively": time.monotonic()}
+
+        def attempt():
+            position, now = seen["position"], time.monotonic()
+            if position is not None and now < seen["full_at"]:
+                # Both logs a round while poll() is brisk, one in turn once it slows down.
+                kinds = ("direct", "broadcast") if now - seen["lively"] < WAIT_FAST_SECONDS \
+                    else [("direct", "broadcast")[seen["turn"] % 2]]
+                seen["turn"] += 1
+                if not any(self.arrived(logs[kind], position[kind]) for kind in kinds):
+                    return None, False
+            gaps = []
+            messages, seen["position"] = self._read(me, peek, False, delete, gaps, step)
+            seen["full_at"] = time.monotonic() + (LOG_HOLE_SECONDS + 1 if gaps
+                                                  else INBOX_RESYNC_SECONDS)
+            progressed = position is not None and seen["position"] != position
+            if progressed:
+                seen["lively"] = time.monotonic()
+            return messages or None, progressed
+        return poll(attempt, timeout, lambda: f"no new message within {_seconds(timeout)}",
+                    cancel=self.client.cancel, tick=self.client.agents.touch)
 
     START = {"direct": 0, "broadcast": 0}   # the read position of an agent that read nothing
 
@@ -2985,30 +3048,33 @@ class Inbox(_Peer):
         return {kind: _field(got[0], kind, int, where, 0, 0, LOG_TOP - 1)
                 for kind in ("direct", "broadcast")}
 
-    def _read(self, me, peek, everything, delete):
+    def _read(self, me, peek, everything, delete, gaps=None, step=None):
+        """(messages, position): the messages, and the numbers of each log read through (the
+        cursor's, or beyond it: what this read saw, even if it returned nothing of it)."""
         cursor_key = self.client.key("cursors", me + ".json")
         for _ in _retries(f"the inbox of {me}"):
             got = self.records.read(cursor_key, missing_ok=True)
             cursor = self._position(got, f"cursor {cursor_key}")
             start = self.START if everything else cursor
             logs = {kind: self._since(me if kind == "direct" else BROADCAST, start[kind],
-                                      contiguous=not everything)
+                                      not everything, gaps)
                     for kind in ("direct", "broadcast")}
+            position = {kind: max([start[kind]] + [n for n, _ in found])
+                        for kind, found in logs.items()}
             if not any(logs.values()):
-                return []
+                return [], position
             if not (peek or everything):
-                moved = self.client.record(**{kind: max([cursor[kind]] + [n for n, _ in found])
-                                              for kind, found in logs.items()})
+                moved = self.client.record(**position)
                 try:
                     self.records.write(cursor_key, moved, create_only=got is None,
                                        replacing=got[1] if got else None)
                 except (PreconditionFailed, ConditionalConflict):
                     continue   # another reader took these; start again from its position
-            messages = self._merge(logs, me)
+            messages = [m for m in self._merge(logs, me) if step is None or m["step"] == step]
             for n, entry in logs["direct"] if delete else ():
                 if entry.size:
                     self.store.put(entry.key, b"", content_type=JSON_TYPE)
-            return messages
+            return messages, position
 
     def _merge(self, logs, me):
         """Fetch and merge the two logs: by the store's Last-Modified, then kind, then number.
@@ -3066,8 +3132,9 @@ class Inbox(_Peer):
 
 # ==================================================================================================
 # 6d. Steps.  Owns: steps/<id>/claim.json (the lease), status.json and handoff.json.
-#    Calls: sections 1-5, 6a, 6c's send() (a handoff to an agent), 6e's definition, unmet, ended
-#    and reopened (the plan's part of a step's end), and 6g's touch() (a waiter stays online).
+#    Calls: sections 1-5, 6a, 6c (a handoff sent to an agent, the messages tagged with a step),
+#    6e's definition, unmet, ended and reopened (the plan's part of a step's end), and 6g's
+#    touch() (an agent waiting for steps stays online).
 # ==================================================================================================
 
 class Lease:
@@ -3347,7 +3414,7 @@ class Steps(_Peer):
             self.client.plans.ended(step, Lease(step, got))
         if to is not None:
             try:
-                self.client.inbox.send(to, _handoff_text(shape))
+                self.client.inbox.send(to, _handoff_text(shape), step=step)
             except TracecraftError as exc:
                 self.client.warn(f"step {step} ended, but its handoff was not sent to {to}: "
                                  f"{exc}")
@@ -3420,12 +3487,13 @@ class Steps(_Peer):
     def step_status(self, step):
         """The step (Lease.shape()): status (pending / in_progress / expired / complete / failed
         / blocked), holder, generation, ttl, lease_left (seconds, by the store's clock),
-        claimed_at, ended_by, ended_at, forced, note, handoff.  One read: the lease records its
-        end (two for a step never claimed: is it in a plan, or a typo?)."""
+        claimed_at, ended_by, ended_at, forced, note, handoff; and `messages`, those sent
+        tagged with it (messages()).  One read (the lease records its end) and one listing (and
+        a read more for a step never claimed: is it in a plan, or a typo?)."""
         lease = self.lease(step)
         if lease.blob is None:
             self._unknown([step])
-        return lease.shape()
+        return dict(lease.shape(), messages=self.messages(step))
 
     def _unknown(self, steps):
         """Warn about steps in no plan that were never claimed (typos, most often)."""
@@ -3434,13 +3502,39 @@ class Steps(_Peer):
             self.client.warn(f"no step {', '.join(unknown)} is in a plan or was ever claimed "
                              "(a typo?)")
         return unknown
+    def messages(self, step):
+        """The messages sent tagged with `step`, in the order they were tagged (the store's
+        clock): a listing of steps/<step>/messages/ and a read per message.  A tag whose
+        message is gone or was emptied by `inbox --delete` shows nothing."""
+        prefix = self.client.key("steps", check_name("step id", step), "messages") + "/"
+        found = []
+        for entry in self.store.list(prefix):
+            log, _, n = entry.key[len(prefix):-5].rpartition("-")
+            try:
+                if not (entry.key.endswith(".json") and n.isascii() and n.isdigit() and
+                        len(n) <= LOG_WIDTH and 0 < int(n) < LOG_TOP):
+                    raise UsageError("not a message's tag")
+                if log != BROADCAST:
+                    check_agent(log)
+            except UsageError as exc:
+                self.client.warn_once(f"skipped {entry.key}: {exc}")
+                continue
+            inbox = self.client.inbox
+            message = inbox._fetch(Entry(inbox._key(log, int(n)), 1, None))
+            if message is not None:
+                found.append((entry.last_modified or 0, dict(
+                    message, kind="broadcast" if log == BROADCAST else "direct", seq=int(n))))
+        return [message for _, message in sorted(found, key=lambda pair: pair[0])]
 
     def wait_for(self, steps, timeout=300.0, on_complete=None):
         """Block until every step is complete; return {step: Lease.shape()}.  Raises StepEnded
         at once when one ends failed or blocked, and WaitTimeout naming what is left (timeout
-        None: no limit).  Watches each step's lease (one read per step and round), every
-        WAIT_POLL_FAST seconds right after progress, backing off to every WAIT_POLL_MAX seconds
-        while nothing happens."""
+        None: no limit).  The first round reads every step's lease; then each round reads one
+        (poll()'s schedule: every WAIT_POLL_FAST s at first and after progress, backing off to
+        every WAIT_POLL_MAX s): on three rounds of four the first step still pending, which is
+        what holds the wait up (and, once it is complete, the next in the same round); on the
+        fourth one of the others, in turn.  So a later step's failure is reported within
+        4 (n-1) rounds for n steps pending: about 6 (n-1) s into an idle wait."""
         if isinstance(steps, str) or not isinstance(steps, (list, tuple)):
             raise UsageError("steps must be a list of step ids")
         pending = list(dict.fromkeys(check_name("step id", s) for s in steps))
@@ -3449,30 +3543,38 @@ class Steps(_Peer):
                              "one step id")
         if timeout is not None:
             timeout = check_number("the timeout", timeout, 0, MAX_SECONDS, True)
-        done, first = {}, [True]
+        done, rounds, unclaimed = {}, [0], []
+
+        def ended(step):
+            lease = self.lease(step)
+            if lease.blob is None and rounds[0] == 1:
+                unclaimed.append(step)
+            if lease.state not in ENDED:
+                return False
+            shape = lease.shape()
+            if shape["status"] != "complete":
+                note = f": {shape['note']}" if shape["note"] else ""
+                raise StepEnded(f"step {step} ended {shape['status']} "
+                                f"(by {shape['ended_by']}){note}")
+            done[step] = shape
+            pending.remove(step)
+            if on_complete:
+                on_complete(step, shape)
+            return True
 
         def attempt():
-            progressed, unclaimed = False, []
-            for step in list(pending):
-                lease = self.lease(step)
-                if lease.blob is None and first[0]:
-                    unclaimed.append(step)
-                if lease.state not in ENDED:
-                    continue
-                shape = lease.shape()
-                if shape["status"] != "complete":
-                    note = f": {shape['note']}" if shape["note"] else ""
-                    raise StepEnded(f"step {step} ended {shape['status']} "
-                                    f"(by {shape['ended_by']}){note}")
-                done[step] = shape
-                pending.remove(step)
-                progressed = True
-                if on_complete:
-                    on_complete(step, shape)
-            if first[0]:
-                first[0] = False
+            rounds[0] += 1
+            before = len(pending)
+            if rounds[0] == 1:
+                for step in list(pending):
+                    ended(step)
                 self._unknown(unclaimed)
-            return (done if not pending else None), progressed
+            elif rounds[0] % 4 == 0 and len(pending) > 1:
+                ended(pending[1 + (rounds[0] // 4) % (len(pending) - 1)])
+            else:
+                while pending and ended(pending[0]):
+                    pass
+            return (done if not pending else None), len(pending) < before
         return poll(attempt, timeout, lambda: f"timed out after {_seconds(timeout)} waiting for: "
                     + ", ".join(pending), cancel=self.client.cancel, tick=self.client.agents.touch)
 
@@ -6128,8 +6230,8 @@ class Client:
 
     # The command line's verbs, each its peer's.
 
-    def send(self, to, text):
-        return self.inbox.send(to, text)
+    def send(self, to, text, step=None):
+        return self.inbox.send(to, text, step)
 
     def claim(self, step, ttl=None, paths=None):
         """Steps.claim(); with `paths`, also reserve those globs for as long as this agent holds
@@ -6302,16 +6404,20 @@ MCP_TOOLS = {   # name: (description, input schema, run(client, arguments) -> di
                       or {"key": a["key"], "deleted": True}),
     "send": ("Send a message to another agent, or to '_broadcast' for every agent.",
              _schema(["to", "text"], to=_arg("string", "Agent id, or _broadcast"),
-                     text=_arg("string", "The message")),
-             lambda c, a: c.send(a["to"], a["text"])),
+                     text=_arg("string", "The message"),
+                     step=_arg("string", "Tag it with this step (step_status lists it)")),
+             lambda c, a: c.send(a["to"], a["text"], a.get("step"))),
     "inbox": ("Read this agent's unread messages (direct and broadcast) and mark them read.",
               _schema(peek=_arg("boolean", "Do not mark them read"),
                       all=_arg("boolean", "Every message, read or not (marks nothing)"),
                       delete=_arg("boolean", "Also delete the direct messages read"),
                       wait=_arg("number", "Seconds to wait for a message if there is none yet",
-                                minimum=0, maximum=MAX_SECONDS)),
+                                minimum=0, maximum=MAX_SECONDS),
+                      step=_arg("string", "Only messages tagged with this step (marks nothing "
+                                "read)")),
               lambda c, a: {"messages": c.inbox(bool(a.get("peek")), bool(a.get("all")),
-                                                bool(a.get("delete")), a.get("wait") or None)}),
+                                                bool(a.get("delete")), a.get("wait") or None,
+                                                a.get("step"))}),
     "claim": ("Claim a step as a lease before working on it; fails if another agent holds it.",
               _schema(["step"], step=STEP, ttl=TTL, paths=dict(GLOBS, description=(
                   "Also reserve these path globs while this agent holds the step"))),
@@ -7025,7 +7131,7 @@ def cmd_send(args, out):
     text = " ".join(args.message)
     if text == "-":
         text = _stdin_text("message")
-    message = _client(args).send(args.to, text)
+    message = _client(args).send(args.to, text, args.step)
     out.result(message, f"Sent to {args.to}: {_indented(text)}")
 
 
@@ -7033,7 +7139,7 @@ def cmd_inbox(args, out):
     wait = None if args.wait is None else (True if args.wait == "forever"
                                           else parse_duration(args.wait))
     messages = _client(args).inbox(peek=args.peek, everything=args.all, delete=args.delete,
-                                   wait=wait)
+                                   wait=wait, step=args.step)
     lines = [f"[{m['at']}] ({m['kind']}) {m['from']}: {_indented(m['text'])}" for m in messages]
     if not messages and not out.as_json:
         out.note("No new messages" if not args.all else "No messages")
@@ -7234,6 +7340,8 @@ def cmd_step_status(args, out):
                      + (" (forced)" if info["forced"] else ""))
     if info["note"] is not None:
         lines.append(f"  handoff: {_indented(info['note'], '           ')}")
+    lines += [f"  message: [{m['at']}] {m['from']} -> {m['to']}: {_indented(m['text'], '    ')}"
+              for m in info["messages"]]
     out.result(info, *lines)
     return EXIT_OK if info["status"] == "complete" else EXIT_NO
 
@@ -8572,6 +8680,8 @@ def build_parser(argv=None):
                 epilog="MESSAGE may be several words; '-' reads it from standard input.")
     p.add_argument("to", metavar="AGENT")
     p.add_argument("message", nargs="+")
+    p.add_argument("--step", metavar="STEP", help="tag the message with a step (step-status "
+                   "lists it; inbox --step filters by it)")
     p = command("inbox", cmd_inbox, "Show this agent's unread messages, direct and broadcast, "
                                     "and mark them read.",
                 "tracecraft inbox", "tracecraft inbox --wait 60   # block up to a minute",
@@ -8583,6 +8693,8 @@ def build_parser(argv=None):
     p.add_argument("--delete", action="store_true", help="also delete the direct messages read")
     p.add_argument("--wait", nargs="?", const="forever", metavar="SECONDS",
                    help="block until a message arrives (exit 3 after SECONDS)")
+    p.add_argument("--step", metavar="STEP", help="only the messages tagged with STEP; marks "
+                   "nothing read (the others stay unread)")
 
     p = command("claim", cmd_claim, "Claim a step as a lease; exactly one of many racing agents "
                                     "wins.",

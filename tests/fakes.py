@@ -174,6 +174,24 @@ class CountingStore:
             yield entry
 
 
+class Recording:
+    """Wraps a store and records the name of each call (get, head, exists, put, delete, list)
+    and its key or prefix."""
+
+    def __init__(self, store):
+        self.store, self.calls = store, []
+
+    def __getattr__(self, name):
+        attribute = getattr(self.store, name)
+        if name not in ("get", "head", "exists", "put", "delete", "list"):
+            return attribute
+
+        def recorded(key="", *args, **kwargs):
+            self.calls.append((name, key))
+            return attribute(key, *args, **kwargs)
+        return recorded
+
+
 class StoreClock:
     """A store clock that tests move forward instead of sleeping: wrap(client) makes a client
     see its store through it.  Every answer's clock (server_time) is `offset` seconds ahead, and

@@ -1,12 +1,13 @@
 """Claims are leases: one winner among racing processes, expiry by the store's clock, fencing."""
 import json
+import threading
 import time
 
 import pytest
 
 import tracecraft
 from conftest import assert_rounds_raced, race, racer_outputs
-from fakes import CountingStore
+from fakes import CountingStore, Recording
 
 
 def claim_race(settings, racers, rounds):
@@ -268,3 +269,26 @@ def test_the_same_agent_ending_a_step_twice_at_once_succeeds_once(atomic_setting
     # evidence that they raced: a completion takes milliseconds, so on a busy machine only some
     # rounds overlap to the millisecond; without any, this would prove nothing
     assert overlapped >= 3, f"only {overlapped} of {rounds} rounds really raced"
+
+
+def test_wait_for_reports_a_later_step_failing_and_returns_when_all_complete(client_factory):
+    """Idle rounds read the first pending step's lease; the others are read in turn, so a
+    later step that fails still ends the wait."""
+    alice = client_factory("alice")
+    for step in ("a", "b", "c"):
+        alice.claim(step)
+    boss = client_factory("boss")
+    threading.Timer(0.5, lambda: alice.complete("c", status="failed", note="red")).start()
+    boss.store = recording = Recording(boss.store)
+    with pytest.raises(tracecraft.StepEnded, match="step c ended failed.*red"):
+        boss.wait_for(["a", "b", "c"], timeout=60)
+    reads = [key.split("/")[-2] for name, key in recording.calls if name == "get"]
+    assert reads[:3] == ["a", "b", "c"] and reads.count("a") > reads.count("c")
+    for step in ("d", "e"):
+        alice.claim(step)
+
+    def complete():
+        alice.complete("e")
+        alice.complete("d")
+    threading.Timer(0.5, complete).start()
+    assert set(boss.wait_for(["d", "e"], timeout=60)) == {"d", "e"}

@@ -29,7 +29,7 @@ def test_claim_and_complete_cost_one_then_two_or_three(client_factory):
     assert cost(calls, lambda: alice.complete("a")) == 3
     alice.claim("b")
     assert cost(calls, lambda: alice.complete("b", note="n")) == 4    # + handoff.json
-    assert cost(calls, lambda: alice.step_status("b")) == 1          # the lease says it all
+    assert cost(calls, lambda: alice.step_status("b")) == 2   # the lease, and its tagged messages
     assert alice.step_status("b")["note"] == "n"
     alice.claim("c")
     assert cost(calls, lambda: alice.release("c")) == 2    # + is it planned (ready again)?

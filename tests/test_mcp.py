@@ -238,7 +238,7 @@ def test_bad_calls_are_named_errors_and_the_server_lives_on(local_cli):
              ("wait_for", {"steps": [1]}, "has an item that must be text"),
              ("memory_incr", {"key": "k", "by": True}, "'by' must be a finite number"),
              ("memory_set", {"key": "k", "value": DEEP}, "nested"),
-             ("inbox", {"delete": True, "all": True}, "combined with --peek or --all"),
+             ("inbox", {"delete": True, "all": True}, "combined with --peek, --all"),
              ("complete", {"step": "unclaimed"}, "tracecraft claim unclaimed")]
     for n, (tool, arguments, words) in enumerate(cases, start=2):
         session.call(n, tool, **arguments)

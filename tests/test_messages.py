@@ -9,7 +9,7 @@ import pytest
 
 import tracecraft
 from conftest import race, raced, racer_outputs, stop_readers, texts_read
-from fakes import CountingStore
+from fakes import CountingStore, Recording
 
 
 def texts(messages):
@@ -231,3 +231,62 @@ def test_inbox_wait_one_second_ends_after_one_second_in_the_api(client_factory):
         with pytest.raises(tracecraft.WaitTimeout):
             bob.inbox(wait=wait)
         assert 1 <= time.monotonic() - started < 1 + 4   # not forever, on a busy box
+
+
+
+def test_an_idle_inbox_wait_lists_nothing_and_still_gets_the_message(client_factory):
+    """While idle a wait asks for the next number of each log (exists), never lists; a message
+    sent meanwhile is read as usual."""
+    alice, bob = client_factory("alice"), client_factory("bob")
+    alice.send("bob", "before")
+    assert texts(bob.inbox()) == ["before"]
+    bob.store = recording = Recording(bob.store)
+    with pytest.raises(tracecraft.WaitTimeout):
+        bob.inbox(wait=1.0)
+    names = [name for name, _ in recording.calls]
+    assert names.count("list") == 2 and names[:3].count("list") == 2   # the first read only
+    asked = {key.rpartition("/")[2] for name, key in recording.calls if name == "exists"}
+    assert asked == {tracecraft._log_name(2), tracecraft._log_name(1)}   # bob's 2, _broadcast's 1
+    threading.Timer(0.5, lambda: alice.send("_broadcast", "to all")).start()
+    assert texts(bob.inbox(wait=30)) == ["to all"]
+    alice.send("bob", "direct")
+    assert texts(bob.inbox(wait=30)) == ["direct"]
+
+
+def test_a_waiting_reader_gets_a_message_behind_a_hole(client_factory, store_clock,
+                                                        monkeypatch):
+    """A sender that remembers a tail its store no longer has skips numbers: the next key
+    never appears, and the wait's periodic full read finds the message once the gap is a
+    hole."""
+    monkeypatch.setattr(tracecraft, "INBOX_RESYNC_SECONDS", 0.5)
+    alice, bob = (store_clock.wrap(client_factory(agent)) for agent in ("alice", "bob"))
+    alice.records.keep("tails", "bob", {"n": 2})   # remembered from a store since wiped
+
+    def send():
+        alice.send("bob", "behind a hole")
+        store_clock.advance(tracecraft.LOG_HOLE_SECONDS + 5)
+    threading.Timer(0.3, send).start()
+    got = bob.inbox(wait=30)
+    assert texts(got) == ["behind a hole"] and got[0]["seq"] == 3
+
+
+def test_messages_tagged_with_a_step(local_cli):
+    """send --step tags a message; inbox --step shows only those and leaves every message
+    unread; step-status lists the step's messages; an untagged message has step null."""
+    local_cli.ok("send", "bob", "plain", agent="alice")
+    local_cli.ok("send", "bob", "about", "design", "--step", "design", agent="alice")
+    local_cli.ok("send", "_broadcast", "design is ready", "--step", "design", agent="carol")
+    tagged = json.loads(local_cli.ok("inbox", "--step", "design", "--json", agent="bob"))
+    assert [m["text"] for m in tagged["messages"]] == ["about design", "design is ready"]
+    assert {m["step"] for m in tagged["messages"]} == {"design"}
+    unread = json.loads(local_cli.ok("inbox", "--json", agent="bob"))["messages"]
+    assert [(m["text"], m["step"]) for m in unread] == [
+        ("plain", None), ("about design", "design"), ("design is ready", "design")]
+    result = local_cli("step-status", "design", "--json", agent="bob")
+    status = json.loads(result.stdout)
+    assert result.returncode == 1 and status["status"] == "pending"   # never claimed
+    assert [(m["text"], m["kind"], m["to"]) for m in status["messages"]] == [
+        ("about design", "direct", "bob"), ("design is ready", "broadcast", "_broadcast")]
+    assert "about design" in local_cli("step-status", "design", agent="bob").stdout
+    bad = local_cli("inbox", "--step", "design", "--delete", agent="bob")
+    assert bad.returncode == 2 and "--step" in bad.stderr and "Traceback" not in bad.stderr

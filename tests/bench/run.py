@@ -19,6 +19,9 @@ Scenarios (names for --only):
                sessions: requests per minute while idle and while every session grows
   replay       a replay of 100 agents, 1,000 steps, 10,000 messages, 1,000 memory writes and 20
                sessions of 5 MB: build time, requests, file size, headless chromium; `ui` refreshes
+  idle         every waiting loop (inbox --wait, wait-for, session mirror -f, ui, status --watch)
+               as a real process through a counting proxy: requests/s by kind, $ per agent-hour
+               at AWS prices, how soon new work is seen right after the start and after idling
 
 The machine is small and shared: timings are medians over repetitions, and every ratio is
 measured within one run.  Request counts are exact and do not depend on the machine.
@@ -49,7 +52,7 @@ tracecraft = None        # the snapshot, imported by main()
 WORKER = os.path.join(HERE, "worker.py")
 BUCKET = "bench"
 SCENARIOS = ["cli", "requests", "throughput", "barrier", "contention", "inbox", "scale",
-             "sessions", "replay"]
+             "sessions", "replay", "idle"]
 
 
 class BenchError(Exception):
@@ -968,10 +971,267 @@ def scenario_replay(b):
                            "ui_idle_requests": len(idle) / 5, "ui_busy_requests": len(busy)}
 
 
+# ==================================================================================================
+# 10. Idle cost of every waiting loop (issue 15)
+# ==================================================================================================
+
+# AWS S3 Standard list prices, $ per request: what an hour of waiting costs.
+PRICES = {"GET": 0.0004 / 1000, "HEAD": 0.0004 / 1000, "LIST": 0.005 / 1000, "PUT": 0.005 / 1000,
+          "POST": 0.005 / 1000, "DELETE": 0.0}
+IDLE_BUDGET = 0.001   # $ per agent-hour (issue 15): about 2,500 GETs or 200 LISTs
+
+
+def _kind(name):
+    """'GET', 'HEAD', 'LIST', 'PUT'... of a request label ('PUT-cas cursor' -> 'PUT')."""
+    return name.split(" ")[0].split("-")[0]
+
+
+class _Lines:
+    """The lines a waiter reports, each with the monotonic time it was read."""
+
+    def __init__(self):
+        import queue
+        import threading
+        self.queue, self.threading = queue.Queue(), threading
+
+    def follow(self, stream):
+        def read():
+            for line in iter(stream.readline, b""):
+                self.queue.put((time.monotonic(), line.decode(errors="replace")))
+        self.threading.Thread(target=read, daemon=True).start()
+        return self
+
+    def drain(self):
+        while not self.queue.empty():
+            self.queue.get()
+
+    def until(self, wanted, timeout):
+        """The time of the first line containing `wanted`, or None after `timeout` seconds."""
+        import queue
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                at, line = self.queue.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                return None
+            if wanted in line:
+                return at
+
+
+def _ui_lines(b, proc, lines):
+    """Act as the live page does: ask the ui for new events every second; report each event's
+    text as a line (a thread)."""
+    import urllib.request
+    url = None
+    for line in iter(proc.stdout.readline, b""):
+        if b"http://" in line:
+            url = line.decode().split(" at ", 1)[1].split(" ", 1)[0]
+            break
+    if not url:
+        raise BenchError(f"ui did not start: {proc.stderr.read().decode(errors='replace')[-500:]}")
+
+    def page():
+        last = 0
+        while proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{url}events?after={last}", timeout=30) as r:
+                    news = json.loads(r.read())["events"]
+            except OSError:
+                return
+            for event in news:
+                last = max(last, event["id"])
+                lines.queue.put((time.monotonic(), json.dumps(event)))
+            time.sleep(1)
+    lines.threading.Thread(target=page, daemon=True).start()
+
+
+# The waiting loops, one row each (table-driven: a new loop is a new row).  Per row:
+#   argv(ctx, i)     the waiter's command line (waiter i of the row; "tracecraft" is implied)
+#   trigger(ctx, i, n)  new work for waiter i (trigger number n), made in this process through
+#                    the store directly (not counted); returns the text the waiter then reports
+#   once             the waiter exits when it reports (each trial is a fresh process)
+#   setup(ctx, i)    optional, before waiter i starts;  follow(b, proc, lines): how its reports
+#                    are read (default: its standard output)
+# ctx: {"dir": the project directory (its config names the counting proxy), "writer": a client
+# of another agent, "tmp": a private directory}.
+def _send_to(ctx, i, n):
+    text = f"idle-{i}-{n}"
+    ctx["writer"].send(f"w{i}", text)
+    return text
+
+
+def _complete_step(ctx, i, n):
+    step = f"idle-{i}-{n}"
+    ctx["writer"].claim(step)
+    ctx["writer"].complete(step)
+    return f"{step} complete"
+
+
+def _broadcast(ctx, i, n):
+    text = f"idle-ui-{i}-{n}"
+    ctx["writer"].send("_broadcast", text)
+    return text
+
+
+def _transcript_path(ctx, i):
+    return os.path.join(ctx["tmp"], f"idle-session-{i}.jsonl")
+
+
+def _new_transcript(ctx, i):
+    with open(_transcript_path(ctx, i), "w") as f:
+        f.write(_transcript_lines(5, ctx["dir"], f"idle-session-{i}"))
+
+
+def _grow_transcript(ctx, i, n):
+    with open(_transcript_path(ctx, i), "a") as f:
+        f.write(_transcript_lines(1, ctx["dir"], f"idle-session-{i}", 100 + n))
+    return f'"session": "idle-session-{i}"'
+
+
+IDLE_LOOPS = [
+    {"name": "inbox --wait", "once": True, "trigger": _send_to,
+     "argv": lambda ctx, i: ["inbox", "--wait", "--json"]},
+    {"name": "wait-for", "once": True, "trigger": _complete_step,
+     "argv": lambda ctx, i: ["wait-for", f"idle-{i}-{ctx['trial']}", "--timeout", "3600"]},
+    # {"name": "next --wait", ...}: the plan's waiting loop (issue 15) goes here.
+    {"name": "session mirror -f", "once": False, "trigger": _grow_transcript,
+     "setup": _new_transcript,
+     "argv": lambda ctx, i: ["session", "mirror", "--harness", "claude-code", "--session-id",
+                             f"idle-session-{i}", "--transcript", _transcript_path(ctx, i),
+                             "-f", "--json"]},
+    {"name": "ui (a page open)", "once": False, "trigger": _broadcast, "follow": _ui_lines,
+     "argv": lambda ctx, i: ["ui", "--port", "0"]},
+    {"name": "status --watch", "once": False, "trigger": None,
+     "argv": lambda ctx, i: ["status", "--watch", "--json"]},
+]
+
+
+def _idle_row(b, proxy, loop, section):
+    quick = b.quick
+    idle_s = 12 if quick else 60
+    waiters = (2 if quick else 4) if loop["once"] else 1
+    settle = tracecraft.WAIT_FAST_SECONDS + 4
+    d = b.cli_project("idle-" + "".join(c for c in loop["name"] if c.isalnum()),
+                      endpoint=proxy.endpoint)
+    ctx = {"dir": d, "tmp": os.path.join(b.tmp, "idle", os.path.basename(d)), "trial": 0}
+    os.makedirs(ctx["tmp"], exist_ok=True)
+    ctx["writer"] = b.client(os.path.basename(d).rsplit("-", 1)[0], "boss")
+    procs = []
+
+    def start(i):
+        if loop.get("setup"):
+            loop["setup"](ctx, i)
+        env = dict(b.env, TRACECRAFT_AGENT=f"w{i}")
+        proc = subprocess.Popen([b.python, TRACECRAFT] + loop["argv"](ctx, i), cwd=d, env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        procs.append(proc)
+        lines = _Lines()
+        (loop.get("follow") or (lambda b, p, l: l.follow(p.stdout)))(b, proc, lines)
+        return proc, lines
+
+    def stop(proc):
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def detect(i, n, lines, proc):
+        lines.drain()   # what it reported before (a first look) is not this work
+        text = loop["trigger"](ctx, i, n)
+        t = time.monotonic()
+        at = lines.until(text, 30)
+        if at is None:
+            raise BenchError(f"{loop['name']}: waiter {i} did not report {text!r} within 30 s "
+                             f"(exit {proc.poll()})")
+        return at - t
+    try:
+        # Idle: the waiters started, settled (their first look and brisk first seconds done:
+        # tracecraft.WAIT_FAST_SECONDS and the back-off after), counted for idle_s.
+        started = [start(i) for i in range(waiters)]
+        time.sleep(settle)
+        mark = proxy.log.mark()
+        time.sleep(idle_s)
+        labels = proxy.log.labels(mark)
+        late = []
+        if loop["trigger"]:   # new work after the idle time (>= 30 s in a full run)
+            for i, (proc, lines) in enumerate(started):
+                late.append(detect(i, 0, lines, proc))
+                if not loop["once"]:
+                    for n in (1, 2):   # again, once the loop has slowed down again
+                        time.sleep(12)
+                        late.append(detect(i, n, lines, proc))
+        for proc, _ in started:
+            stop(proc)
+        early = []
+        if loop["trigger"]:   # new work 0.5-3 s after a waiter started
+            delays = [0.5, 1.0, 1.5, 2.0, 3.0] if not quick else [0.5, 1.5, 3.0]
+            if loop["once"]:
+                for n, delay in enumerate(delays, 1):
+                    ctx["trial"] = n
+                    proc, lines = start(0)
+                    time.sleep(delay)
+                    early.append(detect(0, n, lines, proc))
+                    stop(proc)
+            else:
+                proc, lines = start(1)
+                time.sleep(2)
+                for n, delay in enumerate(delays, 1):
+                    time.sleep(delay)
+                    early.append(detect(1, n, lines, proc))
+                stop(proc)
+    finally:
+        for proc in procs:
+            stop(proc)
+        ctx["writer"].close()
+    seconds = idle_s * waiters
+    kinds = {}
+    for name in labels:
+        kinds[_kind(name)] = kinds.get(_kind(name), 0) + 1
+    per_s = {k: v / seconds for k, v in kinds.items()}
+    cost = sum(PRICES.get(k, PRICES["PUT"]) * v * 3600 for k, v in per_s.items())
+    beat = sum(1 for name in labels if name == "PUT agents") / seconds
+    waiting = cost - beat * 3600 * PRICES["PUT"]
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(per_s.items())) or "none"
+    ok = waiting <= IDLE_BUDGET if loop["name"] != "status --watch" else None
+    b.row(section, f"{loop['name']}: idle requests/s by kind", shown, "", None,
+          f"{len(labels)} requests of {waiters} waiter(s) over {idle_s} s from {settle:g} s "
+          "into the wait: "
+          + ", ".join(f"{k} {v}" for k, v in summarize(labels).items()))
+    b.row(section, f"{loop['name']}: idle $ per agent-hour (without the heartbeat)",
+          f"${waiting:.5f}", f"<= ${IDLE_BUDGET}", ok,
+          f"with the heartbeat's PUTs ({beat * 3600:.0f}/h): ${cost:.5f}")
+    figures = {"idle_s": idle_s, "waiters": waiters, "per_s": per_s, "cost_per_hour": cost,
+               "cost_per_hour_waiting": waiting, "labels": summarize(labels)}
+    if early:
+        b.row(section, f"{loop['name']}: detection, median, new work 0.5-3 s after the start",
+              ms(median(early)), "<= 500 ms" if loop["once"] else "", median(early) <= 0.5
+              if loop["once"] else None, f"{len(early)} trials, max {ms(max(early))}")
+    if late:
+        b.row(section, f"{loop['name']}: detection, median, after {idle_s + settle:g} s idle",
+              ms(median(late)), "<= 3 s" if loop["once"] else "", median(late) <= 3.0
+              if loop["once"] else None, f"{len(late)} trials, max {ms(max(late))}")
+    figures.update(early_s=early, late_s=late)
+    return figures
+
+
+def scenario_idle(b):
+    section = "10 idle"
+    host, port = b.s3.endpoint.rsplit("//", 1)[1].split(":")
+    b.figures["idle"] = {}
+    with CountingProxy(host, int(port)) as proxy:
+        for loop in IDLE_LOOPS:
+            b.progress(f"idle: {loop['name']}")
+            b.figures["idle"][loop["name"]] = _idle_row(b, proxy, loop, section)
+
+
 RUNNERS = {"cli": scenario_cli, "requests": scenario_requests, "throughput": scenario_throughput,
            "barrier": scenario_barrier, "contention": scenario_contention,
            "inbox": scenario_inbox, "scale": scenario_scale, "sessions": scenario_sessions,
-           "replay": scenario_replay}
+           "replay": scenario_replay, "idle": scenario_idle}
 
 
 def print_table(rows, out=sys.stdout):
