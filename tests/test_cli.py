@@ -337,7 +337,7 @@ def test_json_shapes_are_one_per_kind_and_numbers_are_plain(local_cli):
     memory_keys = {"key", "value", "version", "revision", "by", "at"}
     for args in (["memory", "set", "m", "1"], ["memory", "get", "m"], ["memory", "incr", "m"]):
         assert set(json.loads(local_cli.ok(*args, "--json"))) == memory_keys
-    message_keys = {"seq", "kind", "from", "to", "text", "at"}
+    message_keys = {"seq", "kind", "from", "to", "text", "at", "step"}
     assert set(json.loads(local_cli.ok("send", "bob", "hi", "--json"))) == message_keys
     inbox = json.loads(local_cli.ok("inbox", "--json", agent="bob"))["messages"]
     assert set(inbox[0]) == message_keys
