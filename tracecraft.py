@@ -3983,9 +3983,9 @@ class Plans(_Peer):
 
         Raises NotFound when nothing is ready; with `wait` (seconds, True for no limit) blocks
         until a step is ready, returns None when every planned step has ended, and raises
-        WaitTimeout.  While waiting it reads two small keys a round, and lists again only when
-        one changes: plan/pulse.json (new work) and the marker of one step in flight (its end
-        may be the plan's), with a look at the whole picture once a minute."""
+        WaitTimeout.  While waiting it reads one small key a round, in turn, and lists again
+        only when one has changed: plan/pulse.json (new work) and the marker of one step in
+        flight (its end may be the plan's); and it looks at the whole picture once a minute."""
         self.client.me()
         if label is not None:
             check_name("label", label)
@@ -3995,16 +3995,22 @@ class Plans(_Peer):
                 return found
             raise NotFound(found)
         timeout = None if wait is True else check_number("the wait", wait, 0, MAX_SECONDS, True)
-        cache, watch, seen = {}, [], [None, None, None]
+        cache, watch, pulse = {}, [], self._key("pulse.json")
+        seen = {"etags": None, "turn": 0, "looked": 0.0}
 
         def attempt():
-            now = (self._etag(self._key("pulse.json")),) + tuple(self._etag(k) for k in watch)
-            if seen[0] is None or len(seen[0]) != len(now):
-                seen[0] = now   # a key just chosen to watch: what it is now is the baseline
-            elif now == seen[0] and time.monotonic() - seen[1] < HELD_RECHECK:
-                return None, False
+            if seen["etags"] is not None:
+                keys = [pulse] + watch
+                turn = seen["turn"] = (seen["turn"] + 1) % len(keys)
+                if self._etag(keys[turn]) == seen["etags"][turn] and \
+                        time.monotonic() - seen["looked"] < HELD_RECHECK:
+                    return None, False
+            before = self._etag(pulse)   # read before looking: no later pulse goes unseen
             found = self._take(label, ttl, cache, watch)
-            seen[:] = None, time.monotonic(), None
+            watched = [self._etag(k) for k in watch]
+            # a watched step that ended before it could be read: look again next round
+            seen.update(etags=[before] + watched if None not in watched else None,
+                        looked=time.monotonic())
             if isinstance(found, dict):
                 return found, True
             return (False if found.startswith("every") else None), False

@@ -303,3 +303,22 @@ def test_racing_workers_do_every_step_once_and_never_before_its_dependencies(
     assert sum(bool(run) for run in runs) >= 4   # the work was shared
     assert most_at_once([{"began": line["began"], "ended": line["claimed"]}
                          for line in done]) >= 3   # several next() calls at the same instant
+
+
+def test_an_idle_next_wait_lists_nothing_and_reads_one_key_a_round(client_factory):
+    from fakes import Recording
+    alice, bob = client_factory("alice"), client_factory("bob")
+    alice.plans.load([{"step": "busy"}, {"step": "after-busy", "after": ["busy"]}])
+    alice.next()
+    bob.store = recording = Recording(bob.store)
+    with pytest.raises(tracecraft.WaitTimeout):
+        bob.next(wait=2.0)
+    names = [name for name, _ in recording.calls]
+    assert names.count("list") == 1   # the first look only: ready markers (one held)
+    rounds = [key.rsplit("/", 1)[-1] for name, key in recording.calls[names.index("list") + 2:]
+              if name == "head"]
+    assert len(rounds) >= 4 and rounds[-2] != rounds[-1]   # the two keys in turn, one a round
+    assert len(set(rounds)) == 2 and "pulse.json" in rounds
+    assert set(names) <= {"head", "list", "put"} and names.count("put") <= 1   # a heartbeat
+    threading.Timer(0.5, lambda: alice.complete("busy")).start()
+    assert bob.next(wait=30)["step"] == "after-busy"
