@@ -3267,15 +3267,20 @@ class Steps(_Peer):
                 except (PreconditionFailed, ConditionalConflict):
                     continue
             current = Lease(step, got)
+            refused = None
             if current.state in ENDED:
-                raise Refused(f"step {step} is already {current.state} "
-                              f"(by {current.ended_by or current.holder})")
+                refused = Refused(f"step {step} is already {current.state} "
+                                  f"(by {current.ended_by or current.holder})")
             left = current.left()
             if current.state == "held" and left > 0:
                 if current.holder == me:
                     return dict(current.shape(), already_held=True)
-                raise Refused(f"step {step} is held by {current.holder} (generation "
-                              f"{current.record['generation']}, lease ends in {_duration(left)})")
+                refused = Refused(f"step {step} is held by {current.holder} (generation "
+                                  f"{current.record['generation']}, lease ends in "
+                                  f"{_duration(left)})")
+            if refused:
+                refused.lease = current   # what was judged, for a caller that wants more
+                raise refused
             earlier = {"agent": current.holder, "generation": current.record["generation"],
                        "from": current.record.get("at"),
                        "to": current.record.get("released_at") or self.client.now(),
@@ -3388,8 +3393,8 @@ class Steps(_Peer):
                 if len(text.encode("utf-8")) > MAX_VALUE:
                     raise UsageError(f"{name} is larger than the {MAX_VALUE // 1024} KiB limit")
         handoff = _handoff(to, next_action, needs_review, changed_files)
-        planned = self.client.plans.definition(step)
-        unmet = self.client.plans.unmet(planned[0]) if planned and status == "complete" \
+        planned = self.client.plans.planned(step)
+        unmet = self.client.plans.unmet(planned) if planned and status == "complete" \
             and not force else []
         if unmet:
             waits = f"step {step} waits for {', '.join(unmet)}, not complete yet"
@@ -3699,7 +3704,16 @@ _RANK_HEAD = 27             # "<7-digit priority>-<18-digit plan order>-" before
 
 class Plans(_Peer):
     """Steps with dependencies (`tc.plans`): add (load), show, ready, next, and the plan's part
-    of ending and reopening a step."""
+    of ending and reopening a step.
+
+    What never changes is remembered: that a step is complete (only a failed or blocked step
+    can be reopened), with its handoff, in this process and in the cache directory (`next`
+    learns it from the step's dependencies, so its `complete` reads none of them); and the
+    fixed part of a step's definition, in this process."""
+
+    def __init__(self, client):
+        super().__init__(client)
+        self._complete, self._fixed, self._contended = {}, {}, 0
 
     def _key(self, *parts):
         return self.client.key("plan", *parts)
@@ -3713,7 +3727,50 @@ class Plans(_Peer):
     def definition(self, step):
         """(definition, Blob) of a planned step, or None when the step is in no plan."""
         got = self.records.read(self._definition_key(step), missing_ok=True)
-        return got and (self._checked(got[0], got[1].key, step), got[1])
+        if got:
+            self._fixed[step] = self._checked(got[0], got[1].key, step)
+        return got
+
+    def planned(self, step):
+        """The definition of a planned step, or None: what never changes in it, read once (a
+        step this agent took with `next` is known planned without a read)."""
+        if step not in self._fixed:
+            known = self.records.kept("planned", step)
+            if known and isinstance(known.get("after"), list):
+                self._fixed[step] = {k: known.get(k) for k in
+                                     ("step", "after", "labels", "priority", "note", "rank")}
+        return self._definitions([step]).get(step)
+
+    def _definitions(self, steps):
+        """{step: definition} of those planned, for what never changes in one (all but
+        `before`): read once per process."""
+        for step in steps:
+            if step not in self._fixed:
+                self.definition(step)
+        return {s: self._fixed[s] for s in steps if s in self._fixed}
+
+    def _learn(self, step, handoff):
+        """Remember that `step` is complete, with its handoff (complete is final)."""
+        if step not in self._complete:
+            self._complete[step] = handoff
+            self.records.keep("complete", step, handoff)
+
+    def _ended_dependencies(self, steps):
+        """{step: its handoff} for those of `steps` that have ended: the ones known complete
+        without a request, the others from their leases (one read each, or one listing)."""
+        found, unknown = {}, []
+        for step in steps:
+            known = self._complete.get(step) or self.records.kept("complete", step)
+            if known and known.get("status") == "complete":
+                found[step] = self._complete[step] = {k: known.get(k) for k in _HANDOFF_KEYS}
+            else:
+                unknown.append(step)
+        for step, lease in self._leases(unknown).items():
+            if lease.state in ENDED:
+                found[step] = _handoff_of(lease)
+                if lease.state == "complete":
+                    self._learn(step, found[step])
+        return found
 
     @staticmethod
     def _checked(record, where, step=None):
@@ -3781,7 +3838,7 @@ class Plans(_Peer):
                     self.records.update(self._definition_key(dep), lambda got, s=step: dict(
                         self._existing(got, dep), before=sorted(set(got[0]["before"]) | {s})),
                         remembered=False)
-        ready = self._mark_ready(records)
+        ready = self._mark_ready(records, self._leases(records))   # planned after being claimed?
         return {"added": added, "unchanged": unchanged, "ready": ready}
 
     def _existing(self, got, step):
@@ -3847,37 +3904,35 @@ class Plans(_Peer):
                  if lease.step in steps}
         return {s: found.get(s) or Lease(s, None) for s in steps}
 
-    def _mark_ready(self, definitions, known=None, again=False):
+    def _mark_ready(self, definitions, own=None, again=False):
         """Mark ready those of `definitions` ({step: definition}) whose dependencies are all
-        complete and whose own lease is free; `known`: leases already read.  Returns the steps
-        marked.  The markers are create-only (two agents marking one step make one), or with
-        `again` rewritten (a released step whose marker `next` emptied)."""
+        complete, and mark blocked those with one failed or blocked.  `own`: their own leases,
+        where known ({step: Lease}), so that one claimed or ended is not marked; the others are
+        taken to be free (a marker for a step that is not is a hint `next` sees through).
+        Returns the steps marked.  The markers are create-only (two agents marking one step
+        make one), or with `again` rewritten (a released step whose marker `next` emptied)."""
         if not definitions:
             return []
-        leases = dict(known or {})
-        leases.update(self._leases({d for r in definitions.values() for d in r["after"]}
-                                   | set(definitions) - set(leases)))
+        ended = self._ended_dependencies({d for r in definitions.values() for d in r["after"]})
         marked = []
         for step, record in definitions.items():
-            own = leases.get(step) or Lease(step, None)
-            if own.status() not in ("pending",):
+            if own and step in own and own[step].status() != "pending":
                 continue
-            deps = [leases.get(d) or Lease(d, None) for d in record["after"]]
-            failed = [d for d in deps if d.state in ("failed", "blocked")]
+            deps = [ended.get(d) for d in record["after"]]
+            failed = [d for d in deps if d and d["status"] in ("failed", "blocked")]
             if failed:
                 self._block(step, failed[0])
-                continue
-            if all(d.state == "complete" for d in deps):
+            elif all(d and d["status"] == "complete" for d in deps):
                 self._put_ready(record, deps, create_only=not again)
                 marked.append(step)
         if marked:
             self._pulse()
         return marked
 
-    def _put_ready(self, record, deps, create_only=True):
+    def _put_ready(self, record, handoffs, create_only=True):
         context = {"step": record["step"], "note": record["note"], "after": record["after"],
                    "labels": record["labels"], "priority": record["priority"],
-                   "handoffs": [_handoff_of(d) for d in deps]}
+                   "handoffs": handoffs}
         try:
             self.records.write(self._ready_key(record["rank"]), context,
                                create_only=create_only)
@@ -3886,28 +3941,30 @@ class Plans(_Peer):
 
     def _block(self, step, dep):
         self.records.write(self._key("blocked", step + ".json"),
-                           {"step": step, "after": dep.step, "status": dep.state,
-                            "by": dep.ended_by, "note": dep.record.get("note")})
+                           {"step": step, "after": dep["step"], "status": dep["status"],
+                            "by": dep["by"], "note": dep["note"]})
 
     def _pulse(self):
         self.store.put(self._key("pulse.json"), os.urandom(8).hex().encode("ascii"),
                        content_type="text/plain")
 
     def ended(self, step, lease):
-        """The plan's part of a step's end, after its lease was ended: drop its ready marker;
-        mark ready the dependents it was the last to wait for or, when it failed or was
-        blocked, mark them blocked.  Its definition is read after the end, never before: a
-        dependent added meanwhile is then either in `before` or saw the step ended."""
+        """The plan's part of a step's end, after its lease was ended: mark ready the dependents
+        it was the last to wait for or, when it failed or was blocked, mark them blocked; then
+        drop its own marker (until then it is a step in flight: nobody takes the plan for
+        stuck and recomputes it meanwhile).  Its definition is read after the end, never
+        before: a dependent added meanwhile is then either in `before` or saw the step ended."""
         got = self.definition(step)
         if not got:
             return
         record = got[0]
+        if lease.state == "complete":
+            self._learn(step, _handoff_of(lease))
+        self._mark_ready(self._definitions(record["before"]))
         try:
             self.store.delete(self._ready_key(record["rank"]))
         except NoSuchKey:
             pass
-        dependents = {s: self.definition(s) for s in record["before"]}
-        self._mark_ready({s: got[0] for s, got in dependents.items() if got}, {step: lease})
 
     def reopened(self, step, lease):
         """The plan's part of a reopened (or released) step: it may be ready again, and its
@@ -3996,9 +4053,14 @@ class Plans(_Peer):
             raise NotFound(found)
         timeout = None if wait is True else check_number("the wait", wait, 0, MAX_SECONDS, True)
         cache, watch, pulse = {}, [], self._key("pulse.json")
-        seen = {"etags": None, "turn": 0, "looked": 0.0}
+        seen = {"etags": None, "turn": 0, "looked": None}
 
         def attempt():
+            if seen["looked"] is None:   # the first look, at once: most find work waiting
+                seen["looked"] = 0.0
+                found = self._take(label, ttl, cache, watch)
+                if isinstance(found, dict):
+                    return found, True
             if seen["etags"] is not None:
                 keys = [pulse] + watch
                 turn = seen["turn"] = (seen["turn"] + 1) % len(keys)
@@ -4030,13 +4092,22 @@ class Plans(_Peer):
         ready, held = self._markers()
         if watch is not None:
             watch[:] = [e.key for e in held[:1]]
-        for entry in ready:
-            context = self._context(entry, cache)
-            if not context or (label is not None and label not in context["labels"]):
-                continue
-            taken = self._try(context, ttl, entry)
+        candidates, lost = list(ready), 0
+        if self._contended and len(candidates) > 1:
+            lost = self._spread(candidates)
+        while candidates:
+            entry = candidates.pop(0)
+            context = None
+            if label is not None:   # the label is in the marker: read before claiming
+                context = self._context(entry, cache)
+                if not context or label not in context["labels"]:
+                    continue
+            taken = self._try(context, ttl, entry, cache)
             if taken:
                 return taken
+            lost += 1
+            if lost == 1 and candidates:
+                self._contended = self._spread(candidates)
         tidied = False
         for entry in held:   # claimed a while ago: has its lease expired, or been released?
             now = entry.server_time if entry.server_time is not None else time.time()
@@ -4055,16 +4126,47 @@ class Plans(_Peer):
         return self._take(label, ttl, cache, watch, True) if why is None and not repaired else \
             why or "nothing is ready"
 
-    def _try(self, context, ttl, entry):
-        step = context["step"]
+    @staticmethod
+    def _spread(candidates):
+        """Others race for the same first steps: start from a random place among the ready
+        steps of the highest priority, so that a fleet spreads out instead of colliding at
+        every step (a lone agent, never losing a race, keeps to plan order).  Returns 1."""
+        import random
+        top = sum(1 for e in candidates if e.key.rsplit("/", 1)[-1][:7] ==
+                  candidates[0].key.rsplit("/", 1)[-1][:7])
+        start = random.randrange(top)
+        candidates[:top] = candidates[start:top] + candidates[:start]
+        return 1
+
+    def _try(self, context, ttl, entry, cache=None):
+        """Claim the step of a ready marker; read the marker (its context) once won, if not
+        read yet.  Returns the step as next() does, or None when another agent has it."""
+        step = entry.key.rsplit("/", 1)[-1][_RANK_HEAD:-5]
         try:
             lease = self.client.steps.claim(step, ttl)
-        except Refused:   # taken meanwhile, or ended: and if its marker is still there, its
-            current = self.client.steps.lease(step)   # ender died before tidying up
-            if current.state in ENDED and self._etag(entry.key):
-                self.ended(step, current)
+        except Refused as exc:   # taken meanwhile, or ended: its ender is marking what follows,
+            current = getattr(exc, "lease", None)   # or died doing so, and then the marker,
+            if current is not None and current.state in ENDED and entry.size > HELD_RECHECK:
+                self._hold(entry.key, HELD_RECHECK, if_match=entry.etag or self._etag(
+                    entry.key))   # held, is read again in a minute (_recheck) and finished
+            return None
+        except UsageError:
+            self.client.warn_once(f"skipped {entry.key}: not a step's marker")
+            return None
+        context = context or self._context(entry, {} if cache is None else cache) or \
+            self._rebuilt(step)
+        if context is None:   # a marker written by another tool, for a step in no plan
+            self.client.steps.release(step)
+            self.client.warn_once(f"skipped {entry.key}: not a planned step's marker")
             return None
         self._hold(entry.key, lease["ttl"])
+        rank = entry.key.rsplit("/", 1)[-1][:-5]
+        self.records.keep("planned", step, {"step": step, "after": context["after"],
+                                            "labels": context["labels"], "rank": rank,
+                                            "priority": context["priority"], "note": None})
+        for handoff in context["handoffs"]:   # its dependencies are complete, for good
+            if isinstance(handoff, dict) and handoff.get("status") == "complete":
+                self._learn(handoff.get("step"), handoff)
         return dict(_ready_shape(context), lease=lease)
 
     def _hold(self, key, seconds, if_match=None):
@@ -4078,6 +4180,8 @@ class Plans(_Peer):
             pass
 
     def _recheck(self, entry, label):
+        """A held marker's lease read again: the step's context if it is free again, else None,
+        or "ended"."""
         step = entry.key.rsplit("/", 1)[-1][_RANK_HEAD:-5]
         lease = self.client.steps.lease(step)
         status = lease.status()
@@ -4089,18 +4193,40 @@ class Plans(_Peer):
         if status in ENDED:
             self.ended(step, lease)
             return "ended"
-        got = self.definition(step)
-        if not got or label is not None and label not in got[0]["labels"]:
+        return self._rebuilt(step, label)
+
+    def _rebuilt(self, step, label=None):
+        """A step's context built from its definition, without its marker; None when it is in
+        no plan or lacks the label."""
+        got = self._definitions([step]).get(step)
+        if not got or label is not None and label not in got["labels"]:
             return None
-        deps = self._leases(got[0]["after"])
-        return {"step": step, "note": got[0]["note"], "after": got[0]["after"],
-                "labels": got[0]["labels"], "priority": got[0]["priority"],
-                "handoffs": [_handoff_of(deps[d]) for d in got[0]["after"]]}
+        ended = self._ended_dependencies(got["after"])
+        return {"step": step, "note": got["note"], "after": got["after"],
+                "labels": got["labels"], "priority": got["priority"],
+                "handoffs": [ended.get(d) for d in got["after"]]}
 
     def _repair(self):
-        """Nothing ready and nothing in flight: recompute readiness from the whole plan (a
-        process that died between ending a step and marking its dependents left them
-        unmarked); say what is left."""
+        """Nothing ready and nothing in flight: has every planned step ended?  Two listings
+        say (a definition and a status.json for each), reading nothing.  If not, recompute
+        readiness from the whole plan (a process that died between ending a step and marking
+        its dependents left them unmarked), at most once a minute for this agent; say what is
+        left."""
+        prefix = self._key("steps") + "/"
+        planned = {e.key[len(prefix):-5] for e in self.store.list(prefix)
+                   if e.key.endswith(".json")}
+        if not planned:
+            return "the plan is empty (tracecraft plan add STEP, or plan load FILE)"
+        prefix = self.client.key("steps") + "/"
+        ended = {e.key[len(prefix):-len("/status.json")] for e in self.store.list(prefix)
+                 if e.key.endswith("/status.json")}
+        if planned <= ended:
+            return f"every planned step has ended ({len(planned)})"
+        last = self.records.kept("plan-scan", "") or {}
+        if isinstance(last.get("at"), (int, float)) and 0 <= time.time() - last["at"] < \
+                HELD_RECHECK:
+            return f"nothing is ready: {len(planned - ended)} steps have not ended"
+        self.records.keep("plan-scan", "", {"at": time.time()})
         graph = self.show()
         states = [s["state"] for s in graph["steps"]]
         if graph["repaired"]:
@@ -4108,7 +4234,7 @@ class Plans(_Peer):
         if not states:
             return "the plan is empty (tracecraft plan add STEP, or plan load FILE)"
         if all(state in ENDED for state in states):
-            return f"every planned step has ended ({states.count('complete')} complete)"
+            return f"every planned step has ended ({len(states)})"
         stuck = sum(state == "blocked" for state in states)
         return f"nothing is ready: {stuck} blocked, {states.count('waiting')} waiting" \
             if stuck or "waiting" in states else "nothing is ready"
@@ -4147,7 +4273,7 @@ class Plans(_Peer):
                     and definitions[s]["rank"] not in marked]
         if repaired and not self.client.read_only:
             for step in repaired:
-                self._put_ready(definitions[step], [leases[d] for d in
+                self._put_ready(definitions[step], [_handoff_of(leases[d]) for d in
                                                     definitions[step]["after"]])
             self._pulse()
         return {"steps": [{"step": s, "state": states[s], "after": definitions[s]["after"],
@@ -4158,11 +4284,10 @@ class Plans(_Peer):
                           for s in order],
                 "repaired": repaired}
 
-    def unmet(self, record, known=()):
+    def unmet(self, record):
         """The dependencies of a planned step (its definition) that are not complete."""
-        pending = [d for d in record["after"] if d not in known]
-        leases = self._leases(pending)
-        return [d for d in pending if leases[d].state != "complete"]
+        ended = self._ended_dependencies(record["after"])
+        return [d for d in record["after"] if (ended.get(d) or {}).get("status") != "complete"]
 
 
 def _topological(wanted):
@@ -4187,6 +4312,9 @@ def _topological(wanted):
                 stack.append((dep, iter(wanted[dep]["after"])))
                 path.append(dep), on_path.add(dep)
     return order
+
+
+_HANDOFF_KEYS = ("step", "status", "by", "note") + HANDOFF_FIELDS
 
 
 def _handoff_of(lease):

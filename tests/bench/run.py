@@ -19,7 +19,11 @@ Scenarios (names for --only):
                sessions: requests per minute while idle and while every session grows
   replay       a replay of 100 agents, 1,000 steps, 10,000 messages, 1,000 memory writes and 20
                sessions of 5 MB: build time, requests, file size, headless chromium; `ui` refreshes
-  idle         every waiting loop (inbox --wait, wait-for, session mirror -f, ui, status --watch)
+  plans        50 processes taking a 5,000-step plan with next (a layered DAG, a wide fan-out):
+               exactly once, never before a dependency, requests per step; the cost of one next
+               at 100 and at 5,000 steps done
+  idle         every waiting loop (inbox --wait, wait-for, next --wait, session mirror -f, ui,
+               status --watch)
                as a real process through a counting proxy: requests/s by kind, $ per agent-hour
                at AWS prices, how soon new work is seen right after the start and after idling
 
@@ -52,7 +56,7 @@ tracecraft = None        # the snapshot, imported by main()
 WORKER = os.path.join(HERE, "worker.py")
 BUCKET = "bench"
 SCENARIOS = ["cli", "requests", "throughput", "barrier", "contention", "inbox", "scale",
-             "sessions", "replay", "idle"]
+             "sessions", "replay", "plans", "idle"]
 
 
 class BenchError(Exception):
@@ -1067,6 +1071,21 @@ def _complete_step(ctx, i, n):
     return f"{step} complete"
 
 
+def _step_in_flight(ctx, i):
+    """A planned step held by another agent, so that a waiter waits instead of being told that
+    every planned step has ended."""
+    if not ctx.get("in flight"):
+        ctx["writer"].plans.add("in-flight")
+        ctx["writer"].next(ttl=7200)
+        ctx["in flight"] = True
+
+
+def _ready_step(ctx, i, n):
+    step = f"idle-{i}-{n}"
+    ctx["writer"].plans.add(step, labels=[f"w{i}"])
+    return f'"step": "{step}"'
+
+
 def _broadcast(ctx, i, n):
     text = f"idle-ui-{i}-{n}"
     ctx["writer"].send("_broadcast", text)
@@ -1093,7 +1112,8 @@ IDLE_LOOPS = [
      "argv": lambda ctx, i: ["inbox", "--wait", "--json"]},
     {"name": "wait-for", "once": True, "trigger": _complete_step,
      "argv": lambda ctx, i: ["wait-for", f"idle-{i}-{ctx['trial']}", "--timeout", "3600"]},
-    # {"name": "next --wait", ...}: the plan's waiting loop (issue 15) goes here.
+    {"name": "next --wait", "once": True, "trigger": _ready_step, "setup": _step_in_flight,
+     "argv": lambda ctx, i: ["next", "--wait", "--label", f"w{i}", "--json"]},
     {"name": "session mirror -f", "once": False, "trigger": _grow_transcript,
      "setup": _new_transcript,
      "argv": lambda ctx, i: ["session", "mirror", "--harness", "claude-code", "--session-id",
@@ -1228,10 +1248,100 @@ def scenario_idle(b):
             b.figures["idle"][loop["name"]] = _idle_row(b, proxy, loop, section)
 
 
+def _plan_layout(layout, n):
+    """A plan of n steps: "layered" (layers of 100, or 20 in a small plan, each step after two
+    of the layer before) or "fan-out" (one root, every other step after it)."""
+    if layout == "fan-out":
+        return [{"step": "root"}] + [{"step": f"leaf-{i:04d}", "after": ["root"]}
+                                     for i in range(n - 1)]
+    width = 100 if n >= 1000 else 20
+    return [{"step": f"L{layer:02d}-{i:03d}",
+             "after": sorted({f"L{layer - 1:02d}-{i:03d}", f"L{layer - 1:02d}-{(i * 7 + 3) % width:03d}"})
+             if layer else []} for layer in range(n // width) for i in range(width)]
+
+
+def _cost_of_next(b, project, done):
+    """The requests of one `next` in a project where `done` steps are complete: a new step after
+    the root is added and taken."""
+    with b.client(project, "prober") as prober:
+        prober.plans.add(f"probe-{done}", after=["root"])
+        found, labels = b.measure(lambda: prober.next())
+        assert found["step"] == f"probe-{done}", found
+        return labels
+
+
+def scenario_plans(b):
+    section = "11 plans"
+    n_workers, n_steps = (10, 500) if b.quick else (50, 5000)
+    b.figures["plans"] = {}
+    for layout in ("layered", "fan-out"):
+        project = f"plan-{layout}"
+        plan = _plan_layout(layout, n_steps)
+        b.progress(f"plans: loading {n_steps} steps ({layout})")
+        with b.client(project, "loader") as loader:
+            t = time.perf_counter()
+            _, load_labels = b.measure(lambda: loader.plans.load(plan))
+            load_s = time.perf_counter() - t
+        b.progress(f"plans: {n_workers} processes working the {layout} plan")
+        configs = [{"settings": b.settings(), "project": project, "agent": f"p{i:02d}",
+                    "wait": 300} for i in range(n_workers)]
+        go, results = b.workers("plan", configs, timeout=1800)
+        done = [s for r in results for s, _ in r["done"]]
+        takeovers = sum(1 for r in results for _, g in r["done"] if g != 1)
+        errors = [e for r in results for e in r["errors"]]
+        with b.client(project, "checker") as checker:
+            leases = {lease.step: lease.shape() for lease in checker.steps.leases()}
+        wrong = [s["step"] for s in plan if leases.get(s["step"], {}).get("status") != "complete"]
+        early = [(s["step"], d) for s in plan for d in s.get("after", [])
+                 if s["step"] in leases and d in leases and
+                 leases[s["step"]]["claimed_at"] < (leases[d]["ended_at"] or "")]
+        wall = max(r["ended"] for r in results) - go
+        requests = sum(r["requests"] for r in results)
+        labels = {}
+        for r in results:
+            for k, v in r["labels"].items():
+                labels[k] = labels.get(k, 0) + v
+        per_step = requests / n_steps
+        once = sorted(done) == sorted(s["step"] for s in plan) and not wrong
+        b.figures["plans"][layout] = {
+            "workers": n_workers, "steps": n_steps, "load_s": load_s,
+            "load_requests": len(load_labels), "wall_s": wall, "requests": requests,
+            "requests_per_step": per_step, "labels": labels, "takeovers": takeovers,
+            "before_dependencies": early, "errors": errors,
+            "per_worker": [len(r["done"]) for r in results]}
+        name = f"{layout}, {n_steps} steps, {n_workers} processes"
+        b.row(section, f"{name}: every step done exactly once", f"{len(set(done))}/{n_steps}",
+              "all, once", once and not takeovers,
+              f"{len(wrong)} not complete in the store, {len(done) - len(set(done))} twice, "
+              f"{takeovers} taken over; {len(errors)} errors" + (f": {errors[0]}" if errors
+                                                                  else ""))
+        b.row(section, f"{layout}: claimed before a dependency had ended", str(len(early)), "0",
+              not early, "claimed_at >= every dependency's ended_at, in the store")
+        b.row(section, f"{layout}: load / wall time", f"{load_s:.1f} s / {wall:.1f} s", "",
+              None, f"load {len(load_labels)} requests; {n_steps / wall:.0f} steps/s; steps per "
+              f"worker {min(len(r['done']) for r in results)}-"
+              f"{max(len(r['done']) for r in results)}")
+        b.row(section, f"{layout}: requests per step (next + complete + waits)",
+              f"{per_step:.1f}", "<= 4", per_step <= 4.0,
+              ", ".join(f"{k} {v / n_steps:.2f}" for k, v in sorted(
+                  labels.items(), key=lambda kv: -kv[1])[:8]))
+    small = "plan-cost-100"
+    with b.client(small, "loader") as loader:
+        loader.plans.load(_plan_layout("fan-out", 100))
+        for _ in range(100):
+            loader.complete(loader.next()["step"])
+    few = _cost_of_next(b, small, 100)
+    many = _cost_of_next(b, "plan-fan-out", n_steps)
+    b.figures["plans"]["next_cost"] = {"100": summarize(few), str(n_steps): summarize(many)}
+    b.row(section, f"one next: requests at 100 / {n_steps} steps done", f"{len(few)} / {len(many)}",
+          "equal", len(few) == len(many), ", ".join(f"{k} {v}" for k, v in
+                                                    summarize(many).items()))
+
+
 RUNNERS = {"cli": scenario_cli, "requests": scenario_requests, "throughput": scenario_throughput,
            "barrier": scenario_barrier, "contention": scenario_contention,
            "inbox": scenario_inbox, "scale": scenario_scale, "sessions": scenario_sessions,
-           "replay": scenario_replay, "idle": scenario_idle}
+           "replay": scenario_replay, "idle": scenario_idle, "plans": scenario_plans}
 
 
 def print_table(rows, out=sys.stdout):

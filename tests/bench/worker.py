@@ -9,6 +9,7 @@ signal), works, and prints one JSON line of results.  Every request is counted i
   wait       wait_for(step); report when it returned and what it cost        (barrier latency)
   contend    claim steps from a pool until none is left, completing each won (contention)
   scale      several agents as threads working a DAG of steps                (scale run)
+  plan       next() / complete() until every planned step has ended          (plan run)
 """
 
 import json
@@ -217,10 +218,40 @@ def scale(cfg):
             "labels": summarize(labels), "alive": sum(t.is_alive() for t in threads)})
 
 
+# -- plan: a fleet taking a plan's steps with next() ------------------------------------------------
+
+def plan(cfg):
+    log = install_counter()
+    client = tracecraft.connect(project=cfg["project"], agent=cfg["agent"], **cfg["settings"])
+    done, errors = [], []
+    handshake()
+    started = time.time()
+    mark = log.mark()
+    while True:
+        try:
+            found = client.next(wait=cfg["wait"])
+        except tracecraft.TracecraftError as exc:
+            errors.append(f"next: {exc}")
+            break
+        if found is None:
+            break
+        try:
+            client.complete(found["step"])
+            done.append([found["step"], found["lease"]["generation"]])
+        except tracecraft.TracecraftError as exc:
+            errors.append(f"complete {found['step']}: {exc}")
+    ended = time.time()
+    labels = log.labels(mark)
+    client.close()
+    report({"done": done, "errors": errors, "started": started, "ended": ended,
+            "requests": len(labels), "labels": summarize(labels)})
+
+
 def main():
     mode, cfg = sys.argv[1], json.loads(sys.argv[2])
-    {"wait": wait, "contend": contend, "scale": scale}[mode](cfg)
+    {"wait": wait, "contend": contend, "scale": scale, "plan": plan}[mode](cfg)
 
 
 if __name__ == "__main__":
     main()
+
