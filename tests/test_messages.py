@@ -120,7 +120,7 @@ def test_wait_blocks_until_a_message_arrives(client_factory):
 def test_reading_k_new_messages_costs_o_k_requests(client_factory, settings):
     alice = client_factory("alice")
     bob = client_factory("bob")
-    for i in range(300):   # more than a first listing page (LOG_PAGE) of history
+    for i in range(2 * tracecraft.LOG_PAGE + 20):   # more than a first listing page of history
         alice.send("bob", str(i))
     bob.inbox()
     counts = []
@@ -131,7 +131,7 @@ def test_reading_k_new_messages_costs_o_k_requests(client_factory, settings):
         assert len(bob.inbox()) == 5
         counts.append(counting.calls)
         bob.store = counting.store
-        for i in range(300):
+        for i in range(2 * tracecraft.LOG_PAGE + 20):
             alice.send("bob", "old")
         bob.inbox()
     assert counts[0] == counts[1] == 5 + 4   # k GETs, cursor GET and CAS, two listings
