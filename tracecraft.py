@@ -4147,8 +4147,9 @@ class Plans(_Peer):
         except Refused as exc:   # taken meanwhile, or ended: its ender is marking what follows,
             current = getattr(exc, "lease", None)   # or died doing so, and then the marker,
             if current is not None and current.state in ENDED and entry.size > HELD_RECHECK:
-                self._hold(entry.key, HELD_RECHECK, if_match=entry.etag or self._etag(
-                    entry.key))   # held, is read again in a minute (_recheck) and finished
+                etag = entry.etag or self._etag(entry.key)   # held, is read again in a minute
+                if etag:                                     # (_recheck) and finished; gone:
+                    self._hold(entry.key, HELD_RECHECK, if_match=etag)   # never brought back
             return None
         except UsageError:
             self.client.warn_once(f"skipped {entry.key}: not a step's marker")
