@@ -4269,7 +4269,7 @@ class Plans(_Peer):
             states[step] = own if own != "pending" else \
                 "ready" if all(d == "complete" for d in deps) else \
                 "blocked" if any(d in ("failed", "blocked") for d in deps) else "waiting"
-        order = sorted(definitions, key=lambda s: definitions[s]["rank"])
+        order = sorted(definitions, key=lambda s: definitions[s]["rank"][8:])   # plan order
         repaired = [s for s in order if states[s] == "ready"
                     and definitions[s]["rank"] not in marked]
         if repaired and not self.client.read_only:

@@ -151,6 +151,42 @@ def test_status_watch_reuses_what_did_not_change(client_factory):
     assert {s["step"]: s["status"] for s in alice.status(cache)["steps"]}["a"] == "complete"
 
 
+def test_plan_tools(local_cli):
+    """Issue 15's tools: plan_add, plan_show, ready, next, complete with a handoff, reopen."""
+    async def scenario():
+        async with stdio_client(server(local_cli, "ci")) as (r, w):
+            async with ClientSession(r, w) as ci:
+                await ci.initialize()
+                await call(ci, "plan_add", step="lint", note="ruff only")
+                added = data(await call(ci, "plan_add", step="test", after=["lint"],
+                                        labels=["py"], priority=3))
+                assert added == {"added": ["test"], "unchanged": [], "ready": []}
+                bad = await call(ci, "plan_add", step="x", after=["nowhere"])
+                assert bad.is_error and "nowhere" in bad.content[0].text
+                assert [r["step"] for r in data(await call(ci, "ready"))["ready"]] == ["lint"]
+                got = data(await call(ci, "next"))
+                assert got["step"] == "lint" and got["note"] == "ruff only" and not got["ended"]
+                empty = await call(ci, "next")
+                assert empty.is_error and "nothing is ready" in empty.content[0].text
+                await call(ci, "complete", step="lint", status="failed", note="red")
+                shown = data(await call(ci, "plan_show"))["steps"]
+                assert [s["state"] for s in shown] == ["failed", "blocked"]
+                assert data(await call(ci, "reopen", step="lint"))["status"] == "pending"
+                assert data(await call(ci, "next", wait=5))["step"] == "lint"
+                done = data(await call(ci, "complete", step="lint", to="reviewer",
+                                       next_action="look", needs_review=True,
+                                       changed_files=["a.py"]))
+                assert done["handoff"] == {"next_agent": "reviewer", "next_action": "look",
+                                           "changed_files": ["a.py"], "needs_review": True}
+                nxt = data(await call(ci, "next", label="py"))
+                assert nxt["step"] == "test" and nxt["handoffs"][0]["next_action"] == "look"
+                await call(ci, "complete", step="test")
+                assert data(await call(ci, "next", wait=5)) == {"step": None, "ended": True}
+                wrong = await call(ci, "plan_add", step="y", priority=1.5)
+                assert wrong.is_error and "priority" in wrong.content[0].text
+    anyio.run(scenario)
+
+
 def test_readme_shows_the_prompt_as_printed():
     import tracecraft
     from conftest import REPO
