@@ -3995,7 +3995,7 @@ class Plans(_Peer):
                 return found
             raise NotFound(found)
         timeout = None if wait is True else check_number("the wait", wait, 0, MAX_SECONDS, True)
-        cache, watch, seen = {}, [], [None, None, None]
+        cache, watch, seen = {}, [], [None, None]
 
         def attempt():
             now = (self._etag(self._key("pulse.json")),) + tuple(self._etag(k) for k in watch)
@@ -4004,7 +4004,8 @@ class Plans(_Peer):
             elif now == seen[0] and time.monotonic() - seen[1] < HELD_RECHECK:
                 return None, False
             found = self._take(label, ttl, cache, watch)
-            seen[:] = None, time.monotonic(), None
+            # the keys as they were before this look: a change since is seen next round
+            seen[:] = now, time.monotonic()
             if isinstance(found, dict):
                 return found, True
             return (False if found.startswith("every") else None), False

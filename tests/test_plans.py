@@ -303,3 +303,15 @@ def test_racing_workers_do_every_step_once_and_never_before_its_dependencies(
     assert sum(bool(run) for run in runs) >= 4   # the work was shared
     assert most_at_once([{"began": line["began"], "ended": line["claimed"]}
                          for line in done]) >= 3   # several next() calls at the same instant
+
+
+def test_an_idle_next_wait_lists_again_only_when_what_it_watches_changes(client_factory):
+    from fakes import Recording
+    alice, bob = client_factory("alice"), client_factory("bob")
+    alice.plans.load([{"step": "a"}, {"step": "b", "after": ["a"]}])
+    alice.next()
+    recording = bob.store = Recording(bob.store)
+    with pytest.raises(tracecraft.WaitTimeout):
+        bob.next(wait=1.2)   # 5 rounds: a HEAD of the pulse and of a's marker each
+    lists = [key for name, key in recording.calls if name == "list"]
+    assert len(lists) <= 2, lists   # the first look, and one when a's marker was chosen to watch
