@@ -3998,13 +3998,12 @@ class Plans(_Peer):
         cache, watch, seen = {}, [], [None, None]
 
         def attempt():
-            now = (self._etag(self._key("pulse.json")),) + tuple(self._etag(k) for k in watch)
-            if seen[0] is None or len(seen[0]) != len(now):
-                seen[0] = now   # a key just chosen to watch: what it is now is the baseline
-            elif now == seen[0] and time.monotonic() - seen[1] < HELD_RECHECK:
+            # {key: ETag} read before each look, so that any change after it is seen next
+            # round; a key chosen to watch by the last look has no baseline yet: look again
+            now = {k: self._etag(k) for k in [self._key("pulse.json")] + watch}
+            if now == seen[0] and time.monotonic() - seen[1] < HELD_RECHECK:
                 return None, False
             found = self._take(label, ttl, cache, watch)
-            # the keys as they were before this look: a change since is seen next round
             seen[:] = now, time.monotonic()
             if isinstance(found, dict):
                 return found, True
@@ -4023,8 +4022,7 @@ class Plans(_Peer):
         """Claim the first ready step: its context (a dict), else why nothing was (text).
         `watch` gets the key of one step in flight, for a waiter to watch."""
         ready, held = self._markers()
-        if watch is not None:
-            watch[:] = [e.key for e in held[:1]]
+        refused = []
         for entry in ready:
             context = self._context(entry, cache)
             if not context or (label is not None and label not in context["labels"]):
@@ -4032,6 +4030,9 @@ class Plans(_Peer):
             taken = self._try(context, ttl, entry)
             if taken:
                 return taken
+            refused.append(entry.key)   # claimed by another agent, its marker not yet emptied
+        if watch is not None:   # a step in flight: held, or claimed just now by another agent
+            watch[:] = ([e.key for e in held] + refused)[:1]
         tidied = False
         for entry in held:   # claimed a while ago: has its lease expired, or been released?
             now = entry.server_time if entry.server_time is not None else time.time()

@@ -315,3 +315,20 @@ def test_an_idle_next_wait_lists_again_only_when_what_it_watches_changes(client_
         bob.next(wait=1.2)   # 5 rounds: a HEAD of the pulse and of a's marker each
     lists = [key for name, key in recording.calls if name == "list"]
     assert len(lists) <= 2, lists   # the first look, and one when a's marker was chosen to watch
+
+
+def test_next_wait_sees_the_end_of_a_step_it_began_to_watch_only_just_now(client_factory):
+    alice, bob = client_factory("alice"), client_factory("bob")
+    alice.plans.load([{"step": "a"}, {"step": "b"}])
+    alice.next(), alice.next()
+    take, ends = bob.plans._take, ["a", "b"]
+
+    def look(label, ttl, cache, watch=None, repaired=False):   # each step in flight ends just
+        found = take(label, ttl, cache, watch, repaired)       # after bob chose to watch it
+        if watch and ends and ends[0] in watch[0]:
+            alice.complete(ends.pop(0))
+        return found
+    bob.plans._take = look
+    started = time.monotonic()
+    assert bob.next(wait=5) is None   # every planned step has ended: seen at once
+    assert ends == [] and time.monotonic() - started < 3
