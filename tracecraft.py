@@ -3754,34 +3754,46 @@ class Plans(_Peer):
             raise Refused("unknown dependencies (not in the plan; add them first): "
                           + ", ".join(shown(d) for d in unknown))
         order = _topological(wanted)
+        unchanged = [step for step in order if step in listed]
+        for step in unchanged:   # refused before anything is written
+            self._same(step, wanted[step])
+        before = {step: [] for step in order}
+        for step in order:
+            for dep in wanted[step]["after"]:
+                if dep in before:
+                    before[dep].append(step)
         stamp = f"{int(self.client.clock() * 1000) % 10 ** 13:013d}"
-        added, unchanged, records = [], [], {}
+        added, records, refused = [], {}, None
         for step in order:
             spec = wanted[step]
-            before = [s for s in order if step in wanted[s]["after"]]
+            if step in listed:
+                continue
             rank = f"{PRIORITY_LIMIT - spec['priority']:07d}-{stamp}" \
                    f"{spec['position']:05d}-{step}"
             record = self.client.record(step=step, after=spec["after"], labels=spec["labels"],
                                         priority=spec["priority"], note=spec["note"], rank=rank,
-                                        before=before)
-            if step in listed:
-                self._same(step, spec)
-                unchanged.append(step)
-                continue
+                                        before=before[step])
             try:
                 self.records.write(self._definition_key(step), record, create_only=True)
                 added.append(step)
                 records[step] = record
             except PreconditionFailed:
-                self._same(step, spec)   # planned meanwhile by another agent: the same way?
-                unchanged.append(step)
+                try:
+                    self._same(step, spec)   # planned meanwhile by another agent: the same way?
+                    unchanged.append(step)
+                except Refused as exc:   # the steps written so far are finished below (their
+                    refused = exc        # dependencies told, their readiness marked): the
+                    break                # steps after it in plan order are not written
         for step in added:   # dependencies planned earlier learn of their new dependents
             for dep in wanted[step]["after"]:
-                if dep not in wanted or dep in unchanged:
+                if dep not in records:
                     self.records.update(self._definition_key(dep), lambda got, s=step: dict(
                         self._existing(got, dep), before=sorted(set(got[0]["before"]) | {s})),
                         remembered=False)
         ready = self._mark_ready(records)
+        if refused:
+            raise Refused(f"{refused}" + (f" (added before it: {', '.join(added[:10])}"
+                                          f"{' ...' if len(added) > 10 else ''})" if added else ""))
         return {"added": added, "unchanged": unchanged, "ready": ready}
 
     def _existing(self, got, step):

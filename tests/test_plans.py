@@ -332,3 +332,27 @@ def test_next_wait_sees_the_end_of_a_step_it_began_to_watch_only_just_now(client
     started = time.monotonic()
     assert bob.next(wait=5) is None   # every planned step has ended: seen at once
     assert ends == [] and time.monotonic() - started < 3
+
+
+def test_a_refused_load_writes_nothing_or_finishes_the_steps_it_wrote(client_factory):
+    alice, bob = client_factory("alice"), client_factory("bob")
+    alice.plans.load([{"step": "lint"}, {"step": "deploy", "after": ["lint"]}])
+    with pytest.raises(tracecraft.Refused, match="deploy is already in the plan, differently"):
+        alice.plans.load([{"step": "fresh", "after": ["lint"]},
+                          {"step": "deploy", "after": ["fresh"]}])
+    assert set(states(alice)) == {"lint", "deploy"}   # refused before anything was written
+    write, raced = alice.records.write, []
+
+    def racing(key, record, **kwargs):   # bob plans `late` differently while alice loads
+        if record.get("step") == "late" and not raced:
+            raced.append(bob.plans.add("late", after=["lint"]))
+        return write(key, record, **kwargs)
+    alice.records.write = racing
+    with pytest.raises(tracecraft.Refused, match="added before it: early"):
+        alice.plans.load([{"step": "early", "after": ["lint"]}, {"step": "late"},
+                          {"step": "later", "after": ["late"]}])
+    alice.records.write = write
+    assert set(states(alice)) == {"lint", "deploy", "early", "late"}
+    alice.claim("lint")
+    alice.complete("lint")   # early was written: lint's end makes it ready like the others
+    assert {r["step"] for r in alice.ready()["ready"]} == {"deploy", "early", "late"}
