@@ -4109,13 +4109,15 @@ class Plans(_Peer):
         """Nothing ready and nothing in flight: recompute readiness from the whole plan (a
         process that died between ending a step and marking its dependents left them
         unmarked); say what is left."""
-        graph = self.show()
-        states = [s["state"] for s in graph["steps"]]
-        if graph["repaired"]:
+        order, _, leases, states, repaired = self._survey({})
+        if repaired:
             return None
+        states = [states[s] for s in order]
         if not states:
             return "the plan is empty (tracecraft plan add STEP, or plan load FILE)"
-        if all(state in ENDED for state in states):
+        # ended: by its lease (a step blocked by a dependency's failure has not: reopened,
+        # the dependency may yet run)
+        if all(s in leases and leases[s].state in ENDED for s in order):
             return f"every planned step has ended ({states.count('complete')} complete)"
         stuck = sum(state == "blocked" for state in states)
         return f"nothing is ready: {stuck} blocked, {states.count('waiting')} waiting" \
@@ -4129,7 +4131,19 @@ class Plans(_Peer):
         complete, failed, blocked) or, for a step nobody holds, ready, waiting (for
         dependencies) or blocked (a dependency, or one of theirs, failed or was blocked).
         Reads every definition and every lease; marks ready any step found ready unmarked."""
-        cache = {} if cache is None else cache
+        order, definitions, leases, states, repaired = self._survey({} if cache is None
+                                                                   else cache)
+        return {"steps": [{"step": s, "state": states[s], "after": definitions[s]["after"],
+                           "labels": definitions[s]["labels"],
+                           "priority": definitions[s]["priority"], "note": definitions[s]["note"],
+                           "holder": leases[s].holder if s in leases and
+                           states[s] in ("in_progress", "expired") else None}
+                          for s in order],
+                "repaired": repaired}
+
+    def _survey(self, cache):
+        """show()'s reading of the plan: (steps in plan order, {step: definition}, {step:
+        Lease}, {step: state}, the steps it marked ready)."""
         prefix = self._key("steps") + "/"
         definitions = {}
         for entry in self.store.list(prefix):
@@ -4158,13 +4172,7 @@ class Plans(_Peer):
                 self._put_ready(definitions[step], [leases[d] for d in
                                                     definitions[step]["after"]])
             self._pulse()
-        return {"steps": [{"step": s, "state": states[s], "after": definitions[s]["after"],
-                           "labels": definitions[s]["labels"],
-                           "priority": definitions[s]["priority"], "note": definitions[s]["note"],
-                           "holder": leases[s].holder if s in leases and
-                           states[s] in ("in_progress", "expired") else None}
-                          for s in order],
-                "repaired": repaired}
+        return order, definitions, leases, states, repaired
 
     def unmet(self, record, known=()):
         """The dependencies of a planned step (its definition) that are not complete."""

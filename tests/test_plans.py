@@ -356,3 +356,19 @@ def test_a_refused_load_writes_nothing_or_finishes_the_steps_it_wrote(client_fac
     alice.claim("lint")
     alice.complete("lint")   # early was written: lint's end makes it ready like the others
     assert {r["step"] for r in alice.ready()["ready"]} == {"deploy", "early", "late"}
+
+
+def test_a_plan_held_up_by_a_failure_has_not_ended_and_a_waiter_sees_the_reopen(client_factory):
+    alice, bob = client_factory("alice"), client_factory("bob")
+    alice.plans.load([{"step": "a"}, {"step": "b", "after": ["a"]}])
+    alice.next()
+    alice.complete("a", status="failed")
+    with pytest.raises(tracecraft.NotFound, match="nothing is ready: 1 blocked"):
+        bob.next()   # b never ran: not "every planned step has ended"
+    got = {}
+    waiter = threading.Thread(target=lambda: got.update(step=bob.next(wait=20)))
+    waiter.start()
+    time.sleep(0.5)
+    alice.reopen("a")
+    waiter.join(30)
+    assert got["step"]["step"] == "a"
