@@ -3686,8 +3686,9 @@ def _handoff_text(shape):
 #    dependent: a completer ends the lease and then reads `before`; an adder writes `before` (or
 #    the new step) and then reads the dependency's lease, so of the two at least one sees the
 #    other, and the marker is create-only.  A process killed between ending a step and marking
-#    its dependents ready is repaired by the next reader who finds nothing in flight (`next`,
-#    `plan show`): readiness is recomputed from the definitions and the leases.
+#    its dependents ready left the step's marker (it goes last): the next `next` to check that
+#    lease again (within a minute) finishes the work; and a reader who finds nothing in flight
+#    (`next`, `plan show`) recomputes readiness from the definitions and the leases.
 # ==================================================================================================
 
 PRIORITY_LIMIT = 10 ** 6   # priorities are integers between -limit and +limit (exclusive)
@@ -3906,20 +3907,20 @@ class Plans(_Peer):
                        content_type="text/plain")
 
     def ended(self, step, lease):
-        """The plan's part of a step's end, after its lease was ended: drop its ready marker;
-        mark ready the dependents it was the last to wait for or, when it failed or was
-        blocked, mark them blocked.  Its definition is read after the end, never before: a
+        """The plan's part of a step's end, after its lease was ended: mark ready the dependents
+        it was the last to wait for or, when it failed or was blocked, mark them blocked; then
+        drop its ready marker.  Its definition is read after the end, never before: a
         dependent added meanwhile is then either in `before` or saw the step ended."""
         got = self.definition(step)
         if not got:
             return
         record = got[0]
-        try:
-            self.store.delete(self._ready_key(record["rank"]))
-        except NoSuchKey:
-            pass
         dependents = {s: self.definition(s) for s in record["before"]}
         self._mark_ready({s: got[0] for s, got in dependents.items() if got}, {step: lease})
+        try:   # last: while it is there, a process killed before this point is found out (its
+            self.store.delete(self._ready_key(record["rank"]))   # lease is checked again)
+        except NoSuchKey:
+            pass
 
     def reopened(self, step, lease):
         """The plan's part of a reopened (or released) step: it may be ready again, and its

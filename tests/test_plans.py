@@ -372,3 +372,22 @@ def test_a_plan_held_up_by_a_failure_has_not_ended_and_a_waiter_sees_the_reopen(
     alice.reopen("a")
     waiter.join(30)
     assert got["step"]["step"] == "a"
+
+
+def test_a_completer_killed_before_marking_its_dependents_is_repaired_while_work_goes_on(
+        client_factory, monkeypatch):
+    alice, bob = client_factory("alice"), client_factory("bob")
+    alice.plans.load([{"step": "a"}, {"step": "b", "after": ["a"]}, {"step": "long"}])
+    alice.next(ttl=1), alice.next()
+
+    class Killed(Exception):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed()
+    monkeypatch.setattr(alice.plans, "_mark_ready", killed)
+    with pytest.raises(Killed):
+        alice.complete("a")   # the lease ended, b not marked ready: died right there
+    monkeypatch.undo()
+    time.sleep(2.2)   # a's marker is checked again once a's lease could have ended...
+    assert bob.next()["step"] == "b"   # ... though `long` is in flight: no waiting for it
