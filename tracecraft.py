@@ -3578,9 +3578,10 @@ class Steps(_Peer):
         return poll(attempt, timeout, lambda: f"timed out after {_seconds(timeout)} waiting for: "
                     + ", ".join(pending), cancel=self.client.cancel, tick=self.client.agents.touch)
 
-    def leases(self, cache=None, ended=True):
+    def leases(self, cache=None, ended=True, only=None):
         """The Lease of every step with one, in listing order; with ended=False only of those
-        not yet ended, whose leases need no read (status.json marks them in the same listing).
+        not yet ended, whose leases need no read (status.json marks them in the same listing);
+        with `only` (a set of steps), only of those (the others are not read).
         One listing of steps/ and one read per lease; `cache`: see status()."""
         prefix = self.client.key("steps") + "/"
         claims, finished = {}, set()
@@ -3593,7 +3594,7 @@ class Steps(_Peer):
         cache = {} if cache is None else cache
         leases = []
         for step, entry in claims.items():
-            if ended or step not in finished:
+            if (ended or step not in finished) and (only is None or step in only):
                 try:
                     check_name("step id", step)
                     got, since = self.records.read_listed(entry, cache)
@@ -3856,8 +3857,7 @@ class Plans(_Peer):
         steps = set(steps)
         if len(steps) <= 32:
             return {s: self.client.steps.lease(s) for s in steps}
-        found = {lease.step: lease for lease in self.client.steps.leases()
-                 if lease.step in steps}
+        found = {lease.step: lease for lease in self.client.steps.leases(only=steps)}
         return {s: found.get(s) or Lease(s, None) for s in steps}
 
     def _mark_ready(self, definitions, known=None, again=False):

@@ -391,3 +391,23 @@ def test_a_completer_killed_before_marking_its_dependents_is_repaired_while_work
     monkeypatch.undo()
     time.sleep(2.2)   # a's marker is checked again once a's lease could have ended...
     assert bob.next()["step"] == "b"   # ... though `long` is in flight: no waiting for it
+
+
+@pytest.mark.parametrize("settings", ["local"], indirect=True)   # counting: one backend is enough
+def test_completing_a_step_with_many_dependencies_costs_the_same_however_many_are_done(
+        client_factory):
+    from fakes import CountingStore
+    alice = client_factory("alice")
+
+    def cost(done):   # a step after 40 others (its dependencies read from one listing)
+        names = [f"d{done}-{i}" for i in range(done)] + [f"dep{done}-{i}" for i in range(40)]
+        alice.plans.load([{"step": n} for n in names]
+                         + [{"step": f"fin{done}", "after": names[done:]}])
+        for name in names:
+            alice.complete(name, force=True)
+        alice.claim(f"fin{done}")
+        counter = alice.store = CountingStore(alice.store)
+        alice.complete(f"fin{done}")
+        alice.store = counter.store
+        return counter.calls
+    assert cost(2) == cost(30)
