@@ -6552,7 +6552,12 @@ MCP_TOOLS = {   # name: (description, input schema, run(client, arguments) -> di
 
 
 def _next_result(found):
-    return dict(found, ended=False) if found else {"step": None, "ended": True}
+    """What `next` answers, as --json and MCP show it: the same keys whether a step was claimed
+    or every planned step has ended."""
+    if found:
+        return dict(found, ended=False)
+    return {"step": None, "note": None, "after": [], "labels": [], "priority": None,
+            "handoffs": [], "lease": None, "ended": True}
 
 
 def _session_tail(client, session, harness, tail):
@@ -7326,7 +7331,7 @@ def cmd_next(args, out):
     client = _client(args)
     found = client.next(args.label, _ttl(args), wait)
     if found is None:
-        out.result({"step": None, "ended": True}, "Every planned step has ended: nothing "
+        out.result(_next_result(None), "Every planned step has ended: nothing "
                    "left to do")
         return EXIT_OK
     lines = [f"Claimed step {found['step']} as {client.agent}"
@@ -7338,7 +7343,7 @@ def cmd_next(args, out):
                      + (f": {_indented(h['note'], '      ')}" if h["note"] else ""))
         if h["next_action"]:
             lines.append(f"      next: {_indented(h['next_action'], '        ')}")
-    out.result(dict(found, ended=False), *lines)
+    out.result(_next_result(found), *lines)
 
 
 def cmd_reopen(args, out):
