@@ -7261,11 +7261,16 @@ def cmd_plan_load(args, out):
     else:
         try:
             with open(args.file, "rb") as f:
-                text = f.read(MAX_RECORD + 1).decode("utf-8")
+                text = f.read(MAX_RECORD + 1).decode("utf-8", "surrogateescape")
         except OSError as exc:
             raise LocalFileError(f"cannot read {args.file}: {os_reason(exc)}") from None
-        except UnicodeDecodeError:
-            raise UsageError(f"{args.file} is not UTF-8 text") from None
+    raw = text.encode("utf-8", "surrogateescape")
+    if len(raw) > MAX_RECORD:   # never a plan cut short (its last steps silently left out)
+        raise UsageError(f"{args.file} is larger than {MAX_RECORD >> 20} MiB: load it in parts")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{args.file} is not UTF-8 text") from None
     if text.lstrip()[:1] in ("[", "{"):
         try:
             steps = loads(text)

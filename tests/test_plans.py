@@ -412,3 +412,10 @@ def test_completing_a_step_with_many_dependencies_costs_the_same_however_many_ar
         alice.store = counter.store
         return counter.calls
     assert cost(2) == cost(30)
+
+
+def test_a_plan_file_too_large_is_refused_not_cut_short(local_cli):
+    (local_cli.cwd / "big.txt").write_text("a:\n#" + "x" * tracecraft.MAX_RECORD + "\nb: a\n")
+    big = local_cli("plan", "load", "big.txt")
+    assert big.returncode == 2 and "larger than 8 MiB" in big.stderr, big.stderr
+    assert json.loads(local_cli.ok("plan", "show", "--json"))["steps"] == []
