@@ -3583,9 +3583,10 @@ class Steps(_Peer):
         return poll(attempt, timeout, lambda: f"timed out after {_seconds(timeout)} waiting for: "
                     + ", ".join(pending), cancel=self.client.cancel, tick=self.client.agents.touch)
 
-    def leases(self, cache=None, ended=True):
+    def leases(self, cache=None, ended=True, only=None):
         """The Lease of every step with one, in listing order; with ended=False only of those
-        not yet ended, whose leases need no read (status.json marks them in the same listing).
+        not yet ended, whose leases need no read (status.json marks them in the same listing);
+        with `only` (a set of steps), only of those (the others are not read).
         One listing of steps/ and one read per lease; `cache`: see status()."""
         prefix = self.client.key("steps") + "/"
         claims, finished = {}, set()
@@ -3598,7 +3599,7 @@ class Steps(_Peer):
         cache = {} if cache is None else cache
         leases = []
         for step, entry in claims.items():
-            if ended or step not in finished:
+            if (ended or step not in finished) and (only is None or step in only):
                 try:
                     check_name("step id", step)
                     got, since = self.records.read_listed(entry, cache)
@@ -3691,8 +3692,9 @@ def _handoff_text(shape):
 #    dependent: a completer ends the lease and then reads `before`; an adder writes `before` (or
 #    the new step) and then reads the dependency's lease, so of the two at least one sees the
 #    other, and the marker is create-only.  A process killed between ending a step and marking
-#    its dependents ready is repaired by the next reader who finds nothing in flight (`next`,
-#    `plan show`): readiness is recomputed from the definitions and the leases.
+#    its dependents ready left the step's marker (it goes last): the next `next` to check that
+#    lease again (within a minute) finishes the work; and a reader who finds nothing in flight
+#    (`next`, `plan show`) recomputes readiness from the definitions and the leases.
 # ==================================================================================================
 
 PRIORITY_LIMIT = 10 ** 6   # priorities are integers between -limit and +limit (exclusive)
@@ -3811,34 +3813,46 @@ class Plans(_Peer):
             raise Refused("unknown dependencies (not in the plan; add them first): "
                           + ", ".join(shown(d) for d in unknown))
         order = _topological(wanted)
+        unchanged = [step for step in order if step in listed]
+        for step in unchanged:   # refused before anything is written
+            self._same(step, wanted[step])
+        before = {step: [] for step in order}
+        for step in order:
+            for dep in wanted[step]["after"]:
+                if dep in before:
+                    before[dep].append(step)
         stamp = f"{int(self.client.clock() * 1000) % 10 ** 13:013d}"
-        added, unchanged, records = [], [], {}
+        added, records, refused = [], {}, None
         for step in order:
             spec = wanted[step]
-            before = [s for s in order if step in wanted[s]["after"]]
+            if step in listed:
+                continue
             rank = f"{PRIORITY_LIMIT - spec['priority']:07d}-{stamp}" \
                    f"{spec['position']:05d}-{step}"
             record = self.client.record(step=step, after=spec["after"], labels=spec["labels"],
                                         priority=spec["priority"], note=spec["note"], rank=rank,
-                                        before=before)
-            if step in listed:
-                self._same(step, spec)
-                unchanged.append(step)
-                continue
+                                        before=before[step])
             try:
                 self.records.write(self._definition_key(step), record, create_only=True)
                 added.append(step)
                 records[step] = record
             except PreconditionFailed:
-                self._same(step, spec)   # planned meanwhile by another agent: the same way?
-                unchanged.append(step)
+                try:
+                    self._same(step, spec)   # planned meanwhile by another agent: the same way?
+                    unchanged.append(step)
+                except Refused as exc:   # the steps written so far are finished below (their
+                    refused = exc        # dependencies told, their readiness marked): the
+                    break                # steps after it in plan order are not written
         for step in added:   # dependencies planned earlier learn of their new dependents
             for dep in wanted[step]["after"]:
-                if dep not in wanted or dep in unchanged:
+                if dep not in records:
                     self.records.update(self._definition_key(dep), lambda got, s=step: dict(
                         self._existing(got, dep), before=sorted(set(got[0]["before"]) | {s})),
                         remembered=False)
         ready = self._mark_ready(records, self._leases(records))   # planned after being claimed?
+        if refused:
+            raise Refused(f"{refused}" + (f" (added before it: {', '.join(added[:10])}"
+                                          f"{' ...' if len(added) > 10 else ''})" if added else ""))
         return {"added": added, "unchanged": unchanged, "ready": ready}
 
     def _existing(self, got, step):
@@ -3900,8 +3914,7 @@ class Plans(_Peer):
         steps = set(steps)
         if len(steps) <= 32:
             return {s: self.client.steps.lease(s) for s in steps}
-        found = {lease.step: lease for lease in self.client.steps.leases()
-                 if lease.step in steps}
+        found = {lease.step: lease for lease in self.client.steps.leases(only=steps)}
         return {s: found.get(s) or Lease(s, None) for s in steps}
 
     def _mark_ready(self, definitions, own=None, again=False):
@@ -3961,8 +3974,8 @@ class Plans(_Peer):
         if lease.state == "complete":
             self._learn(step, _handoff_of(lease))
         self._mark_ready(self._definitions(record["before"]))
-        try:
-            self.store.delete(self._ready_key(record["rank"]))
+        try:   # last: while it is there, a process killed before this point is found out (its
+            self.store.delete(self._ready_key(record["rank"]))   # lease is checked again)
         except NoSuchKey:
             pass
 
@@ -4090,9 +4103,7 @@ class Plans(_Peer):
         """Claim the first ready step: its context (a dict), else why nothing was (text).
         `watch` gets the key of one step in flight, for a waiter to watch."""
         ready, held = self._markers()
-        if watch is not None:
-            watch[:] = [e.key for e in held[:1]]
-        candidates, lost = list(ready), 0
+        candidates, lost, refused = list(ready), 0, []
         if self._contended and len(candidates) > 1:
             lost = self._spread(candidates)
         while candidates:
@@ -4105,9 +4116,12 @@ class Plans(_Peer):
             taken = self._try(context, ttl, entry, cache)
             if taken:
                 return taken
+            refused.append(entry.key)   # claimed by another agent, its marker not yet emptied
             lost += 1
             if lost == 1 and candidates:
                 self._contended = self._spread(candidates)
+        if watch is not None:   # a step in flight: held, or claimed just now by another agent
+            watch[:] = ([e.key for e in held] + refused)[:1]
         tidied = False
         for entry in held:   # claimed a while ago: has its lease expired, or been released?
             now = entry.server_time if entry.server_time is not None else time.time()
@@ -4228,14 +4242,16 @@ class Plans(_Peer):
                 HELD_RECHECK:
             return f"nothing is ready: {len(planned - ended)} steps have not ended"
         self.records.keep("plan-scan", "", {"at": time.time()})
-        graph = self.show()
-        states = [s["state"] for s in graph["steps"]]
-        if graph["repaired"]:
+        order, _, leases, states, repaired = self._survey({})
+        if repaired:
             return None
+        states = [states[s] for s in order]
         if not states:
             return "the plan is empty (tracecraft plan add STEP, or plan load FILE)"
-        if all(state in ENDED for state in states):
-            return f"every planned step has ended ({len(states)})"
+        # ended: by its lease (a step blocked by a dependency's failure has not: reopened,
+        # the dependency may yet run)
+        if all(s in leases and leases[s].state in ENDED for s in order):
+            return f"every planned step has ended ({len(order)})"
         stuck = sum(state == "blocked" for state in states)
         return f"nothing is ready: {stuck} blocked, {states.count('waiting')} waiting" \
             if stuck or "waiting" in states else "nothing is ready"
@@ -4248,7 +4264,19 @@ class Plans(_Peer):
         complete, failed, blocked) or, for a step nobody holds, ready, waiting (for
         dependencies) or blocked (a dependency, or one of theirs, failed or was blocked).
         Reads every definition and every lease; marks ready any step found ready unmarked."""
-        cache = {} if cache is None else cache
+        order, definitions, leases, states, repaired = self._survey({} if cache is None
+                                                                   else cache)
+        return {"steps": [{"step": s, "state": states[s], "after": definitions[s]["after"],
+                           "labels": definitions[s]["labels"],
+                           "priority": definitions[s]["priority"], "note": definitions[s]["note"],
+                           "holder": leases[s].holder if s in leases and
+                           states[s] in ("in_progress", "expired") else None}
+                          for s in order],
+                "repaired": repaired}
+
+    def _survey(self, cache):
+        """show()'s reading of the plan: (steps in plan order, {step: definition}, {step:
+        Lease}, {step: state}, the steps it marked ready)."""
         prefix = self._key("steps") + "/"
         definitions = {}
         for entry in self.store.list(prefix):
@@ -4277,13 +4305,7 @@ class Plans(_Peer):
                 self._put_ready(definitions[step], [_handoff_of(leases[d]) for d in
                                                     definitions[step]["after"]])
             self._pulse()
-        return {"steps": [{"step": s, "state": states[s], "after": definitions[s]["after"],
-                           "labels": definitions[s]["labels"],
-                           "priority": definitions[s]["priority"], "note": definitions[s]["note"],
-                           "holder": leases[s].holder if s in leases and
-                           states[s] in ("in_progress", "expired") else None}
-                          for s in order],
-                "repaired": repaired}
+        return order, definitions, leases, states, repaired
 
     def unmet(self, record):
         """The dependencies of a planned step (its definition) that are not complete."""
@@ -6664,7 +6686,12 @@ MCP_TOOLS = {   # name: (description, input schema, run(client, arguments) -> di
 
 
 def _next_result(found):
-    return dict(found, ended=False) if found else {"step": None, "ended": True}
+    """What `next` answers, as --json and MCP show it: the same keys whether a step was claimed
+    or every planned step has ended."""
+    if found:
+        return dict(found, ended=False)
+    return {"step": None, "note": None, "after": [], "labels": [], "priority": None,
+            "handoffs": [], "lease": None, "ended": True}
 
 
 def _session_tail(client, session, harness, tail):
@@ -7368,11 +7395,16 @@ def cmd_plan_load(args, out):
     else:
         try:
             with open(args.file, "rb") as f:
-                text = f.read(MAX_RECORD + 1).decode("utf-8")
+                text = f.read(MAX_RECORD + 1).decode("utf-8", "surrogateescape")
         except OSError as exc:
             raise LocalFileError(f"cannot read {args.file}: {os_reason(exc)}") from None
-        except UnicodeDecodeError:
-            raise UsageError(f"{args.file} is not UTF-8 text") from None
+    raw = text.encode("utf-8", "surrogateescape")
+    if len(raw) > MAX_RECORD:   # never a plan cut short (its last steps silently left out)
+        raise UsageError(f"{args.file} is larger than {MAX_RECORD >> 20} MiB: load it in parts")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{args.file} is not UTF-8 text") from None
     if text.lstrip()[:1] in ("[", "{"):
         try:
             steps = loads(text)
@@ -7438,7 +7470,7 @@ def cmd_next(args, out):
     client = _client(args)
     found = client.next(args.label, _ttl(args), wait)
     if found is None:
-        out.result({"step": None, "ended": True}, "Every planned step has ended: nothing "
+        out.result(_next_result(None), "Every planned step has ended: nothing "
                    "left to do")
         return EXIT_OK
     lines = [f"Claimed step {found['step']} as {client.agent}"
@@ -7450,7 +7482,7 @@ def cmd_next(args, out):
                      + (f": {_indented(h['note'], '      ')}" if h["note"] else ""))
         if h["next_action"]:
             lines.append(f"      next: {_indented(h['next_action'], '        ')}")
-    out.result(dict(found, ended=False), *lines)
+    out.result(_next_result(found), *lines)
 
 
 def cmd_reopen(args, out):

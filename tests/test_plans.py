@@ -93,8 +93,9 @@ def test_next_gives_the_note_and_the_handoffs_of_the_dependencies(local_cli):
     local_cli.ok("complete", "build")
     ended = local_cli("next", "--wait", "5")
     assert ended.returncode == 0 and "Every planned step has ended" in ended.stdout
-    assert json.loads(local_cli.ok("next", "--wait", "5", "--json")) == {"step": None,
-                                                                        "ended": True}
+    ended = json.loads(local_cli.ok("next", "--wait", "5", "--json"))
+    assert set(ended) == set(got) | {"ended"}   # the same keys as when a step is claimed
+    assert ended["step"] is None and ended["ended"] is True and ended["lease"] is None
 
 
 def test_complete_refuses_a_step_whose_dependencies_are_not_complete(client_factory):
@@ -326,3 +327,117 @@ def test_an_idle_next_wait_lists_nothing_and_reads_one_key_a_round(client_factor
     assert set(names) <= {"head", "list", "put"} and names.count("put") <= 1   # a heartbeat
     threading.Timer(0.5, lambda: alice.complete("busy")).start()
     assert bob.next(wait=30)["step"] == "after-busy"
+
+
+def test_an_idle_next_wait_lists_again_only_when_what_it_watches_changes(client_factory):
+    from fakes import Recording
+    alice, bob = client_factory("alice"), client_factory("bob")
+    alice.plans.load([{"step": "a"}, {"step": "b", "after": ["a"]}])
+    alice.next()
+    recording = bob.store = Recording(bob.store)
+    with pytest.raises(tracecraft.WaitTimeout):
+        bob.next(wait=1.2)   # 5 rounds: a HEAD of the pulse and of a's marker each
+    lists = [key for name, key in recording.calls if name == "list"]
+    assert len(lists) <= 2, lists   # the first look, and one when a's marker was chosen to watch
+
+
+def test_next_wait_sees_the_end_of_a_step_it_began_to_watch_only_just_now(client_factory):
+    alice, bob = client_factory("alice"), client_factory("bob")
+    alice.plans.load([{"step": "a"}, {"step": "b"}])
+    alice.next(), alice.next()
+    take, ends = bob.plans._take, ["a", "b"]
+
+    def look(label, ttl, cache, watch=None, repaired=False):   # each step in flight ends just
+        found = take(label, ttl, cache, watch, repaired)       # after bob chose to watch it
+        if watch and ends and ends[0] in watch[0]:
+            alice.complete(ends.pop(0))
+        return found
+    bob.plans._take = look
+    assert bob.next(wait=5) is None   # every planned step has ended: seen before a minute's
+    assert ends == []                 # look would have seen it
+
+
+def test_a_refused_load_writes_nothing_or_finishes_the_steps_it_wrote(client_factory):
+    alice, bob = client_factory("alice"), client_factory("bob")
+    alice.plans.load([{"step": "lint"}, {"step": "deploy", "after": ["lint"]}])
+    with pytest.raises(tracecraft.Refused, match="deploy is already in the plan, differently"):
+        alice.plans.load([{"step": "fresh", "after": ["lint"]},
+                          {"step": "deploy", "after": ["fresh"]}])
+    assert set(states(alice)) == {"lint", "deploy"}   # refused before anything was written
+    write, raced = alice.records.write, []
+
+    def racing(key, record, **kwargs):   # bob plans `late` differently while alice loads
+        if record.get("step") == "late" and not raced:
+            raced.append(bob.plans.add("late", after=["lint"]))
+        return write(key, record, **kwargs)
+    alice.records.write = racing
+    with pytest.raises(tracecraft.Refused, match="added before it: early"):
+        alice.plans.load([{"step": "early", "after": ["lint"]}, {"step": "late"},
+                          {"step": "later", "after": ["late"]}])
+    alice.records.write = write
+    assert set(states(alice)) == {"lint", "deploy", "early", "late"}
+    alice.claim("lint")
+    alice.complete("lint")   # early was written: lint's end makes it ready like the others
+    assert {r["step"] for r in alice.ready()["ready"]} == {"deploy", "early", "late"}
+
+
+def test_a_plan_held_up_by_a_failure_has_not_ended_and_a_waiter_sees_the_reopen(client_factory):
+    alice, bob = client_factory("alice"), client_factory("bob")
+    alice.plans.load([{"step": "a"}, {"step": "b", "after": ["a"]}])
+    alice.next()
+    alice.complete("a", status="failed")
+    with pytest.raises(tracecraft.NotFound, match="nothing is ready: 1 blocked"):
+        bob.next()   # b never ran: not "every planned step has ended"
+    got = {}
+    waiter = threading.Thread(target=lambda: got.update(step=bob.next(wait=20)))
+    waiter.start()
+    time.sleep(0.5)
+    alice.reopen("a")
+    waiter.join(30)
+    assert got["step"]["step"] == "a"
+
+
+def test_a_completer_killed_before_marking_its_dependents_is_repaired_while_work_goes_on(
+        client_factory, monkeypatch):
+    alice, bob = client_factory("alice"), client_factory("bob")
+    alice.plans.load([{"step": "a"}, {"step": "b", "after": ["a"]}, {"step": "long"}])
+    alice.next(ttl=1), alice.next()
+
+    class Killed(Exception):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed()
+    monkeypatch.setattr(alice.plans, "_mark_ready", killed)
+    with pytest.raises(Killed):
+        alice.complete("a")   # the lease ended, b not marked ready: died right there
+    monkeypatch.undo()
+    time.sleep(2.2)   # a's marker is checked again once a's lease could have ended...
+    assert bob.next()["step"] == "b"   # ... though `long` is in flight: no waiting for it
+
+
+@pytest.mark.parametrize("settings", ["local"], indirect=True)   # counting: one backend is enough
+def test_completing_a_step_with_many_dependencies_costs_the_same_however_many_are_done(
+        client_factory):
+    from fakes import CountingStore
+    alice = client_factory("alice")
+
+    def cost(done):   # a step after 40 others (its dependencies read from one listing)
+        names = [f"d{done}-{i}" for i in range(done)] + [f"dep{done}-{i}" for i in range(40)]
+        alice.plans.load([{"step": n} for n in names]
+                         + [{"step": f"fin{done}", "after": names[done:]}])
+        for name in names:
+            alice.complete(name, force=True)
+        alice.claim(f"fin{done}")
+        counter = alice.store = CountingStore(alice.store)
+        alice.complete(f"fin{done}")
+        alice.store = counter.store
+        return counter.calls
+    assert cost(2) == cost(30)
+
+
+def test_a_plan_file_too_large_is_refused_not_cut_short(local_cli):
+    (local_cli.cwd / "big.txt").write_text("a:\n#" + "x" * tracecraft.MAX_RECORD + "\nb: a\n")
+    big = local_cli("plan", "load", "big.txt")
+    assert big.returncode == 2 and "larger than 8 MiB" in big.stderr, big.stderr
+    assert json.loads(local_cli.ok("plan", "show", "--json"))["steps"] == []
