@@ -6603,7 +6603,7 @@ MCP_TOOLS = {   # name: (description, input schema, run(client, arguments) -> di
                _schema(["step"], step=STEP), lambda c, a: c.reopen(a["step"])),
     "next": ("Claim the next ready step of the plan (highest priority, then plan order) and get "
              "its note and its dependencies' handoffs. Errors when nothing is ready; with "
-             "`wait`, waits for one ({\"step\": null, \"ended\": true} once every step ended).",
+             "`wait`, waits for one (step null and ended true once every step has ended).",
              _schema(label=LABEL, ttl=TTL,
                      wait=dict(SECONDS, description="Seconds to wait for a ready step")),
              lambda c, a: _next_result(c.next(a.get("label"), a.get("ttl"),
