@@ -3393,7 +3393,13 @@ class Steps(_Peer):
                 if len(text.encode("utf-8")) > MAX_VALUE:
                     raise UsageError(f"{name} is larger than the {MAX_VALUE // 1024} KiB limit")
         handoff = _handoff(to, next_action, needs_review, changed_files)
-        planned = self.client.plans.planned(step)
+        try:
+            planned = self.client.plans.planned(step)
+        except CorruptObject as exc:
+            if not force:
+                raise
+            planned = None   # forced: the step ends, whatever its plan says
+            self.client.warn(f"step {step} ends outside its plan: {exc}")
         unmet = self.client.plans.unmet(planned) if planned and status == "complete" \
             and not force else []
         if unmet:
@@ -4036,15 +4042,29 @@ class Plans(_Peer):
         return {"ready": ready, "blocked": self.blocked()}
 
     def blocked(self):
+        """The steps marked blocked by a failed or blocked dependency: [{step, after, status,
+        by, note}].  A mark is checked against the two leases it speaks of (blocked lists are
+        short): one whose dependency was reopened or forced to an end, or whose step has
+        ended, is no longer true, and is dropped."""
         found = []
         for entry in self.store.list(self._key("blocked") + "/"):
             try:
                 record, _ = self.records.read(entry.key)
-                found.append({k: record.get(k) for k in ("step", "after", "status", "by",
-                                                         "note")})
-            except (NoSuchKey, CorruptObject) as exc:
-                if isinstance(exc, CorruptObject):
+                shape = {k: record.get(k) for k in ("step", "after", "status", "by", "note")}
+                if not all(isinstance(shape[k], str) for k in ("step", "after")):
+                    raise CorruptObject("not a tracecraft record")
+                dep, own = (self.client.steps.lease(s) for s in (shape["after"], shape["step"]))
+            except (NoSuchKey, CorruptObject, UsageError) as exc:
+                if not isinstance(exc, NoSuchKey):
                     self.client.warn_once(f"skipped {entry.key}: {exc}")
+                continue
+            if dep.state in ("failed", "blocked") and own.state not in ENDED:
+                found.append(dict(shape, status=dep.state))
+            elif not self.client.read_only:
+                try:
+                    self.store.delete(entry.key)
+                except NoSuchKey:
+                    pass
         return found
 
     def next(self, label=None, ttl=None, wait=None):
@@ -7373,8 +7393,9 @@ def cmd_complete(args, out):
 
 def _plan_text(text):
     """A plan written by hand: one `step: dep dep` per line (`step:` alone for a step without
-    dependencies); blank lines and lines starting with # are skipped.  The step id ends at the
-    first ':' followed by a space or the end of the line, so ids may hold ':' but not spaces."""
+    dependencies); blank lines, and from a word starting with # to the end of the line, are
+    comments.  The step id ends at the first ':' followed by a space or the end of the line,
+    so ids may hold ':' but not spaces."""
     import re
     steps = []
     for number, line in enumerate(text.splitlines(), 1):
@@ -7385,7 +7406,9 @@ def _plan_text(text):
         if not match or not match.group(1).strip():
             raise UsageError(f"plan line {number}: write `step: dependency dependency`, or "
                              f"`step:` alone, not {shown(line)!r:.60}")
-        steps.append({"step": match.group(1).strip(), "after": (match.group(2) or "").split()})
+        after = (match.group(2) or "").split()
+        after = after[:next((i for i, d in enumerate(after) if d.startswith("#")), len(after))]
+        steps.append({"step": match.group(1).strip(), "after": after})   # (# ... : a comment)
     return steps
 
 

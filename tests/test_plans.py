@@ -441,3 +441,33 @@ def test_a_plan_file_too_large_is_refused_not_cut_short(local_cli):
     big = local_cli("plan", "load", "big.txt")
     assert big.returncode == 2 and "larger than 8 MiB" in big.stderr, big.stderr
     assert json.loads(local_cli.ok("plan", "show", "--json"))["steps"] == []
+
+
+def test_a_blocked_mark_that_is_no_longer_true_is_dropped(client_factory):
+    alice = client_factory("alice")
+    alice.plans.load([{"step": "a"}, {"step": "b", "after": ["a"]}, {"step": "c", "after": ["b"]}])
+    alice.next()
+    alice.complete("a", status="failed")
+    assert [b["step"] for b in alice.ready()["blocked"]] == ["b"]
+    alice.claim("b")
+    alice.complete("b", force=True)   # forced to an end: b is no longer blocked by anything
+    assert alice.ready()["blocked"] == []
+    assert not list(alice.store.list(alice.key("plan", "blocked") + "/"))   # and it is gone
+
+
+def test_text_plans_take_comments_after_the_dependencies(local_cli):
+    loaded = json.loads(local_cli.ok("plan", "load", "-", "--json",
+                                     stdin="lint:   # fast\ntest: lint # then this\n"))
+    assert loaded["added"] == ["lint", "test"]
+    shown = json.loads(local_cli.ok("plan", "show", "--json"))["steps"]
+    assert [s["after"] for s in shown] == [[], ["lint"]]
+
+
+def test_a_forced_end_is_not_stopped_by_a_corrupt_plan_definition(client_factory):
+    alice = client_factory("alice")
+    alice.plans.add("s")
+    alice.store.put(alice.key("plan", "steps", "s.json"), b'{"after": "nonsense"}')
+    alice.claim("s")
+    with pytest.raises(tracecraft.CorruptObject):
+        alice.complete("s")
+    assert alice.complete("s", force=True)["status"] == "complete"
