@@ -2252,11 +2252,13 @@ def resolve_settings(config_path=None, **overrides):
 #    cursors/<agent>.json              how far the agent has read each log
 #    steps/<id>/claim.json             the lease: holder, generation, ttl, state, and how it ended
 #    steps/<id>/status.json            written when the step ends: complete, failed or blocked
-#    steps/<id>/handoff.json           the note for the next agent
-#    reservations/table.json           every path reservation: glob, agent, shared, step and
-#                                      generation (tied to a lease) or ttl and expires (store clock)
+#    steps/<id>/handoff.json           the handoff for the next agent (note, next agent, ...)
 #    steps/<id>/messages/<log>-<n>.json  empty: message n of that log was sent tagged with
 #                                      the step (send --step), for step-status to find
+#    plan/steps/<id>.json              a planned step; plan/ready/<rank>.json a step ready to
+#                                      take; plan/blocked/<id>.json; plan/pulse.json (see 6e)
+#    reservations/table.json           every path reservation: glob, agent, shared, step and
+#                                      generation (tied to a lease) or ttl and expires (store clock)
 #    artifacts/<step|shared>/<name>    shared files; artifacts/<step>/.meta/<name>.json describes one
 #    sessions/<harness>/<session>/     a mirrored transcript: part-NNNNNN.jsonl, and meta.json,
 #                                      whose list of parts, in order, is the transcript
@@ -2265,10 +2267,9 @@ def resolve_settings(config_path=None, **overrides):
 #    is a compare-and-swap on the lease's ETag, a memory update is a compare-and-swap, a
 #    reservation is a compare-and-swap on the one table that holds them all (overlapping globs
 #    have different names), and a message takes the next number of its log with a create-only
-#    write.  Everything read from
-#    the store is checked against the shape of its record: an object written by hand or by
-#    another tool is reported (CorruptObject: exit 4 when asked for by name, a warning and
-#    skipped in a listing), never crashed on.
+#    write.  Everything read from the store is checked against the shape of its record: an
+#    object written by hand or by another tool is reported (CorruptObject: exit 4 when asked
+#    for by name, a warning and skipped in a listing), never crashed on.
 # ==================================================================================================
 
 ONLINE_SECONDS, IDLE_SECONDS = 120, 900
@@ -3345,12 +3346,19 @@ class Steps(_Peer):
         next claim takes the next generation, and the failure stays in the step's history
         (`holders`).  A planned step may be ready again at once."""
         me = self.client.me()
+        key = self.key(step, "claim")
+        start = self.records.read(key, missing_ok=True)
 
         def change(got):
             lease = Lease(step, got)
             if lease.state not in ("failed", "blocked"):
                 raise Refused(f"step {step} is {lease.status()}: only a failed or blocked step "
                               "can be reopened")
+            for name in ("status", "handoff") if got is start else ():
+                try:   # first: killed after the swap, a stale status.json would hide the step
+                    self.store.delete(self.key(step, name))   # from leases() (and a holder's
+                except NoSuchKey:                             # heartbeat); killed before it,
+                    pass                                      # complete writes it again
             record = lease.record
             earlier = {"agent": lease.ended_by or lease.holder, "generation":
                        record["generation"], "from": record.get("at") or "",
@@ -3359,14 +3367,8 @@ class Steps(_Peer):
             return dict(record, state="released", released_at=self.client.now(),
                         reopened_by=me, note=None, ended_by=None, ended_at=None, handoff=None,
                         holders=([earlier] + record["holders"])[:20])
-        reopened = Lease(step, self.records.update(self.key(step, "claim"), change,
-                                                   remembered=False))
-        self.records.forget(self.key(step, "claim"))
-        for name in ("status", "handoff"):   # the step is open again: leases() lists it so
-            try:
-                self.store.delete(self.key(step, name))
-            except NoSuchKey:
-                pass
+        reopened = Lease(step, self.records.update(key, change, start=start))
+        self.records.forget(key)
         self.client.plans.reopened(step, reopened)
         return reopened.shape()
 
@@ -3422,7 +3424,10 @@ class Steps(_Peer):
         got = self.records.update(self.key(step, "claim"), end, remembered=not force)
         shape = self._publish_end(step, *got)
         if planned:   # (a step planned while it ended is put right by the next `plan show`)
-            self.client.plans.ended(step, Lease(step, got))
+            try:
+                self.client.plans.ended(step, Lease(step, got))
+            except TracecraftError as exc:   # ended all the same: the plan is put right later
+                self.client.warn(f"step {step} ended, but its dependents were not told: {exc}")
         if to is not None:
             try:
                 self.client.inbox.send(to, _handoff_text(shape), step=step)
@@ -3532,7 +3537,7 @@ class Steps(_Peer):
                 continue
             inbox = self.client.inbox
             message = inbox._fetch(Entry(inbox._key(log, int(n)), 1, None))
-            if message is not None:
+            if message is not None and message.get("step") == step:   # not a forged tag
                 found.append((entry.last_modified or 0, dict(
                     message, kind="broadcast" if log == BROADCAST else "direct", seq=int(n))))
         return [message for _, message in sorted(found, key=lambda pair: pair[0])]
@@ -3664,8 +3669,10 @@ def _handoff_text(shape):
     files = handoff.get("changed_files") or []
     lines = [f"Handoff: step {shape['step']} is {shape['status']} (by {shape['ended_by']})"
              + (", and needs review" if handoff.get("needs_review") else "")]
-    lines += [shape["note"]] if shape["note"] else []
-    lines += [f"Next: {handoff['next_action']}"] if handoff.get("next_action") else []
+    def clipped(text):   # the whole handoff is in the step; a message has a size limit
+        return text if len(text) <= 4000 else f"{text[:4000]} ... (step-status shows it all)"
+    lines += [clipped(shape["note"])] if shape["note"] else []
+    lines += [f"Next: {clipped(handoff['next_action'])}"] if handoff.get("next_action") else []
     if files:
         lines.append("Changed: " + ", ".join(files[:10])
                      + (f" and {len(files) - 10} more" if len(files) > 10 else ""))
@@ -3707,6 +3714,10 @@ PRIORITY_LIMIT = 10 ** 6   # priorities are integers between -limit and +limit (
 PLAN_AFTER_LIMIT = 256      # dependencies of one step
 HELD_RECHECK = 60          # seconds a claimed step's emptied marker is trusted, at most, before
                             # `next` reads its lease again (an expired lease's step is ready)
+PLAN_LOOK_EVERY = 600       # seconds between an idle `next --wait`'s looks at the whole picture
+PLAN_POLL_MAX = 1.6         # ... and between its reads while idle: 2,250 HEADs an hour ($0.0009
+                            # at $0.0004 per 1,000) and a look every 10 minutes ($0.0001); the
+                            # pulse read 3 rounds in 4, so new work is seen within 2.2 s
 _RANK_HEAD = 27             # "<7-digit priority>-<18-digit plan order>-" before the step id
 
 
@@ -3787,9 +3798,14 @@ class Plans(_Peer):
                             ("priority", int), ("rank", str), ("note", (str, type(None)))):
             record[name] = _field(record, name, kinds, where, [] if kinds is list else None,
                                   *((-PRIORITY_LIMIT, PRIORITY_LIMIT) if kinds is int else ()))
-        names = record["after"] + record["before"] + record["labels"]
-        if record.get("step") != step and step is not None or \
-                not all(isinstance(n, str) for n in names) or len(record["rank"]) <= _RANK_HEAD:
+        rank = record["rank"]
+        try:   # every name in it becomes a key: checked as names given on the command line
+            for name in record["after"] + record["before"] + record["labels"] + [rank]:
+                check_name("a name", name)
+        except UsageError as exc:
+            raise CorruptObject(f"{where} is not a tracecraft record: {exc}") from None
+        if record.get("step") != step and step is not None or not rank[:7].isdigit() or \
+                not rank[8:_RANK_HEAD - 1].isdigit() or rank[_RANK_HEAD:] != record.get("step"):
             raise CorruptObject(f"{where} is not a tracecraft record")
         return record
 
@@ -3819,6 +3835,8 @@ class Plans(_Peer):
             raise Refused("unknown dependencies (not in the plan; add them first): "
                           + ", ".join(shown(d) for d in unknown))
         order = _topological(wanted)
+        for dep in {d for spec in wanted.values() for d in spec["after"] if d not in wanted}:
+            self._existing(self.definition(dep), dep)   # checked before anything is written
         unchanged = [step for step in order if step in listed]
         for step in unchanged:   # refused before anything is written
             self._same(step, wanted[step])
@@ -3988,14 +4006,9 @@ class Plans(_Peer):
     def reopened(self, step, lease):
         """The plan's part of a reopened (or released) step: it may be ready again, and its
         dependents are no longer blocked by it."""
-        got = self.definition(step)
+        got = self.definition(step)   # (its dependents' blocked marks fall when next read)
         if not got:
             return
-        for dependent in got[0]["before"]:
-            try:
-                self.store.delete(self._key("blocked", dependent + ".json"))
-            except NoSuchKey:
-                pass
         # rewritten, not created: `next` emptied the marker of a step it claimed
         self._mark_ready({step: got[0]}, {step: lease}, again=True)
 
@@ -4020,17 +4033,19 @@ class Plans(_Peer):
             record = got[0]
             step = entry.key.rsplit("/", 1)[-1][_RANK_HEAD:-5]
             if record.get("step") != step or not all(
-                    isinstance(record.get(k), list) for k in ("labels", "after", "handoffs")):
+                    isinstance(record.get(k), list) for k in ("labels", "after", "handoffs")) \
+                    or not all(isinstance(h, dict) for h in record["handoffs"]):
                 raise CorruptObject("not a ready marker")
         except CorruptObject as exc:
             self.client.warn_once(f"skipped {entry.key}: {exc}")
             return None
-        return record
+        return dict(record, handoffs=[_handoff_entry(h) for h in record["handoffs"]])
 
     def ready(self, label=None, cache=None):
         """Steps that can be picked up now, in the order `next` takes them: {"ready": [context
         each: step, note, after, labels, priority, handoffs], "blocked": [{step, after, status,
-        by, note}]}.  A listing of ready markers, a read of each, a listing of blocked ones."""
+        by, note}]}.  A listing of ready markers and a read of each; blocked(): a listing, and
+        a read of each mark and of the two leases it speaks of."""
         cache = {} if cache is None else cache
         if label is not None:
             check_name("label", label)
@@ -4073,9 +4088,10 @@ class Plans(_Peer):
 
         Raises NotFound when nothing is ready; with `wait` (seconds, True for no limit) blocks
         until a step is ready, returns None when every planned step has ended, and raises
-        WaitTimeout.  While waiting it reads one small key a round, in turn, and lists again
-        only when one has changed: plan/pulse.json (new work) and the marker of one step in
-        flight (its end may be the plan's); and it looks at the whole picture once a minute."""
+        WaitTimeout.  While waiting it reads one small key a round and lists again only when it
+        has changed: plan/pulse.json (new work) three rounds in four, and the marker of one
+        step in flight (its end may be the plan's) the fourth; and it looks at the whole
+        picture (expired leases) every PLAN_LOOK_EVERY seconds."""
         self.client.me()
         if label is not None:
             check_name("label", label)
@@ -4095,10 +4111,10 @@ class Plans(_Peer):
                 if isinstance(found, dict):
                     return found, True
             if seen["etags"] is not None:
-                keys = [pulse] + watch
-                turn = seen["turn"] = (seen["turn"] + 1) % len(keys)
-                if self._etag(keys[turn]) == seen["etags"][turn] and \
-                        time.monotonic() - seen["looked"] < HELD_RECHECK:
+                seen["turn"] += 1
+                turn = 1 if watch and seen["turn"] % 4 == 0 else 0
+                if self._etag(([pulse] + watch)[turn]) == seen["etags"][turn] and \
+                        time.monotonic() - seen["looked"] < PLAN_LOOK_EVERY:
                     return None, False
             before = self._etag(pulse)   # read before looking: no later pulse goes unseen
             found = self._take(label, ttl, cache, watch)
@@ -4110,7 +4126,7 @@ class Plans(_Peer):
                 return found, True
             return (False if found.startswith("every") else None), False
         found = poll(attempt, timeout, lambda: f"nothing became ready in {_seconds(timeout)}",
-                     cancel=self.client.cancel, tick=self.client.agents.touch)
+                     slow=PLAN_POLL_MAX, cancel=self.client.cancel, tick=self.client.agents.touch)
         return found or None
 
     def _etag(self, key):
@@ -4198,7 +4214,8 @@ class Plans(_Peer):
         rank = entry.key.rsplit("/", 1)[-1][:-5]
         self.records.keep("planned", step, {"step": step, "after": context["after"],
                                             "labels": context["labels"], "rank": rank,
-                                            "priority": context["priority"], "note": None})
+                                            "priority": context["priority"],
+                                            "note": context["note"]})
         for handoff in context["handoffs"]:   # its dependencies are complete, for good
             if isinstance(handoff, dict) and handoff.get("status") == "complete":
                 self._learn(handoff.get("step"), handoff)
@@ -4239,11 +4256,12 @@ class Plans(_Peer):
         ended = self._ended_dependencies(got["after"])
         return {"step": step, "note": got["note"], "after": got["after"],
                 "labels": got["labels"], "priority": got["priority"],
-                "handoffs": [ended.get(d) for d in got["after"]]}
+                "handoffs": [_handoff_entry(ended.get(d) or {"step": d}) for d in got["after"]]}
 
     def _repair(self):
         """Nothing ready and nothing in flight: has every planned step ended?  Two listings
-        say (a definition and a status.json for each), reading nothing.  If not, recompute
+        say (a definition and a status.json for each: the second is of everything under
+        steps/, a page per 1,000 objects), reading nothing.  If not, recompute
         readiness from the whole plan (a process that died between ending a step and marking
         its dependents left them unmarked), at most once a minute for this agent; say what is
         left."""
@@ -4310,7 +4328,12 @@ class Plans(_Peer):
         leases = {lease.step: lease for lease in self.client.steps.leases(cache)}
         marked = {e.key.rsplit("/", 1)[-1][:-5] for group in self._markers() for e in group}
         states = {}
-        for step in _topological(definitions):   # dependencies first: acyclic by construction
+        try:
+            topological = _topological(definitions)   # acyclic by construction, unless...
+        except Refused as exc:
+            raise CorruptObject(f"the plan's definitions were edited by hand or by another "
+                                f"tool: {exc}") from None
+        for step in topological:   # dependencies first
             own = leases[step].status() if step in leases else "pending"
             deps = [states.get(d) or (leases[d].status() if d in leases else "waiting")
                     for d in definitions[step]["after"]]
@@ -4358,6 +4381,18 @@ def _topological(wanted):
 
 
 _HANDOFF_KEYS = ("step", "status", "by", "note") + HANDOFF_FIELDS
+
+
+def _handoff_entry(handoff):
+    """A dependency's handoff with every key, each of its kind (read from a marker another
+    tool may have written): what `next` shows, whatever it was given."""
+    entry = {k: handoff.get(k) if isinstance(handoff.get(k), str) else None
+             for k in _HANDOFF_KEYS}
+    files = handoff.get("changed_files")
+    entry["changed_files"] = [f for f in files if isinstance(f, str)] \
+        if isinstance(files, list) else []
+    entry["needs_review"] = handoff.get("needs_review") is True
+    return entry
 
 
 def _handoff_of(lease):

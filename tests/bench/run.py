@@ -1159,8 +1159,9 @@ def _idle_row(b, proxy, loop, section):
                 proc.kill()
                 proc.wait()
 
-    def detect(i, n, lines, proc):
+    def detect(i, n, lines, proc, phase=0.0):
         lines.drain()   # what it reported before (a first look) is not this work
+        time.sleep(phase)
         text = loop["trigger"](ctx, i, n)
         t = time.monotonic()
         at = lines.until(text, 30)
@@ -1178,8 +1179,11 @@ def _idle_row(b, proxy, loop, section):
         labels = proxy.log.labels(mark)
         late = []
         if loop["trigger"]:   # new work after the idle time (>= 30 s in a full run)
+            import random
             for i, (proc, lines) in enumerate(started):
-                late.append(detect(i, 0, lines, proc))
+                # at a random moment of the waiters' polling: the waiters started together,
+                # and work arriving right after each one's poll would measure the worst case
+                late.append(detect(i, 0, lines, proc, random.uniform(0, 3)))
                 if not loop["once"]:
                     for n in (1, 2):   # again, once the loop has slowed down again
                         time.sleep(12)
