@@ -3714,6 +3714,7 @@ PRIORITY_LIMIT = 10 ** 6   # priorities are integers between -limit and +limit (
 PLAN_AFTER_LIMIT = 256      # dependencies of one step
 HELD_RECHECK = 60          # seconds a claimed step's emptied marker is trusted, at most, before
                             # `next` reads its lease again (an expired lease's step is ready)
+MARKERS_PAGE = 1000         # ready markers `next` lists at a time: one request, S3's page
 PLAN_LOOK_EVERY = 600       # seconds between an idle `next --wait`'s looks at the whole picture
 PLAN_POLL_MAX = 1.6         # ... and between its reads while idle: 2,250 HEADs an hour ($0.0009
                             # at $0.0004 per 1,000) and a look every 10 minutes ($0.0001); the
@@ -4014,14 +4015,16 @@ class Plans(_Peer):
 
     # -- what is ready ------------------------------------------------------------------------
 
-    def _markers(self):
-        """(ready entries, held entries) of plan/ready/, in rank order."""
-        ready, held = [], []
-        for entry in self.store.list(self._key("ready") + "/"):
+    def _markers(self, start_after=None, limit=None):
+        """(ready entries, held entries, the last key if `limit` keys were listed) of
+        plan/ready/, in rank order: all of them, or `limit` keys from `start_after` (a key)."""
+        ready, held, listed = [], [], []
+        for entry in self.store.list(self._key("ready") + "/", start_after, limit):
             rank = entry.key.rsplit("/", 1)[-1][:-5]
+            listed.append(entry.key)
             if len(rank) > _RANK_HEAD and entry.key.endswith(".json"):
                 (held if entry.size <= HELD_RECHECK else ready).append(entry)
-        return ready, held
+        return ready, held, listed[-1] if limit and len(listed) == limit else None
 
     def _context(self, entry, cache):
         """What a ready marker says (a step's context), or None: gone, held, or not a marker
@@ -4137,25 +4140,16 @@ class Plans(_Peer):
 
     def _take(self, label, ttl, cache, watch=None, repaired=False):
         """Claim the first ready step: its context (a dict), else why nothing was (text).
-        `watch` gets the key of one step in flight, for a waiter to watch."""
-        ready, held = self._markers()
-        candidates, lost, refused = list(ready), 0, []
-        if self._contended and len(candidates) > 1:
-            lost = self._spread(candidates)
-        while candidates:
-            entry = candidates.pop(0)
-            context = None
-            if label is not None:   # the label is in the marker: read before claiming
-                context = self._context(entry, cache)
-                if not context or label not in context["labels"]:
-                    continue
-            taken = self._try(context, ttl, entry, cache)
+        `watch` gets the key of one step in flight, for a waiter to watch.  The markers are
+        listed a page at a time, the next only when no step of this one could be taken: one
+        listing request, however many steps are ready."""
+        ready, held, refused, page = [], [], [], (None, None, None)
+        while page[2] or page[0] is None:
+            page = self._markers(page[2], MARKERS_PAGE)
+            ready, held = ready + page[0], held + page[1]
+            taken = self._first(page[0], label, ttl, cache, refused)
             if taken:
                 return taken
-            refused.append(entry.key)   # claimed by another agent, its marker not yet emptied
-            lost += 1
-            if lost == 1 and candidates:
-                self._contended = self._spread(candidates)
         if watch is not None:   # a step in flight: held, or claimed just now by another agent
             watch[:] = ([e.key for e in held] + refused)[:1]
         tidied = False
@@ -4175,6 +4169,28 @@ class Plans(_Peer):
         why = self._repair()
         return self._take(label, ttl, cache, watch, True) if why is None and not repaired else \
             why or "nothing is ready"
+
+    def _first(self, ready, label, ttl, cache, refused):
+        """Claim the first of these ready markers that this agent can have (with `label`);
+        the keys of those another agent had go to `refused`."""
+        candidates, lost = list(ready), 0
+        if self._contended and len(candidates) > 1:
+            lost = self._spread(candidates)
+        while candidates:
+            entry = candidates.pop(0)
+            context = None
+            if label is not None:   # the label is in the marker: read before claiming
+                context = self._context(entry, cache)
+                if not context or label not in context["labels"]:
+                    continue
+            taken = self._try(context, ttl, entry, cache)
+            if taken:
+                return taken
+            refused.append(entry.key)   # claimed by another agent, its marker not yet emptied
+            lost += 1
+            if lost == 1 and candidates:
+                self._contended = self._spread(candidates)
+        return None
 
     @staticmethod
     def _spread(candidates):
@@ -4326,7 +4342,7 @@ class Plans(_Peer):
             except CorruptObject as exc:
                 self.client.warn_once(f"skipped {entry.key}: {exc}")
         leases = {lease.step: lease for lease in self.client.steps.leases(cache)}
-        marked = {e.key.rsplit("/", 1)[-1][:-5] for group in self._markers() for e in group}
+        marked = {e.key.rsplit("/", 1)[-1][:-5] for group in self._markers()[:2] for e in group}
         states = {}
         try:
             topological = _topological(definitions)   # acyclic by construction, unless...

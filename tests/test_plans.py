@@ -472,3 +472,21 @@ def test_a_forced_end_is_not_stopped_by_a_corrupt_plan_definition(client_factory
     with pytest.raises(tracecraft.CorruptObject):
         alice.complete("s")
     assert alice.complete("s", force=True)["status"] == "complete"
+
+
+def test_next_lists_one_page_of_markers_however_many_are_ready(tmp_path, monkeypatch):
+    """Counted on the local store: with more ready steps than a listing page, next lists one."""
+    from fakes import Recording
+    monkeypatch.setattr(tracecraft, "MARKERS_PAGE", 5)
+    alice = tracecraft.connect(project="proj", agent="alice", backend="local",
+                               root=str(tmp_path / "store"), bucket="pages")
+    alice.plans.load([{"step": f"s{i:02d}"} for i in range(12)])
+    alice.store = recording = Recording(alice.store)
+    assert alice.next()["step"] == "s00"
+    assert [name for name, _ in recording.calls].count("list") == 1
+    for _ in range(4):
+        alice.next()   # the first page is now held: the next pages are listed as needed
+    recording.calls.clear()
+    assert alice.next()["step"] == "s05"
+    assert [name for name, _ in recording.calls].count("list") == 2
+    alice.close()
