@@ -4690,6 +4690,9 @@ class Reservations(_Peer):
             entries, now, leases = self._entries(got), self._now(got), {}
             kept = [e for e in entries if not self._expired(e, now)
                     and not (e["agent"] == me and e["glob"] in globs and e["step"] == step)]
+            if len(kept) > 64:   # grown with entries of steps that ended elsewhere (forced,
+                kept = [e for e in kept   # taken over): tidied, a lease read per step
+                        if e["step"] is None or self._left(e, now, leases) > 0]
             for glob in globs:
                 for e in kept:
                     if e["agent"] != me and not (shared and e["shared"]) and \
