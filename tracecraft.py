@@ -4366,6 +4366,21 @@ class Plans(_Peer):
             self._pulse()
         return order, definitions, leases, states, repaired
 
+    def dependencies(self, cache=None):
+        """{step: its dependencies} of every planned step: a listing, and a read of each
+        definition the listing shows changed since `cache` last saw it."""
+        cache = {} if cache is None else cache
+        prefix, found = self._key("steps") + "/", {}
+        for entry in self.store.list(prefix):
+            step = entry.key[len(prefix):-5]
+            try:
+                got, _ = self.records.read_listed(entry, cache)
+                if got:
+                    found[step] = self._checked(dict(got[0]), entry.key, step)["after"]
+            except CorruptObject as exc:
+                self.client.warn_once(f"skipped {entry.key}: {exc}")
+        return found
+
     def unmet(self, record):
         """The dependencies of a planned step (its definition) that are not complete."""
         ended = self._ended_dependencies(record["after"])
@@ -6287,11 +6302,12 @@ class Timeline(_Peer):
         leases = client.steps.leases(cache)
         known = {a["agent"]: a for a in client.agents(cache, [lease for lease in leases
                                                                if lease.state not in ENDED])}
-        steps = []
-        for lease in leases:
+        steps, planned = [], client.plans.dependencies(cache)
+        for lease in leases + [Lease(s, None) for s in planned if s not in
+                               {lease.step for lease in leases}]:
             record, shape = lease.record, lease.shape()
             shape["note"] = None if shape["note"] is None else _clip(shape["note"])
-            steps.append(shape)
+            steps.append(dict(shape, after=planned.get(lease.step, [])))   # the plan's edges
             for earlier in record.get("holders", []):
                 add(earlier.get("from"), "claim", earlier.get("agent"), step=lease.step,
                     generation=earlier.get("generation"))
@@ -8338,6 +8354,9 @@ function select(e, scroll) {
 function story(step) {
   const s = D.steps.find((x) => x.step === step), box = $("detail"); box.textContent = "";
   box.append(el("h3", "step " + step + ": " + (s ? s.status : "")));
+  if (s && s.after && s.after.length) box.append(el("p", "after " + s.after.map((d) =>
+    d + " (" + ((D.steps.find((x) => x.step === d) || {}).status || "not claimed") + ")")
+    .join(", ")));
   const own = D.events.filter((e) => e.step === step);
   const from = own.length ? own[0].at : "", to = own.length ? own[own.length - 1].at : "";
   const holders = new Set(own.map((e) => e.agent));
@@ -8351,7 +8370,8 @@ function story(step) {
 function buildSteps() {
   const ul = $("steps");
   D.steps.forEach((s) => { const li = el("li", s.step + "  " + s.status +
-    (s.holder ? "  " + s.holder + " (generation " + s.generation + ")" : ""));
+    (s.holder ? "  " + s.holder + " (generation " + s.generation + ")" : "") +
+    (s.after && s.after.length ? "  after " + s.after.join(", ") : ""));
     li.addEventListener("click", () => story(s.step)); ul.append(li); });
 }
 function refresh() {

@@ -73,6 +73,8 @@ def project(local_cli, tmp_path):
             f.write(json.dumps({"type": "user", "message": {"role": "user", "content": HOSTILE[3]},
                                 "timestamp": "2026-12-02T10:00:09.000Z"}) + "\n")
         alice.sessions.mirror(tracecraft.Transcript("claude-code", session, path))
+        bob.plans.load([{"step": "design"}, {"step": "<b>build<b>"},
+                        {"step": "ship", "after": ["design", "<b>build<b>"]}])
     finally:
         alice.close()
         bob.close()
@@ -100,6 +102,8 @@ def test_the_replay_shows_every_kind_of_event_and_runs_nothing_an_agent_wrote(pr
             "artifact", "prompt", "said", "tool"} <= kinds | {"seen"} and "takeover" in kinds
     assert 'data-name="alice"' in body and 'data-name="bob"' in body
     assert re.search(r'id="count">\d+ of \d+ events', body)
+    # the plan's edges: a step in no lease yet is listed, with what it waits for
+    assert "<li>ship  pending  after design, &lt;b&gt;build&lt;b&gt;</li>" in body
 
 
 def test_filters_and_links_in_the_page(project, tmp_path):
