@@ -7219,6 +7219,38 @@ def _default_agent():
     return name[:MAX_NAME]
 
 
+def _default_project(directory):
+    """(A project name, what it is named after) for `init` without --project: the git
+    repository's (the same from every worktree of it, so agents in worktrees share one
+    project), else the directory's."""
+    for parent in parents(directory):
+        dot_git = os.path.join(parent, ".git")
+        if not os.path.lexists(dot_git):
+            continue
+        common = dot_git
+        try:   # a linked worktree: .git is a file naming its gitdir, whose commondir is the
+            if os.path.isfile(dot_git):   # repository's own .git
+                with open(dot_git, encoding="utf-8") as f:
+                    gitdir = f.read(4096).partition("gitdir:")[2].strip()
+                gitdir = os.path.normpath(os.path.join(parent, gitdir))
+                with open(os.path.join(gitdir, "commondir"), encoding="utf-8") as f:
+                    common = os.path.normpath(os.path.join(gitdir, f.read(4096).strip()))
+        except (OSError, UnicodeDecodeError):
+            common = dot_git
+        root = os.path.dirname(common) if os.path.basename(common) == ".git" else common
+        name = os.path.basename(root)
+        name = name[:-4] if name.endswith(".git") and len(name) > 4 else name
+        return _project_name(name, "the git repository", directory)
+    return _project_name(os.path.basename(directory), "this directory", directory)
+
+
+def _project_name(name, what, directory):
+    try:
+        return check_name("project", name.strip()[:MAX_NAME]), f"{what} {name}"
+    except UsageError:   # a name no project may have (the root directory, say)
+        return "default", None
+
+
 def _git_work_tree(directory):
     return any(os.path.exists(os.path.join(parent, ".git")) for parent in parents(directory))
 
@@ -7249,7 +7281,9 @@ def _ignore_in_git(directory):
 def cmd_init(args, out):
     s3_options = ("endpoint", "access_key", "secret_key", "region", "addressing")
     backend = args.backend or ("s3" if any(getattr(args, o) for o in s3_options) else "local")
-    project = args.project or os.environ.get("TRACECRAFT_PROJECT") or "default"
+    project, named = args.project or os.environ.get("TRACECRAFT_PROJECT"), None
+    if not project:
+        project, named = _default_project(current_directory())
     check_name("project", project)
     if args.read_only:
         if args.agent:
@@ -7310,7 +7344,8 @@ def cmd_init(args, out):
         lines.append(f"Created local store {store.dir}" if isinstance(store, LocalStore)
                      else f"Created bucket {config['bucket']}")
     who = "as a read-only observer" if args.read_only else f"as agent {agent}"
-    lines.append(f"Initialized project {project} {who} on {store.describe()}")
+    lines.append(f"Initialized project {project} {who} on {store.describe()}"
+                 + (f" (named after {named}; --project NAME to choose)" if named else ""))
     if isinstance(store, HFStore):
         lines.append(f"Watch the agents coordinate at {store.hub_url}")
     if failed:

@@ -184,3 +184,26 @@ def test_the_python_api_hears_what_is_unsafe_about_its_settings(tmp_path):
     heard.clear()
     tracecraft.connect(config=str(config), warn=heard.append).close()
     assert len(heard) == 1 and "ignores conditional writes" in heard[0]
+
+
+def test_init_names_the_project_after_the_git_repository_in_every_worktree(tmp_path):
+    """Issue 16's default: no --project -> the repository's name, the same from a linked
+    worktree (agents in worktrees share it), else the directory's."""
+    env = clean_env(tmp_path)
+    repo = tmp_path / "shop-api"
+    (repo / "sub").mkdir(parents=True)
+    git = ["git", "-c", "user.email=a@b", "-c", "user.name=a"]
+    subprocess.run(git + ["init", "-q", str(repo)], check=True)
+    subprocess.run(git + ["-C", str(repo), "commit", "-q", "--allow-empty", "-m", "c"], check=True)
+    subprocess.run(git + ["-C", str(repo), "worktree", "add", "-q", str(tmp_path / "wt-b")],
+                   check=True)
+    plain = tmp_path / "notes dir"
+    plain.mkdir()
+    store = ["--root", str(tmp_path / "store")]
+    for where, expected in ((repo / "sub", "shop-api"), (tmp_path / "wt-b", "shop-api"),
+                            (plain, "notes dir")):
+        out = CLI(where, env).ok("init", "--agent", "a", *store)
+        assert f"Initialized project {expected} " in out and "named after" in out, out
+        assert json.loads((where / ".tracecraft.json").read_text())["project"] == expected
+    chosen = CLI(plain, env).ok("init", "--agent", "a", "--project", "mine", *store)
+    assert "Initialized project mine " in chosen and "named after" not in chosen
