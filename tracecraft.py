@@ -9017,8 +9017,7 @@ def build_parser(argv=None):
                 "tracecraft complete design --note 'mockups in artifacts/design'",
                 "tracecraft complete build --status failed --note 'tests red: see ci.log'",
                 "tracecraft complete api --to reviewer --needs-review --changed-files-from-git "
-                "\
-      --next-action 'review the auth changes' --note 'tests pass'",
+                "\\\n      --next-action 'review the auth changes' --note 'tests pass'",
                 "tracecraft complete deploy --blocked --note 'waiting for credentials'",
                 epilog="only the holder of a live lease can end a step; a holder whose lease was "
                        "taken over is told it lost the step (exit 1). A planned step completes "
@@ -9061,8 +9060,7 @@ def build_parser(argv=None):
     plan_commands = group("plan", "Steps with dependencies: what can run, and in which order.")
     p = command("add", cmd_plan_add, "Add a step to the plan, after the steps it depends on.",
                 "tracecraft plan add lint", "tracecraft plan add test --after lint",
-                "tracecraft plan add deploy --after test --after build --priority 10 \
-"
+                "tracecraft plan add deploy --after test --after build --priority 10 \\\n"
                 "      --label ops --note 'use the blue-green script'", parent=plan_commands,
                 epilog="dependencies must be in the plan already and never change; adding the "
                        "same step twice\nchanges nothing.")
@@ -9076,7 +9074,7 @@ def build_parser(argv=None):
     p.add_argument("--note", help="what the agent who takes the step should know")
     p = command("load", cmd_plan_load, "Add the steps of a plan file (JSON, or `step: dep dep` "
                 "lines).", "tracecraft plan load plan.json",
-                "printf 'lint:\ntest: lint\nbuild: lint\ndeploy: test build\n' | "
+                "printf 'lint:\\ntest: lint\\nbuild: lint\\ndeploy: test build\\n' | "
                 "tracecraft plan load -", parent=plan_commands,
                 epilog='JSON: [{"step": "test", "after": ["lint"], "labels": [], "priority": 0, '
                        '"note": null}, ...]\n(or {"steps": [...]}). Text: one `step: dep dep` '

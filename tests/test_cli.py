@@ -144,12 +144,16 @@ def test_help_teaches(tmp_path):
                 "inbox", "claim", "renew", "release", "complete", "step-status", "wait-for"]
     commands = [[c] for c in commands] + [["memory", c] for c in ("set", "get", "incr", "history",
                                                                    "list", "delete")] + \
-        [["artifact", c] for c in ("upload", "download", "list")]
+        [["artifact", c] for c in ("upload", "download", "list")] + \
+        [["plan", c] for c in ("add", "load", "show")] + [["guard", c] for c in
+                                                           ("install", "uninstall", "check")] + \
+        [[c] for c in ("ready", "next", "reopen", "reserve", "unreserve", "reservations")]
     for words in commands:   # every command's help ends with real examples
         text = runner.ok(*words, "--help")
         examples = text.rpartition("examples:")[2].strip().splitlines()
         assert examples and all(line.strip().split()[0] in ("tracecraft", "while", "git", "pytest",
-                                                            "claude", "codex") for line in examples
+                                                            "claude", "codex", "printf")
+                                for line in examples
                                 if not line.startswith("      ")), (words, examples)
 
 
