@@ -4331,16 +4331,7 @@ class Plans(_Peer):
     def _survey(self, cache):
         """show()'s reading of the plan: (steps in plan order, {step: definition}, {step:
         Lease}, {step: state}, the steps it marked ready)."""
-        prefix = self._key("steps") + "/"
-        definitions = {}
-        for entry in self.store.list(prefix):
-            step = entry.key[len(prefix):-5]
-            try:
-                got, _ = self.records.read_listed(entry, cache)
-                if got:
-                    definitions[step] = self._checked(got[0], entry.key, step)
-            except CorruptObject as exc:
-                self.client.warn_once(f"skipped {entry.key}: {exc}")
+        definitions = self._listed(cache)
         leases = {lease.step: lease for lease in self.client.steps.leases(cache)}
         marked = {e.key.rsplit("/", 1)[-1][:-5] for group in self._markers()[:2] for e in group}
         states = {}
@@ -4367,16 +4358,21 @@ class Plans(_Peer):
         return order, definitions, leases, states, repaired
 
     def dependencies(self, cache=None):
-        """{step: its dependencies} of every planned step: a listing, and a read of each
-        definition the listing shows changed since `cache` last saw it."""
-        cache = {} if cache is None else cache
+        """{step: its dependencies} of every planned step (see _listed)."""
+        return {step: d["after"] for step, d in self._listed({} if cache is None else
+                                                             cache).items()}
+
+    def _listed(self, cache):
+        """{step: definition} of every planned step: a listing, and a read of each definition
+        the listing shows changed since `cache` last saw it; one written by another tool is
+        warned about and skipped."""
         prefix, found = self._key("steps") + "/", {}
         for entry in self.store.list(prefix):
             step = entry.key[len(prefix):-5]
             try:
                 got, _ = self.records.read_listed(entry, cache)
                 if got:
-                    found[step] = self._checked(dict(got[0]), entry.key, step)["after"]
+                    found[step] = self._checked(dict(got[0]), entry.key, step)
             except CorruptObject as exc:
                 self.client.warn_once(f"skipped {entry.key}: {exc}")
         return found

@@ -14,6 +14,17 @@ from conftest import assert_rounds_raced, most_at_once, race, racer_outputs
 PLAN = "lint:\ntest: lint\nbuild: lint\n# the last one\ndeploy: test build\n"
 
 
+def waiting_for(client, meanwhile):
+    """What client.next(wait=20) returns when `meanwhile()` runs while it waits."""
+    got = {}
+    waiter = threading.Thread(target=lambda: got.update(step=client.next(wait=20)))
+    waiter.start()
+    time.sleep(0.5)
+    meanwhile()
+    waiter.join(30)
+    return got["step"]
+
+
 def states(client):
     return {s["step"]: s["state"] for s in client.plans.show()["steps"]}
 
@@ -165,13 +176,7 @@ def test_next_wait_sees_new_work_and_ends_when_everything_has_ended(client_facto
     alice, bob = client_factory("alice"), client_factory("bob")
     alice.plans.load([{"step": "a"}, {"step": "b", "after": ["a"]}])
     alice.next()
-    got = {}
-    waiter = threading.Thread(target=lambda: got.update(step=bob.next(wait=20)))
-    waiter.start()
-    time.sleep(0.5)
-    alice.complete("a")
-    waiter.join(30)
-    assert got["step"]["step"] == "b"
+    assert waiting_for(bob, lambda: alice.complete("a"))["step"] == "b"
     bob.complete("b")
     assert alice.next(wait=10) is None
     alice.plans.add("late", after=["b"])   # adding to a running plan: ready at once
@@ -389,13 +394,7 @@ def test_a_plan_held_up_by_a_failure_has_not_ended_and_a_waiter_sees_the_reopen(
     alice.complete("a", status="failed")
     with pytest.raises(tracecraft.NotFound, match="nothing is ready: 1 blocked"):
         bob.next()   # b never ran: not "every planned step has ended"
-    got = {}
-    waiter = threading.Thread(target=lambda: got.update(step=bob.next(wait=20)))
-    waiter.start()
-    time.sleep(0.5)
-    alice.reopen("a")
-    waiter.join(30)
-    assert got["step"]["step"] == "a"
+    assert waiting_for(bob, lambda: alice.reopen("a"))["step"] == "a"
 
 
 def test_a_completer_killed_before_marking_its_dependents_is_repaired_while_work_goes_on(

@@ -593,6 +593,15 @@ def scenario_barrier(b):
 # 5. Contention
 # ==================================================================================================
 
+def _summed_labels(results):
+    """The request labels of several workers' results, added up."""
+    labels = {}
+    for r in results:
+        for k, v in r["labels"].items():
+            labels[k] = labels.get(k, 0) + v
+    return labels
+
+
 def scenario_contention(b):
     section = "5 contention"
     n_workers, n_steps = (20, 200) if b.quick else (50, 500)
@@ -619,10 +628,7 @@ def scenario_contention(b):
                 bad.append(step)
     wall = max(r["ended"] for r in results) - go
     requests = sum(r["requests"] for r in results)
-    labels = {}
-    for r in results:
-        for k, v in r["labels"].items():
-            labels[k] = labels.get(k, 0) + v
+    labels = _summed_labels(results)
     lost = sum(r["lost"] for r in results)
     lists = sum(r["lists"] for r in results)
     per_step = requests / n_steps
@@ -731,10 +737,7 @@ def scenario_scale(b):
     finished = max(a.get("finished", go) for a in agents.values())
     wall = finished - go
     requests = sum(r["requests"] for r in results)
-    labels = {}
-    for r in results:
-        for k, v in r["labels"].items():
-            labels[k] = labels.get(k, 0) + v
+    labels = _summed_labels(results)
     graph = dag(layers, width, 3, 6)
     # Messages: drain what is left, then every direct message must have reached its recipient
     # once and every broadcast every other agent once.
@@ -1301,10 +1304,7 @@ def scenario_plans(b):
                  leases[s["step"]]["claimed_at"] < (leases[d]["ended_at"] or "")]
         wall = max(r["ended"] for r in results) - go
         requests = sum(r["requests"] for r in results)
-        labels = {}
-        for r in results:
-            for k, v in r["labels"].items():
-                labels[k] = labels.get(k, 0) + v
+        labels = _summed_labels(results)
         per_step = requests / n_steps
         once = sorted(done) == sorted(s["step"] for s in plan) and not wrong
         b.figures["plans"][layout] = {
