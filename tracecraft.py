@@ -3828,8 +3828,7 @@ class Plans(_Peer):
         per dependency planned earlier, and one read per dependency to decide what is ready."""
         self.client.me()
         wanted = self._parse(steps)
-        listed = {e.key[len(self._key("steps")) + 1:-5]
-                  for e in self.store.list(self._key("steps") + "/") if e.key.endswith(".json")}
+        listed = self._names()
         unknown = sorted({d for s in wanted.values() for d in s["after"]
                           if d not in wanted and d not in listed})
         if unknown:
@@ -4281,9 +4280,7 @@ class Plans(_Peer):
         readiness from the whole plan (a process that died between ending a step and marking
         its dependents left them unmarked), at most once a minute for this agent; say what is
         left."""
-        prefix = self._key("steps") + "/"
-        planned = {e.key[len(prefix):-5] for e in self.store.list(prefix)
-                   if e.key.endswith(".json")}
+        planned = self._names()
         if not planned:
             return "the plan is empty (tracecraft plan add STEP, or plan load FILE)"
         prefix = self.client.key("steps") + "/"
@@ -4361,6 +4358,11 @@ class Plans(_Peer):
         """{step: its dependencies} of every planned step (see _listed)."""
         return {step: d["after"] for step, d in self._listed({} if cache is None else
                                                              cache).items()}
+
+    def _names(self):
+        """The ids of every planned step: one listing, reading nothing."""
+        prefix = self._key("steps") + "/"
+        return {e.key[len(prefix):-5] for e in self.store.list(prefix) if e.key.endswith(".json")}
 
     def _listed(self, cache):
         """{step: definition} of every planned step: a listing, and a read of each definition
