@@ -263,14 +263,14 @@ def test_the_guard_outside_a_git_work_tree(local_cli):
     assert result.returncode == 2 and "git" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_a_table_grown_with_dead_step_reservations_is_tidied(client_factory):
+def test_a_table_grown_with_dead_step_reservations_is_tidied(client_factory, store_clock):
     """Entries tied to steps that ended elsewhere are dropped once the table holds more than
     64: it stays bounded, whoever reserves."""
-    alice = client_factory("alice")
-    for i in range(80):   # each lease expires at once: its tied reservation is dead
-        alice.claim(f"s{i}", ttl=0.001)
+    alice = store_clock.wrap(client_factory("alice"))
+    for i in range(80):   # each lease has expired by the next reservation: its entry is dead
+        alice.claim(f"s{i}", ttl=1)
         alice.reservations.reserve([f"dir{i}/**"], held=alice.steps.step_status(f"s{i}"))
+        store_clock.advance(5)
     table = alice.records.read(alice.key("reservations", "table.json"))[0]["reservations"]
     assert 1 <= len(table) <= 65 and table[-1]["glob"] == "dir79/**"
-    time.sleep(2.2)   # S3 stamps whole seconds: a lease of 1 ms looks live within its second
     assert alice.reservations() == []   # none of them is live
