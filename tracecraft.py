@@ -140,6 +140,11 @@ class BadCredentials(StoreError):
     """The store rejected the signature or does not know the access key."""
 
 
+class NoCredentials(ConfigError):
+    """No credentials to sign with, or a source of them (a profile, STS, the SSO portal, the
+    container or instance endpoint, a credential_process) failed: the message names the source."""
+
+
 class NoSuchBucket(StoreError):
     pass
 
@@ -509,6 +514,76 @@ def authorization(access_key, secret_key, region, service, amz_date, creq, signe
             f"SignedHeaders={signed_headers}, Signature={signature}")
 
 
+REFRESH_BEFORE = 600   # seconds: temporary credentials are fetched anew this long before expiry
+REFRESH_PAUSE = 30     # seconds between tries when a refresh failed and the old keys still work
+
+
+class Credentials:
+    """The keys a store signs with, asked for by keys() at every request.  `source` says in
+    words where they came from, `method` in botocore's word ("env", "assume-role", ...).
+
+    Temporary keys (`expires`, epoch seconds) are fetched anew by `refresh` (a callable that
+    returns new Credentials; refresh(True): never from a cache) once they are due: REFRESH_BEFORE before they expire, or half their
+    lifetime for short-lived ones (STS gives 15 minutes at least).  One threshold, not
+    botocore's advisory and mandatory two: a refresh that fails while the old keys have more
+    than a minute left is tried again REFRESH_PAUSE later, else it is the caller's error."""
+
+    def __init__(self, access_key, secret_key, token=None, expires=None, source="", method="",
+                 refresh=None, fetched=None):
+        for what, value in (("access key", access_key), ("secret key", secret_key),
+                            ("session token", token)):
+            # Never shown, whatever it is: a credential's value must not reach an error message.
+            if value is not None and not (isinstance(value, str) and value and value.isascii()
+                                          and value.isprintable() and " " not in value):
+                raise ConfigError(f"the S3 {what} from {source or 'the settings'} is not "
+                                  "printable ASCII text without spaces: check where it comes from "
+                                  "(init's flags, AWS_* variables, the AWS profile or the config "
+                                  "file)")
+        if expires is not None and not (isinstance(expires, (int, float))
+                                        and 0 < expires < 1e11):
+            raise ConfigError(f"the credentials from {source} have no valid expiry time")
+        self.access_key, self.secret_key, self.token = access_key, secret_key, token
+        self.expires, self.source, self.method, self.refresh = expires, source, method, refresh
+        self.fetched = time.time() if fetched is None else fetched
+        self._pause_until, self._lock = 0.0, None
+
+    def due(self, now=None):
+        """Whether these keys should be fetched anew."""
+        if self.expires is None:
+            return False
+        left = self.expires - (time.time() if now is None else now)
+        return left < min(REFRESH_BEFORE, (self.expires - self.fetched) / 2)
+
+    def keys(self):
+        """(access key, secret key, session token or None), fetched anew first when due."""
+        if self.refresh is not None and self.due() and time.time() >= self._pause_until:
+            self.renew()
+        return self.access_key, self.secret_key, self.token
+
+    def renew(self, force=False):
+        """Fetch new keys now (force: even if these look good, as when the store said the
+        token expired).  One thread fetches; the others wait for its keys."""
+        if self.refresh is None:
+            return
+        if self._lock is None:
+            import _thread
+            self._lock = _thread.allocate_lock()
+        with self._lock:
+            if not force and not self.due():
+                return   # another thread renewed them while this one waited
+            try:
+                fresh = self.refresh(force)
+            except TracecraftError:
+                if force or self.expires is None or self.expires - time.time() < 60:
+                    raise
+                self._pause_until = time.time() + REFRESH_PAUSE
+                return
+            self.access_key, self.secret_key, self.token = \
+                fresh.access_key, fresh.secret_key, fresh.token
+            self.expires, self.source, self.fetched = fresh.expires, fresh.source, fresh.fetched
+            self.refresh = fresh.refresh or self.refresh
+
+
 class Response:
     __slots__ = ("status", "headers", "body", "attempts")
 
@@ -611,6 +686,8 @@ class Transport:
 
     The HTTP/1.1 client is our own, on a socket: importing http.client would take longer than
     the rest of a command, and S3 needs only Content-Length, chunked and close-delimited bodies."""
+
+    peer = "the store"   # what an Unreachable error says could not be reached
 
     def __init__(self, scheme, host, port, timeout=None, max_attempts=None, verify=True):
         default_attempts, default_timeout = _retry_settings()
@@ -739,7 +816,7 @@ class Transport:
             except BaseException:
                 self.close()   # a half-read answer must not be taken for the next one
                 raise
-        raise Unreachable(f"cannot reach the store at {self.scheme}://{self.host}:{self.port} "
+        raise Unreachable(f"cannot reach {self.peer} at {self.scheme}://{self.host}:{self.port} "
                           f"({last_error}; {attempt} attempts in {time.monotonic() - started:.1f} s):"
                           " check the endpoint, the network and that the server is running")
 
@@ -1712,6 +1789,9 @@ def _xml_field(body, tag):
     return values[0] if values else ""
 
 
+EXPIRED_TOKEN = ("ExpiredToken", "TokenRefreshRequired")   # S3's codes for keys past their time
+
+
 class S3Store(Store):
     """Any S3-compatible store, signed with SigV4 over one kept-alive connection."""
     name = "s3"
@@ -1719,7 +1799,7 @@ class S3Store(Store):
 
     def __init__(self, bucket, endpoint=None, region="us-east-1", access_key=None, secret_key=None,
                  session_token=None, addressing="path", verify=True, timeout=None,
-                 max_attempts=None):
+                 max_attempts=None, credentials=None):
         self.bucket = self.check_bucket(bucket)
         self.region = region or "us-east-1"
         self.endpoint = (endpoint or f"https://s3.{self.region}.amazonaws.com").rstrip("/")
@@ -1729,20 +1809,16 @@ class S3Store(Store):
         scheme, hostname, port, base_path = url
         if addressing not in ("path", "virtual"):
             raise ConfigError(f"addressing must be 'path' or 'virtual', not {addressing!r}")
-        if not access_key or not secret_key:
-            env = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
-            raise ConfigError(f"no S3 credentials: pass access_key= and secret_key=, or {env}",
-                              cli="no S3 credentials: pass --access-key/--secret-key to init, or "
-                              + env)
-        for what, value in (("access key", access_key), ("secret key", secret_key),
-                            ("session token", session_token)):
-            # Never shown, whatever it is: a credential's value must not reach an error message.
-            if value is not None and not (isinstance(value, str) and value.isascii()
-                                          and value.isprintable() and " " not in value):
-                raise ConfigError(f"the S3 {what} is not printable ASCII text without spaces: "
-                                  "check where it comes from (init's flags, AWS_* variables, "
-                                  "the AWS profile or the config file)")
-        self.access_key, self.secret_key, self.session_token = access_key, secret_key, session_token
+        if credentials is None:
+            if not access_key or not secret_key:
+                env = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (a profile "
+                       "with keys, SSO, a role or a credential_process)")
+                raise NoCredentials(f"no S3 credentials: pass access_key= and secret_key=, or {env}",
+                                    cli="no S3 credentials: pass --access-key/--secret-key to init, "
+                                    "or " + env)
+            credentials = Credentials(access_key, secret_key, session_token,
+                                      source="keys given to the store", method="explicit")
+        self.credentials = credentials
         self.addressing = addressing
         host = hostname if addressing == "path" else f"{self.bucket}.{hostname}"
         default_port = port == (443 if scheme == "https" else 80)
@@ -1753,6 +1829,11 @@ class S3Store(Store):
         self.transport = Transport(scheme, host, port, timeout, max_attempts, verify)
 
     check_bucket = staticmethod(check_bucket)
+
+    # The keys of the moment (a long-running process renews temporary ones): what a redactor hides.
+    access_key = property(lambda self: self.credentials.access_key)
+    secret_key = property(lambda self: self.credentials.secret_key)
+    session_token = property(lambda self: self.credentials.token)
 
     def describe(self):
         return f"s3 bucket {self.bucket} at {self.endpoint}"
@@ -1776,25 +1857,31 @@ class S3Store(Store):
         extra = list(headers)
 
         def make_headers():
+            access_key, secret_key, token = self.credentials.keys()
             amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
             signed = [("host", self.host_header), ("x-amz-date", amz_date),
                       ("x-amz-content-sha256", payload_hash)] + extra
-            if self.session_token:
-                signed.append(("x-amz-security-token", self.session_token))
+            if token:
+                signed.append(("x-amz-security-token", token))
             creq, names = canonical_request(method, path, query, signed, payload_hash)
             out = dict(signed)
-            out["Authorization"] = authorization(self.access_key, self.secret_key, self.region,
-                                                 "s3", amz_date, creq, names)
+            out["Authorization"] = authorization(access_key, secret_key, self.region, "s3",
+                                                 amz_date, creq, names)
             if body and not isinstance(body, (bytes, bytearray)):
                 out["Content-Length"] = str(_file_size(body))
             return out
 
         deadline = time.monotonic() + self.transport.timeout
-        try:
-            resp = self.transport.request(method, target, make_headers, body, into, progress,
-                                          limit)
-        except CorruptObject as exc:
-            raise CorruptObject(f"{key or 'a listing'}: {exc}") from None
+        for renewed in (False, True):
+            try:
+                resp = self.transport.request(method, target, make_headers, body, into, progress,
+                                              limit)
+            except CorruptObject as exc:
+                raise CorruptObject(f"{key or 'a listing'}: {exc}") from None
+            if renewed or resp.status not in (400, 403) or self.credentials.refresh is None \
+                    or _xml_field(resp.body, "Code") not in EXPIRED_TOKEN:
+                break
+            self.credentials.renew(force=True)   # they expired sooner than they said: once more
         if resp.status in (302, 307) and self.follows_redirects and method in ("GET", "HEAD"):
             return self._follow(resp, method, key, into, progress, deadline)
         if resp.status >= 300:
@@ -1862,6 +1949,9 @@ class S3Store(Store):
             return PreconditionFailed(f"{what}: precondition failed")
         if status == 409 and code in ("ConditionalRequestConflict", "OperationAborted", ""):
             return ConditionalConflict(f"{what}: a concurrent conditional write finished first")
+        if code in EXPIRED_TOKEN:
+            return BadCredentials(f"the store at {self.endpoint} says the session token has "
+                                  f"expired ({code}): {self.credentials.source} gave it")
         if code in ("SignatureDoesNotMatch", "InvalidAccessKeyId", "AuthorizationHeaderMalformed"):
             hint = ("the secret key is probably wrong" if code == "SignatureDoesNotMatch"
                     else "the store does not know this access key")
@@ -2007,7 +2097,7 @@ class HFStore(S3Store):
                  **settings):
         namespace, _, name = (bucket or "").partition("/")
         self.namespace = self.check_bucket(namespace)
-        if not access_key or not secret_key:
+        if settings.get("credentials") is None and (not access_key or not secret_key):
             hint = (" HF_TOKEN is set, but the gateway signs with S3 keys: generate them from "
                     "your token at https://huggingface.co/settings/tokens (\"Generate S3 "
                     "credentials\") and set HF_S3_ACCESS_KEY_ID/HF_S3_SECRET_ACCESS_KEY"
@@ -2015,7 +2105,7 @@ class HFStore(S3Store):
                     " Generate them at https://huggingface.co/settings/tokens (\"Generate S3 "
                     "credentials\" on a token with write access)")
             env = "set HF_S3_ACCESS_KEY_ID and HF_S3_SECRET_ACCESS_KEY." + hint
-            raise ConfigError("no S3 credentials for Hugging Face: pass access_key= and "
+            raise NoCredentials("no S3 credentials for Hugging Face: pass access_key= and "
                               f"secret_key= (HFAK...), or {env}", cli="no S3 credentials for "
                               f"Hugging Face: pass --access-key/--secret-key (HFAK...) to init, "
                               f"or {env}")
@@ -2156,53 +2246,589 @@ def write_config(path, config):
         raise ConfigError(f"cannot write config {path}: {exc.strerror or exc}") from None
 
 
-def _aws_profile(name):
-    """Keys of one profile from ~/.aws/credentials, then ~/.aws/config ("profile NAME")."""
-    import configparser
-    home = os.path.expanduser("~")
-    files = [(os.environ.get("AWS_SHARED_CREDENTIALS_FILE")
-              or os.path.join(home, ".aws", "credentials"), name),
-             (os.environ.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config"),
-              name if name == "default" else f"profile {name}")]
-    for path, section in files:
-        parser = configparser.RawConfigParser()
-        try:
-            parser.read(path, encoding="utf-8")
-        except (OSError, UnicodeDecodeError, configparser.Error):
-            continue
-        if parser.has_option(section, "aws_access_key_id"):
-            get = lambda option: parser.get(section, option, fallback=None)  # noqa: E731
-            return get("aws_access_key_id"), get("aws_secret_access_key"), get("aws_session_token")
-    return None
-
+# -- credentials: the chain botocore and the AWS CLI follow, in their order ------------------------
 
 def resolve_credentials(settings):
-    """(access key, secret key, session token): flags, then AWS_* variables, then AWS_PROFILE,
-    then the config file, then the `default` profile (last, so that a user's everyday AWS
-    profile never overrides keys that were given to `tracecraft init` for this project)."""
-    if settings.get("access_key") and settings.get("secret_key") and settings.get("_from_flags"):
-        return settings["access_key"], settings["secret_key"], settings.get("session_token")
+    """(Credentials or None, the AWS profile's region or None) for an S3 or HF store.  First the
+    keys given to init (the config) or to connect(), then the environment; then, for S3 only,
+    the AWS profile, container credentials and instance metadata (_AwsChain).  The common case,
+    keys in the config or the environment, reads no other file and sends no request."""
     env = os.environ
-    if settings.get("backend") == "hf" and env.get("HF_S3_ACCESS_KEY_ID"):
-        return env["HF_S3_ACCESS_KEY_ID"], env.get("HF_S3_SECRET_ACCESS_KEY"), None
-    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
-        return env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_SESSION_TOKEN")
-    found = _aws_profile(env["AWS_PROFILE"]) if env.get("AWS_PROFILE") else None
-    if found:
-        return found
     if settings.get("access_key") and settings.get("secret_key"):
-        return settings["access_key"], settings["secret_key"], settings.get("session_token")
-    if env.get("AWS_PROFILE"):
-        raise ConfigError(f"AWS_PROFILE={env['AWS_PROFILE']} has no static keys in "
-                          "~/.aws/credentials or ~/.aws/config (SSO and role profiles are not "
-                          "supported: export AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY instead)")
-    return _aws_profile("default") or (None, None, None)
+        where = settings.get("_path")
+        return Credentials(settings["access_key"], settings["secret_key"],
+                           settings.get("session_token"), method="explicit",
+                           source=f"the keys in {where}" if where else
+                           "the keys given to tracecraft"), None
+    names = (("HF_S3_ACCESS_KEY_ID", "HF_S3_SECRET_ACCESS_KEY", None),) \
+        if settings.get("backend") == "hf" else ()
+    for key, secret, token in names + (("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                        "AWS_SESSION_TOKEN"),):
+        if env.get(key) and env.get(secret):
+            return Credentials(env[key], env[secret], token and env.get(token) or None,
+                               source=f"the environment ({key})", method="env"), None
+    if settings.get("backend") == "hf":
+        return None, None   # an AWS profile or role cannot sign for the Hub's gateway
+    chain = _AwsChain(settings)
+    return chain.resolve(), chain.profile_region()
+
+
+CONTAINER_HOSTS = ("169.254.170.2", "169.254.170.23", "fd00:ec2::23")   # ECS and EKS Pod Identity
+CREDENTIAL_SOURCES = ("Environment", "Ec2InstanceMetadata", "EcsContainer")
+PROCESS_TIMEOUT = 60   # seconds a credential_process may take
+
+
+class _AwsChain:
+    """What botocore tries after the environment, in its order: the profile (AWS_PROFILE, else
+    the config's `profile`, else default) in the shared files (AWS_SHARED_CREDENTIALS_FILE,
+    AWS_CONFIG_FILE), where a role to assume (role_arn with source_profile or
+    credential_source) comes first, then a web identity, SSO, keys in the credentials file, a
+    credential_process and keys in the config file; then container credentials, then the
+    instance metadata service (IMDSv2).  Temporary credentials are kept across calls in the
+    private cache directory until they are due (Credentials.due)."""
+
+    def __init__(self, settings):
+        env, home = os.environ, os.path.expanduser("~")
+        self.env, self.settings, self._files = env, settings, None
+        self.name = env.get("AWS_PROFILE") or settings.get("profile") or "default"
+        self.named_by = "AWS_PROFILE" if env.get("AWS_PROFILE") else \
+            settings.get("_path") or "the settings" if settings.get("profile") else None
+        self.paths = (env.get("AWS_SHARED_CREDENTIALS_FILE") or
+                      os.path.join(home, ".aws", "credentials"),
+                      env.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config"))
+
+    def files(self):
+        """(profiles in the credentials file, profiles in the config file, sso-sessions)."""
+        if self._files is None:
+            profiles, sessions = {}, {}
+            for section, values in _ini_sections(self.paths[1]).items():
+                kind, _, name = section.partition(" ")
+                if section == "default" or kind == "profile" and name.strip():
+                    profiles[name.strip() or section] = values
+                elif kind == "sso-session" and name.strip():
+                    sessions[name.strip()] = values
+            self._files = _ini_sections(self.paths[0]), profiles, sessions
+        return self._files
+
+    def profile_region(self):
+        return self.files()[1].get(self.name, {}).get("region") or None
+
+    @property
+    def region(self):
+        """The region STS is asked in: the config's, the environment's, the profile's."""
+        region = (self.settings.get("region") or self.env.get("AWS_REGION")
+                  or self.env.get("AWS_DEFAULT_REGION") or self.profile_region() or "us-east-1")
+        if not all(c.isascii() and (c.isalnum() or c == "-") for c in region):
+            raise ConfigError(f"region {shown(region)[:40]!r} is not an AWS region name")
+        return region
+
+    def resolve(self):
+        found = self.from_profile(self.name, [self.name], top=True)
+        if found is None and self.named_by:
+            in_credentials, in_config, _ = self.files()
+            if self.name not in in_credentials and self.name not in in_config:
+                raise NoCredentials(f"the AWS profile {self.name!r} ({self.named_by} names it) is "
+                                    f"in neither {self.paths[0]} nor {self.paths[1]}")
+        return found or self.container() or self.instance()
+
+    def from_profile(self, name, visited, top):
+        """The credentials profile `name` gives (None if it gives none).  A source profile
+        (not `top`) never reads the environment, and its own keys win over its role."""
+        in_credentials, in_config, _ = self.files()
+        own, configured = in_credentials.get(name, {}), in_config.get(name, {})
+        profile = dict(configured, **own)
+        has_keys = "aws_access_key_id" in profile or "aws_secret_access_key" in profile
+        if "role_arn" in profile and "web_identity_token_file" not in profile and \
+                (top or not has_keys):
+            return self.assume_role(name, profile, visited)
+        env = self.env if top else {}
+        if env.get("AWS_WEB_IDENTITY_TOKEN_FILE") or profile.get("web_identity_token_file"):
+            return self.web_identity(name, profile, env)
+        if any(profile.get(k) for k in ("sso_session", "sso_start_url", "sso_account_id",
+                                        "sso_role_name")):
+            return self.sso(name, profile)
+        if "aws_access_key_id" in own or "aws_secret_access_key" in own:
+            return self.static(name, own, self.paths[0], "shared-credentials-file")
+        if profile.get("credential_process"):
+            return self.process(name, profile["credential_process"])
+        if "aws_access_key_id" in configured or "aws_secret_access_key" in configured:
+            return self.static(name, configured, self.paths[1], "config-file")
+        return None
+
+    def static(self, name, section, path, method):
+        key, secret = section.get("aws_access_key_id"), section.get("aws_secret_access_key")
+        if not key or not secret:
+            raise NoCredentials(f"profile {name} in {path} has "
+                                f"{'aws_access_key_id' if key else 'aws_secret_access_key'} "
+                                f"without {'aws_secret_access_key' if key else 'aws_access_key_id'}")
+        return Credentials(key, secret, section.get("aws_session_token") or None,
+                           source=f"profile {name}: keys in {path}", method=method)
+
+    def session_name(self, given):
+        """botocore says botocore-session-<epoch>; an agent's id says more, and is steady."""
+        if given:
+            return given
+        agent = self.settings.get("agent")
+        if not isinstance(agent, str) or not agent:
+            return f"tracecraft-{int(time.time())}"
+        return "tracecraft-" + "".join(c if c.isascii() and (c.isalnum() or c in "+=,.@_-")
+                                       else "-" for c in agent)[:53]
+
+    def assume_role(self, name, profile, visited):
+        role, where = profile["role_arn"], f"profile {name}"
+        if profile.get("mfa_serial"):
+            raise NoCredentials(f"{where} needs an MFA code (mfa_serial) to assume {role}, and "
+                                "tracecraft runs where no one can type it (an agent's run has no "
+                                "terminal): use a profile without mfa_serial, or run `aws configure "
+                                f"export-credentials --profile {name} --format env` in a terminal "
+                                "and export what it prints")
+        source, sourced = profile.get("source_profile"), profile.get("credential_source")
+        if bool(source) == bool(sourced):
+            raise NoCredentials(f"{where} has role_arn and needs one of source_profile and "
+                                f"credential_source{', not both' if source else ''}")
+        if sourced and sourced not in CREDENTIAL_SOURCES:
+            raise NoCredentials(f"{where}: credential_source {shown(sourced)[:40]!r} is not one "
+                                f"of {', '.join(CREDENTIAL_SOURCES)}")
+        if source:
+            in_credentials, in_config, _ = self.files()
+            keys = "aws_access_key_id" in profile or "aws_secret_access_key" in profile
+            if source in visited and (source != name or not keys):
+                raise NoCredentials("the profiles' source_profile settings form a loop: "
+                                    + " -> ".join(visited + [source]))
+            if source not in in_credentials and source not in in_config:
+                raise NoCredentials(f"{where}: its source_profile {source} is in neither "
+                                    f"{self.paths[0]} nor {self.paths[1]}")
+        params = {"RoleArn": role, "RoleSessionName": self.session_name(
+            profile.get("role_session_name"))}
+        if profile.get("external_id"):
+            params["ExternalId"] = profile["external_id"]
+        if profile.get("duration_seconds"):
+            duration = profile["duration_seconds"]
+            if not (duration.isdigit() and 900 <= int(duration) <= 43200):
+                raise NoCredentials(f"{where}: duration_seconds must be a number of seconds from "
+                                    "900 to 43200")
+            params["DurationSeconds"] = duration
+
+        def fetch():
+            if sourced:
+                base = self.credential_source(where, sourced)
+            else:
+                base = self.from_profile(source, visited + [source], top=False)
+                if base is None:
+                    raise NoCredentials(f"{where}: its source_profile {source} gives no "
+                                        "credentials")
+            return self.sts("AssumeRole", params, base, f"{where}: assume role {role}",
+                            "assume-role")
+        return self.temporary(["assume-role", name, role, source or sourced, self.paths,
+                               profile.get("role_session_name"), params.get("ExternalId"),
+                               params.get("DurationSeconds")], fetch)
+
+    def credential_source(self, where, sourced):
+        if sourced == "Environment":
+            env = self.env
+            if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+                return Credentials(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"],
+                                   env.get("AWS_SESSION_TOKEN") or None, method="env",
+                                   source="the environment (AWS_ACCESS_KEY_ID)")
+        found = self.container() if sourced == "EcsContainer" else \
+            self.instance() if sourced == "Ec2InstanceMetadata" else None
+        if found is None:
+            raise NoCredentials(f"{where}: credential_source {sourced} gives no credentials here")
+        return found
+
+    def web_identity(self, name, profile, env):
+        via = "the environment" if env.get("AWS_WEB_IDENTITY_TOKEN_FILE") else f"profile {name}"
+        token_file = env.get("AWS_WEB_IDENTITY_TOKEN_FILE") or profile["web_identity_token_file"]
+        role = env.get("AWS_ROLE_ARN") or profile.get("role_arn")
+        if not role:
+            raise NoCredentials(f"{via} names a web identity token file but no role: set "
+                                "AWS_ROLE_ARN or role_arn in the profile")
+        given = env.get("AWS_ROLE_SESSION_NAME") or profile.get("role_session_name")
+        source = f"{via}: web identity, role {role}"
+
+        def fetch():
+            try:
+                with open(token_file, "rb") as f:
+                    token = f.read(1 << 16).decode("utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = os_reason(exc) if isinstance(exc, OSError) else "it is not UTF-8 text"
+                raise NoCredentials(f"{source}: cannot read the token file {token_file}: "
+                                    f"{reason}") from None
+            return self.sts("AssumeRoleWithWebIdentity", {
+                "RoleArn": role, "RoleSessionName": self.session_name(given),
+                "WebIdentityToken": token}, None, source, "assume-role-with-web-identity")
+        return self.temporary(["web-identity", role, token_file, given], fetch)
+
+    def sts(self, action, params, signer, source, method):
+        """Temporary credentials from STS's `action`, signed with `signer` (None: unsigned)."""
+        env = self.env
+        endpoint = env.get("AWS_ENDPOINT_URL_STS") or env.get("AWS_ENDPOINT_URL") or \
+            f"https://sts.{self.region}.amazonaws.com"
+        form = dict(Action=action, Version="2011-06-15", **params)
+        body = "&".join(f"{uri_encode(k)}={uri_encode(v)}" for k, v in form.items()).encode()
+        resp = _ask(endpoint, source, "POST", [("content-type", "application/x-www-form-urlencoded;"
+                                                " charset=utf-8")], body, signer, self.region)
+        if resp.status != 200:
+            code = shown(_xml_field(resp.body, "Code"))[:64]
+            message = shown(_xml_field(resp.body, "Message"))[:300]
+            raise NoCredentials(f"{source}: STS refused {action} ({resp.status} {code})"
+                                + (f": {message}" if message else ""))
+        fields = [_xml_field(resp.body, name) for name in ("AccessKeyId", "SecretAccessKey",
+                                                           "SessionToken", "Expiration")]
+        return _temporary_credentials(source, method, *fields)
+
+    def sso(self, name, profile):
+        where, login = f"profile {name}", f"run `aws sso login --profile {name}`"
+        session = profile.get("sso_session")
+        if session:
+            found = self.files()[2].get(session)
+            if found is None:
+                raise NoCredentials(f"{where} names sso_session {session}, which has no "
+                                    f"[sso-session {session}] section in {self.paths[1]}")
+            start, region, cached_as = found.get("sso_start_url"), found.get("sso_region"), session
+        else:
+            start, region = profile.get("sso_start_url"), profile.get("sso_region")
+            cached_as = start
+        account, role = profile.get("sso_account_id"), profile.get("sso_role_name")
+        missing = [option for option, value in (("sso_start_url", start), ("sso_region", region),
+                                                ("sso_account_id", account),
+                                                ("sso_role_name", role)) if not value]
+        if missing:
+            raise NoCredentials(f"{where} is an SSO profile without {', '.join(missing)}")
+        if not all(c.isascii() and (c.isalnum() or c == "-") for c in region):
+            raise NoCredentials(f"{where}: sso_region {shown(region)[:40]!r} is not a region name")
+        source = f"{where}: SSO account {account}, role {role}"
+
+        def fetch():
+            path = os.path.join(os.path.expanduser("~"), ".aws", "sso", "cache",
+                                _hash("sha1", cached_as.encode("utf-8")).hexdigest() + ".json")
+            try:
+                with open(path, "rb") as f:
+                    login_record = loads(f.read(1 << 20))
+            except FileNotFoundError:
+                raise NoCredentials(f"{where}: no SSO login is cached ({path}): {login}") from None
+            except (OSError, ValueError, UnicodeDecodeError):
+                login_record = None
+            token = login_record.get("accessToken") if isinstance(login_record, dict) else None
+            until = _aws_time(login_record.get("expiresAt")) if token else None
+            if not isinstance(token, str) or not token.isprintable() or until is None:
+                raise NoCredentials(f"{where}: the SSO login cached in {path} cannot be read: "
+                                    f"{login}")
+            if until <= time.time():
+                raise NoCredentials(f"{where}: the SSO login expired "
+                                    f"{_duration_words(time.time() - until)} ago: {login}")
+            portal = self.env.get("AWS_ENDPOINT_URL_SSO") or self.env.get("AWS_ENDPOINT_URL") \
+                or f"https://portal.sso.{region}.amazonaws.com"
+            query = f"account_id={uri_encode(account)}&role_name={uri_encode(role)}"
+            resp = _ask(portal.rstrip("/") + "/federation/credentials?" + query, source,
+                        headers=[("x-amz-sso_bearer_token", token)])
+            if resp.status in (401, 403):
+                raise NoCredentials(f"{source}: the SSO portal refused the login "
+                                    f"({resp.status}): {login}")
+            answer = _json_answer(resp, source, "the SSO portal").get("roleCredentials")
+            answer = answer if isinstance(answer, dict) else {}
+            expiration = answer.get("expiration")
+            return _temporary_credentials(
+                source, "sso", answer.get("accessKeyId"), answer.get("secretAccessKey"),
+                answer.get("sessionToken"), expiration / 1000 if type(expiration) is int else None)
+        return self.temporary(["sso", name, start, region, account, role, self.paths], fetch)
+
+    def process(self, name, command):
+        source = f"profile {name}: credential_process"
+
+        def fetch():
+            import shlex
+            import subprocess
+            try:
+                argv = shlex.split(command)
+            except ValueError as exc:
+                raise NoCredentials(f"{source} is not a command line ({exc})") from None
+            program = shown(argv[0])[:100] if argv else ""
+            try:
+                # No shell, as botocore; no stdin: an MCP server's stdin is its protocol.
+                done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                                      timeout=PROCESS_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                raise NoCredentials(f"{source}: {program} did not finish in {PROCESS_TIMEOUT} s")\
+                    from None
+            except (OSError, ValueError, IndexError) as exc:
+                reason = os_reason(exc) if isinstance(exc, OSError) else "the command is empty"
+                raise NoCredentials(f"{source}: cannot run {program!r}: {reason}") from None
+            if done.returncode != 0:
+                said = shown(done.stderr.decode("utf-8", "replace").strip())[:300]
+                raise NoCredentials(f"{source}: {program} exited with status {done.returncode}"
+                                    + (f": {said}" if said else ""))
+            try:
+                answer = loads(done.stdout.decode("utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                answer = None
+            if not isinstance(answer, dict) or answer.get("Version") != 1:
+                raise NoCredentials(f"{source}: {program} printed no JSON object with \"Version\": 1"
+                                    " (and AccessKeyId, SecretAccessKey, optionally SessionToken "
+                                    "and Expiration)")
+            found = _temporary_credentials(source, "custom-process", answer.get("AccessKeyId"),
+                                           answer.get("SecretAccessKey"),
+                                           answer.get("SessionToken"), answer.get("Expiration"),
+                                           temporary=False)
+            found.refresh = (lambda force=False: fetch()) if found.expires else None
+            return found
+        return fetch()
+
+    def container(self):
+        env = self.env
+        relative = env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        url = "http://169.254.170.2" + relative if relative else \
+            env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        if not url:
+            return None
+        parts = _split_url(url.partition("?")[0])
+        if parts is None or not relative and not (
+                parts[0] == "https" or _is_loopback(parts[1]) or parts[1] in CONTAINER_HOSTS):
+            raise NoCredentials(f"AWS_CONTAINER_CREDENTIALS_FULL_URI={shown(url)[:100]!r} is "
+                                "refused: it must be https, a loopback address or one of "
+                                + ", ".join(CONTAINER_HOSTS))
+        source = f"container credentials ({shown(url)[:100]})"
+
+        def fetch():
+            headers = []
+            token_file = env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
+            token = env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN")
+            if token_file:
+                try:
+                    with open(token_file, "rb") as f:
+                        token = f.read(1 << 16).decode("utf-8").strip()
+                except (OSError, UnicodeDecodeError) as exc:
+                    reason = os_reason(exc) if isinstance(exc, OSError) else "not UTF-8 text"
+                    raise NoCredentials(f"{source}: cannot read AWS_CONTAINER_AUTHORIZATION_"
+                                        f"TOKEN_FILE {token_file}: {reason}") from None
+            if token:
+                headers.append(("Authorization", token))
+            answer = _json_answer(_ask(url, source, headers=headers, timeout=5, attempts=3),
+                                  source, "the container endpoint")
+            return _temporary_credentials(source, "container-role", answer.get("AccessKeyId"),
+                                          answer.get("SecretAccessKey"), answer.get("Token"),
+                                          answer.get("Expiration"))
+        return self.temporary(["container", url], fetch)
+
+    def instance(self):
+        """Credentials of the EC2 instance's role through IMDSv2: a session token first (a GET
+        without one is what IMDSv1 allowed and new instances refuse), short timeouts and one
+        attempt each, as botocore; None when there is no metadata service or no role."""
+        env = self.env
+        if env.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true":
+            return None
+        base = (env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or (
+            "http://[fd00:ec2::254]" if env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", "")
+            .lower() == "ipv6" else "http://169.254.169.254")).rstrip("/")
+        source = "instance metadata"
+
+        def ask(path, method="GET", headers=()):
+            return _ask(base + path, source, method, headers, timeout=1.0, attempts=1)
+
+        def fetch():
+            try:
+                session = ask("/latest/api/token", "PUT",
+                              [("x-aws-ec2-metadata-token-ttl-seconds", "21600")])
+                if session.status != 200:
+                    return None
+                token = [("x-aws-ec2-metadata-token", session.body.decode("latin-1").strip())]
+                listed = ask("/latest/meta-data/iam/security-credentials/", headers=token)
+                if listed.status != 200:
+                    return None   # an instance without a role
+                role = listed.body.decode("latin-1").strip().split("\n")[0].strip()
+                if not (0 < len(role) <= 64 and all(c.isascii() and (c.isalnum() or c in
+                                                                     "+=,.@_-") for c in role)):
+                    return None   # not an IAM role name
+                answer = ask("/latest/meta-data/iam/security-credentials/" + role, headers=token)
+            except Unreachable:
+                return None
+            found = _json_answer(answer, f"{source} (role {shown(role)})", "the instance "
+                                 "metadata service")
+            return _temporary_credentials(f"{source} (role {shown(role)})", "iam-role",
+                                          found.get("AccessKeyId"), found.get("SecretAccessKey"),
+                                          found.get("Token"), found.get("Expiration"))
+        return self.temporary(["instance", base], fetch)
+
+    def temporary(self, key, fetch, force=False):
+        """What `fetch` gives, kept in the cache under `key` (what made it) until it is due,
+        and renewed by the same when it is (`force`: fetched, whatever the cache holds)."""
+        path = _credentials_cache(key)
+        found = _read_cached(path, key) if path and not force else None
+        if found is None or found.due():
+            found = fetch()
+            if found is None:
+                return None
+            if path and found.expires:
+                _write_cached(path, key, found)
+        found.refresh = lambda force=False: self.temporary(key, fetch, force) or \
+            _gone(found.source)
+        return found
+
+
+def _gone(source):
+    raise NoCredentials(f"{source} no longer gives credentials")
+
+
+def _ask(url, source, method="GET", headers=(), body=b"", signer=None, region=None,
+         timeout=None, attempts=None):
+    """One request to an endpoint of credentials (STS, the SSO portal, the container or the
+    instance metadata service), signed for STS with `signer` (Credentials) when given."""
+    where, _, query = url.partition("?")
+    parts = _split_url(where)
+    if parts is None:
+        raise ConfigError(f"{source}: {shown(url)[:100]!r} is not an http(s) URL")
+    scheme, host, port, path = parts
+    bracketed = f"[{host}]" if ":" in host else host
+    netloc = bracketed if port == (443 if scheme == "https" else 80) else f"{bracketed}:{port}"
+    target = (uri_encode(path or "/", keep_slash=True) if path else "/") + (
+        "?" + query if query else "")
+
+    def make_headers():
+        out = [("host", netloc)] + list(headers)
+        if signer is None:
+            return dict(out)
+        access_key, secret_key, token = signer.keys()
+        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        out.append(("x-amz-date", amz_date))
+        if token:
+            out.append(("x-amz-security-token", token))
+        digest = _hash("sha256", body).hexdigest()
+        creq, names = canonical_request(method, path or "/", [], out, digest, normalize_path=True)
+        return dict(out, Authorization=authorization(access_key, secret_key, region, "sts",
+                                                     amz_date, creq, names))
+    transport = Transport(scheme, host, port, timeout, attempts)
+    transport.peer = source
+    try:
+        return transport.request(method, target, make_headers, body, limit=1 << 20)
+    finally:
+        transport.close()
+
+
+def _json_answer(resp, source, service):
+    """The JSON object of a 200 answer, else an error that says what answered what."""
+    answer = None
+    if resp.status == 200:
+        try:
+            answer = loads(resp.body)
+        except (ValueError, UnicodeDecodeError):
+            pass
+    if not isinstance(answer, dict):
+        said = f"answered {resp.status}" if resp.status != 200 else "answered no JSON object"
+        raise NoCredentials(f"{source}: {service} {said}")
+    return answer
+
+
+def _temporary_credentials(source, method, access_key, secret_key, token, expiration,
+                           temporary=True):
+    """Credentials from an answer: every field must be text (a hostile answer says anything),
+    and temporary ones must say when they expire."""
+    expires = expiration if isinstance(expiration, float) else _aws_time(expiration)
+    wrong = [name for name, value in (("an access key", access_key), ("a secret key", secret_key),
+                                      ("a session token", token if temporary else "-"))
+             if not isinstance(value, str) or not value]
+    if token is not None and not isinstance(token, str):
+        wrong.append("a text session token")
+    if expiration is not None and expires is None or temporary and expires is None:
+        wrong.append("an expiry time tracecraft can read")
+    if wrong:
+        raise NoCredentials(f"{source}: the answer has no {', no '.join(wrong)}")
+    return Credentials(access_key, secret_key, token or None, expires, source, method)
+
+
+def _aws_time(value):
+    """Epoch seconds of an ISO 8601 time as AWS writes an expiry (Z or an offset), or None."""
+    if not isinstance(value, str) or len(value) < 19 or not value.isascii():
+        return None
+    offset, tail = 0, value[19:]
+    if len(tail) >= 6 and tail[-6] in "+-" and tail[-3] == ":" and tail[-5:-3].isdigit() \
+            and tail[-2:].isdigit():
+        offset = (int(tail[-5:-3]) * 3600 + int(tail[-2:]) * 60) * (1 if tail[-6] == "+" else -1)
+        value = value[:-6]
+    seconds = _iso_date(value)
+    return None if seconds is None else seconds - offset
+
+
+def _duration_words(seconds):
+    minutes = int(seconds // 60)
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 120 else \
+        f"{minutes} min" if minutes else "under a minute"
+
+
+def _ini_sections(path):
+    """{section: {option: value}} of an AWS shared file ({} when there is none)."""
+    import configparser
+    try:
+        with open(path, "rb") as f:
+            text = f.read(1 << 20).decode("utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = os_reason(exc) if isinstance(exc, OSError) else "it is not UTF-8 text"
+        raise NoCredentials(f"cannot read {path}: {reason}") from None
+    parser = configparser.RawConfigParser(strict=False)
+    try:
+        parser.read_string(text, path)
+    except configparser.Error as exc:
+        # Its message would quote the line, which may hold a secret: only its number is said.
+        line = getattr(exc, "lineno", None) or (exc.errors[0][0] if getattr(exc, "errors", None)
+                                                else "?")
+        raise NoCredentials(f"{path} is not an INI file tracecraft can read (line {line})") \
+            from None
+    return {section: dict(parser.items(section)) for section in parser.sections()}
+
+
+def _credentials_cache(key):
+    """Where temporary credentials made from `key` are kept across calls: a file in a directory
+    only this user may enter, else None (nothing is kept)."""
+    directory = os.path.join(xdg_dir("cache"), "tracecraft", "credentials")
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        found = os.lstat(directory)
+        if os.name == "posix" and found.st_uid == os.getuid() and found.st_mode & 0o077:
+            os.chmod(directory, 0o700)
+            found = os.lstat(directory)
+    except OSError:
+        return None
+    if found.st_mode & 0o170000 != 0o040000 or os.name == "posix" and (
+            found.st_uid != os.getuid() or found.st_mode & 0o077):
+        return None   # a link, or a directory others may read: keep nothing there
+    return os.path.join(directory, _hash("sha256", dumps(key).encode()).hexdigest() + ".json")
+
+
+def _read_cached(path, key):
+    """The credentials kept at `path` for `key`, or None: a file that is not what we wrote
+    (garbage, wrong types, another key) is ignored, and replaced when new ones are fetched."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            kept = loads(f.read(1 << 16))
+        if not (isinstance(kept, dict) and kept.get("key") == dumps(key)
+                and isinstance(kept.get("source"), str) and isinstance(kept.get("method"), str)
+                and type(kept.get("fetched")) in (int, float)
+                and type(kept.get("expires")) in (int, float)
+                and kept["fetched"] < min(kept["expires"], time.time() + 60)):
+            return None
+        return Credentials(kept["access_key"], kept["secret_key"], kept.get("token"),
+                           kept["expires"], kept["source"], kept["method"],
+                           fetched=kept["fetched"])
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, TracecraftError):
+        return None
+
+
+def _write_cached(path, key, found):
+    try:
+        replace_file(path, dumps({
+            "key": dumps(key), "access_key": found.access_key, "secret_key": found.secret_key,
+            "token": found.token, "expires": found.expires, "fetched": found.fetched,
+            "source": found.source, "method": found.method}).encode("utf-8"))
+    except OSError:
+        pass   # keeping them is a saving, never a reason to fail
 
 
 def open_store(settings):
     """The Store that `settings` (a config dict, possibly with overrides) describe."""
     for field in ("backend", "bucket", "root", "endpoint", "region", "addressing", "project",
-                  "agent", "access_key", "secret_key", "session_token"):
+                  "agent", "access_key", "secret_key", "session_token", "profile"):
         value = settings.get(field)
         if value is not None and not isinstance(value, str):
             where = settings.get("_path") or "the settings"
@@ -2220,12 +2846,16 @@ def _open_backend(settings):
         return LocalStore(settings.get("root"), bucket)
     if backend not in ("s3", "hf"):
         raise ConfigError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
-    access_key, secret_key, token = resolve_credentials(settings)
-    cls = HFStore if backend == "hf" else S3Store
-    return cls(bucket, endpoint=settings.get("endpoint"), region=settings.get("region"),
-               access_key=access_key, secret_key=secret_key, session_token=token,
-               addressing=settings.get("addressing") or "path",
-               verify=not settings.get("insecure"))
+    credentials, profile_region = resolve_credentials(settings)
+    env = os.environ
+    if backend == "hf":
+        return HFStore(bucket, endpoint=settings.get("endpoint"), credentials=credentials,
+                       verify=not settings.get("insecure"))
+    return S3Store(bucket, endpoint=settings.get("endpoint") or env.get("AWS_ENDPOINT_URL_S3")
+                   or env.get("AWS_ENDPOINT_URL"), region=settings.get("region")
+                   or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or profile_region,
+                   credentials=credentials, addressing=settings.get("addressing") or "path",
+                   verify=not settings.get("insecure"))
 
 
 def resolve_settings(config_path=None, **overrides):
@@ -6565,21 +7195,19 @@ def connect(project=None, agent=None, *, config=None, warn=None, **settings):
     nearest .tracecraft.json, ~/.config/tracecraft/config.json) and the environment
     (TRACECRAFT_AGENT, TRACECRAFT_PROJECT, AWS_*).  With no config at all the local store is used.
     `settings`: backend ("local", "s3", "hf"), bucket, root, endpoint, region, access_key,
-    secret_key, session_token, addressing ("path" or "virtual"), insecure, read_only (an
-    observer that writes nothing).  `warn(message)` hears what does not stop a call.
+    secret_key, session_token, profile (an AWS profile), addressing ("path" or "virtual"),
+    insecure, read_only (an observer that writes nothing).  `warn(message)` hears what does not stop a call.
 
         tc = tracecraft.connect(project="demo", agent="designer", backend="local")
         tc.claim("design"); tc.memory.set("design.status", "complete")
         tc.complete("design", note="mockups in artifacts"); tc.send("developer", "ready")
     """
     unknown = set(settings) - {"backend", "bucket", "root", "endpoint", "region", "access_key",
-                               "secret_key", "session_token", "addressing", "insecure",
+                               "secret_key", "session_token", "profile", "addressing", "insecure",
                                "read_only"}
     if unknown:
         raise TypeError(f"connect() got unknown settings: {', '.join(sorted(unknown))}")
-    resolved = resolve_settings(config, project=project, agent=agent, **settings)
-    resolved["_from_flags"] = bool(settings.get("access_key"))
-    return open_client(resolved, warn)
+    return open_client(resolve_settings(config, project=project, agent=agent, **settings), warn)
 
 
 def open_client(settings, warn=None):
@@ -7277,7 +7905,7 @@ def _ignore_in_git(directory):
 
 
 def cmd_init(args, out):
-    s3_options = ("endpoint", "access_key", "secret_key", "region", "addressing")
+    s3_options = ("endpoint", "access_key", "secret_key", "region", "addressing", "profile")
     backend = args.backend or ("s3" if any(getattr(args, o) for o in s3_options) else "local")
     project, named = args.project or os.environ.get("TRACECRAFT_PROJECT"), None
     if not project:
@@ -7310,11 +7938,13 @@ def cmd_init(args, out):
                       or "us-east-1")
         if args.access_key:
             config.update(access_key=args.access_key, secret_key=args.secret_key)
+        if args.profile:
+            config["profile"] = args.profile
         if args.insecure:
             config["insecure"] = True
     for warning in config_warnings(config):
         out.warn(warning)
-    store = open_store(dict(config, _from_flags=bool(args.access_key)))
+    store = open_store(config)
     failed = []
     with store:
         created = store.ensure_bucket(project + "/")
@@ -7726,6 +8356,9 @@ def cmd_doctor(args, out):
                            f"agent {client.agent} in project {client.project}" if client.agent
                            else f"a read-only observer of project {client.project}"
                            if client.read_only else f"no agent id in project {client.project}"))
+            credentials = getattr(getattr(store, "store", store), "credentials", None)
+            if credentials is not None:
+                checks.append(("credentials", True, _credentials_detail(credentials)))
             timings, skews = [], []
             probe_key = client.key("_probe", "latency.json")
             if not client.read_only:
@@ -7755,11 +8388,23 @@ def cmd_doctor(args, out):
             if not client.read_only:
                 checks += client.probe()
         except TracecraftError as exc:
-            checks.append(("store", False, exc.for_cli()))
+            checks.append(("credentials" if isinstance(exc, NoCredentials) else "store", False,
+                           exc.for_cli()))
     ok = all(passed for _, passed, _ in checks)
     out.result({"ok": ok, "checks": [{"check": c, "ok": p, "detail": d} for c, p, d in checks]},
                *[f"{'ok  ' if p else 'FAIL'}  {c}: {d}" for c, p, d in checks])
     return EXIT_OK if ok else EXIT_STORE
+
+
+def _credentials_detail(credentials):
+    """Where the store's credentials come from and when they expire; of the keys, only the
+    access key's first characters (the kind of key: AKIA long-term, ASIA temporary)."""
+    detail = f"{credentials.source}; access key {credentials.access_key[:4]}…"
+    if credentials.expires is None:
+        return detail + "; they do not expire"
+    left = credentials.expires - time.time()
+    return detail + (f"; they expire in {_duration_words(left)}" if left > 0 else
+                     f"; they expired {_duration_words(-left)} ago")
 
 
 def cmd_status(args, out):
@@ -8871,6 +9516,8 @@ def build_parser(argv=None):
                 "      --endpoint http://localhost:9000 --bucket tracecraft \\\n"
                 "      --access-key admin --secret-key admin123456",
                 "tracecraft init --project demo --read-only      # an observer",
+                "tracecraft init --project demo --bucket team-agents --profile dev   # AWS: SSO, "
+                "roles...",
                 epilog="with no store options, uses the local store (no server) under "
                        "$XDG_DATA_HOME/tracecraft.")
     p.add_argument("--backend", choices=BACKENDS,
@@ -8879,7 +9526,10 @@ def build_parser(argv=None):
     p.add_argument("--endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3, "
                                       "$AWS_ENDPOINT_URL, else AWS)")
     p.add_argument("--region", help="S3 region (default: $AWS_REGION, else us-east-1)")
-    p.add_argument("--access-key", help="S3 access key (default: AWS_* variables or profile)")
+    p.add_argument("--access-key", help="S3 access key (default: the AWS credential chain: "
+                                        "AWS_* variables, the profile, container, instance)")
+    p.add_argument("--profile", help="AWS profile for this project's store, when AWS_PROFILE "
+                                     "is not set (default: default)")
     p.add_argument("--secret-key", help="S3 secret key; saved in .tracecraft.json (mode 0600) "
                                         "only when given here")
     p.add_argument("--addressing", choices=("path", "virtual"),

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+# A store opened in this process with no keys ends its credential chain at the instance metadata
+# service: no test may send a packet to 169.254.169.254.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 import tracecraft  # noqa: E402
 from servers import MotoServer, SeaweedServer, find_weed  # noqa: E402
@@ -143,7 +146,8 @@ def clean_env(tmp_path):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AWS_", "TRACECRAFT_", "XDG_", "PYTHONDONTWRITEBYTECODE"))}
     env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"),
-               XDG_DATA_HOME=str(home / ".local" / "share"), PYTHONPATH=str(REPO))
+               XDG_DATA_HOME=str(home / ".local" / "share"), PYTHONPATH=str(REPO),
+               AWS_EC2_METADATA_DISABLED="true")   # never 169.254.169.254 from a test
     return env
 
 

@@ -28,16 +28,29 @@ def test_credentials_from_aws_profile_are_not_written(seaweed, tmp_path, bucket_
     assert refused.returncode == 4 and "refused the credentials" in refused.stderr
 
 
-def test_environment_credentials_come_before_the_config_file(seaweed, tmp_path, bucket_name):
+def test_keys_given_to_init_come_before_the_environment_then_the_profile(seaweed, tmp_path,
+                                                                         bucket_name):
+    # The order of botocore and the AWS CLI (issue 16): explicit keys, the environment, the
+    # profile.  Before it, the environment came before the keys in the config file.
     env = clean_env(tmp_path)
+    aws = tmp_path / "home" / ".aws"
+    aws.mkdir(parents=True)
+    (aws / "credentials").write_text("[default]\naws_access_key_id = wrong\n"
+                                     "aws_secret_access_key = wrong\n")
     runner = CLI(tmp_path, env)
     runner.ok("init", "--project", "p", "--agent", "a", "--endpoint", seaweed.endpoint,
               "--bucket", bucket_name, "--access-key", seaweed.access_key,
               "--secret-key", seaweed.secret_key)
-    assert runner.ok("memory", "set", "k", "1") == "Set k = 1\n"
-    bad = runner("memory", "get", "k", env={"AWS_ACCESS_KEY_ID": seaweed.access_key,
-                                            "AWS_SECRET_ACCESS_KEY": "not-it"})
+    wrong = {"AWS_ACCESS_KEY_ID": seaweed.access_key, "AWS_SECRET_ACCESS_KEY": "not-it"}
+    assert runner.ok("memory", "set", "k", "1", env=wrong) == "Set k = 1\n"
+    path = tmp_path / ".tracecraft.json"
+    config = json.loads(path.read_text())
+    del config["access_key"], config["secret_key"]
+    path.write_text(json.dumps(config))
+    bad = runner("memory", "get", "k", env=wrong)
     assert bad.returncode == 4 and "not-it" not in bad.stderr
+    right = {"AWS_ACCESS_KEY_ID": seaweed.access_key, "AWS_SECRET_ACCESS_KEY": seaweed.secret_key}
+    assert runner.ok("memory", "get", "k", env=right) == "1\n"   # before the (wrong) profile
 
 
 def test_explicit_and_user_config(tmp_path):
@@ -75,8 +88,12 @@ def test_secrets_never_appear_in_output(seaweed, tmp_path, bucket_name):
     for args in (["doctor"], ["doctor", "--json"], ["agents", "--json"], ["claim", "s", "--json"],
                  ["memory", "get", "missing", "--json"], ["heartbeat", "--json"]):
         outputs.append(runner(*args))
-    wrong = CLI(tmp_path, dict(clean_env(tmp_path), AWS_ACCESS_KEY_ID=seaweed.access_key,
-                               AWS_SECRET_ACCESS_KEY=secret + "x"))
+    elsewhere = tmp_path / "wrong"
+    elsewhere.mkdir()
+    config = json.loads((tmp_path / ".tracecraft.json").read_text())
+    (elsewhere / ".tracecraft.json").write_text(json.dumps(dict(config, secret_key=secret + "x")))
+    (elsewhere / ".tracecraft.json").chmod(0o600)
+    wrong = CLI(elsewhere, clean_env(tmp_path))
     outputs.append(wrong("doctor"))
     outputs.append(wrong("memory", "get", "k", "--json"))
     assert outputs[0].returncode == 0 and outputs[-1].returncode == 4
