@@ -20,11 +20,13 @@ ordered bottom-up; each may call only the sections above it (tests/test_map.py k
   1. Errors and exit codes   every failure tracecraft reports, and the one table of exit codes
   2. Names, keys and values  the rules for every name in a key and every value: agent ids,
                              steps, memory keys, numbers, JSON, what a terminal is shown
-  3. SigV4 and transport     the AWS Signature V4 signer; one kept-alive HTTP connection with
-                             one retry policy and one deadline
+  3. SigV4 and transport     the AWS Signature V4 signer and the keys it signs with (renewed
+                             when due); one kept-alive HTTP connection with one retry policy
+                             and one deadline
   4. Stores                  the Store interface and its backends: LocalStore, S3Store, HFStore;
                              the files tracecraft makes on this machine; the store probe
-  5. Configuration           finding .tracecraft.json, credentials, opening the configured store
+  5. Configuration           finding .tracecraft.json, credentials (the AWS CLI's chain, kept
+                             across calls), opening the configured store
   6. Coordination protocol   the object layout under a project, and a peer per kind of object:
        6a. Records           conditional writes, checked reads, what an agent remembers
        6b. Memory            shared key-value memory
@@ -393,9 +395,10 @@ def _duration(seconds):
 
 
 # ==================================================================================================
-# 3. SigV4 and transport.  Owns: AWS Signature Version 4 and the one HTTP request path with its
-#    retry policy and deadline, and the file bodies it sends.  Calls: sections 1-2.  _socket (and
-#    ssl, for https) is imported at the first request.
+# 3. SigV4 and transport.  Owns: AWS Signature Version 4 and the keys it signs with (Credentials,
+#    renewed when due), the one HTTP request path with its retry policy and deadline, and the
+#    file bodies it sends.  Calls: sections 1-2.  _socket (and ssl, for https) is imported at
+#    the first request.
 # ==================================================================================================
 
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -523,10 +526,12 @@ class Credentials:
     words where they came from, `method` in botocore's word ("env", "assume-role", ...).
 
     Temporary keys (`expires`, epoch seconds) are fetched anew by `refresh` (a callable that
-    returns new Credentials; refresh(True): never from a cache) once they are due: REFRESH_BEFORE before they expire, or half their
-    lifetime for short-lived ones (STS gives 15 minutes at least).  One threshold, not
-    botocore's advisory and mandatory two: a refresh that fails while the old keys have more
-    than a minute left is tried again REFRESH_PAUSE later, else it is the caller's error."""
+    returns new Credentials; refresh(True) never takes them from a cache) once they are due:
+    REFRESH_BEFORE before they expire, or at half their lifetime for short-lived ones (STS
+    gives 15 minutes at least, which a fixed 15-minute window would renew at every request).
+    One threshold, not botocore's advisory and mandatory two: a refresh that fails while the
+    old keys have more than a minute left is tried again REFRESH_PAUSE later, else it fails
+    the request."""
 
     def __init__(self, access_key, secret_key, token=None, expires=None, source="", method="",
                  refresh=None, fetched=None):
@@ -542,10 +547,14 @@ class Credentials:
         if expires is not None and not (isinstance(expires, (int, float))
                                         and 0 < expires < 1e11):
             raise ConfigError(f"the credentials from {source} have no valid expiry time")
-        self.access_key, self.secret_key, self.token = access_key, secret_key, token
+        self._keys = (access_key, secret_key, token)   # replaced whole: threads see one set
         self.expires, self.source, self.method, self.refresh = expires, source, method, refresh
         self.fetched = time.time() if fetched is None else fetched
         self._pause_until, self._lock = 0.0, None
+
+    access_key = property(lambda self: self._keys[0])
+    secret_key = property(lambda self: self._keys[1])
+    token = property(lambda self: self._keys[2])
 
     def due(self, now=None):
         """Whether these keys should be fetched anew."""
@@ -558,7 +567,7 @@ class Credentials:
         """(access key, secret key, session token or None), fetched anew first when due."""
         if self.refresh is not None and self.due() and time.time() >= self._pause_until:
             self.renew()
-        return self.access_key, self.secret_key, self.token
+        return self._keys
 
     def renew(self, force=False):
         """Fetch new keys now (force: even if these look good, as when the store said the
@@ -578,9 +587,8 @@ class Credentials:
                     raise
                 self._pause_until = time.time() + REFRESH_PAUSE
                 return
-            self.access_key, self.secret_key, self.token = \
-                fresh.access_key, fresh.secret_key, fresh.token
             self.expires, self.source, self.fetched = fresh.expires, fresh.source, fresh.fetched
+            self._keys = fresh._keys
             self.refresh = fresh.refresh or self.refresh
 
 
@@ -1813,9 +1821,9 @@ class S3Store(Store):
             if not access_key or not secret_key:
                 env = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (a profile "
                        "with keys, SSO, a role or a credential_process)")
-                raise NoCredentials(f"no S3 credentials: pass access_key= and secret_key=, or {env}",
-                                    cli="no S3 credentials: pass --access-key/--secret-key to init, "
-                                    "or " + env)
+                raise NoCredentials(f"no S3 credentials: pass access_key= and secret_key=, or "
+                                    f"{env}", cli="no S3 credentials: pass --access-key/"
+                                    "--secret-key to init, or " + env)
             credentials = Credentials(access_key, secret_key, session_token,
                                       source="keys given to the store", method="explicit")
         self.credentials = credentials
@@ -2358,9 +2366,8 @@ class _AwsChain:
     def static(self, name, section, path, method):
         key, secret = section.get("aws_access_key_id"), section.get("aws_secret_access_key")
         if not key or not secret:
-            raise NoCredentials(f"profile {name} in {path} has "
-                                f"{'aws_access_key_id' if key else 'aws_secret_access_key'} "
-                                f"without {'aws_secret_access_key' if key else 'aws_access_key_id'}")
+            has, lacks = ("aws_access_key_id", "aws_secret_access_key")[::1 if key else -1]
+            raise NoCredentials(f"profile {name} in {path} has {has} without {lacks}")
         return Credentials(key, secret, section.get("aws_session_token") or None,
                            source=f"profile {name}: keys in {path}", method=method)
 
@@ -2379,9 +2386,9 @@ class _AwsChain:
         if profile.get("mfa_serial"):
             raise NoCredentials(f"{where} needs an MFA code (mfa_serial) to assume {role}, and "
                                 "tracecraft runs where no one can type it (an agent's run has no "
-                                "terminal): use a profile without mfa_serial, or run `aws configure "
-                                f"export-credentials --profile {name} --format env` in a terminal "
-                                "and export what it prints")
+                                "terminal): use a profile without mfa_serial, or run `aws "
+                                f"configure export-credentials --profile {name} --format env` in "
+                                "a terminal and export what it prints")
         source, sourced = profile.get("source_profile"), profile.get("credential_source")
         if bool(source) == bool(sourced):
             raise NoCredentials(f"{where} has role_arn and needs one of source_profile and "
@@ -2563,9 +2570,9 @@ class _AwsChain:
             except (ValueError, UnicodeDecodeError):
                 answer = None
             if not isinstance(answer, dict) or answer.get("Version") != 1:
-                raise NoCredentials(f"{source}: {program} printed no JSON object with \"Version\": 1"
-                                    " (and AccessKeyId, SecretAccessKey, optionally SessionToken "
-                                    "and Expiration)")
+                raise NoCredentials(f"{source}: {program} printed no JSON object with "
+                                    '"Version": 1 (and AccessKeyId, SecretAccessKey, optionally '
+                                    "SessionToken and Expiration)")
             found = _temporary_credentials(source, "custom-process", answer.get("AccessKeyId"),
                                            answer.get("SecretAccessKey"),
                                            answer.get("SessionToken"), answer.get("Expiration"),
@@ -2649,9 +2656,13 @@ class _AwsChain:
                                           found.get("Token"), found.get("Expiration"))
         return self.temporary(["instance", base], fetch)
 
-    def temporary(self, key, fetch, force=False):
+    def temporary(self, made_by, fetch, force=False):
         """What `fetch` gives, kept in the cache under `key` (what made it) until it is due,
         and renewed by the same when it is (`force`: fetched, whatever the cache holds)."""
+        env = self.env
+        # Where STS and SSO are (a test's emulator, a private cloud) is part of what made them.
+        key = made_by + [env.get(name) for name in ("AWS_ENDPOINT_URL_STS", "AWS_ENDPOINT_URL_SSO",
+                                                    "AWS_ENDPOINT_URL")]
         path = _credentials_cache(key)
         found = _read_cached(path, key) if path and not force else None
         if found is None or found.due():
@@ -2660,7 +2671,7 @@ class _AwsChain:
                 return None
             if path and found.expires:
                 _write_cached(path, key, found)
-        found.refresh = lambda force=False: self.temporary(key, fetch, force) or \
+        found.refresh = lambda force=False: self.temporary(made_by, fetch, force) or \
             _gone(found.source)
         return found
 
@@ -2697,7 +2708,7 @@ def _ask(url, source, method="GET", headers=(), body=b"", signer=None, region=No
         return dict(out, Authorization=authorization(access_key, secret_key, region, "sts",
                                                      amz_date, creq, names))
     transport = Transport(scheme, host, port, timeout, attempts)
-    transport.peer = source
+    transport.peer = f"the endpoint of {source}"
     try:
         return transport.request(method, target, make_headers, body, limit=1 << 20)
     finally:
@@ -7196,7 +7207,8 @@ def connect(project=None, agent=None, *, config=None, warn=None, **settings):
     (TRACECRAFT_AGENT, TRACECRAFT_PROJECT, AWS_*).  With no config at all the local store is used.
     `settings`: backend ("local", "s3", "hf"), bucket, root, endpoint, region, access_key,
     secret_key, session_token, profile (an AWS profile), addressing ("path" or "virtual"),
-    insecure, read_only (an observer that writes nothing).  `warn(message)` hears what does not stop a call.
+    insecure, read_only (an observer that writes nothing).  `warn(message)` hears what does not
+    stop a call.
 
         tc = tracecraft.connect(project="demo", agent="designer", backend="local")
         tc.claim("design"); tc.memory.set("design.status", "complete")

@@ -428,7 +428,8 @@ def test_keys_in_the_config_or_environment_read_nothing_else(tmp_path):
 
 BOTOCORE_CASES = {
     "env": ({"AWS_ACCESS_KEY_ID": "AKIDENV", "AWS_SECRET_ACCESS_KEY": "s"},
-            {"credentials": "[default]\naws_access_key_id = AKIDFILE\naws_secret_access_key = s\n"}),
+            {"credentials": "[default]\naws_access_key_id = AKIDFILE\n"
+                            "aws_secret_access_key = s\n"}),
     "shared-credentials-file": ({}, {"credentials": "[default]\naws_access_key_id = AKIDFILE\n"
                                                     "aws_secret_access_key = s\n",
                                      "config": "[default]\ncredential_process = false\n"}),
