@@ -2454,16 +2454,10 @@ class _AwsChain:
         source = f"{via}: web identity, role {role}"
 
         def fetch():
-            try:
-                with open(token_file, "rb") as f:
-                    token = f.read(1 << 16).decode("utf-8").strip()
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = os_reason(exc) if isinstance(exc, OSError) else "it is not UTF-8 text"
-                raise NoCredentials(f"{source}: cannot read the token file {token_file}: "
-                                    f"{reason}") from None
             return self.sts("AssumeRoleWithWebIdentity", {
                 "RoleArn": role, "RoleSessionName": self.session_name(given),
-                "WebIdentityToken": token}, None, source, "assume-role-with-web-identity")
+                "WebIdentityToken": _read_token(token_file, source, "the token file")},
+                None, source, "assume-role-with-web-identity")
         return self.temporary(["web-identity", role, token_file, given], fetch)
 
     def sts(self, action, params, signer, source, method):
@@ -2601,13 +2595,7 @@ class _AwsChain:
             token_file = env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
             token = env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN")
             if token_file:
-                try:
-                    with open(token_file, "rb") as f:
-                        token = f.read(1 << 16).decode("utf-8").strip()
-                except (OSError, UnicodeDecodeError) as exc:
-                    reason = os_reason(exc) if isinstance(exc, OSError) else "not UTF-8 text"
-                    raise NoCredentials(f"{source}: cannot read AWS_CONTAINER_AUTHORIZATION_"
-                                        f"TOKEN_FILE {token_file}: {reason}") from None
+                token = _read_token(token_file, source, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
             if token:
                 headers.append(("Authorization", token))
             answer = _json_answer(_ask(url, source, headers=headers, timeout=5, attempts=3),
@@ -2674,6 +2662,17 @@ class _AwsChain:
         found.refresh = lambda force=False: self.temporary(made_by, fetch, force) or \
             _gone(found.source)
         return found
+
+
+def _read_token(path, source, what):
+    """The token in a file that a platform keeps fresh (EKS, GitHub Actions, ECS): read anew at
+    each use, never kept."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(1 << 16).decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = os_reason(exc) if isinstance(exc, OSError) else "it is not UTF-8 text"
+        raise NoCredentials(f"{source}: cannot read {what} {path}: {reason}") from None
 
 
 def _gone(source):

@@ -1,13 +1,13 @@
 """Section 5's credential chain (issue 16), each source against an outside truth: moto's STS,
 emulators on 127.0.0.1 of the container endpoint, IMDSv2 and the SSO portal, a real
 credential_process script, and botocore's own resolver given the same files and environment."""
+import hashlib
 import http.server
 import json
 import os
 import stat
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +18,7 @@ import pytest
 import tracecraft
 
 from conftest import CLI, clean_env
+from fakes import LoopbackServer
 
 ACCOUNT = "123456789012"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/dev"
@@ -29,7 +30,7 @@ def iso(epoch):
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
-class AwsEmulator:
+class AwsEmulator(LoopbackServer):
     """The container endpoint, IMDSv2 and the SSO portal on 127.0.0.1, each checking its token
     as AWS does, and a store that records what signed each request.  `counts` per route;
     `lifetimes` (seconds) are the lives of the credentials handed out, in turn."""
@@ -113,20 +114,13 @@ class AwsEmulator:
                                        "application/xml")
                 self.answer(200, b"")
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.serve(Handler)
 
     def reset(self):
         self.counts.clear()
         self.recorded.clear()
         self.lifetimes.clear()
         self.refuse_token = None
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -288,7 +282,6 @@ def test_instance_metadata_v2_session_token_first(aws):
 
 
 def sso_login(aws, name, expires):
-    import hashlib
     path = aws.home / ".aws" / "sso" / "cache" / (hashlib.sha1(name.encode()).hexdigest()
                                                   + ".json")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -444,6 +437,13 @@ BOTOCORE_CASES = {
                                                               "credentials": "[default]\n"
                                                               "aws_access_key_id = A\n"
                                                               "aws_secret_access_key = s\n"}),
+    "sso": ({"AWS_ENDPOINT_URL_SSO": "{emulator}"}, {
+        "config": f"[default]\nsso_session = corp\nsso_account_id = {ACCOUNT}\n"
+                  "sso_role_name = Dev\n[sso-session corp]\nsso_start_url = https://example.awsapps.com/start\n"
+                  "sso_region = eu-west-1\n",
+        "sso/cache/" + hashlib.sha1(b"corp").hexdigest() + ".json": json.dumps({
+            "startUrl": "https://example.awsapps.com/start", "region": "eu-west-1",
+            "accessToken": SSO_TOKEN, "expiresAt": iso(time.time() + 3600)})}),
     "container-role": ({"AWS_CONTAINER_CREDENTIALS_FULL_URI": "{emulator}/container/credentials",
                         "AWS_CONTAINER_AUTHORIZATION_TOKEN": CONTAINER_TOKEN}, {}),
     "iam-role": ({"AWS_EC2_METADATA_DISABLED": "false",
