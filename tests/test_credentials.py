@@ -355,6 +355,9 @@ def test_credential_process_runs_without_a_shell(aws, tmp_path):
         assert result.returncode == 4, result.stderr
         assert f"profile {kind}: credential_process: " in result.stderr and message in \
             result.stderr and "top-secret" not in result.stderr and "\x1b" not in result.stderr
+    doctor = runner("doctor", "--json", env={"AWS_PROFILE": "garbage"})
+    failed = [c for c in json.loads(doctor.stdout)["checks"] if not c["ok"]]
+    assert doctor.returncode == 4 and [c["check"] for c in failed] == ["credentials"]
 
 
 def test_temporary_credentials_are_kept_across_calls(aws, tmp_path, bucket_name):
