@@ -217,6 +217,32 @@ def test_assume_role_at_moto_signs_the_store_requests(aws):
     assert [r.role_arn.rsplit("/")[-1] for r in moto_roles()[-2:]] == ["dev", "top"]
     assert moto_roles()[-1].session_name == "chained"
     assert chained.access_key == moto_roles()[-1].access_key_id != credentials.access_key
+    # credential_source: the container's keys sign the AssumeRole.
+    aws.write("config", f"[profile ecs]\nrole_arn = {ROLE}\ncredential_source = EcsContainer\n")
+    aws.env.setenv("AWS_PROFILE", "ecs")
+    aws.env.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                   aws.emulator.endpoint + "/container/credentials")
+    aws.env.setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN", CONTAINER_TOKEN)
+    assert resolve().access_key == moto_roles()[-1].access_key_id
+    assert aws.emulator.counts["container"] == 1
+
+
+def test_endpoint_and_region_come_from_the_config_then_the_environment_then_the_profile(aws):
+    aws.write("config", "[profile dev]\nregion = eu-north-1\naws_access_key_id = A\n"
+                        "aws_secret_access_key = s\n")
+    aws.env.setenv("AWS_PROFILE", "dev")
+    aws.env.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    aws.env.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:2")
+
+    def opened(**settings):
+        store = tracecraft.open_store(dict({"backend": "s3", "bucket": "bkt"}, **settings))
+        return store.endpoint, store.region
+    assert opened() == ("http://127.0.0.1:2", "eu-north-1")
+    aws.env.delenv("AWS_ENDPOINT_URL_S3")
+    aws.env.setenv("AWS_DEFAULT_REGION", "ap-south-1")
+    assert opened() == ("http://127.0.0.1:1", "ap-south-1")
+    assert opened(endpoint="http://127.0.0.1:3", region="us-west-2") == ("http://127.0.0.1:3",
+                                                                         "us-west-2")
 
 
 def test_what_a_profile_cannot_do_is_a_clear_error(aws):
