@@ -1744,13 +1744,74 @@ class S3Store(Store):
                                   "the AWS profile or the config file)")
         self.access_key, self.secret_key, self.session_token = access_key, secret_key, session_token
         self.addressing = addressing
-        host = hostname if addressing == "path" else f"{self.bucket}.{hostname}"
+        self.transport = None
+        self._aim(url, timeout, max_attempts, verify)
+        # Where this bucket was found to live when it was not where configured (_moved).
+        self._regions_path = os.path.join(xdg_dir("cache"), "tracecraft", "regions.json")
+        self._region_key = f"{self.endpoint} {self.bucket} {self.region}"
+        found = _read_json_file(self._regions_path).get(self._region_key)
+        if isinstance(found, str) and _is_region(found) and found != self.region:
+            self._move(found)
+
+    def _aim(self, url, timeout=None, max_attempts=None, verify=True):
+        """Send every request to `url` (_split_url's parts), on a new connection."""
+        scheme, hostname, port, base_path = url
+        host = hostname if self.addressing == "path" else f"{self.bucket}.{hostname}"
         default_port = port == (443 if scheme == "https" else 80)
         bracketed = f"[{host}]" if ":" in host else host
         self.host_header = bracketed if default_port else f"{bracketed}:{port}"
         # A path on the endpoint (a gateway's namespace, say) is part of every signed path.
         self.base_path = base_path.rstrip("/")
+        if self.transport is not None:
+            timeout, max_attempts = self.transport.timeout, self.transport.max_attempts
+            verify = self.transport.verify
+            self.transport.close()
         self.transport = Transport(scheme, host, port, timeout, max_attempts, verify)
+
+    def _move(self, region):
+        """Sign for `region` from now on, and on AWS's own endpoint (s3.REGION.amazonaws.com) send
+        there too; other endpoints (MinIO, R2...) keep their address.  `endpoint` stays the
+        configured one: it names the store (describe(), what agents remember)."""
+        self.region = region
+        scheme, hostname, port, _ = url = _split_url(self.endpoint)
+        if scheme == "https" and (hostname == "s3.amazonaws.com" or hostname.startswith(
+                ("s3.", "s3-")) and hostname.endswith(".amazonaws.com")
+                and hostname.count(".") == 3):
+            url = (scheme, f"s3.{region}.amazonaws.com", port, url[3])
+        self._aim(url)
+
+    def _moved(self, resp, method, key):
+        """Whether the answer says the bucket lives in another region than the one signed for
+        (AWS: 301 PermanentRedirect with x-amz-bucket-region, or 400 AuthorizationHeaderMalformed
+        naming the region), in which case the store now aims there, remembered on this machine
+        so that later calls need no detour."""
+        if resp.status == 400 and method == "HEAD" and key is not None and not resp.body \
+                and "x-amz-bucket-region" not in resp.headers:
+            # A HEAD of an object answers 400 with nothing to tell; the bucket's own HEAD does
+            # (this very check, one level down, moves the store if so).
+            before = self.region
+            try:
+                self.request("HEAD")
+            except StoreError:
+                pass
+            return self.region != before
+        if resp.status != 301 and (resp.status != 400 or "x-amz-bucket-region" not in resp.headers
+                                   and _xml_field(resp.body, "Code") !=
+                                   "AuthorizationHeaderMalformed"):
+            return False
+        region = resp.headers.get("x-amz-bucket-region") or _xml_field(resp.body, "Region")
+        if not _is_region(region) or region == self.region:
+            return False
+        self._move(region)
+        regions = _read_json_file(self._regions_path)
+        regions[self._region_key] = region
+        try:
+            os.makedirs(os.path.dirname(self._regions_path), mode=0o700, exist_ok=True)
+            replace_file(self._regions_path, json.dumps(dict(list(regions.items())[-64:]))
+                         .encode("utf-8"))
+        except OSError:
+            pass   # remembering saves a request next time; it is never a reason to fail
+        return True
 
     check_bucket = staticmethod(check_bucket)
 
@@ -1790,11 +1851,14 @@ class S3Store(Store):
             return out
 
         deadline = time.monotonic() + self.transport.timeout
-        try:
-            resp = self.transport.request(method, target, make_headers, body, into, progress,
-                                          limit)
-        except CorruptObject as exc:
-            raise CorruptObject(f"{key or 'a listing'}: {exc}") from None
+        for _ in range(2):   # a second time only in the region the bucket was found in
+            try:
+                resp = self.transport.request(method, target, make_headers, body, into, progress,
+                                              limit)
+            except CorruptObject as exc:
+                raise CorruptObject(f"{key or 'a listing'}: {exc}") from None
+            if not self._moved(resp, method, key):
+                break
         if resp.status in (302, 307) and self.follows_redirects and method in ("GET", "HEAD"):
             return self._follow(resp, method, key, into, progress, deadline)
         if resp.status >= 300:
@@ -1871,6 +1935,10 @@ class S3Store(Store):
         if code in ("BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"):
             return BadDigest(f"the store refused {what}: the bytes it received do not match "
                              "their digest (the file changed while it was sent)")
+        if status == 301 or code == "PermanentRedirect":
+            return StoreError(f"the store at {self.endpoint} says bucket {self.bucket} must be "
+                              "reached elsewhere (PermanentRedirect): check --endpoint, "
+                              "--region and --addressing")
         if code == "RequestTimeTooSkewed":
             return StoreError(f"the store at {self.endpoint} rejected the request time: this "
                               "machine's clock is off by more than 15 minutes; fix it (NTP)")
@@ -1984,6 +2052,23 @@ class S3Store(Store):
                 raise
             return False
         return True
+
+
+def _is_region(text):
+    """An AWS region's shape (eu-west-1, us-gov-east-1): what a store's answer may name."""
+    return isinstance(text, str) and 0 < len(text) <= 32 and text.isascii() and \
+        text[0].isalpha() and all(c.islower() or c.isdigit() or c == "-" for c in text)
+
+
+def _read_json_file(path):
+    """The JSON object in a small file tracecraft keeps on this machine, or {} when it is
+    missing, unreadable or not one (a later write replaces it)."""
+    try:
+        with open(path, "rb") as f:
+            found = loads(f.read(1 << 20))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _sha256_hex(body):
@@ -7318,6 +7403,11 @@ def cmd_init(args, out):
     failed = []
     with store:
         created = store.ensure_bucket(project + "/")
+        moved = getattr(store, "region", None) not in (None, config.get("region"))
+        if moved:   # found in another region (S3Store._moved): sign for it from the start
+            out.warn(f"bucket {config['bucket']} is in {store.region}, not "
+                     f"{config['region']}: the config says {store.region}")
+            config["region"] = store.region
         client = Client(store, project, agent)
         if args.read_only:
             list(store.list(client.key(""), limit=1))   # the one thing an observer needs
