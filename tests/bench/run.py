@@ -8,7 +8,8 @@ local store too, runs each scenario, prints one table of figures with every targ
 and writes the figures to tests/bench/results.json (git-ignored).
 
 Scenarios (names for --only):
-  cli          wall time of tracecraft commands as fresh processes, next to `python -c pass`
+  cli          wall time of tracecraft commands as fresh processes, next to `python -c pass`;
+               `tracecraft install`'s launcher next to its python's `-c pass` and `-I -S -c pass`
   requests     HTTP requests per command (counted at a loopback proxy) and per API call
   throughput   sequential ops/s of memory set/get and send through the Python API
   barrier      complete in one process -> wait-for returning in others; a waiter's requests/s
