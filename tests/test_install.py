@@ -3,13 +3,14 @@
 Installs run in this process through tracecraft.main() where a process proves nothing more; the
 launcher always runs as a real process, as a user's shell would run it."""
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 
 import tracecraft
-from conftest import REPO, TRACECRAFT, clean_env
+from conftest import REPO, clean_env
 
 PYTHON = os.path.realpath(sys.executable)
 
@@ -54,6 +55,8 @@ def test_install_from_a_read_only_copy_runs_isolated(tmp_path):
     assert launcher.read_text().splitlines()[0] == f"#!{PYTHON} -IS"
     assert os.listdir(copy) == ["tracecraft.py"]   # nothing written beside the copy
 
+    pyc = prefix / "lib/tracecraft/__pycache__" / os.path.basename(result["bytecode"])
+    compiled = pyc.read_bytes(), pyc.stat().st_mtime_ns
     poison = tmp_path / "poison"
     poison.mkdir()
     for name in ("tracecraft.py", "json.py"):
@@ -68,13 +71,14 @@ def test_install_from_a_read_only_copy_runs_isolated(tmp_path):
     assert launch(prefix, "memory", "set", "k", "41", env=env, cwd=work).returncode == 0
     got = launch(prefix, "memory", "get", "k", env=env, cwd=work)
     assert (got.returncode, got.stdout, got.stderr) == (0, "41\n", "")
-    pyc = prefix / "lib/tracecraft/__pycache__" / os.path.basename(result["bytecode"])
-    assert pyc.read_bytes()[16:] and pyc.stat().st_mtime_ns == os.stat(result["bytecode"]).st_mtime_ns
+    # The bytecode install wrote was good: Python loaded it as it was, without compiling again.
+    assert (pyc.read_bytes(), pyc.stat().st_mtime_ns) == compiled
 
     # Another Python's bytecode (here: a corrupted magic number) beside the source: recompiled.
     pyc.write_bytes(b"\0\0\r\n" + pyc.read_bytes()[4:])
     again = launch(prefix, "memory", "get", "k", env=env, cwd=work)
     assert (again.returncode, again.stdout) == (0, "41\n")
+    assert pyc.read_bytes()[:4] == importlib.util.MAGIC_NUMBER   # and cached again
 
 
 def test_install_from_standard_input_has_bytecode_only(tmp_path, capsys):
@@ -173,4 +177,3 @@ def test_uninstall_removes_exactly_what_install_wrote(tmp_path, capsys):
     (prefix / "bin" / "tracecraft").write_text("#!/bin/sh\necho pip\n")
     assert tracecraft.main(["uninstall", "--prefix", str(prefix)]) == 1
     assert (prefix / "bin" / "tracecraft").read_text() == "#!/bin/sh\necho pip\n"
-    assert TRACECRAFT   # the copy under test is the repository's
