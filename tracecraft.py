@@ -8794,13 +8794,14 @@ def _guard_paths():
     return os.path.join(hooks, "pre-commit"), os.path.join(hooks, GUARD_CHAINED)
 
 
-def _guard_installed(hook):
-    """Whether `hook` is tracecraft's guard: a regular file (never a link) with its mark."""
+def _marked_file(path, mark):
+    """Whether `path` is a regular file (never a link) that carries tracecraft's `mark`: one of
+    the scripts it wrote."""
     try:
-        if os.path.islink(hook) or not os.path.isfile(hook):
+        if os.path.islink(path) or not os.path.isfile(path):
             return False
-        with open(hook, "rb") as f:
-            return GUARD_MARK.encode() in f.read(64 * 1024)
+        with open(path, "rb") as f:
+            return mark.encode() in f.read(64 * 1024)
     except OSError:
         return False
 
@@ -8818,7 +8819,7 @@ def cmd_guard_install(args, out):
     hook, chained = _guard_paths()
     script = _guard_script(args.command or _self_command())
     kept = None
-    if _guard_installed(hook):
+    if _marked_file(hook, GUARD_MARK):
         with open(hook, "rb") as f:
             if f.read() == script:
                 out.result({"hook": hook, "chained": os.path.lexists(chained), "changed": False},
@@ -8842,7 +8843,7 @@ def cmd_guard_install(args, out):
 
 def cmd_guard_uninstall(args, out):
     hook, chained = _guard_paths()
-    if not _guard_installed(hook):
+    if not _marked_file(hook, GUARD_MARK):
         raise Refused(f"guard: {shown(hook)} is not tracecraft's guard: nothing to uninstall")
     os.unlink(hook)
     restored = os.path.lexists(chained)
@@ -8879,6 +8880,192 @@ def cmd_guard_check(args, out):
                  "commit anyway with git commit --no-verify.")
         return EXIT_NO
     return EXIT_OK
+
+
+# -- install: the `tracecraft` command, isolated and precompiled -----------------------------------
+
+LAUNCHER_MARK = "# tracecraft launcher:"   # the line that tells a launcher `install` wrote
+REINSTALL = ("reinstall: python3 tracecraft.py install, or curl -fsSL <URL of tracecraft.py> | "
+             "python3 - install")
+
+
+def _install_paths(prefix):
+    """(the private directory, the launcher) under `prefix` (default ~/.local)."""
+    prefix = os.path.abspath(os.path.expanduser(prefix or os.path.join("~", ".local")))
+    return os.path.join(prefix, "lib", "tracecraft"), os.path.join(prefix, "bin", "tracecraft")
+
+
+def _own_directory(path):
+    """`path` as a real directory, made if missing: one planted as a symbolic link (or a file)
+    is refused, so that install never writes through it."""
+    import stat
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            raise UsageError(f"install: {shown(path)} is a symbolic link or not a directory: "
+                             "refused (remove it, or choose another --prefix)") from None
+    return path
+
+
+def _own_code():
+    """(source bytes, None) or (None, code object) of the running tracecraft.  Run from a file,
+    its source; from an installed .pyc, that bytecode; from standard input (`curl ... | python3 -
+    install`) the source is gone, but the module's code object still runs below main()."""
+    import marshal
+    import importlib.util
+    path = globals().get("__file__") or ""
+    if path.endswith(".py") and os.path.isfile(path):
+        with open(path, "rb") as f:
+            return f.read(), None
+    if path.endswith(".pyc") and os.path.isfile(path):
+        with open(path, "rb") as f:
+            data = f.read()
+        if data[:4] == importlib.util.MAGIC_NUMBER:
+            return None, marshal.loads(memoryview(data)[16:])
+    frame = sys._getframe()
+    while frame is not None and not (frame.f_code.co_name == "<module>"
+                                     and frame.f_globals is globals()):
+        frame = frame.f_back
+    if frame is None:
+        raise UsageError("install: tracecraft's own code is not at hand here: save "
+                         "tracecraft.py and run python3 tracecraft.py install")
+    return None, frame.f_code
+
+
+def _pyc(code, source=None):
+    """The bytes of a .pyc file (PEP 552) holding `code`: checked against the size and time of
+    `source` (an os.stat_result) when there is a source, else bytecode on its own."""
+    import marshal
+    import importlib.util
+    mtime, size = (int(source.st_mtime), source.st_size) if source else (0, 0)
+    return importlib.util.MAGIC_NUMBER + bytes(4) + (mtime & 0xFFFFFFFF).to_bytes(4, "little") \
+        + (size & 0xFFFFFFFF).to_bytes(4, "little") + marshal.dumps(code)
+
+
+def _launcher_text(python, lib):
+    """The launcher: this interpreter, isolated (-I: no PYTHON* variables, no user site, not the
+    current directory; -S: no site-packages to scan, as tracecraft needs none), importing the
+    private copy, whose bytecode is cached; a copy it cannot load says to reinstall."""
+    failed = (f"tracecraft: the copy installed in %s does not load in this Python (%s): "
+              f"{REINSTALL}\n")
+    return (f"#!{python} -IS\n"
+            f"{LAUNCHER_MARK} written by `tracecraft install` ({__version__}); "
+            "`tracecraft uninstall` removes it.\n"
+            "import sys\n"
+            f"LIB = {lib!r}\n"
+            "sys.path.append(LIB)\n"
+            "try:\n"
+            "    import tracecraft\n"
+            "except ImportError as exc:   # bytecode of another Python, with no source beside it\n"
+            f"    sys.stderr.write({failed!r} % (LIB, exc))\n"
+            "    sys.exit(4)   # as main() exits when this machine's own files fail\n"
+            "sys.exit(tracecraft.main())\n").encode("utf-8")
+
+
+def _launcher_python():
+    """This interpreter's own path (a virtual environment's python resolved: -S would not see
+    the environment anyway), as a #! line can name it."""
+    python = os.path.realpath(sys.executable or "")
+    if not sys.executable or not os.access(python, os.X_OK):
+        raise UsageError("install: this Python does not know its own executable")
+    if len(python) > 120 or any(c.isspace() for c in python):
+        raise UsageError(f"install: {shown(python)} cannot be named on a #! line (spaces, or "
+                         "too long): run install with a python3 at a plainer path")
+    return python
+
+
+def _installed_files(lib):
+    """What install may have written in `lib`, beginning with the directory itself: the copy and
+    its bytecode (of any Python that compiled it since)."""
+    cache = os.path.join(lib, "__pycache__")
+    names = []
+    if os.path.isdir(cache) and not os.path.islink(cache):
+        names = sorted(os.path.join(cache, n) for n in os.listdir(cache)
+                       if n.startswith("tracecraft.") and n.endswith(".pyc"))
+    return [lib, os.path.join(lib, "tracecraft.py"), os.path.join(lib, "tracecraft.pyc"),
+            *names, cache]
+
+
+def cmd_install(args, out):
+    if os.name == "nt":
+        raise UsageError("install: not on Windows (no #! launchers): run python tracecraft.py")
+    import importlib.util
+    lib, launcher = _install_paths(args.prefix)
+    python = _launcher_python()
+    if os.path.isdir(launcher) and not os.path.islink(launcher):
+        raise UsageError(f"install: {shown(launcher)} is a directory")
+    if os.path.lexists(launcher) and not _marked_file(launcher, LAUNCHER_MARK) and not args.force:
+        raise Refused(f"install: {shown(launcher)} exists and is not tracecraft's launcher (pip's "
+                      "command, or a link?): remove it, or --force to replace it")
+    source, code = _own_code()
+    _own_directory(lib)
+    py, bare = os.path.join(lib, "tracecraft.py"), os.path.join(lib, "tracecraft.pyc")
+    cached = importlib.util.cache_from_source(py, optimization="")
+    if source is not None:
+        replace_file(py, source, 0o644)
+        code = compile(source, py, "exec", dont_inherit=True, optimize=0)
+        _own_directory(os.path.dirname(cached))
+        replace_file(cached, _pyc(code, os.stat(py)), 0o644)
+        unlink_quietly(bare)
+    else:   # bytecode alone: a source beside it would be imported instead
+        replace_file(bare, _pyc(code), 0o644)
+        for stale in _installed_files(lib)[1:-1]:
+            if stale != bare:
+                unlink_quietly(stale)
+    os.makedirs(os.path.dirname(launcher), exist_ok=True)
+    replace_file(launcher, _launcher_text(python, lib), 0o755)   # a link there is replaced
+    bin_dir = os.path.dirname(launcher)
+    on_path = any(os.path.realpath(d) == os.path.realpath(bin_dir)
+                  for d in os.environ.get("PATH", "").split(os.pathsep) if d)
+    out.result({"installed": py if source is not None else bare,
+                "bytecode": cached if source is not None else bare, "launcher": launcher,
+                "python": python, "version": __version__, "source": source is not None,
+                "on_path": on_path},
+               f"Installed tracecraft {__version__} in {lib}, compiled"
+               + ("" if source is not None else " (bytecode only: it came from standard input; "
+                  "for the source, save tracecraft.py and install from it)"),
+               f"Launcher: {launcher} (runs {python} -I -S)")
+    import shutil
+    found = on_path and shutil.which("tracecraft")
+    if found and os.path.realpath(found) != os.path.realpath(launcher):
+        out.warn(f"`tracecraft` on your PATH runs {found}, found before {launcher}: remove "
+                 f"it, or put {bin_dir} earlier in PATH")
+    if not on_path:
+        import shlex
+        out.warn(f"{bin_dir} is not on your PATH: add this line to ~/.profile (or your shell's "
+                 f"rc file):  export PATH={shlex.quote(bin_dir)}:\"$PATH\"")
+
+
+def cmd_uninstall(args, out):
+    lib, launcher = _install_paths(args.prefix)
+    removed = []
+    if _marked_file(launcher, LAUNCHER_MARK):
+        os.unlink(launcher)
+        removed.append(launcher)
+    elif os.path.lexists(launcher):
+        out.warn(f"{launcher} is not tracecraft's launcher: left alone")
+    if os.path.islink(lib):
+        out.warn(f"{lib} is a symbolic link, not install's directory: left alone")
+    elif os.path.isdir(lib):
+        files = _installed_files(lib)
+        for path in files[1:-1]:
+            if os.path.lexists(path):
+                os.unlink(path)
+                removed.append(path)
+        for directory in (files[-1], lib):
+            try:
+                os.rmdir(directory)
+                removed.append(directory)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                out.warn(f"{directory} holds files tracecraft did not write: left there")
+    if not removed:
+        raise NotFound(f"uninstall: tracecraft is not installed in {os.path.dirname(lib)} and "
+                       f"{os.path.dirname(launcher)}")
+    out.result({"removed": removed}, *(f"Removed {path}" for path in removed))
 
 
 class _Unbuilt:
@@ -9020,6 +9207,26 @@ def build_parser(argv=None):
             "claude mcp add tracecraft --env TRACECRAFT_AGENT=designer -- tracecraft mcp",
             "codex mcp add tracecraft --env TRACECRAFT_AGENT=developer -- tracecraft mcp",
             epilog="set TRACECRAFT_AGENT in the client's environment for each agent.")
+    p = command("install", cmd_install, "Install the `tracecraft` command: a private "
+                "compiled copy of this file and a launcher.",
+                "tracecraft install            # ~/.local/bin/tracecraft, ~/.local/lib/tracecraft",
+                "tracecraft install --prefix /opt/tools",
+                "tracecraft uninstall          # removes exactly what install wrote",
+                epilog="also: python3 tracecraft.py install, or curl -fsSL <URL of "
+                       "tracecraft.py> | python3 - install\n(from standard input, only the "
+                       "bytecode is installed). the launcher runs this Python as\n`python3 -I "
+                       "-S`: no site-packages (tracecraft needs none), PYTHON* variables and "
+                       "the\ncurrent directory ignored, so a call starts about as fast as "
+                       "Python can. installing\nagain replaces its own files; after upgrading "
+                       "Python, install again.")
+    p.add_argument("--prefix", metavar="DIR", help="install into DIR/bin and DIR/lib/tracecraft "
+                                                   "(default: ~/.local)")
+    p.add_argument("--force", action="store_true", help="replace a `tracecraft` in DIR/bin that "
+                                                        "is not tracecraft's launcher (pip's, say)")
+    p = command("uninstall", cmd_uninstall, "Remove what `tracecraft install` wrote.",
+                "tracecraft uninstall", "tracecraft uninstall --prefix /opt/tools")
+    p.add_argument("--prefix", metavar="DIR", help="the prefix it was installed with "
+                                                   "(default: ~/.local)")
 
     def group(name, summary):   # a command of commands: tracecraft memory set ...
         actions = command(name, None, summary).add_subparsers(
