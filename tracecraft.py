@@ -1828,13 +1828,74 @@ class S3Store(Store):
                                       source="keys given to the store", method="explicit")
         self.credentials = credentials
         self.addressing = addressing
-        host = hostname if addressing == "path" else f"{self.bucket}.{hostname}"
+        self.transport = None
+        self._aim(url, timeout, max_attempts, verify)
+        # Where this bucket was found to live when it was not where configured (_moved).
+        self._regions_path = os.path.join(xdg_dir("cache"), "tracecraft", "regions.json")
+        self._region_key = f"{self.endpoint} {self.bucket} {self.region}"
+        found = _read_json_file(self._regions_path).get(self._region_key)
+        if isinstance(found, str) and _is_region(found) and found != self.region:
+            self._move(found)
+
+    def _aim(self, url, timeout=None, max_attempts=None, verify=True):
+        """Send every request to `url` (_split_url's parts), on a new connection."""
+        scheme, hostname, port, base_path = url
+        host = hostname if self.addressing == "path" else f"{self.bucket}.{hostname}"
         default_port = port == (443 if scheme == "https" else 80)
         bracketed = f"[{host}]" if ":" in host else host
         self.host_header = bracketed if default_port else f"{bracketed}:{port}"
         # A path on the endpoint (a gateway's namespace, say) is part of every signed path.
         self.base_path = base_path.rstrip("/")
+        if self.transport is not None:
+            timeout, max_attempts = self.transport.timeout, self.transport.max_attempts
+            verify = self.transport.verify
+            self.transport.close()
         self.transport = Transport(scheme, host, port, timeout, max_attempts, verify)
+
+    def _move(self, region):
+        """Sign for `region` from now on, and on AWS's own endpoint (s3.REGION.amazonaws.com) send
+        there too; other endpoints (MinIO, R2...) keep their address.  `endpoint` stays the
+        configured one: it names the store (describe(), what agents remember)."""
+        self.region = region
+        scheme, hostname, port, _ = url = _split_url(self.endpoint)
+        if scheme == "https" and (hostname == "s3.amazonaws.com" or hostname.startswith(
+                ("s3.", "s3-")) and hostname.endswith(".amazonaws.com")
+                and hostname.count(".") == 3):
+            url = (scheme, f"s3.{region}.amazonaws.com", port, url[3])
+        self._aim(url)
+
+    def _moved(self, resp, method, key):
+        """Whether the answer says the bucket lives in another region than the one signed for
+        (AWS: 301 PermanentRedirect with x-amz-bucket-region, or 400 AuthorizationHeaderMalformed
+        naming the region), in which case the store now aims there, remembered on this machine
+        so that later calls need no detour."""
+        if resp.status == 400 and method == "HEAD" and key is not None and not resp.body \
+                and "x-amz-bucket-region" not in resp.headers:
+            # A HEAD of an object answers 400 with nothing to tell; the bucket's own HEAD does
+            # (this very check, one level down, moves the store if so).
+            before = self.region
+            try:
+                self.request("HEAD")
+            except StoreError:
+                pass
+            return self.region != before
+        if resp.status != 301 and (resp.status != 400 or "x-amz-bucket-region" not in resp.headers
+                                   and _xml_field(resp.body, "Code") !=
+                                   "AuthorizationHeaderMalformed"):
+            return False
+        region = resp.headers.get("x-amz-bucket-region") or _xml_field(resp.body, "Region")
+        if not _is_region(region) or region == self.region:
+            return False
+        self._move(region)
+        regions = _read_json_file(self._regions_path)
+        regions[self._region_key] = region
+        try:
+            os.makedirs(os.path.dirname(self._regions_path), mode=0o700, exist_ok=True)
+            replace_file(self._regions_path, json.dumps(dict(list(regions.items())[-64:]))
+                         .encode("utf-8"))
+        except OSError:
+            pass   # remembering saves a request next time; it is never a reason to fail
+        return True
 
     check_bucket = staticmethod(check_bucket)
 
@@ -1880,21 +1941,28 @@ class S3Store(Store):
             return out
 
         deadline = time.monotonic() + self.transport.timeout
-        for renewed in (False, True):
+        for _ in range(2):   # once more only in the region the bucket was found in, or with new keys
             try:
                 resp = self.transport.request(method, target, make_headers, body, into, progress,
                                               limit)
             except CorruptObject as exc:
                 raise CorruptObject(f"{key or 'a listing'}: {exc}") from None
-            if renewed or resp.status not in (400, 403) or self.credentials.refresh is None \
-                    or _xml_field(resp.body, "Code") not in EXPIRED_TOKEN:
+            if not (self._moved(resp, method, key) or self._renewed(resp)):
                 break
-            self.credentials.renew(force=True)   # they expired sooner than they said: once more
         if resp.status in (302, 307) and self.follows_redirects and method in ("GET", "HEAD"):
             return self._follow(resp, method, key, into, progress, deadline)
         if resp.status >= 300:
             raise self._error(resp, method, key)
         return resp
+
+    def _renewed(self, resp):
+        """Whether the store said the session token expired, and new keys were fetched: they
+        expired sooner than they said (a clock off, a session revoked)."""
+        if resp.status not in (400, 403) or self.credentials.refresh is None \
+                or _xml_field(resp.body, "Code") not in EXPIRED_TOKEN:
+            return False
+        self.credentials.renew(force=True)
+        return True
 
     def _follow(self, redirect, method, key, into, progress, deadline):
         """Fetch a redirect's target without our credentials: the Authorization header must
@@ -1969,6 +2037,10 @@ class S3Store(Store):
         if code in ("BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"):
             return BadDigest(f"the store refused {what}: the bytes it received do not match "
                              "their digest (the file changed while it was sent)")
+        if status == 301 or code == "PermanentRedirect":
+            return StoreError(f"the store at {self.endpoint} says bucket {self.bucket} must be "
+                              "reached elsewhere (PermanentRedirect): check --endpoint, "
+                              "--region and --addressing")
         if code == "RequestTimeTooSkewed":
             return StoreError(f"the store at {self.endpoint} rejected the request time: this "
                               "machine's clock is off by more than 15 minutes; fix it (NTP)")
@@ -2082,6 +2154,23 @@ class S3Store(Store):
                 raise
             return False
         return True
+
+
+def _is_region(text):
+    """An AWS region's shape (eu-west-1, us-gov-east-1): what a store's answer may name."""
+    return isinstance(text, str) and 0 < len(text) <= 32 and text.isascii() and \
+        text[0].isalpha() and all(c.islower() or c.isdigit() or c == "-" for c in text)
+
+
+def _read_json_file(path):
+    """The JSON object in a small file tracecraft keeps on this machine, or {} when it is
+    missing, unreadable or not one (a later write replaces it)."""
+    try:
+        with open(path, "rb") as f:
+            found = loads(f.read(1 << 20))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _sha256_hex(body):
@@ -2326,7 +2415,7 @@ class _AwsChain:
         """The region STS is asked in: the config's, the environment's, the profile's."""
         region = (self.settings.get("region") or self.env.get("AWS_REGION")
                   or self.env.get("AWS_DEFAULT_REGION") or self.profile_region() or "us-east-1")
-        if not all(c.isascii() and (c.isalnum() or c == "-") for c in region):
+        if not _is_region(region):
             raise ConfigError(f"region {shown(region)[:40]!r} is not an AWS region name")
         return region
 
@@ -2496,7 +2585,7 @@ class _AwsChain:
                                                 ("sso_role_name", role)) if not value]
         if missing:
             raise NoCredentials(f"{where} is an SSO profile without {', '.join(missing)}")
-        if not all(c.isascii() and (c.isalnum() or c == "-") for c in region):
+        if not _is_region(region):
             raise NoCredentials(f"{where}: sso_region {shown(region)[:40]!r} is not a region name")
         source = f"{where}: SSO account {account}, role {role}"
 
@@ -2808,11 +2897,9 @@ def _credentials_cache(key):
 def _read_cached(path, key):
     """The credentials kept at `path` for `key`, or None: a file that is not what we wrote
     (garbage, wrong types, another key) is ignored, and replaced when new ones are fetched."""
+    kept = _read_json_file(path)
     try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
-        with os.fdopen(fd, "rb") as f:
-            kept = loads(f.read(1 << 16))
-        if not (isinstance(kept, dict) and kept.get("key") == dumps(key)
+        if not (kept.get("key") == dumps(key)
                 and isinstance(kept.get("source"), str) and isinstance(kept.get("method"), str)
                 and type(kept.get("fetched")) in (int, float)
                 and type(kept.get("expires")) in (int, float)
@@ -2821,7 +2908,7 @@ def _read_cached(path, key):
         return Credentials(kept["access_key"], kept["secret_key"], kept.get("token"),
                            kept["expires"], kept["source"], kept["method"],
                            fetched=kept["fetched"])
-    except (OSError, ValueError, UnicodeDecodeError, KeyError, TracecraftError):
+    except (KeyError, TracecraftError):
         return None
 
 
@@ -7959,6 +8046,11 @@ def cmd_init(args, out):
     failed = []
     with store:
         created = store.ensure_bucket(project + "/")
+        moved = getattr(store, "region", None) not in (None, config.get("region"))
+        if moved:   # found in another region (S3Store._moved): sign for it from the start
+            out.warn(f"bucket {config['bucket']} is in {store.region}, not "
+                     f"{config['region']}: the config says {store.region}")
+            config["region"] = store.region
         client = Client(store, project, agent)
         if args.read_only:
             list(store.list(client.key(""), limit=1))   # the one thing an observer needs
@@ -9360,13 +9452,14 @@ def _guard_paths():
     return os.path.join(hooks, "pre-commit"), os.path.join(hooks, GUARD_CHAINED)
 
 
-def _guard_installed(hook):
-    """Whether `hook` is tracecraft's guard: a regular file (never a link) with its mark."""
+def _marked_file(path, mark):
+    """Whether `path` is a regular file (never a link) that carries tracecraft's `mark`: one of
+    the scripts it wrote."""
     try:
-        if os.path.islink(hook) or not os.path.isfile(hook):
+        if os.path.islink(path) or not os.path.isfile(path):
             return False
-        with open(hook, "rb") as f:
-            return GUARD_MARK.encode() in f.read(64 * 1024)
+        with open(path, "rb") as f:
+            return mark.encode() in f.read(64 * 1024)
     except OSError:
         return False
 
@@ -9384,7 +9477,7 @@ def cmd_guard_install(args, out):
     hook, chained = _guard_paths()
     script = _guard_script(args.command or _self_command())
     kept = None
-    if _guard_installed(hook):
+    if _marked_file(hook, GUARD_MARK):
         with open(hook, "rb") as f:
             if f.read() == script:
                 out.result({"hook": hook, "chained": os.path.lexists(chained), "changed": False},
@@ -9408,7 +9501,7 @@ def cmd_guard_install(args, out):
 
 def cmd_guard_uninstall(args, out):
     hook, chained = _guard_paths()
-    if not _guard_installed(hook):
+    if not _marked_file(hook, GUARD_MARK):
         raise Refused(f"guard: {shown(hook)} is not tracecraft's guard: nothing to uninstall")
     os.unlink(hook)
     restored = os.path.lexists(chained)
@@ -9445,6 +9538,192 @@ def cmd_guard_check(args, out):
                  "commit anyway with git commit --no-verify.")
         return EXIT_NO
     return EXIT_OK
+
+
+# -- install: the `tracecraft` command, isolated and precompiled -----------------------------------
+
+LAUNCHER_MARK = "# tracecraft launcher:"   # the line that tells a launcher `install` wrote
+REINSTALL = ("reinstall: python3 tracecraft.py install, or curl -fsSL <URL of tracecraft.py> | "
+             "python3 - install")
+
+
+def _install_paths(prefix):
+    """(the private directory, the launcher) under `prefix` (default ~/.local)."""
+    prefix = os.path.abspath(os.path.expanduser(prefix or os.path.join("~", ".local")))
+    return os.path.join(prefix, "lib", "tracecraft"), os.path.join(prefix, "bin", "tracecraft")
+
+
+def _own_directory(path):
+    """`path` as a real directory, made if missing: one planted as a symbolic link (or a file)
+    is refused, so that install never writes through it."""
+    import stat
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            raise UsageError(f"install: {shown(path)} is a symbolic link or not a directory: "
+                             "refused (remove it, or choose another --prefix)") from None
+    return path
+
+
+def _own_code():
+    """(source bytes, None) or (None, code object) of the running tracecraft.  Run from a file,
+    its source; from an installed .pyc, that bytecode; from standard input (`curl ... | python3 -
+    install`) the source is gone, but the module's code object still runs below main()."""
+    import marshal
+    import importlib.util
+    path = globals().get("__file__") or ""
+    if path.endswith(".py") and os.path.isfile(path):
+        with open(path, "rb") as f:
+            return f.read(), None
+    if path.endswith(".pyc") and os.path.isfile(path):
+        with open(path, "rb") as f:
+            data = f.read()
+        if data[:4] == importlib.util.MAGIC_NUMBER:
+            return None, marshal.loads(memoryview(data)[16:])
+    frame = sys._getframe()
+    while frame is not None and not (frame.f_code.co_name == "<module>"
+                                     and frame.f_globals is globals()):
+        frame = frame.f_back
+    if frame is None:
+        raise UsageError("install: tracecraft's own code is not at hand here: save "
+                         "tracecraft.py and run python3 tracecraft.py install")
+    return None, frame.f_code
+
+
+def _pyc(code, source=None):
+    """The bytes of a .pyc file (PEP 552) holding `code`: checked against the size and time of
+    `source` (an os.stat_result) when there is a source, else bytecode on its own."""
+    import marshal
+    import importlib.util
+    mtime, size = (int(source.st_mtime), source.st_size) if source else (0, 0)
+    return importlib.util.MAGIC_NUMBER + bytes(4) + (mtime & 0xFFFFFFFF).to_bytes(4, "little") \
+        + (size & 0xFFFFFFFF).to_bytes(4, "little") + marshal.dumps(code)
+
+
+def _launcher_text(python, lib):
+    """The launcher: this interpreter, isolated (-I: no PYTHON* variables, no user site, not the
+    current directory; -S: no site-packages to scan, as tracecraft needs none), importing the
+    private copy, whose bytecode is cached; a copy it cannot load says to reinstall."""
+    failed = (f"tracecraft: the copy installed in %s does not load in this Python (%s): "
+              f"{REINSTALL}\n")
+    return (f"#!{python} -IS\n"
+            f"{LAUNCHER_MARK} written by `tracecraft install` ({__version__}); "
+            "`tracecraft uninstall` removes it.\n"
+            "import sys\n"
+            f"LIB = {lib!r}\n"
+            "sys.path.append(LIB)\n"
+            "try:\n"
+            "    import tracecraft\n"
+            "except ImportError as exc:   # bytecode of another Python, with no source beside it\n"
+            f"    sys.stderr.write({failed!r} % (LIB, exc))\n"
+            "    sys.exit(4)   # as main() exits when this machine's own files fail\n"
+            "sys.exit(tracecraft.main())\n").encode("utf-8")
+
+
+def _launcher_python():
+    """This interpreter's own path (a virtual environment's python resolved: -S would not see
+    the environment anyway), as a #! line can name it."""
+    python = os.path.realpath(sys.executable or "")
+    if not sys.executable or not os.access(python, os.X_OK):
+        raise UsageError("install: this Python does not know its own executable")
+    if len(python) > 120 or any(c.isspace() for c in python):
+        raise UsageError(f"install: {shown(python)} cannot be named on a #! line (spaces, or "
+                         "too long): run install with a python3 at a plainer path")
+    return python
+
+
+def _installed_files(lib):
+    """What install may have written in `lib`, beginning with the directory itself: the copy and
+    its bytecode (of any Python that compiled it since)."""
+    cache = os.path.join(lib, "__pycache__")
+    names = []
+    if os.path.isdir(cache) and not os.path.islink(cache):
+        names = sorted(os.path.join(cache, n) for n in os.listdir(cache)
+                       if n.startswith("tracecraft.") and n.endswith(".pyc"))
+    return [lib, os.path.join(lib, "tracecraft.py"), os.path.join(lib, "tracecraft.pyc"),
+            *names, cache]
+
+
+def cmd_install(args, out):
+    if os.name == "nt":
+        raise UsageError("install: not on Windows (no #! launchers): run python tracecraft.py")
+    import importlib.util
+    lib, launcher = _install_paths(args.prefix)
+    python = _launcher_python()
+    if os.path.isdir(launcher) and not os.path.islink(launcher):
+        raise UsageError(f"install: {shown(launcher)} is a directory")
+    if os.path.lexists(launcher) and not _marked_file(launcher, LAUNCHER_MARK) and not args.force:
+        raise Refused(f"install: {shown(launcher)} exists and is not tracecraft's launcher (pip's "
+                      "command, or a link?): remove it, or --force to replace it")
+    source, code = _own_code()
+    _own_directory(lib)
+    py, bare = os.path.join(lib, "tracecraft.py"), os.path.join(lib, "tracecraft.pyc")
+    cached = importlib.util.cache_from_source(py, optimization="")
+    if source is not None:
+        replace_file(py, source, 0o644)
+        code = compile(source, py, "exec", dont_inherit=True, optimize=0)
+        _own_directory(os.path.dirname(cached))
+        replace_file(cached, _pyc(code, os.stat(py)), 0o644)
+        unlink_quietly(bare)
+    else:   # bytecode alone: a source beside it would be imported instead
+        replace_file(bare, _pyc(code), 0o644)
+        for stale in _installed_files(lib)[1:-1]:
+            if stale != bare:
+                unlink_quietly(stale)
+    os.makedirs(os.path.dirname(launcher), exist_ok=True)
+    replace_file(launcher, _launcher_text(python, lib), 0o755)   # a link there is replaced
+    bin_dir = os.path.dirname(launcher)
+    on_path = any(os.path.realpath(d) == os.path.realpath(bin_dir)
+                  for d in os.environ.get("PATH", "").split(os.pathsep) if d)
+    out.result({"installed": py if source is not None else bare,
+                "bytecode": cached if source is not None else bare, "launcher": launcher,
+                "python": python, "version": __version__, "source": source is not None,
+                "on_path": on_path},
+               f"Installed tracecraft {__version__} in {lib}, compiled"
+               + ("" if source is not None else " (bytecode only: it came from standard input; "
+                  "for the source, save tracecraft.py and install from it)"),
+               f"Launcher: {launcher} (runs {python} -I -S)")
+    import shutil
+    found = on_path and shutil.which("tracecraft")
+    if found and os.path.realpath(found) != os.path.realpath(launcher):
+        out.warn(f"`tracecraft` on your PATH runs {found}, found before {launcher}: remove "
+                 f"it, or put {bin_dir} earlier in PATH")
+    if not on_path:
+        import shlex
+        out.warn(f"{bin_dir} is not on your PATH: add this line to ~/.profile (or your shell's "
+                 f"rc file):  export PATH={shlex.quote(bin_dir)}:\"$PATH\"")
+
+
+def cmd_uninstall(args, out):
+    lib, launcher = _install_paths(args.prefix)
+    removed = []
+    if _marked_file(launcher, LAUNCHER_MARK):
+        os.unlink(launcher)
+        removed.append(launcher)
+    elif os.path.lexists(launcher):
+        out.warn(f"{launcher} is not tracecraft's launcher: left alone")
+    if os.path.islink(lib):
+        out.warn(f"{lib} is a symbolic link, not install's directory: left alone")
+    elif os.path.isdir(lib):
+        files = _installed_files(lib)
+        for path in files[1:-1]:
+            if os.path.lexists(path):
+                os.unlink(path)
+                removed.append(path)
+        for directory in (files[-1], lib):
+            try:
+                os.rmdir(directory)
+                removed.append(directory)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                out.warn(f"{directory} holds files tracecraft did not write: left there")
+    if not removed:
+        raise NotFound(f"uninstall: tracecraft is not installed in {os.path.dirname(lib)} and "
+                       f"{os.path.dirname(launcher)}")
+    out.result({"removed": removed}, *(f"Removed {path}" for path in removed))
 
 
 class _Unbuilt:
@@ -9591,6 +9870,26 @@ def build_parser(argv=None):
             "claude mcp add tracecraft --env TRACECRAFT_AGENT=designer -- tracecraft mcp",
             "codex mcp add tracecraft --env TRACECRAFT_AGENT=developer -- tracecraft mcp",
             epilog="set TRACECRAFT_AGENT in the client's environment for each agent.")
+    p = command("install", cmd_install, "Install the `tracecraft` command: a private "
+                "compiled copy of this file and a launcher.",
+                "tracecraft install            # ~/.local/bin/tracecraft, ~/.local/lib/tracecraft",
+                "tracecraft install --prefix /opt/tools",
+                "tracecraft uninstall          # removes exactly what install wrote",
+                epilog="also: python3 tracecraft.py install, or curl -fsSL <URL of "
+                       "tracecraft.py> | python3 - install\n(from standard input, only the "
+                       "bytecode is installed). the launcher runs this Python as\n`python3 -I "
+                       "-S`: no site-packages (tracecraft needs none), PYTHON* variables and "
+                       "the\ncurrent directory ignored, so a call starts about as fast as "
+                       "Python can. installing\nagain replaces its own files; after upgrading "
+                       "Python, install again.")
+    p.add_argument("--prefix", metavar="DIR", help="install into DIR/bin and DIR/lib/tracecraft "
+                                                   "(default: ~/.local)")
+    p.add_argument("--force", action="store_true", help="replace a `tracecraft` in DIR/bin that "
+                                                        "is not tracecraft's launcher (pip's, say)")
+    p = command("uninstall", cmd_uninstall, "Remove what `tracecraft install` wrote.",
+                "tracecraft uninstall", "tracecraft uninstall --prefix /opt/tools")
+    p.add_argument("--prefix", metavar="DIR", help="the prefix it was installed with "
+                                                   "(default: ~/.local)")
 
     def group(name, summary):   # a command of commands: tracecraft memory set ...
         actions = command(name, None, summary).add_subparsers(

@@ -242,3 +242,55 @@ class _ClockedStore:
     def delete(self, key, *args, **kwargs):
         self.store.delete(key, *args, **kwargs)
         self.clock.written.pop(key, None)
+
+
+class RegionProxy(LoopbackServer):
+    """A bucket that lives in `home` (a region), as AWS answers a request signed for another:
+    301 PermanentRedirect with x-amz-bucket-region (`answer="301"`), or 400
+    AuthorizationHeaderMalformed naming the region (`answer="400"`).  Requests signed for
+    `home` go on to `upstream`, a real server.  `refused` counts the detours."""
+
+    def __init__(self, upstream, home, answer="301"):
+        target = urlsplit(upstream)
+        self.refused = 0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def forward(self):
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else None
+                scope = self.headers.get("authorization", "").split("Credential=")[-1]
+                region = scope.split("/")[2] if scope.count("/") >= 4 else ""
+                if region != home:
+                    proxy.refused += 1
+                    if answer == "301":
+                        status, headers = 301, {"x-amz-bucket-region": home}
+                        data = b"<Error><Code>PermanentRedirect</Code></Error>"
+                    else:
+                        bucket_only = "/" not in self.path.split("?")[0].strip("/")
+                        status = 400
+                        headers = {"x-amz-bucket-region": home} if bucket_only else {}
+                        data = (f"<Error><Code>AuthorizationHeaderMalformed</Code><Message>the "
+                                f"region '{region}' is wrong; expecting '{home}'</Message>"
+                                f"<Region>{home}</Region></Error>").encode()
+                    data = b"" if self.command == "HEAD" else data
+                    send_head(self, status, list(headers.items()), len(data))
+                    self.wfile.write(data)
+                    return
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                conn.request(self.command, self.path, body=body, headers=dict(self.headers.items()))
+                resp = conn.getresponse()
+                data = resp.read()
+                conn.close()
+                send_head(self, resp.status, resp.getheaders(), len(data))
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = forward
+
+        self.serve(Handler)

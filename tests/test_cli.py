@@ -147,7 +147,8 @@ def test_help_teaches(tmp_path):
         [["artifact", c] for c in ("upload", "download", "list")] + \
         [["plan", c] for c in ("add", "load", "show")] + [["guard", c] for c in
                                                            ("install", "uninstall", "check")] + \
-        [[c] for c in ("ready", "next", "reopen", "reserve", "unreserve", "reservations")]
+        [[c] for c in ("ready", "next", "reopen", "reserve", "unreserve", "reservations",
+                       "install", "uninstall")]
     for words in commands:   # every command's help ends with real examples
         text = runner.ok(*words, "--help")
         examples = text.rpartition("examples:")[2].strip().splitlines()

@@ -130,3 +130,68 @@ def test_compare_and_swap_is_atomic_across_processes(atomic_settings):
     assert store.get("race/counter").body == b"100"
     assert raced(*runs), "the processes did not run at the same time"
     store.close()
+
+
+@pytest.mark.parametrize("answer", ["301", "400"])
+def test_a_bucket_in_another_region_is_found_and_remembered(seaweed, bucket_name, answer):
+    """AWS answers a request signed for the wrong region with 301 (x-amz-bucket-region) or 400
+    AuthorizationHeaderMalformed (naming it): the store signs for that region, resends, and the
+    next store opened on this machine goes there at once."""
+    import tracecraft
+    from fakes import RegionProxy
+    proxy = RegionProxy(seaweed.endpoint, home="eu-west-1", answer=answer)
+    settings = dict(backend="s3", bucket=bucket_name, endpoint=proxy.endpoint, region="us-east-1",
+                    access_key=seaweed.access_key, secret_key=seaweed.secret_key, _from_flags=True)
+    try:
+        with tracecraft.open_store(settings) as store:
+            # A HEAD has no body to name the region in; an object's tells nothing at all on a 400.
+            assert store.exists("here.json") is False
+            store.put("here.json", b"{}")
+            assert store.get("here.json").body == b"{}"
+            assert store.region == "eu-west-1"
+            assert proxy.refused == (1 if answer == "301" else 2)   # the object's, the bucket's
+        with tracecraft.open_store(settings) as later:
+            assert later.get("here.json").body == b"{}"
+            assert later.describe() == store.describe()   # the same store, for what is kept
+        assert proxy.refused == (1 if answer == "301" else 2)
+    finally:
+        proxy.stop()
+
+
+def test_init_saves_the_region_its_bucket_was_found_in(seaweed, bucket_name, tmp_path):
+    import json
+    from conftest import CLI, clean_env
+    from fakes import RegionProxy
+    proxy = RegionProxy(seaweed.endpoint, home="eu-central-1")
+    env = dict(clean_env(tmp_path), AWS_EC2_METADATA_DISABLED="true")
+    cli = CLI(tmp_path, env)
+    try:
+        result = cli("init", "--project", "p", "--agent", "a", "--bucket", bucket_name,
+                     "--endpoint", proxy.endpoint, "--region", "us-east-1", "--access-key",
+                     seaweed.access_key, "--secret-key", seaweed.secret_key)
+        assert result.returncode == 0, result.stderr
+        assert "is in eu-central-1, not us-east-1" in result.stderr
+        assert json.loads((tmp_path / ".tracecraft.json").read_text())["region"] == "eu-central-1"
+        detours = proxy.refused
+        assert cli("memory", "set", "k", "1").returncode == 0
+        assert proxy.refused == detours
+    finally:
+        proxy.stop()
+
+
+def test_moving_region_on_aws_changes_the_host_but_not_a_custom_endpoint():
+    from tracecraft import S3Store
+    aws = S3Store("bkt", region="us-east-1", access_key="k", secret_key="s")
+    aws._move("ap-south-1")
+    assert (aws.host_header, aws.region) == ("s3.ap-south-1.amazonaws.com", "ap-south-1")
+    own = S3Store("bkt", endpoint="https://minio.example:9000", access_key="k", secret_key="s")
+    own._move("eu-west-1")
+    assert (own.host_header, own.region) == ("minio.example:9000", "eu-west-1")
+    # A region that is no region's shape (a hostile answer) moves nothing.
+    answer = tracecraft_response(301, {"x-amz-bucket-region": "evil\x1b[2J"})
+    assert own._moved(answer, "GET", "k") is False and own.region == "eu-west-1"
+
+
+def tracecraft_response(status, headers, body=b""):
+    from tracecraft import Response
+    return Response(status, headers, body)
