@@ -105,7 +105,7 @@ def atomic_settings(request, tmp_path, bucket_name):
 
 
 def _open(settings):
-    store = tracecraft.open_store(dict(settings, _from_flags=True))
+    store = tracecraft.open_store(dict(settings))
     store.ensure_bucket()
     return store
 

@@ -26,7 +26,7 @@ def faulty(seaweed, bucket_name, monkeypatch):
     monkeypatch.setenv("TRACECRAFT_TIMEOUT", "60")
     tracecraft.open_store({"backend": "s3", "endpoint": seaweed.endpoint,
                            "access_key": seaweed.access_key, "secret_key": seaweed.secret_key,
-                           "bucket": bucket_name, "_from_flags": True}).ensure_bucket()
+                           "bucket": bucket_name}).ensure_bucket()
     # The faults are drawn from a seed: FAULT_SEED=<seed> replays a failed run's faults (the
     # order in which racing processes meet them still varies).
     seed = int(os.environ.get("FAULT_SEED") or time.time())

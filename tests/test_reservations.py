@@ -144,7 +144,7 @@ def test_a_dead_processes_step_reservations_die_with_its_lease(client_factory, s
 def test_a_skewed_client_clock_cannot_steal_a_live_reservation(request, tmp_path, bucket_name,
                                                                monkeypatch):
     settings = settings_for(request, "seaweed", tmp_path, bucket_name)
-    tracecraft.open_store(dict(settings, _from_flags=True)).ensure_bucket()
+    tracecraft.open_store(dict(settings)).ensure_bucket()
     alice = tracecraft.connect(project="p", agent="alice", **settings)
     bob = tracecraft.connect(project="p", agent="bob", **settings)
     alice.reserve(["src/**"], ttl=120)
@@ -187,7 +187,7 @@ def test_twelve_processes_reserve_overlapping_globs_one_winner_per_group(atomic_
 
 def test_a_corrupt_table_is_a_clear_error(local_cli, tmp_path):
     store = tracecraft.open_store({"backend": "local", "root": str(tmp_path / "store"),
-                                   "bucket": "tracecraft", "_from_flags": True})
+                                   "bucket": "tracecraft"})
     for body in (b"not json", json.dumps({"reservations": [{"glob": "/etc", "agent": "x"}]}).encode(),
                  json.dumps({"reservations": "all"}).encode()):
         store.put("proj/reservations/table.json", body)

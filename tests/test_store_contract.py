@@ -141,7 +141,7 @@ def test_a_bucket_in_another_region_is_found_and_remembered(seaweed, bucket_name
     from fakes import RegionProxy
     proxy = RegionProxy(seaweed.endpoint, home="eu-west-1", answer=answer)
     settings = dict(backend="s3", bucket=bucket_name, endpoint=proxy.endpoint, region="us-east-1",
-                    access_key=seaweed.access_key, secret_key=seaweed.secret_key, _from_flags=True)
+                    access_key=seaweed.access_key, secret_key=seaweed.secret_key)
     try:
         with tracecraft.open_store(settings) as store:
             # A HEAD has no body to name the region in; an object's tells nothing at all on a 400.

@@ -54,7 +54,7 @@ def test_twenty_racers_one_winner(hf_settings):
 def test_store_contract_basics(hf_settings, gateway):
     """The whole store contract runs on the gateway too (test_store_contract.py); here, what is
     the gateway's own: both kinds of redirect, and the keys it refuses."""
-    store = tracecraft.open_store(dict(hf_settings, _from_flags=True))
+    store = tracecraft.open_store(dict(hf_settings))
     store.ensure_bucket()
     key = "p/ünï cödé/+&=.json"
     etag = store.put(key, b"v1", if_none_match=True)

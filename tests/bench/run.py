@@ -101,7 +101,7 @@ class Bench:
                 del os.environ[name]
         for name in ("HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME"):
             os.environ[name] = self.env[name]
-        tracecraft.open_store(dict(self.settings(), _from_flags=True)).ensure_bucket()
+        tracecraft.open_store(self.settings()).ensure_bucket()
 
     # -- table -----------------------------------------------------------------------------------
 
