@@ -7413,21 +7413,28 @@ class Output:
         self.note(f"tracecraft: warning: {text}")
 
     def progress(self, verb, name):
-        """A progress callback for long transfers, shown only on a terminal."""
+        """A progress callback for transfers of PROGRESS_BYTES or more, drawn on one line of
+        stderr at most 5 times a second, only when stderr is a terminal (never with --json):
+        bytes done of the total, the rate so far and the time left at that rate."""
         if self.as_json or not sys.stderr.isatty():
             return None
-        state = {"shown": 0.0}
+        state = {"shown": 0.0, "started": time.monotonic(), "ended": False}
 
         def report(done, total):
             now = time.monotonic()
-            if total < (4 << 20) or (now - state["shown"] < 0.2 and done < total):
+            if total < PROGRESS_BYTES or state["ended"] or \
+                    (now - state["shown"] < 0.2 and done < total):
                 return
-            state["shown"] = now
-            percent = 100 * done // total if total else 100
-            end = "\n" if done >= total else ""
-            print(f"\r{verb} {shown(name)}: {percent}% of {_size(total)}", end=end,
+            state["shown"], state["ended"] = now, done >= total
+            rate = done / max(now - state["started"], 1e-3)
+            left = f", {_duration((total - done) / rate)} left" if rate and done < total else ""
+            print(f"\r{verb} {shown(name)}: {_size(done)} of {_size(total)}, "
+                  f"{_size(rate)}/s{left}\x1b[K", end="\n" if state["ended"] else "",
                   file=sys.stderr, flush=True)
         return report
+
+
+PROGRESS_BYTES = 4 << 20   # transfers smaller than this finish before a progress line helps
 
 
 def _size(n):

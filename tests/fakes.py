@@ -242,3 +242,41 @@ class _ClockedStore:
     def delete(self, key, *args, **kwargs):
         self.store.delete(key, *args, **kwargs)
         self.clock.written.pop(key, None)
+
+
+class RefusingProxy(LoopbackServer):
+    """Forwards every request to `upstream` but those `refuse(method, path)` picks, which it
+    answers 400 InvalidRequest without forwarding (an error no client retries)."""
+
+    def __init__(self, upstream, refuse):
+        target = urlsplit(upstream)
+        self.refused = 0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def forward(self):
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else None
+                if refuse(self.command, self.path):
+                    proxy.refused += 1
+                    data = b"<Error><Code>InvalidRequest</Code><Message>refused</Message></Error>"
+                    send_head(self, 400, [("Content-Type", "application/xml")], len(data))
+                    self.wfile.write(data)
+                    return
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                conn.request(self.command, self.path, body=body, headers=dict(self.headers.items()))
+                resp = conn.getresponse()
+                data = resp.read()
+                send_head(self, resp.status, resp.getheaders(), len(data))
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = forward
+
+        self.serve(Handler)
