@@ -1020,7 +1020,7 @@ class HashingFile:
 
 # ==================================================================================================
 # 4. Stores.  Owns: the Store interface and its backends.  Calls: sections 1-3.  All coordination
-#    code goes through these five operations and nothing bypasses them; keys are relative to the
+#    code goes through its operations and nothing bypasses them; keys are relative to the
 #    bucket and already validated (section 2), so a store only has to keep its own promises.
 # ==================================================================================================
 
@@ -1130,7 +1130,7 @@ class Staged:
 
 MIN_PART = 5 << 20            # S3's smallest part of a multipart upload, but for the last
 MAX_UPLOAD_PARTS = 10_000     # S3's most parts in one upload
-PARTS_IN_FLIGHT = 6           # parts sent at once, each on its own connection
+PARTS_IN_FLIGHT = 8           # parts sent at once, each on its own connection
 STALE_UPLOAD_SECONDS = 86400  # a multipart upload this old was left by a killed process
 
 
