@@ -617,6 +617,7 @@ ATTEMPT_TIMEOUT = 10.0   # seconds one socket operation may block, within the re
 TRANSFER_RATE = 64 * 1024   # bytes/s: a file transfer's deadline grows by a second per this many
 MAX_BODY = 16 << 20      # bytes of an answer held in memory (a listing page, an error)
 MAX_OBJECT = 5 << 30     # bytes of one object (S3's limit for a single PUT)
+MAX_MULTIPART = 5 << 40  # bytes of one object made by a multipart upload (S3's limit)
 MAX_LISTED = 1_000_000   # keys in one listing
 MAX_HEADERS = 256        # header lines in one answer, interim answers included
 MAX_INTERIM = 8          # 1xx answers before the final one
@@ -765,7 +766,7 @@ class Transport:
         fresh connection) when the request goes unanswered."""
         started = time.monotonic()
         deadline = deadline or started + self.timeout
-        streamed = hasattr(body, "read") or into is not None
+        streamed = hasattr(body, "read") or into is not None or len(body) > _CHUNK
         last_error, attempt, sent = None, 0, 0
         while attempt < self.max_attempts:
             attempt += 1
@@ -791,7 +792,8 @@ class Transport:
                 self._reader.deadline = deadline
                 self._reader.grace = 1.0 / TRANSFER_RATE if streamed else 0.0
                 sent += 1
-                if not self._ask(method, target, make_headers(), body):
+                if not self._ask(method, target, make_headers(), body,
+                                 progress if into is None else None):
                     self.close()
                     last_error = "the server closed the connection without answering"
                     if reused:
@@ -808,7 +810,7 @@ class Transport:
                         self._reader.grace = 0.0
                     into.seek(0)
                     into.truncate()
-                    copy_stream(parts, into, total or 0, progress, limit=total or MAX_OBJECT)
+                    copy_stream(parts, into, total or 0, progress, limit=total or MAX_MULTIPART)
                     return Response(status, headers, b"", sent)
                 data = _collect(parts, int(headers.get("content-length") or 0), limit)
                 if status in RETRY_STATUSES and attempt < self.max_attempts:
@@ -828,9 +830,11 @@ class Transport:
                           f"({last_error}; {attempt} attempts in {time.monotonic() - started:.1f} s):"
                           " check the endpoint, the network and that the server is running")
 
-    def _ask(self, method, target, headers, body):
+    def _ask(self, method, target, headers, body, progress=None):
         """Send the request and wait for the answer to begin.  False if the connection closed
-        first (a broken pipe or reset while sending, EOF or a reset before the answer)."""
+        first (a broken pipe or reset while sending, EOF or a reset before the answer).  A body
+        larger than a write is sent in pieces, each extending the deadline by its grace and
+        reported to `progress(done, total)`."""
         size = _file_size(body) if hasattr(body, "read") else len(body)
         lines = [f"{method} {target} HTTP/1.1", "Accept-Encoding: identity"]
         lines += [f"{name}: {value}" for name, value in headers.items()
@@ -843,17 +847,23 @@ class Transport:
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         reader = self._reader
         try:
-            if hasattr(body, "read"):
-                body.seek(0)
+            if hasattr(body, "read") or size > _CHUNK:
+                if hasattr(body, "read"):
+                    body.seek(0)
+                else:
+                    view = memoryview(body)
                 self._send(head)
-                left = size
-                while left > 0:   # exactly the size announced, though the file may grow
-                    block = body.read(min(_CHUNK, left))
+                done = 0
+                while done < size:   # exactly the size announced, though the file may grow
+                    block = body.read(min(_CHUNK, size - done)) if hasattr(body, "read") \
+                        else view[done:done + _CHUNK]
                     if not block:
                         raise LocalFileError("the file became shorter while it was sent")
-                    left -= len(block)
+                    done += len(block)
                     self._send(block)
                     reader.deadline += len(block) * reader.grace
+                    if progress:
+                        progress(done, size)
             else:
                 self._send(head + body)   # one write, so a small request is one packet
             return reader.wait()
@@ -1011,8 +1021,6 @@ def copy_stream(blocks, target, total, progress, limit=None):
 
 
 def _file_size(f):
-    if isinstance(f, FileBody):
-        return f.size
     here = f.tell()
     f.seek(0, os.SEEK_END)
     size = f.tell()
@@ -1020,51 +1028,58 @@ def _file_size(f):
     return size
 
 
-def file_digests(f, size):
-    """(SHA-256, MD5) hex digests of the first `size` bytes of a file, in one pass."""
-    import hashlib
-    sha256, md5 = hashlib.sha256(), hashlib.md5()
-    f.seek(0)
-    left = size
-    while left > 0:
-        block = f.read(min(1 << 20, left))
-        if not block:
-            raise LocalFileError("the file became shorter while it was read")
-        sha256.update(block)
-        md5.update(block)
-        left -= len(block)
-    return sha256.hexdigest(), md5.hexdigest()
-
-
-class FileBody:
-    """The first `size` bytes of a binary file, read as a request body from its start: a file
-    that grows while it is sent is sent as it was when measured.  Reports progress, and keeps
-    the MD5 of what it read since the last rewind, so that the sender knows what it sent."""
+class FileReader:
+    """The first `size` bytes (all, by default) of a binary file, read once from its start and
+    hashed as they are read (SHA-256 and MD5 of the whole), so that what is sent is what was
+    hashed: a file that grows meanwhile is read as it was when measured.  `check()` at the end
+    tells a file changed in place while it was read (its size or mtime moved: then, and only
+    then, what was read is read again and compared) and raises BadDigest."""
 
     def __init__(self, f, size=None, progress=None):
         import hashlib
-        self.f, self.progress, self._md5 = f, progress, hashlib.md5
+        self.f, self.progress = f, progress
         self.size = _file_size(f) if size is None else size
-        self.seek(0)
+        self.done, self.sha256, self.md5 = 0, hashlib.sha256(), hashlib.md5()
+        try:
+            self._stat = os.fstat(f.fileno())
+        except (AttributeError, OSError, ValueError):   # io.BytesIO: nothing else writes it
+            self._stat = None
+        f.seek(0)
 
-    def seek(self, offset, whence=os.SEEK_SET):
-        if whence == os.SEEK_END:
-            return self.size
-        self.f.seek(offset)
-        self.done, self.md5 = offset, self._md5()
-        return offset
-
-    def tell(self):
-        return self.done
-
-    def read(self, n=-1):
-        n = self.size - self.done if n < 0 else min(n, self.size - self.done)
+    def read(self, n):
+        """The next `n` bytes (fewer at the end), hashed; LocalFileError if the file is shorter
+        than it was."""
+        n = min(n, self.size - self.done)
         block = self.f.read(n) if n > 0 else b""
+        if len(block) < n:
+            raise LocalFileError("the file became shorter while it was read")
         self.done += len(block)
+        self.sha256.update(block)
         self.md5.update(block)
         if self.progress:
             self.progress(self.done, self.size)
         return block
+
+    def digests(self):
+        return self.sha256.hexdigest(), self.md5.hexdigest()
+
+    def check(self):
+        if self._stat is None:
+            return
+        now = os.fstat(self.f.fileno())
+        if (now.st_size, now.st_mtime_ns) == (self._stat.st_size, self._stat.st_mtime_ns):
+            return
+        import hashlib
+        again, left = hashlib.sha256(), self.done
+        self.f.seek(0)
+        while left > 0:
+            block = self.f.read(min(1 << 20, left))
+            if not block:
+                break
+            again.update(block)
+            left -= len(block)
+        if left or again.hexdigest() != self.sha256.hexdigest():
+            raise BadDigest("the file changed while it was read")
 
 
 class HashingFile:
@@ -1090,7 +1105,7 @@ class HashingFile:
 
 # ==================================================================================================
 # 4. Stores.  Owns: the Store interface and its backends.  Calls: sections 1-3.  All coordination
-#    code goes through these five operations and nothing bypasses them; keys are relative to the
+#    code goes through its operations and nothing bypasses them; keys are relative to the
 #    bucket and already validated (section 2), so a store only has to keep its own promises.
 # ==================================================================================================
 
@@ -1127,8 +1142,18 @@ class Store:
     put(key, body, if_none_match=False, if_match=None, content_type=None, progress=None,
         digests=None) -> etag          create-only or compare-and-swap when asked; a lost condition
                                        raises PreconditionFailed; `body` is bytes or a binary file
-                                       (a FileBody); `digests` (SHA-256, MD5 hex) are checked by
-                                       the store: bytes that changed on the way raise BadDigest
+                                       (staged, then committed); `digests` (SHA-256, MD5 hex) of
+                                       bytes are checked by the store: bytes that changed on the
+                                       way raise BadDigest
+    stage(key, body, content_type=None, progress=None) -> Staged
+                                       read the binary file `body` once, hashing it, into a write
+                                       nobody sees yet (a temporary file, the bytes in memory, a
+                                       multipart upload above multipart_threshold()); then
+                                       staged.commit(if_none_match, if_match) makes it the object,
+                                       under put's conditions, and may be tried again after a lost
+                                       condition; leaving its `with` uncommitted aborts it, leaving
+                                       nothing behind.  A file changed in place meanwhile raises
+                                       BadDigest
     delete(key, if_match=None)         deleting a missing key is not an error (as on S3)
     list(prefix, start_after=None, limit=None)
                                        Entry objects in S3's order (by UTF-8 bytes), every page
@@ -1158,6 +1183,62 @@ class Store:
 
     def describe(self):
         return self.name
+
+    def _put_file(self, key, body, if_none_match, if_match, content_type, progress):
+        with self.stage(key, body, content_type, progress) as staged:
+            return staged.commit(if_none_match, if_match)
+
+
+class Staged:
+    """A write that stage() prepared: `size`, `sha256` and `md5` (hex) of the bytes read, and
+    `commit(if_none_match=False, if_match=None) -> etag`, which makes them the object.  A
+    `with` block aborts it unless it was committed."""
+
+    def __init__(self, size, digests, commit, abort):
+        self.size, (self.sha256, self.md5) = size, digests
+        self._commit, self._abort, self.committed = commit, abort, False
+
+    def commit(self, if_none_match=False, if_match=None):
+        if if_none_match and if_match:
+            raise UsageError("a write cannot be both create-only and compare-and-swap")
+        etag = self._commit(if_none_match, if_match)
+        self.committed = True
+        return etag
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if not self.committed:
+            self._abort()
+
+
+MIN_PART = 5 << 20            # S3's smallest part of a multipart upload, but for the last
+MAX_UPLOAD_PARTS = 10_000     # S3's most parts in one upload
+PARTS_IN_FLIGHT = 8           # parts sent at once, each on its own connection
+STALE_UPLOAD_SECONDS = 86400  # a multipart upload this old was left by a killed process
+
+
+def multipart_threshold():
+    """Bytes above which a file goes to S3 in parts (TRACECRAFT_MULTIPART_THRESHOLD; 64 MiB).
+    Below it, a file is read into memory once and sent with one PUT."""
+    raw = os.environ.get("TRACECRAFT_MULTIPART_THRESHOLD")
+    if not raw:
+        return 64 << 20
+    if not (raw.isascii() and raw.isdigit() and 0 < int(raw) <= MAX_OBJECT):
+        raise ConfigError(f"TRACECRAFT_MULTIPART_THRESHOLD={shown(raw)!r:.40} is not a number "
+                          f"of bytes from 1 to {MAX_OBJECT} (5 GiB, S3's largest single PUT)")
+    return int(raw)
+
+
+def part_size(size, threshold):
+    """The size of every part but the last of a multipart upload of `size` bytes: an eighth of
+    the threshold (8 MiB by default), at least S3's 5 MiB, in whole MiB, and larger when needed
+    to stay within 10,000 parts.  Memory used is about PARTS_IN_FLIGHT + 2 parts."""
+    if size > MAX_MULTIPART:
+        raise UsageError(f"the file is {size} bytes: more than S3's largest object (5 TiB)")
+    part = max(MIN_PART, threshold // 8, -(-size // MAX_UPLOAD_PARTS))
+    return -(-part // (1 << 20)) << 20
 
 
 def _version(etag):
@@ -1419,26 +1500,62 @@ class LocalStore(Store):
             digests=None):
         if if_none_match and if_match:
             raise UsageError("a write cannot be both create-only and compare-and-swap")
+        if not isinstance(body, (bytes, bytearray)):
+            return self._put_file(key, body, if_none_match, if_match, content_type, progress)
         path = self._path(key)
         try:
             self._within(key)
-            tmp, etag = self._write_temp(body, progress)
-            try:
-                if digests and etag != f'"{digests[1]}"':
-                    raise BadDigest(f"{key}: the bytes received do not match their MD5 (the file "
-                                    "changed while it was read)")
-                # Every replacement holds the key's lock, so a compare-and-swap between its
-                # check and its rename can never be overtaken by a plain write or a delete.
-                with self._lock(key):
-                    if if_match and self._current_etag(key) != if_match:
-                        raise PreconditionFailed(f"{key} changed (version is not {if_match})")
-                    self._place(tmp, path, os.link if if_none_match else os.replace, key)
-            finally:
-                unlink_quietly(tmp)
+            tmp = self._write_temp(lambda f: f.write(body))
+        except OSError as exc:
+            raise self._fail(exc, key) from None
+        try:
+            etag = _md5_etag(body)
+            if digests and etag != f'"{digests[1]}"':
+                raise BadDigest(f"{key}: the bytes received do not match their MD5 (the file "
+                                "changed while it was read)")
+            return self._commit(key, path, tmp, etag, if_none_match, if_match)
+        finally:
+            unlink_quietly(tmp)
+
+    def stage(self, key, body, content_type=None, progress=None):
+        """Copy the file into a temporary file of the store's, hashing it on the way."""
+        path = self._path(key)
+        reader = FileReader(body, None, progress)
+
+        def copy(f):
+            for block in iter(lambda: reader.read(1 << 20), b""):
+                f.write(block)
+        try:
+            self._within(key)
+            for prefix in ("put-", "clock-"):   # a file body: a good time to tidy up
+                sweep(self._tmpdir(), prefix)
+            tmp = self._write_temp(copy)
+        except OSError as exc:
+            raise self._fail(exc, key) from None
+        try:
+            reader.check()
+        except BaseException:
+            unlink_quietly(tmp)
+            raise
+        etag = f'"{reader.md5.hexdigest()}"'
+        return Staged(reader.size, reader.digests(),
+                      lambda *conditions: self._commit(key, path, tmp, etag, *conditions),
+                      lambda: unlink_quietly(tmp))
+
+    def _commit(self, key, path, tmp, etag, if_none_match, if_match):
+        """Give the temporary file `tmp` its key, under the write's conditions."""
+        try:
+            # Every replacement holds the key's lock, so a compare-and-swap between its
+            # check and its rename can never be overtaken by a plain write or a delete.
+            with self._lock(key):
+                if if_match and self._current_etag(key) != if_match:
+                    raise PreconditionFailed(f"{key} changed (version is not {if_match})")
+                self._place(tmp, path, os.link if if_none_match else os.replace, key)
         except FileExistsError:
             raise PreconditionFailed(f"{key} already exists") from None
         except OSError as exc:
             raise self._fail(exc, key) from None
+        unlink_quietly(tmp)
         return etag
 
     def _place(self, tmp, path, how, key):
@@ -1452,29 +1569,16 @@ class LocalStore(Store):
                 continue
         return how(tmp, path)
 
-    def _write_temp(self, body, progress):
-        """(path, ETag) of a new temporary file holding `body`; removed again if writing fails."""
-        import hashlib
-        tmpdir = self._tmpdir()
-        fd, tmp = create_exclusive(tmpdir, "put-", 0o666)
+    def _write_temp(self, write):
+        """The path of a new temporary file that `write(f)` filled; removed if writing fails."""
+        fd, tmp = create_exclusive(self._tmpdir(), "put-", 0o666)
         try:
-            digest = hashlib.md5()
             with os.fdopen(fd, "wb") as f:
-                if isinstance(body, (bytes, bytearray)):
-                    f.write(body)
-                    digest.update(body)
-                else:
-                    for prefix in ("put-", "clock-"):   # a file body: a good time to tidy up
-                        sweep(tmpdir, prefix)
-                    body = body if isinstance(body, FileBody) else FileBody(body, None, progress)
-                    body.seek(0)
-                    for block in iter(lambda: body.read(1 << 20), b""):
-                        f.write(block)
-                        digest.update(block)
+                write(f)
         except BaseException:
             unlink_quietly(tmp)
             raise
-        return tmp, '"' + digest.hexdigest() + '"'
+        return tmp
 
     def delete(self, key, if_match=None):
         path = self._path(key)
@@ -1695,7 +1799,7 @@ class ReadOnlyStore(Store):
         raise UsageError(f"this is a read-only observer (init --read-only): it writes nothing "
                          f"(refused: a write to {key})")
 
-    delete = put
+    delete = stage = put
 
     def ensure_bucket(self, prefix="", create=False):
         return self.store.ensure_bucket(prefix, create=False)
@@ -2073,14 +2177,182 @@ class S3Store(Store):
         elif if_match:
             headers.append(("if-match", if_match))
         if not isinstance(body, (bytes, bytearray)):
-            body = body if isinstance(body, FileBody) else FileBody(body, None, progress)
-            digests = digests or file_digests(body.f, body.size)
+            return self._put_file(key, body, if_none_match, if_match, content_type, progress)
         if digests:   # the store checks both, so bytes that changed on the way never land
-            import base64
-            headers.append(("content-md5", base64.b64encode(bytes.fromhex(digests[1])).decode()))
-        resp = self.request("PUT", key, headers=headers, body=body,
+            headers.append(("content-md5", _base64(digests[1])))
+        resp = self.request("PUT", key, headers=headers, body=body, progress=progress,
                             payload_hash=digests[0] if digests else None)
         return resp.headers.get("etag")
+
+    def stage(self, key, body, content_type=None, progress=None):
+        """Up to multipart_threshold() bytes: read into memory, committed with one PUT.  Above
+        it: a multipart upload whose parts are sent as the file is read, committed by
+        CompleteMultipartUpload (only then is the object there)."""
+        reader = FileReader(body)
+        threshold = multipart_threshold()
+        if reader.size > threshold:
+            return self._stage_parts(key, reader, part_size(reader.size, threshold),
+                                     content_type, progress)
+        data = reader.read(reader.size)
+        reader.check()
+
+        def put(if_none_match, if_match):
+            return self.put(key, data, if_none_match=if_none_match, if_match=if_match,
+                            content_type=content_type, progress=progress,
+                            digests=reader.digests())
+        return Staged(reader.size, reader.digests(), put, lambda: None)
+
+    def _stage_parts(self, key, reader, size, content_type, progress):
+        """Create a multipart upload and send the file's parts, PARTS_IN_FLIGHT at a time on
+        connections of their own, each part signed with its SHA-256 and sent with its MD5 (the
+        store refuses a part that changed on the way).  Any failure or interruption aborts the
+        upload, so that no part is left to be paid for; the parts of a process killed outright
+        are aborted by the next multipart upload to the key, once a day old."""
+        self._abort_stale_uploads(key)
+        created = self.request("POST", key, query=[("uploads", "")],
+                               headers=[("content-type", content_type or
+                                         "application/octet-stream")])
+        upload_id = _xml_field(created.body, "UploadId")
+        if not upload_id:
+            raise StoreError(f"the store answered CreateMultipartUpload for {key} without an "
+                             "UploadId (does it support multipart uploads?)")
+        try:
+            parts = self._send_parts(key, upload_id, reader, size, progress)
+            reader.check()
+        except BaseException:
+            self._abort_upload(key, upload_id)
+            raise
+        # The ETag S3 gives the whole: the MD5 of the parts' MD5s, and their count.
+        expected = '"%s-%d"' % (_hash("md5", b"".join(bytes.fromhex(md5) for _, md5 in parts))
+                                .hexdigest(), len(parts))
+        listing = "".join(f"<Part><PartNumber>{number}</PartNumber><ETag>{_xml_text(etag)}</ETag>"
+                          "</Part>" for number, (etag, _) in enumerate(parts, 1))
+        document = f"<CompleteMultipartUpload>{listing}</CompleteMultipartUpload>".encode()
+
+        def complete(if_none_match, if_match):
+            headers = [("content-type", "application/xml")]
+            if if_none_match:
+                headers.append(("if-none-match", "*"))
+            elif if_match:
+                headers.append(("if-match", if_match))
+            try:
+                resp = self.request("POST", key, query=[("uploadId", upload_id)],
+                                    headers=headers, body=document)
+            except (PreconditionFailed, NoSuchKey) as exc:
+                # A retried Complete whose first attempt went through finds the upload gone
+                # (or the object there): the object is ours if it has the ETag ours would.
+                if exc.retried and self._etag_or_none(key) == expected:
+                    return expected
+                exc.retried = False   # told apart already: the object there is not ours
+                raise
+            text = resp.body.decode("utf-8", "replace")
+            if "CompleteMultipartUploadResult" not in text:   # S3 may fail after its 200
+                raise StoreError(f"the store could not complete the upload of {key} "
+                                 f"({shown(_xml_field(text, 'Code')[:64]) or 'no result'}): "
+                                 "try again")
+            return _xml_field(text, "ETag") or expected
+        return Staged(reader.size, reader.digests(), complete,
+                      lambda: self._abort_upload(key, upload_id))
+
+    def _send_parts(self, key, upload_id, reader, size, progress):
+        """[(ETag, MD5 hex)] of the parts of `reader`, read in order by this thread (which
+        hashes the whole) and sent by PARTS_IN_FLIGHT threads (which hash each part)."""
+        import queue
+        import threading
+        count = max(1, -(-reader.size // size))
+        jobs, parts, failed = queue.Queue(maxsize=1), [None] * count, []
+        sent, lock = [0] * count, threading.Lock()
+
+        def report(number, done):
+            with lock:
+                sent[number] = done
+                progress(sum(sent), reader.size)
+
+        def send():
+            worker = self._worker()
+            try:
+                for number, data in iter(jobs.get, None):
+                    if failed:
+                        continue
+                    md5 = _hash("md5", data).hexdigest()
+                    resp = worker.request(
+                        "PUT", key, query=[("partNumber", str(number + 1)),
+                                           ("uploadId", upload_id)],
+                        headers=[("content-md5", _base64(md5))], body=data,
+                        payload_hash=_hash("sha256", data).hexdigest(),
+                        progress=progress and (lambda done, _, n=number: report(n, done)))
+                    parts[number] = (resp.headers.get("etag") or "", md5)
+            except BaseException as exc:   # the main thread raises it
+                failed.append(exc)
+            finally:
+                worker.close()
+        threads = [threading.Thread(target=send, daemon=True)
+                   for _ in range(min(PARTS_IN_FLIGHT, count))]
+        for thread in threads:
+            thread.start()
+        try:
+            for number in range(count):
+                data = reader.read(size)
+                while not failed:
+                    try:
+                        jobs.put((number, data), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if failed:
+                    break
+        except BaseException as exc:   # an interruption: the senders take no further part
+            failed.append(exc)
+            raise
+        finally:
+            for _ in threads:   # every sender stops, after its part, before an abort
+                while any(thread.is_alive() for thread in threads):
+                    try:
+                        jobs.put(None, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+            for thread in threads:
+                thread.join()
+        if failed:
+            raise failed[0]
+        return parts
+
+    def _worker(self):
+        """This store on a connection of its own, for a thread."""
+        import copy
+        worker, t = copy.copy(self), self.transport
+        worker.transport = Transport(t.scheme, t.host, t.port, t.timeout, t.max_attempts, t.verify)
+        return worker
+
+    def _etag_or_none(self, key):
+        try:
+            return self.head(key).etag
+        except NoSuchKey:
+            return None
+
+    def _abort_upload(self, key, upload_id):
+        """Abort a multipart upload, so that its parts are deleted; failing to is not an error
+        of its own (the next upload to the key aborts it once it is a day old)."""
+        try:
+            self.request("DELETE", key, query=[("uploadId", upload_id)])
+        except (TracecraftError, OSError):
+            pass
+
+    def _abort_stale_uploads(self, key):
+        """Abort the multipart uploads of `key` a day old or more (by the store's clock): a
+        process killed outright (SIGKILL, a lost machine) could not abort its own.  A day, as
+        an upload of a huge file may well last hours; stores that cannot list them are left."""
+        try:
+            resp = self.request("GET", query=[("uploads", ""), ("prefix", key)])
+        except TracecraftError:
+            return
+        now = _http_date(resp.headers.get("date")) or time.time()
+        for upload in _xml_values(resp.body.decode("utf-8", "replace"), "Upload", raw=True):
+            started = _iso_date(_xml_field(upload, "Initiated"))
+            if _xml_field(upload, "Key") == key and started is not None \
+                    and now - started > STALE_UPLOAD_SECONDS:
+                self._abort_upload(key, _xml_field(upload, "UploadId"))
 
     def delete(self, key, if_match=None):
         headers = [("if-match", if_match)] if if_match else []
@@ -2175,6 +2447,16 @@ def _read_json_file(path):
 
 def _sha256_hex(body):
     return _hash("sha256", body).hexdigest()
+
+
+def _base64(hex_digest):
+    """A digest as S3's Content-MD5 header wants it."""
+    import binascii
+    return binascii.b2a_base64(bytes.fromhex(hex_digest), newline=False).decode()
+
+
+def _xml_text(text):
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 HF_GATEWAY = "https://s3.hf.co"
@@ -5768,8 +6050,10 @@ class Artifacts(_Peer):
     """Shared files (`tc.artifacts`): bytes kept exactly, with size, SHA-256 and content type.
 
     An artifact is two objects, its bytes and its metadata, which no store can write together.
-    So the metadata is written first, naming the upload about to happen, and keeps the entries
-    of the last few uploads before it ("previous"); the bytes follow.  Whatever a crash or a
+    So the file is read once and staged (store.stage: hashed on the way into a temporary file,
+    memory or a multipart upload's parts, none of them visible); then the metadata is written,
+    naming the upload about to happen and keeping the entries of the last few uploads before it
+    ("previous"); then the bytes are committed.  Whatever a crash or a
     race leaves behind (the new bytes, the old ones, another upload's), the bytes are described
     by one of those entries: a download finds the one whose SHA-256 matches what it received,
     and an upload that loses a race to replace the bytes tries again after the winner."""
@@ -5784,9 +6068,10 @@ class Artifacts(_Peer):
 
     def upload(self, source, step=None, name=None, overwrite=False, progress=None):
         """Upload a file: a path, or a binary file object (then `name` is needed).  Refuses to
-        replace an existing artifact unless `overwrite`.  What is recorded is what was sent: a
-        file that grows meanwhile is sent as it was when the upload began, and one changed in
-        place while it is sent is refused by the store (BadDigest).  Returns the artifact."""
+        replace an existing artifact unless `overwrite`.  The file is read and hashed once, and
+        what is recorded is what was sent: a file that grows meanwhile is sent as it was when
+        the upload began, and one changed in place while it is read is refused.  Returns the
+        artifact."""
         if not isinstance(source, str) and not name:
             raise UsageError("uploading a file object needs name=")
         name = name or os.path.basename(os.path.abspath(source))
@@ -5797,20 +6082,25 @@ class Artifacts(_Peer):
                              "again once it is complete")
         with self._readable(source) as f:
             try:
-                size = _file_size(f)   # what is sent: a file that grows is sent as it is now
-                sha256, md5 = file_digests(f, size)
-                entry = {"size": size, "sha256": sha256, "md5": md5, "content_type": ctype,
-                         "uploader": self.client.agent, "at": self.client.now()}
-                body = FileBody(f, size, progress)
-                (self._replace if overwrite else self._create)(data_key, meta_key, name, step,
-                                                               entry, body)
+                if not overwrite and _file_size(f) > multipart_threshold() and \
+                        self.store.exists(data_key):
+                    raise self._exists(name, step)   # before sending a big file for nothing
+                with self.store.stage(data_key, f, ctype, progress) as staged:
+                    entry = {"size": staged.size, "sha256": staged.sha256, "md5": staged.md5,
+                             "content_type": ctype, "uploader": self.client.agent,
+                             "at": self.client.now()}
+                    (self._replace if overwrite else self._create)(data_key, meta_key, name,
+                                                                   step, entry, staged)
             except (BadDigest, LocalFileError):
                 raise changed from None
             except OSError as exc:
                 raise UsageError(f"cannot read {shown(source)}: {os_reason(exc)}") from None
-            if body.done == size and body.md5.hexdigest() != md5:
-                raise changed   # a store that checks no digest took bytes that changed
         return _artifact_shape(name, step, entry)
+
+    @staticmethod
+    def _exists(name, step):
+        return Refused(f"artifact {name} already exists in step {step}",
+                       fix=("overwrite", "to replace it"))
 
     @staticmethod
     def _readable(source):
@@ -5882,10 +6172,13 @@ class Artifacts(_Peer):
         size = record["size"] if record else 0
         return now - blob.last_modified > _retry_settings()[1] + size / TRANSFER_RATE + 60
 
-    def _create(self, data_key, meta_key, name, step, entry, body):
-        """A new artifact: metadata then bytes, both create-only (two requests)."""
-        exists = Refused(f"artifact {name} already exists in step {step}",
-                         fix=("overwrite", "to replace it"))
+    def _create(self, data_key, meta_key, name, step, entry, staged):
+        """A new artifact: metadata then bytes (`staged`), both create-only (two requests).
+        A store that ignores If-None-Match on CompleteMultipartUpload (the bytes of a big file)
+        is still safe: the create-only metadata lets one upload through, which alone commits;
+        an upload that took a dead one's place may replace what that one committed late, with
+        bytes its metadata describes."""
+        exists = self._exists(name, step)
         try:
             written = self._intent(meta_key, name, step, entry, None)
         except PreconditionFailed:
@@ -5902,8 +6195,7 @@ class Artifacts(_Peer):
             except (PreconditionFailed, ConditionalConflict, NoSuchKey):
                 raise busy from None
         try:
-            self.store.put(data_key, body, if_none_match=True, content_type=entry["content_type"],
-                           digests=(entry["sha256"], entry["md5"]))
+            staged.commit(if_none_match=True)
         except PreconditionFailed as exc:
             if exc.retried and self._identify(data_key, [entry]):
                 return
@@ -5929,7 +6221,7 @@ class Artifacts(_Peer):
         except (PreconditionFailed, ConditionalConflict, NoSuchKey):
             pass
 
-    def _replace(self, data_key, meta_key, name, step, entry, body):
+    def _replace(self, data_key, meta_key, name, step, entry, staged):
         """Replace an artifact: metadata by compare-and-swap, then the bytes by compare-and-swap
         on the version read before, so that of racing uploads each replaces the one before it,
         in turn, and the bytes left are always described."""
@@ -5944,9 +6236,7 @@ class Artifacts(_Peer):
             except (PreconditionFailed, ConditionalConflict, NoSuchKey):
                 continue
             try:
-                self.store.put(data_key, body, if_none_match=before is None, if_match=before,
-                               content_type=entry["content_type"],
-                               digests=(entry["sha256"], entry["md5"]))
+                staged.commit(if_none_match=before is None, if_match=before)
                 return
             except (PreconditionFailed, ConditionalConflict, NoSuchKey) as exc:
                 if exc.retried and self._identify(data_key, [entry]):
@@ -6878,7 +7168,7 @@ class Sessions(_Peer):
                                   "meanwhile") from None
                 size = merged.tell()
                 number = self._take_part(harness, session, record["next_part"],
-                                         lambda: FileBody(merged, size))
+                                         lambda: merged)
             last = parts[-1]
             entry = [number, size, sum(p[2] for p in parts), last[3], last[4]]
 
@@ -7849,21 +8139,28 @@ class Output:
         self.note(f"tracecraft: warning: {text}")
 
     def progress(self, verb, name):
-        """A progress callback for long transfers, shown only on a terminal."""
+        """A progress callback for transfers of PROGRESS_BYTES or more, drawn on one line of
+        stderr at most 5 times a second, only when stderr is a terminal (never with --json):
+        bytes done of the total, the rate so far and the time left at that rate."""
         if self.as_json or not sys.stderr.isatty():
             return None
-        state = {"shown": 0.0}
+        state = {"shown": 0.0, "started": time.monotonic(), "ended": False}
 
         def report(done, total):
             now = time.monotonic()
-            if total < (4 << 20) or (now - state["shown"] < 0.2 and done < total):
+            if total < PROGRESS_BYTES or state["ended"] or \
+                    (now - state["shown"] < 0.2 and done < total):
                 return
-            state["shown"] = now
-            percent = 100 * done // total if total else 100
-            end = "\n" if done >= total else ""
-            print(f"\r{verb} {shown(name)}: {percent}% of {_size(total)}", end=end,
+            state["shown"], state["ended"] = now, done >= total
+            rate = done / max(now - state["started"], 1e-3)
+            left = f", {_duration((total - done) / rate)} left" if rate and done < total else ""
+            print(f"\r{verb} {shown(name)}: {_size(done)} of {_size(total)}, "
+                  f"{_size(rate)}/s{left}\x1b[K", end="\n" if state["ended"] else "",
                   file=sys.stderr, flush=True)
         return report
+
+
+PROGRESS_BYTES = 4 << 20   # transfers smaller than this finish before a progress line helps
 
 
 def _size(n):

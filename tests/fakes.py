@@ -22,6 +22,18 @@ def send_head(handler, status, headers, length):
     handler.end_headers()
 
 
+def relay(handler, target, body, headers):
+    """Send the handler's request to `target` (a urlsplit result) and its answer back."""
+    conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+    conn.request(handler.command, handler.path, body=body, headers=headers)
+    resp = conn.getresponse()
+    data = resp.read()
+    send_head(handler, resp.status, resp.getheaders(), len(data))
+    if handler.command != "HEAD":
+        handler.wfile.write(data)
+    conn.close()
+
+
 class LoopbackServer:
     """A threaded HTTP server on 127.0.0.1 and a free port; `stop()` ends it."""
 
@@ -36,11 +48,13 @@ class LoopbackServer:
         self.server.server_close()
 
 
-class IgnoringConditionsProxy(LoopbackServer):
-    """Forwards every request to `upstream` without If-Match / If-None-Match."""
+class ForwardingProxy(LoopbackServer):
+    """Forwards every request to `upstream`, through `answer(handler, body)` (subclasses change
+    what is forwarded or answer themselves)."""
 
     def __init__(self, upstream):
-        target = urlsplit(upstream)
+        self.target = urlsplit(upstream)
+        proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -50,21 +64,39 @@ class IgnoringConditionsProxy(LoopbackServer):
 
             def forward(self):
                 length = int(self.headers.get("content-length") or 0)
-                body = self.rfile.read(length) if length else None
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in CONDITIONAL}
-                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
-                conn.request(self.command, self.path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                send_head(self, resp.status, resp.getheaders(), len(data))
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                conn.close()
+                proxy.answer(self, self.rfile.read(length) if length else None)
 
             do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = forward
 
         self.serve(Handler)
 
+    def answer(self, handler, body):
+        relay(handler, self.target, body, dict(handler.headers.items()))
+
+
+class IgnoringConditionsProxy(ForwardingProxy):
+    """Forwards every request to `upstream` without If-Match / If-None-Match."""
+
+    def answer(self, handler, body):
+        relay(handler, self.target, body, {k: v for k, v in handler.headers.items()
+                                           if k.lower() not in CONDITIONAL})
+
+
+class RefusingProxy(ForwardingProxy):
+    """Forwards every request to `upstream` but those `refuse(method, path)` picks, which it
+    answers 400 InvalidRequest without forwarding (an error no client retries)."""
+
+    def __init__(self, upstream, refuse):
+        self.refuse, self.refused = refuse, 0
+        super().__init__(upstream)
+
+    def answer(self, handler, body):
+        if not self.refuse(handler.command, handler.path):
+            return super().answer(handler, body)
+        self.refused += 1
+        data = b"<Error><Code>InvalidRequest</Code><Message>refused</Message></Error>"
+        send_head(handler, 400, [("Content-Type", "application/xml")], len(data))
+        handler.wfile.write(data)
 
 
 class FaultProxy(LoopbackServer):
@@ -243,54 +275,33 @@ class _ClockedStore:
         self.store.delete(key, *args, **kwargs)
         self.clock.written.pop(key, None)
 
-
-class RegionProxy(LoopbackServer):
+class RegionProxy(ForwardingProxy):
     """A bucket that lives in `home` (a region), as AWS answers a request signed for another:
     301 PermanentRedirect with x-amz-bucket-region (`answer="301"`), or 400
-    AuthorizationHeaderMalformed naming the region (`answer="400"`).  Requests signed for
-    `home` go on to `upstream`, a real server.  `refused` counts the detours."""
+    AuthorizationHeaderMalformed naming the region (`answer="400"`; a HEAD of an object gets a
+    bare 400, the bucket's HEAD the header).  Requests signed for `home` go on to `upstream`, a
+    real server.  `refused` counts the detours."""
 
     def __init__(self, upstream, home, answer="301"):
-        target = urlsplit(upstream)
-        self.refused = 0
-        proxy = self
+        self.home, self.style, self.refused = home, answer, 0
+        super().__init__(upstream)
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def forward(self):
-                length = int(self.headers.get("content-length") or 0)
-                body = self.rfile.read(length) if length else None
-                scope = self.headers.get("authorization", "").split("Credential=")[-1]
-                region = scope.split("/")[2] if scope.count("/") >= 4 else ""
-                if region != home:
-                    proxy.refused += 1
-                    if answer == "301":
-                        status, headers = 301, {"x-amz-bucket-region": home}
-                        data = b"<Error><Code>PermanentRedirect</Code></Error>"
-                    else:
-                        bucket_only = "/" not in self.path.split("?")[0].strip("/")
-                        status = 400
-                        headers = {"x-amz-bucket-region": home} if bucket_only else {}
-                        data = (f"<Error><Code>AuthorizationHeaderMalformed</Code><Message>the "
-                                f"region '{region}' is wrong; expecting '{home}'</Message>"
-                                f"<Region>{home}</Region></Error>").encode()
-                    data = b"" if self.command == "HEAD" else data
-                    send_head(self, status, list(headers.items()), len(data))
-                    self.wfile.write(data)
-                    return
-                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
-                conn.request(self.command, self.path, body=body, headers=dict(self.headers.items()))
-                resp = conn.getresponse()
-                data = resp.read()
-                conn.close()
-                send_head(self, resp.status, resp.getheaders(), len(data))
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-
-            do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = forward
-
-        self.serve(Handler)
+    def answer(self, handler, body):
+        scope = handler.headers.get("authorization", "").split("Credential=")[-1]
+        region = scope.split("/")[2] if scope.count("/") >= 4 else ""
+        if region == self.home:
+            return super().answer(handler, body)
+        self.refused += 1
+        home = self.home
+        if self.style == "301":
+            status, headers = 301, {"x-amz-bucket-region": home}
+            data = b"<Error><Code>PermanentRedirect</Code></Error>"
+        else:
+            bucket_only = "/" not in handler.path.split("?")[0].strip("/")
+            status, headers = 400, {"x-amz-bucket-region": home} if bucket_only else {}
+            data = (f"<Error><Code>AuthorizationHeaderMalformed</Code><Message>the region "
+                    f"'{region}' is wrong; expecting '{home}'</Message><Region>{home}</Region>"
+                    "</Error>").encode()
+        data = b"" if handler.command == "HEAD" else data
+        send_head(handler, status, list(headers.items()), len(data))
+        handler.wfile.write(data)

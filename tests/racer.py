@@ -18,6 +18,9 @@ input, so that all racers start together as soon as the slowest is ready (confte
     python tests/racer.py read SETTINGS_JSON AGENT START 0
     python tests/racer.py upload SETTINGS_JSON AGENT START COUNT
     python tests/racer.py download SETTINGS_JSON AGENT START SECONDS
+    python tests/racer.py create SETTINGS_JSON AGENT START MEBIBYTES
+        one create-only upload of big.bin, MEBIBYTES long, every byte saying who wrote it:
+        {"won": bool, "said": text, "began": t, "ended": t}
 """
 import json
 import os
@@ -153,6 +156,23 @@ def download(client, start, seconds):
                 print(json.dumps({"got": None}), flush=True)
 
 
+def create(client, start, mebibytes):
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "big.bin")
+        with open(path, "wb") as f:
+            f.write(client.agent.encode().ljust(64) * (mebibytes << 14))
+        time.sleep(max(0, start - time.time()))
+        began, said = time.time(), ""
+        try:
+            client.artifacts.upload(path)
+            won = True
+        except tracecraft.Refused as exc:
+            won, said = False, str(exc)
+        print(json.dumps({"won": won, "said": said, "began": began, "ended": time.time()}),
+              flush=True)
+
+
 def reserve(client, start, rounds):
     """Round by round, reserve r<round>/$RACER_GLOB exclusively at the same instant as the other
     racers: {"round": r, "won": bool, "said": text, "began": t, "ended": t} per round."""
@@ -197,7 +217,7 @@ def main():
         start = sys.stdin.readline()
     modes = {"claim": claim, "incr": incr, "memincr": memincr, "send": send, "read": read,
              "upload": upload, "download": download, "complete": complete,
-             "reserve": reserve, "work": work}
+             "reserve": reserve, "work": work, "create": create}
     modes[mode](client, float(start), int(n), *map(float, extra))
 
 

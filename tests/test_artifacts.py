@@ -68,24 +68,37 @@ def test_missing_artifact_and_file(client_factory, tmp_path):
         alice.artifacts.upload(str(tmp_path / "does-not-exist"))
 
 
+def on_commit(store, suffix, wrapper):
+    """Make each staged write to a key ending in `suffix` commit through
+    wrapper(commit, **conditions) (the moment an artifact's bytes become visible); returns
+    the undo."""
+    real_stage = store.stage
+
+    def stage(key, body, *args, **kwargs):
+        staged = real_stage(key, body, *args, **kwargs)
+        if key.endswith(suffix):
+            real_commit = staged.commit
+            staged.commit = lambda **conditions: wrapper(real_commit, **conditions)
+        return staged
+    store.stage = stage
+    return lambda: setattr(store, "stage", real_stage)
+
+
 def test_a_retried_upload_that_landed_is_not_reported_as_a_clash(client_factory, tmp_path):
     """The first PUT succeeded but its answer was lost: the retry's 412 is our own write."""
     alice = client_factory("alice")
     src = tmp_path / "a.bin"
     src.write_bytes(b"payload")
-    real_put = alice.store.put
 
-    def put_twice(key, body, **kwargs):
-        if not key.endswith("a.bin"):
-            return real_put(key, body, **kwargs)
-        real_put(key, body, **kwargs)              # lands ...
+    def commit_twice(commit, **conditions):
+        commit(**conditions)                       # lands ...
         exc = tracecraft.PreconditionFailed("412 on the retry")
         exc.retried = True                         # ... and the retry finds it there
         raise exc
-    alice.store.put = put_twice
+    undo = on_commit(alice.store, "a.bin", commit_twice)
     meta = alice.artifacts.upload(str(src))
     assert meta["size"] == 7
-    alice.store.put = real_put
+    undo()
     src.write_bytes(b"different")
     with pytest.raises(tracecraft.Refused, match="already exists"):
         alice.artifacts.upload(str(src))
@@ -129,7 +142,7 @@ def _download_bytes(client):
             return f.read()
 
 
-@pytest.mark.parametrize("dies", ["before its bytes", "while its bytes are sent"])
+@pytest.mark.parametrize("dies", ["before its bytes are committed", "while its file is read"])
 def test_an_upload_that_dies_after_its_metadata_leaves_the_artifact_before_it(
         client_factory, tmp_path, dies):
     """The window a kill -9 rarely hits, hit every time: the new upload's metadata is written,
@@ -141,18 +154,22 @@ def test_an_upload_that_dies_after_its_metadata_leaves_the_artifact_before_it(
     one.write_bytes(b"one" * 1000)
     two.write_bytes(b"TWO" * 1000)   # the same size: only the bytes tell them apart
     alice.artifacts.upload(str(one), name="a.bin")
-    real_put = alice.store.put
+    real_stage = alice.store.stage
 
-    def dying(key, body, **kwargs):
-        if key.endswith("/a.bin"):
-            if dies == "while its bytes are sent":
-                body.read(100)
+    def dying(key, body, *args, **kwargs):
+        if dies == "while its file is read":
+            body.read(100)
             raise KeyboardInterrupt   # the process ends here
-        return real_put(key, body, **kwargs)
-    alice.store.put = dying
+        staged = real_stage(key, body, *args, **kwargs)
+        staged.commit = killed
+        return staged
+
+    def killed(**conditions):
+        raise KeyboardInterrupt   # the process ends here, its metadata written
+    alice.store.stage = dying
     with pytest.raises(KeyboardInterrupt):
         alice.artifacts.upload(str(two), name="a.bin", overwrite=True)
-    alice.store.put = real_put
+    alice.store.stage = real_stage
     path, meta = bob.artifacts.download("a.bin", dest=str(tmp_path / "got.bin"))
     assert (tmp_path / "got.bin").read_bytes() == one.read_bytes()
     assert meta["sha256"] == hashlib.sha256(one.read_bytes()).hexdigest()
@@ -360,14 +377,12 @@ def test_an_upload_in_progress_is_not_taken_over(client_factory, tmp_path):
     (tmp_path / "a.bin").write_bytes(b"A" * 5000)
     (tmp_path / "b.bin").write_bytes(b"B" * 7000)
     sending, go_on = threading.Event(), threading.Event()
-    real_put = alice.store.put
 
-    def slow(key, body, **kwargs):
-        if key.endswith("/x.bin"):
-            sending.set()
-            go_on.wait(10)
-        return real_put(key, body, **kwargs)
-    alice.store.put = slow
+    def slow(commit, **conditions):
+        sending.set()
+        go_on.wait(10)
+        return commit(**conditions)
+    on_commit(alice.store, "/x.bin", slow)
     uploading = threading.Thread(target=alice.artifacts.upload, args=(str(tmp_path / "a.bin"),),
                                  kwargs={"name": "x.bin"})
     uploading.start()

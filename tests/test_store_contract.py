@@ -1,5 +1,6 @@
 """Section 4: the Store interface, held to one contract on every backend (local, moto, SeaweedFS, and
 the Hugging Face gateway's emulator)."""
+import hashlib
 import io
 
 import pytest
@@ -106,6 +107,20 @@ def test_streaming_file_bodies(contract_store, tmp_path):
     assert blob.body is None
     assert target.read_bytes() == data
     assert contract_store.get("big.bin").body == data
+
+
+def test_staged_writes_commit_under_conditions(contract_store):
+    """stage() then commit(): nothing is visible before; a lost condition can be tried again."""
+    with contract_store.stage("s.bin", io.BytesIO(b"x" * 1000)) as staged:
+        assert staged.sha256 == hashlib.sha256(b"x" * 1000).hexdigest() and staged.size == 1000
+    assert not contract_store.exists("s.bin")   # left uncommitted: nothing there
+    with contract_store.stage("s.bin", io.BytesIO(b"one")) as staged:
+        etag = staged.commit(if_none_match=True)
+    with contract_store.stage("s.bin", io.BytesIO(b"two")) as staged:
+        with pytest.raises(PreconditionFailed):
+            staged.commit(if_none_match=True)
+        staged.commit(if_match=etag)
+    assert contract_store.get("s.bin").body == b"two"
 
 
 def test_ensure_bucket_is_idempotent(contract_store):

@@ -301,8 +301,8 @@ def test_file_body_upload_arrives_intact(serve, tmp_path):
     t = server.transport()
     with open(tmp_path / "up", "rb") as f:
         f.read(10)   # the transport rewinds the file
-        body = tracecraft.FileBody(f, None, lambda done, total: calls.append((done, total)))
-        resp = t.request("PUT", "/b/up", lambda: {"Host": "h", "Content-Length": "1"}, body)
+        resp = t.request("PUT", "/b/up", lambda: {"Host": "h", "Content-Length": "1"}, f,
+                         progress=lambda done, total: calls.append((done, total)))
     assert get(t, "PUT").status == 200
     assert get(t, "POST", b"small").status == 200
     t.close()

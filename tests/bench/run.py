@@ -27,6 +27,9 @@ Scenarios (names for --only):
                status --watch)
                as a real process through a counting proxy: requests/s by kind, $ per agent-hour
                at AWS prices, how soon new work is seen right after the start and after idling
+  artifacts    a 1 GiB artifact (128 MiB with --quick) uploaded and downloaded by the command
+               line: SeaweedFS with one PUT (threshold above the size) and with multipart (the
+               default threshold), and the local store; MB/s and each process's peak memory
 
 The machine is small and shared: timings are medians over repetitions, and every ratio is
 measured within one run.  Request counts are exact and do not depend on the machine.
@@ -57,7 +60,7 @@ tracecraft = None        # the snapshot, imported by main()
 WORKER = os.path.join(HERE, "worker.py")
 BUCKET = "bench"
 SCENARIOS = ["cli", "requests", "throughput", "barrier", "contention", "inbox", "scale",
-             "sessions", "replay", "plans", "idle"]
+             "sessions", "replay", "plans", "idle", "artifacts"]
 
 
 class BenchError(Exception):
@@ -905,6 +908,73 @@ def scenario_sessions(b):
 
 
 # ==================================================================================================
+# 12. Big artifacts
+# ==================================================================================================
+
+def _run_peak(b, argv, cwd, env):
+    """Run `python tracecraft.py ARGV`; (seconds, the process's own peak RSS in KiB).  The peak
+    is VmHWM, read every 20 ms while it runs: getrusage's ru_maxrss would count the memory of
+    this (large) process, which the child shares between fork and exec."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([b.python, TRACECRAFT] + argv, cwd=cwd, env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]))
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise BenchError(f"{' '.join(argv)} exited {proc.returncode}: "
+                         f"{proc.stderr.read().decode(errors='replace').strip()[-500:]}")
+    return seconds, peak
+
+
+def scenario_artifacts(b):
+    section = "12 artifacts"
+    size = (128 if b.quick else 1024) << 20
+    path = os.path.join(b.tmp, "big.bin")
+    with open(path, "wb") as f:
+        for _ in range(size >> 26):
+            f.write(os.urandom(64 << 20))
+    target = os.path.join(b.tmp, "copy.bin")
+    default = tracecraft.multipart_threshold()
+    runs = [("SeaweedFS, one PUT", False, size), ("SeaweedFS, multipart", False, default),
+            ("local store", True, default)]
+    for label, local, threshold in runs:
+        d = b.cli_project(f"art{len(b.figures.get('artifacts', {}))}", local=local)
+        env = dict(b.env, TRACECRAFT_MULTIPART_THRESHOLD=str(threshold))
+        up, up_peak = _run_peak(b, ["artifact", "upload", path, "--name", "big.bin"], d, env)
+        down, down_peak = _run_peak(b, ["artifact", "download", "big.bin", "-o", target], d, env)
+        if os.path.getsize(target) != size:
+            raise BenchError(f"{label}: downloaded {os.path.getsize(target)} of {size} bytes")
+        os.unlink(target)
+        how = ("parts of %d MiB, %d in flight" % (tracecraft.part_size(size, threshold) >> 20,
+                                                  tracecraft.PARTS_IN_FLIGHT)
+               if threshold < size and not local else "one PUT" if not local else "a copy")
+        for verb, seconds, peak in (("upload", up, up_peak), ("download", down, down_peak)):
+            b.row(section, f"{label}: {verb} {size >> 20} MiB", f"{size / seconds / 1e6:.0f} MB/s",
+                  "", None, f"{seconds:.1f} s, peak RSS {peak / 1024:.0f} MB"
+                  + (f"; {how}" if verb == "upload" else "; streamed to a file, SHA-256 checked"))
+        b.figures.setdefault("artifacts", {})[label] = {
+            "bytes": size, "upload_s": up, "upload_peak_rss_kb": up_peak, "download_s": down,
+            "download_peak_rss_kb": down_peak, "threshold": threshold}
+    multipart = b.figures["artifacts"]["SeaweedFS, multipart"]
+    peak = multipart["upload_peak_rss_kb"] * 1024
+    bound = (tracecraft.PARTS_IN_FLIGHT + 2) * tracecraft.part_size(size, default) + (64 << 20)
+    b.row(section, "multipart upload's peak memory", f"{peak / 2**20:.0f} MB",
+          f"<= {bound >> 20} MB", peak <= bound, "(parts in flight + 2) x part size + 64 MB "
+          "for the interpreter")
+    os.unlink(path)
+
+
+# ==================================================================================================
 # 9. Replay and the live view
 # ==================================================================================================
 
@@ -1365,7 +1435,8 @@ def scenario_plans(b):
 RUNNERS = {"cli": scenario_cli, "requests": scenario_requests, "throughput": scenario_throughput,
            "barrier": scenario_barrier, "contention": scenario_contention,
            "inbox": scenario_inbox, "scale": scenario_scale, "sessions": scenario_sessions,
-           "replay": scenario_replay, "idle": scenario_idle, "plans": scenario_plans}
+           "replay": scenario_replay, "idle": scenario_idle, "plans": scenario_plans,
+           "artifacts": scenario_artifacts}
 
 
 def print_table(rows, out=sys.stdout):
