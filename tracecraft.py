@@ -550,7 +550,8 @@ class Credentials:
         self._keys = (access_key, secret_key, token)   # replaced whole: threads see one set
         self.expires, self.source, self.method, self.refresh = expires, source, method, refresh
         self.fetched = time.time() if fetched is None else fetched
-        self._pause_until, self._lock = 0.0, None
+        import _thread   # built in: no import cost
+        self._pause_until, self._lock = 0.0, _thread.allocate_lock()
 
     access_key = property(lambda self: self._keys[0])
     secret_key = property(lambda self: self._keys[1])
@@ -563,6 +564,14 @@ class Credentials:
         left = self.expires - (time.time() if now is None else now)
         return left < min(REFRESH_BEFORE, (self.expires - self.fetched) / 2)
 
+    def hide(self, text, *more):
+        """`text` (a server's or a program's words) without these keys or `more` secrets in it:
+        a hostile or careless answer may echo what it was sent."""
+        for secret in self._keys[1:] + more:
+            if secret and len(secret) >= 8:
+                text = text.replace(secret, "***")
+        return text
+
     def keys(self):
         """(access key, secret key, session token or None), fetched anew first when due."""
         if self.refresh is not None and self.due() and time.time() >= self._pause_until:
@@ -574,9 +583,6 @@ class Credentials:
         token expired).  One thread fetches; the others wait for its keys."""
         if self.refresh is None:
             return
-        if self._lock is None:
-            import _thread
-            self._lock = _thread.allocate_lock()
         with self._lock:
             if not force and not self.due():
                 return   # another thread renewed them while this one waited
@@ -1962,10 +1968,14 @@ class S3Store(Store):
         configured one: it names the store (describe(), what agents remember)."""
         self.region = region
         scheme, hostname, port, _ = url = _split_url(self.endpoint)
-        if scheme == "https" and (hostname == "s3.amazonaws.com" or hostname.startswith(
-                ("s3.", "s3-")) and hostname.endswith(".amazonaws.com")
-                and hostname.count(".") == 3):
-            url = (scheme, f"s3.{region}.amazonaws.com", port, url[3])
+        # s3[-fips][.dualstack].REGION.amazonaws.com keeps its kind (FIPS stays FIPS).
+        names = ["s3", region, "amazonaws", "com"] if hostname == "s3.amazonaws.com" else \
+            hostname.split(".")
+        if scheme == "https" and len(names) in (4, 5) and names[0] in ("s3", "s3-fips") and \
+                names[1:-3] in ([], ["dualstack"]) and names[-2:] == ["amazonaws", "com"] and \
+                _is_region(names[-3]):
+            names[-3] = region
+            url = (scheme, ".".join(names), port, url[3])
         self._aim(url)
 
     def _moved(self, resp, method, key):
@@ -2117,7 +2127,7 @@ class S3Store(Store):
     def _classify(self, resp, method, key):
         # What the server says is shown cleaned and cut short: it may be anything at all.
         code = shown(_xml_field(resp.body, "Code")[:64])
-        message = shown(_xml_field(resp.body, "Message")[:300])
+        message = shown(self.credentials.hide(_xml_field(resp.body, "Message"))[:300])
         what = f"{key}" if key else f"bucket {self.bucket}"
         status = resp.status
         if code == "NoSuchBucket" or (status == 404 and not key):
@@ -2646,6 +2656,9 @@ def resolve_credentials(settings):
         if env.get(key) and env.get(secret):
             return Credentials(env[key], env[secret], token and env.get(token) or None,
                                source=f"the environment ({key})", method="env"), None
+        if env.get(key) or env.get(secret):   # half a pair is a mistake, not "no keys"
+            has, lacks = (key, secret) if env.get(key) else (secret, key)
+            raise NoCredentials(f"{has} is set without {lacks}: set both, or neither")
     if settings.get("backend") == "hf":
         return None, None   # an AWS profile or role cannot sign for the Hub's gateway
     chain = _AwsChain(settings)
@@ -2655,6 +2668,7 @@ def resolve_credentials(settings):
 CONTAINER_HOSTS = ("169.254.170.2", "169.254.170.23", "fd00:ec2::23")   # ECS and EKS Pod Identity
 CREDENTIAL_SOURCES = ("Environment", "Ec2InstanceMetadata", "EcsContainer")
 PROCESS_TIMEOUT = 60   # seconds a credential_process may take
+MAX_ROLE_CHAIN = 16    # roles assumed one from another (source_profile) before a profile's keys
 
 
 class _AwsChain:
@@ -2669,12 +2683,15 @@ class _AwsChain:
     def __init__(self, settings):
         env, home = os.environ, os.path.expanduser("~")
         self.env, self.settings, self._files = env, settings, None
-        self.name = env.get("AWS_PROFILE") or settings.get("profile") or "default"
-        self.named_by = "AWS_PROFILE" if env.get("AWS_PROFILE") else \
-            settings.get("_path") or "the settings" if settings.get("profile") else None
-        self.paths = (env.get("AWS_SHARED_CREDENTIALS_FILE") or
-                      os.path.join(home, ".aws", "credentials"),
-                      env.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config"))
+        # botocore reads AWS_DEFAULT_PROFILE before AWS_PROFILE.
+        variable = next((v for v in ("AWS_DEFAULT_PROFILE", "AWS_PROFILE") if env.get(v)), None)
+        self.name = variable and env[variable] or settings.get("profile") or "default"
+        self.named_by = variable or (settings.get("_path") or "the settings"
+                                     if settings.get("profile") else None)
+        # botocore expands ~ and $VARS in them: a Dockerfile's ENV or a CI file sets them raw.
+        self.paths = tuple(os.path.expanduser(os.path.expandvars(path)) for path in (
+            env.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(home, ".aws", "credentials"),
+            env.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config")))
 
     def files(self):
         """(profiles in the credentials file, profiles in the config file, sso-sessions)."""
@@ -2743,12 +2760,12 @@ class _AwsChain:
                            source=f"profile {name}: keys in {path}", method=method)
 
     def session_name(self, given):
-        """botocore says botocore-session-<epoch>; an agent's id says more, and is steady."""
-        if given:
-            return given
+        """The role session's name, part of what the keys are kept under: the profile's, else
+        the agent's (botocore says botocore-session-<epoch>; an agent's id says more, is steady,
+        and keeps agents apart in CloudTrail), else None (then _session_name() at the fetch)."""
         agent = self.settings.get("agent")
-        if not isinstance(agent, str) or not agent:
-            return f"tracecraft-{int(time.time())}"
+        if given or not isinstance(agent, str) or not agent:
+            return given or None
         return "tracecraft-" + "".join(c if c.isascii() and (c.isalnum() or c in "+=,.@_-")
                                        else "-" for c in agent)[:53]
 
@@ -2773,16 +2790,19 @@ class _AwsChain:
             if source in visited and (source != name or not keys):
                 raise NoCredentials("the profiles' source_profile settings form a loop: "
                                     + " -> ".join(visited + [source]))
+            if len(visited) > MAX_ROLE_CHAIN:
+                raise NoCredentials(f"{where}: a chain of more than {MAX_ROLE_CHAIN} roles (by "
+                                    f"source_profile, from {visited[0]}): refused")
             if source not in in_credentials and source not in in_config:
                 raise NoCredentials(f"{where}: its source_profile {source} is in neither "
                                     f"{self.paths[0]} nor {self.paths[1]}")
-        params = {"RoleArn": role, "RoleSessionName": self.session_name(
-            profile.get("role_session_name"))}
+        session = self.session_name(profile.get("role_session_name"))
+        params = {"RoleArn": role}
         if profile.get("external_id"):
             params["ExternalId"] = profile["external_id"]
         if profile.get("duration_seconds"):
             duration = profile["duration_seconds"]
-            if not (duration.isdigit() and 900 <= int(duration) <= 43200):
+            if not (duration.isascii() and duration.isdigit() and 900 <= int(duration) <= 43200):
                 raise NoCredentials(f"{where}: duration_seconds must be a number of seconds from "
                                     "900 to 43200")
             params["DurationSeconds"] = duration
@@ -2795,10 +2815,10 @@ class _AwsChain:
                 if base is None:
                     raise NoCredentials(f"{where}: its source_profile {source} gives no "
                                         "credentials")
-            return self.sts("AssumeRole", params, base, f"{where}: assume role {role}",
-                            "assume-role")
+            return self.sts("AssumeRole", dict(params, RoleSessionName=_session_name(session)),
+                            base, f"{where}: assume role {role}", "assume-role")
         return self.temporary(["assume-role", name, role, source or sourced, self.paths,
-                               profile.get("role_session_name"), params.get("ExternalId"),
+                               session, params.get("ExternalId"),
                                params.get("DurationSeconds")], fetch)
 
     def credential_source(self, where, sourced):
@@ -2821,15 +2841,16 @@ class _AwsChain:
         if not role:
             raise NoCredentials(f"{via} names a web identity token file but no role: set "
                                 "AWS_ROLE_ARN or role_arn in the profile")
-        given = env.get("AWS_ROLE_SESSION_NAME") or profile.get("role_session_name")
+        session = self.session_name(env.get("AWS_ROLE_SESSION_NAME")
+                                    or profile.get("role_session_name"))
         source = f"{via}: web identity, role {role}"
 
         def fetch():
             return self.sts("AssumeRoleWithWebIdentity", {
-                "RoleArn": role, "RoleSessionName": self.session_name(given),
+                "RoleArn": role, "RoleSessionName": _session_name(session),
                 "WebIdentityToken": _read_token(token_file, source, "the token file")},
                 None, source, "assume-role-with-web-identity")
-        return self.temporary(["web-identity", role, token_file, given], fetch)
+        return self.temporary(["web-identity", role, token_file, session], fetch)
 
     def sts(self, action, params, signer, source, method):
         """Temporary credentials from STS's `action`, signed with `signer` (None: unsigned)."""
@@ -2842,7 +2863,10 @@ class _AwsChain:
                                                 " charset=utf-8")], body, signer, self.region)
         if resp.status != 200:
             code = shown(_xml_field(resp.body, "Code"))[:64]
-            message = shown(_xml_field(resp.body, "Message"))[:300]
+            message = _xml_field(resp.body, "Message")
+            message = (signer.hide(message) if signer else message).replace(
+                params.get("WebIdentityToken") or "\0", "***")
+            message = shown(message)[:300]
             raise NoCredentials(f"{source}: STS refused {action} ({resp.status} {code})"
                                 + (f": {message}" if message else ""))
         fields = [_xml_field(resp.body, name) for name in ("AccessKeyId", "SecretAccessKey",
@@ -2916,10 +2940,16 @@ class _AwsChain:
             except ValueError as exc:
                 raise NoCredentials(f"{source} is not a command line ({exc})") from None
             program = shown(argv[0])[:100] if argv else ""
+            import tempfile
             try:
-                # No shell, as botocore; no stdin: an MCP server's stdin is its protocol.
-                done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                                      timeout=PROCESS_TIMEOUT)
+                # No shell, as botocore; no stdin: an MCP server's stdin is its protocol.  Its
+                # output goes to files, of which 1 MiB is read: it may print without end.
+                with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+                    done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                          timeout=PROCESS_TIMEOUT)
+                    out.seek(0)
+                    err.seek(0)
+                    done.stdout, done.stderr = out.read(1 << 20), err.read(4096)
             except subprocess.TimeoutExpired:
                 raise NoCredentials(f"{source}: {program} did not finish in {PROCESS_TIMEOUT} s")\
                     from None
@@ -3046,6 +3076,10 @@ def _read_token(path, source, what):
         raise NoCredentials(f"{source}: cannot read {what} {path}: {reason}") from None
 
 
+def _session_name(name):
+    return name or f"tracecraft-{int(time.time())}"
+
+
 def _gone(source):
     raise NoCredentials(f"{source} no longer gives credentials")
 
@@ -3081,6 +3115,8 @@ def _ask(url, source, method="GET", headers=(), body=b"", signer=None, region=No
     transport.peer = f"the endpoint of {source}"
     try:
         return transport.request(method, target, make_headers, body, limit=1 << 20)
+    except CorruptObject:   # an answer too long to be credentials
+        raise NoCredentials(f"{source}: {shown(where)[:100]} answered more than 1 MiB") from None
     finally:
         transport.close()
 
@@ -3107,12 +3143,17 @@ def _temporary_credentials(source, method, access_key, secret_key, token, expira
     wrong = [name for name, value in (("an access key", access_key), ("a secret key", secret_key),
                                       ("a session token", token if temporary else "-"))
              if not isinstance(value, str) or not value]
-    if token is not None and not isinstance(token, str):
-        wrong.append("a text session token")
+    if token is not None and not isinstance(token, str) and "a session token" not in wrong:
+        wrong.append("a session token that is text")
     if expiration is not None and expires is None or temporary and expires is None:
         wrong.append("an expiry time tracecraft can read")
     if wrong:
-        raise NoCredentials(f"{source}: the answer has no {', no '.join(wrong)}")
+        raise NoCredentials(f"{source}: the answer lacks {', '.join(wrong)}")
+    if expires is not None and expires <= time.time():
+        # Fetching them again would give the same: every request would ask anew.
+        raise NoCredentials(f"{source} gave credentials that expired "
+                            f"{_duration_words(time.time() - expires)} ago (is this machine's "
+                            "clock ahead?)")
     return Credentials(access_key, secret_key, token or None, expires, source, method)
 
 
@@ -9920,9 +9961,13 @@ def _launcher_text(python, lib):
 
 
 def _launcher_python():
-    """This interpreter's own path (a virtual environment's python resolved: -S would not see
-    the environment anyway), as a #! line can name it."""
-    python = os.path.realpath(sys.executable or "")
+    """This interpreter's path as a #! line can name it: a virtual environment's python resolved
+    (-S would not see the environment anyway, and it may be deleted), any other as it is called
+    (/usr/bin/python3, not python3.11: after an upgrade the launcher runs the new one, which
+    compiles the copy anew)."""
+    python = sys.executable or ""
+    if sys.prefix != getattr(sys, "base_prefix", sys.prefix):
+        python = os.path.realpath(python)
     if not sys.executable or not os.access(python, os.X_OK):
         raise UsageError("install: this Python does not know its own executable")
     if len(python) > 120 or any(c.isspace() for c in python):
@@ -10006,7 +10051,10 @@ def cmd_uninstall(args, out):
     elif os.path.isdir(lib):
         files = _installed_files(lib)
         for path in files[1:-1]:
-            if os.path.lexists(path):
+            if path.endswith(".py") and os.path.lexists(path) and \
+                    not _marked_file(path, '"""tracecraft:'):
+                out.warn(f"{path} is not a copy of tracecraft: left alone")
+            elif os.path.lexists(path):
                 os.unlink(path)
                 removed.append(path)
         for directory in (files[-1], lib):

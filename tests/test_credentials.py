@@ -207,6 +207,10 @@ def test_assume_role_at_moto_signs_the_store_requests(aws):
                                                            role.session_token)
     assert credentials.method == "assume-role" and credentials.source == \
         f"profile dev: assume role {ROLE}"
+    # Another agent is another role session (CloudTrail tells them apart), kept apart too.
+    assert resolve(agent="ag-2").access_key != credentials.access_key
+    assert moto_roles()[-1].session_name == "tracecraft-ag-2"
+    assert resolve(agent="ag-1").access_key == credentials.access_key   # from the cache
     assert 1790 < credentials.expires - time.time() <= 1800   # duration_seconds reached STS
     with store_for(aws.emulator, credentials) as store:
         store.put("k", b"v")
@@ -475,6 +479,11 @@ BOTOCORE_CASES = {
             "accessToken": SSO_TOKEN, "expiresAt": iso(time.time() + 3600)})}),
     "container-role": ({"AWS_CONTAINER_CREDENTIALS_FULL_URI": "{emulator}/container/credentials",
                         "AWS_CONTAINER_AUTHORIZATION_TOKEN": CONTAINER_TOKEN}, {}),
+    # AWS_DEFAULT_PROFILE before AWS_PROFILE; ~ in AWS_CONFIG_FILE expanded (Docker's ENV).
+    "config-file:expanded": ({"AWS_DEFAULT_PROFILE": "dev", "AWS_PROFILE": "nowhere",
+                              "AWS_CONFIG_FILE": "~/.aws/elsewhere"},
+                             {"elsewhere": "[profile dev]\naws_access_key_id = A\n"
+                                           "aws_secret_access_key = s\n"}),
     "iam-role": ({"AWS_EC2_METADATA_DISABLED": "false",
                   "AWS_EC2_METADATA_SERVICE_ENDPOINT": "{emulator}/"}, {}),
 }
@@ -494,4 +503,38 @@ def test_botocore_picks_the_same_source(aws, tmp_path, method):
         aws.write(name, text.format(**values) if "{python}" in text else text)
     ours = resolve().method
     theirs = botocore.session.Session().get_credentials().method
-    assert ours == theirs == method
+    assert ours == theirs == method.partition(":")[0]
+
+
+def test_hostile_settings_and_answers_are_clear_errors(aws):
+    """Each pins a class: text that looks like a number, a chain without end, keys that
+    expired before they arrived (fetched once, not at every request), half a pair of keys,
+    and a store's message that echoes what it was sent."""
+    chain = "".join(f"[profile c{i}]\nrole_arn = {ROLE}\nsource_profile = c{i + 1}\n"
+                    for i in range(40))
+    aws.write("config", ROLE_PROFILES + chain + f"[profile odd]\nrole_arn = {ROLE}\n"
+                        "source_profile = base\nduration_seconds = \u00b2\u00b2\u00b2\u00b2\n")
+    for profile, message in (("odd", "duration_seconds must be a number"),
+                             ("c0", "a chain of more than 16 roles")):
+        aws.env.setenv("AWS_PROFILE", profile)
+        with pytest.raises(tracecraft.NoCredentials, match=message):
+            resolve()
+    aws.env.delenv("AWS_PROFILE")
+    aws.write("config", "")
+    aws.env.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                   aws.emulator.endpoint + "/container/credentials")
+    aws.env.setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN", CONTAINER_TOKEN)
+    aws.emulator.lifetimes = [-120]
+    with pytest.raises(tracecraft.NoCredentials, match="expired 2 min ago"):
+        resolve()
+    assert aws.emulator.counts["container"] == 1
+    aws.env.setenv("AWS_ACCESS_KEY_ID", "AKIDHALF")
+    with pytest.raises(tracecraft.NoCredentials, match="AWS_ACCESS_KEY_ID is set without "
+                                                       "AWS_SECRET_ACCESS_KEY"):
+        resolve()
+    store = tracecraft.S3Store("bkt", endpoint="http://127.0.0.1:1", access_key="AKIDEXAMPLE",
+                               secret_key="very-secret-key", session_token="session-token-1")
+    echoed = b"<Error><Code>InternalError</Code><Message>you sent very-secret-key and " \
+             b"session-token-1</Message></Error>"
+    said = str(store._classify(tracecraft.Response(500, {}, echoed), "GET", "k"))
+    assert "you sent" in said and "very-secret" not in said and "session-token" not in said

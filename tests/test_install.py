@@ -175,5 +175,8 @@ def test_uninstall_removes_exactly_what_install_wrote(tmp_path, capsys):
 
     # Someone else's `tracecraft` in the bin directory is left alone.
     (prefix / "bin" / "tracecraft").write_text("#!/bin/sh\necho pip\n")
+    (lib / "tracecraft.py").write_text("print('not tracecraft')\n")   # and a file of that name
     assert tracecraft.main(["uninstall", "--prefix", str(prefix)]) == 1
     assert (prefix / "bin" / "tracecraft").read_text() == "#!/bin/sh\necho pip\n"
+    assert (lib / "tracecraft.py").exists()
+    assert "is not a copy of tracecraft: left alone" in capsys.readouterr().err

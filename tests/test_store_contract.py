@@ -199,6 +199,14 @@ def test_moving_region_on_aws_changes_the_host_but_not_a_custom_endpoint():
     aws = S3Store("bkt", region="us-east-1", access_key="k", secret_key="s")
     aws._move("ap-south-1")
     assert (aws.host_header, aws.region) == ("s3.ap-south-1.amazonaws.com", "ap-south-1")
+    for endpoint, moved in (("https://s3-fips.us-east-1.amazonaws.com",
+                             "s3-fips.eu-west-2.amazonaws.com"),
+                            ("https://s3.dualstack.us-east-1.amazonaws.com",
+                             "s3.dualstack.eu-west-2.amazonaws.com"),
+                            ("https://s3.amazonaws.com", "s3.eu-west-2.amazonaws.com")):
+        kind = S3Store("bkt", endpoint=endpoint, access_key="k", secret_key="s")
+        kind._move("eu-west-2")
+        assert kind.host_header == moved   # FIPS stays FIPS, dual-stack stays dual-stack
     own = S3Store("bkt", endpoint="https://minio.example:9000", access_key="k", secret_key="s")
     own._move("eu-west-1")
     assert (own.host_header, own.region) == ("minio.example:9000", "eu-west-1")
