@@ -6530,7 +6530,7 @@ class Redactor:
 
     def __init__(self, extra=None, literals=()):
         import re
-        self.re = re
+        self.re, self.literals = re, tuple(literals)
         self.patterns = [(name, re.compile(re.escape(value)), 0)
                          for name, value in literals if isinstance(value, str) and len(value) >= 8]
         self.patterns += [(name, re.compile(p), group) for name, p, group in SECRET_PATTERNS]
@@ -6988,11 +6988,14 @@ class Sessions(_Peer):
             head=[0, _hash("sha256", b"").hexdigest()], redacted=redacted, redactions={},
             state="active", updated=self.client.now())
 
-    def redactor(self):
+    def secrets(self):
+        """The store's secret and session token of the moment (renewed ones in a long run)."""
         store = getattr(self.store, "store", self.store)   # an observer's store wraps one
-        return Redactor(self.client.redact_patterns,
-                        (("store-secret", getattr(store, "secret_key", None)),
-                         ("store-session-token", getattr(store, "session_token", None))))
+        return (("store-secret", getattr(store, "secret_key", None)),
+                ("store-session-token", getattr(store, "session_token", None)))
+
+    def redactor(self):
+        return Redactor(self.client.redact_patterns, self.secrets())
 
     def mirror(self, transcript, redact=True, redactor=None):
         """Copy what is new in `transcript` (a Transcript): every whole line after the end of
@@ -9053,7 +9056,7 @@ def cmd_session_mirror(args, out):
     seen, warned, gone, locks = {}, {}, {}, {}
 
     def flush():
-        nonlocal transcripts, found_at
+        nonlocal transcripts, found_at, redactor
         if args.all and time.monotonic() - found_at > 30:   # sessions started since
             try:
                 transcripts, found_at = _transcripts(args), time.monotonic()
@@ -9079,6 +9082,8 @@ def cmd_session_mirror(args, out):
             gone.pop(which, None)
             if args.follow and seen.get(which) == signature:
                 continue   # nothing new: no request
+            if redactor is not None and redactor.literals != client.sessions.secrets():
+                redactor = client.sessions.redactor()   # the keys were renewed: hide the new
             try:
                 result = client.sessions.mirror(transcript, redact=not args.no_redact,
                                                 redactor=redactor)

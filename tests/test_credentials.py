@@ -427,8 +427,13 @@ def test_a_long_process_renews_credentials_before_they_expire(aws):
     aws.emulator.lifetimes[:] = [1.0]   # the first keys live one second, the next an hour
     with store_for(aws.emulator, resolve()) as store:
         store.put("a", b"1")
+        sessions = tracecraft.Client(store, "p", "a").sessions
+        first = sessions.redactor()
         time.sleep(0.6)                 # past half their life: due
         store.put("b", b"2")
+        # What a following session mirror hides changes with them (it compares literals).
+        assert first.literals != sessions.secrets()
+        assert "secret-container-1" in dict(sessions.secrets()).values()
         # The store says the token expired before its time: renewed once, and sent again.
         aws.emulator.refuse_token = "token-container-1"
         store.put("c", b"3")
