@@ -758,6 +758,16 @@ class Transport:
             self._sock.close()
             self._sock = self._reader = None
 
+    def cancel(self):
+        """From another thread: the request in progress fails at once, and is not retried."""
+        self.max_attempts = 0
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(2)   # SHUT_RDWR: wakes a blocked send or receive
+            except OSError:
+                pass
+
     def request(self, method, target, make_headers, body=b"", into=None, progress=None,
                 limit=MAX_BODY, deadline=None):
         """Send a request, retrying per the policy; `make_headers()` signs each attempt afresh.
@@ -818,7 +828,9 @@ class Transport:
                     into.truncate()
                     copy_stream(parts, into, total or 0, progress, limit=total or MAX_MULTIPART)
                     return Response(status, headers, b"", sent)
-                data = _collect(parts, int(headers.get("content-length") or 0), limit)
+                bodiless = method == "HEAD" or status in (204, 304)   # the length is the object's
+                data = _collect(parts, 0 if bodiless else int(headers.get("content-length") or 0),
+                                limit)
                 if status in RETRY_STATUSES and attempt < self.max_attempts:
                     last_error = f"HTTP {status}"
                     continue
@@ -1196,12 +1208,14 @@ class Store:
 
 
 class Staged:
-    """A write that stage() prepared: `size`, `sha256` and `md5` (hex) of the bytes read, and
+    """A write that stage() prepared: `size`, `sha256` and `md5` (hex) of the bytes read, the
+    `etag` the object will have (the MD5's, or a multipart upload's), and
     `commit(if_none_match=False, if_match=None) -> etag`, which makes them the object.  A
     `with` block aborts it unless it was committed."""
 
-    def __init__(self, size, digests, commit, abort):
+    def __init__(self, size, digests, commit, abort, etag=None):
         self.size, (self.sha256, self.md5) = size, digests
+        self.etag = etag or f'"{self.md5}"'
         self._commit, self._abort, self.committed = commit, abort, False
 
     def commit(self, if_none_match=False, if_match=None):
@@ -1220,6 +1234,8 @@ class Staged:
 
 
 MIN_PART = 5 << 20            # S3's smallest part of a multipart upload, but for the last
+PART_MOST = 16 << 20          # a larger threshold grows parts to this (memory: ~10 parts)
+STALE_ABORTS = 10             # stale uploads one upload aborts (each is a request)
 MAX_UPLOAD_PARTS = 10_000     # S3's most parts in one upload
 PARTS_IN_FLIGHT = 8           # parts sent at once, each on its own connection
 STALE_UPLOAD_SECONDS = 86400  # a multipart upload this old was left by a killed process
@@ -1239,11 +1255,12 @@ def multipart_threshold():
 
 def part_size(size, threshold):
     """The size of every part but the last of a multipart upload of `size` bytes: an eighth of
-    the threshold (8 MiB by default), at least S3's 5 MiB, in whole MiB, and larger when needed
-    to stay within 10,000 parts.  Memory used is about PARTS_IN_FLIGHT + 2 parts."""
+    the threshold (8 MiB by default) up to PART_MOST, at least S3's 5 MiB, in whole MiB, and
+    larger only when needed to stay within 10,000 parts.  Memory used is about
+    PARTS_IN_FLIGHT + 2 parts."""
     if size > MAX_MULTIPART:
         raise UsageError(f"the file is {size} bytes: more than S3's largest object (5 TiB)")
-    part = max(MIN_PART, threshold // 8, -(-size // MAX_UPLOAD_PARTS))
+    part = max(MIN_PART, min(threshold // 8, PART_MOST), -(-size // MAX_UPLOAD_PARTS))
     return -(-part // (1 << 20)) << 20
 
 
@@ -2218,7 +2235,8 @@ class S3Store(Store):
         store refuses a part that changed on the way).  Any failure or interruption aborts the
         upload, so that no part is left to be paid for; the parts of a process killed outright
         are aborted by the next multipart upload to the key, once a day old."""
-        self._abort_stale_uploads(key)
+        self._abort_uploads(key, lambda began, now: now - began > STALE_UPLOAD_SECONDS)
+        asked = time.monotonic()
         created = self.request("POST", key, query=[("uploads", "")],
                                headers=[("content-type", content_type or
                                          "application/octet-stream")])
@@ -2226,6 +2244,11 @@ class S3Store(Store):
         if not upload_id:
             raise StoreError(f"the store answered CreateMultipartUpload for {key} without an "
                              "UploadId (does it support multipart uploads?)")
+        if created.attempts > 1:
+            # An attempt whose answer was lost may have begun an upload never heard of: those
+            # of this key begun while this request lasted are aborted (the store's clock).
+            took = time.monotonic() - asked + 5
+            self._abort_uploads(key, lambda began, now: now - began <= took, keep=upload_id)
         try:
             parts = self._send_parts(key, upload_id, reader, size, progress)
             reader.check()
@@ -2262,7 +2285,7 @@ class S3Store(Store):
                                  "try again")
             return _xml_field(text, "ETag") or expected
         return Staged(reader.size, reader.digests(), complete,
-                      lambda: self._abort_upload(key, upload_id))
+                      lambda: self._abort_upload(key, upload_id), expected)
 
     def _send_parts(self, key, upload_id, reader, size, progress):
         """[(ETag, MD5 hex)] of the parts of `reader`, read in order by this thread (which
@@ -2270,7 +2293,7 @@ class S3Store(Store):
         import queue
         import threading
         count = max(1, -(-reader.size // size))
-        jobs, parts, failed = queue.Queue(maxsize=1), [None] * count, []
+        jobs, parts, failed, workers = queue.Queue(maxsize=1), [None] * count, [], []
         sent, lock = [0] * count, threading.Lock()
 
         def report(number, done):
@@ -2280,6 +2303,7 @@ class S3Store(Store):
 
         def send():
             worker = self._worker()
+            workers.append(worker)
             try:
                 for number, data in iter(jobs.get, None):
                     if failed:
@@ -2315,15 +2339,22 @@ class S3Store(Store):
             failed.append(exc)
             raise
         finally:
-            for _ in threads:   # every sender stops, after its part, before an abort
-                while any(thread.is_alive() for thread in threads):
-                    try:
-                        jobs.put(None, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-            for thread in threads:
-                thread.join()
+            # Every sender stops (told by a None each), after its part, before an abort; once
+            # anything failed, the parts in flight fail at once too, their connections shut.
+            told, cut = 0, False
+            while any(thread.is_alive() for thread in threads):
+                if failed and not cut:
+                    for worker in list(workers):
+                        worker.transport.cancel()
+                    cut = True
+                try:
+                    if told < len(threads):
+                        jobs.put(None, timeout=0.05)
+                        told += 1
+                    else:
+                        next((t for t in threads if t.is_alive()), threads[0]).join(0.05)
+                except queue.Full:
+                    pass
         if failed:
             raise failed[0]
         return parts
@@ -2349,20 +2380,24 @@ class S3Store(Store):
         except (TracecraftError, OSError):
             pass
 
-    def _abort_stale_uploads(self, key):
-        """Abort the multipart uploads of `key` a day old or more (by the store's clock): a
-        process killed outright (SIGKILL, a lost machine) could not abort its own.  A day, as
-        an upload of a huge file may well last hours; stores that cannot list them are left."""
+    def _abort_uploads(self, key, chosen, keep=None):
+        """Abort the unfinished multipart uploads of `key` that `chosen(began, now)` picks (the
+        store's clock), but `keep`, at most STALE_ABORTS of them: before an upload, those a day
+        old or more (a process killed outright, SIGKILL or a lost machine, could not abort its
+        own; a day, as an upload of a huge file may well last hours).  Stores that cannot list
+        them are left."""
         try:
             resp = self.request("GET", query=[("uploads", ""), ("prefix", key)])
         except TracecraftError:
             return
         now = _http_date(resp.headers.get("date")) or time.time()
-        for upload in _xml_values(resp.body.decode("utf-8", "replace"), "Upload", raw=True):
-            started = _iso_date(_xml_field(upload, "Initiated"))
-            if _xml_field(upload, "Key") == key and started is not None \
-                    and now - started > STALE_UPLOAD_SECONDS:
-                self._abort_upload(key, _xml_field(upload, "UploadId"))
+        stale = [_xml_field(upload, "UploadId") for upload in _xml_values(
+            resp.body.decode("utf-8", "replace"), "Upload", raw=True)
+            if _xml_field(upload, "Key") == key and _xml_field(upload, "UploadId") != keep and
+            _iso_date(_xml_field(upload, "Initiated")) is not None and
+            chosen(_iso_date(_xml_field(upload, "Initiated")), now)]
+        for upload_id in stale[:STALE_ABORTS]:   # the rest by the uploads after this one
+            self._abort_upload(key, upload_id)
 
     def delete(self, key, if_match=None):
         headers = [("if-match", if_match)] if if_match else []
@@ -6100,6 +6135,7 @@ class Artifacts(_Peer):
     and an upload that loses a race to replace the bytes tries again after the winner."""
     DEFAULT_STEP = "shared"
     PREVIOUS = 8   # earlier uploads an artifact's metadata keeps
+    BIG = 64 << 20   # bytes of a new artifact worth a HEAD first: none sent for nothing
 
     def _keys(self, name, step):
         step = check_name("step id", step or self.DEFAULT_STEP)
@@ -6123,11 +6159,11 @@ class Artifacts(_Peer):
                              "again once it is complete")
         with self._readable(source) as f:
             try:
-                if not overwrite and _file_size(f) > multipart_threshold() and \
-                        self.store.exists(data_key):
+                if not overwrite and _file_size(f) > self.BIG and self.store.exists(data_key):
                     raise self._exists(name, step)   # before sending a big file for nothing
                 with self.store.stage(data_key, f, ctype, progress) as staged:
                     entry = {"size": staged.size, "sha256": staged.sha256, "md5": staged.md5,
+                             "etag": staged.etag,
                              "content_type": ctype, "uploader": self.client.agent,
                              "at": self.client.now()}
                     (self._replace if overwrite else self._create)(data_key, meta_key, name,
@@ -6149,6 +6185,10 @@ class Artifacts(_Peer):
         import tempfile
         try:
             f = open(source, "rb") if isinstance(source, str) else source
+            import stat
+            kind = os.fstat(f.fileno()).st_mode if hasattr(f, "fileno") else stat.S_IFREG
+            if stat.S_ISCHR(kind) or stat.S_ISBLK(kind):   # /dev/zero "seeks" and has size 0
+                raise UsageError(f"{shown(str(source))} is a device, not a file: refused")
             if f.seekable():
                 return f
             import shutil
@@ -6195,10 +6235,9 @@ class Artifacts(_Peer):
             return None
         sized = [u for u in uploads if u["size"] == head.size]
         bare = _version(head.etag)
-        if len(bare) == 32 and all(c in "0123456789abcdef" for c in bare):
-            return next((u for u in sized if u["md5"] == bare), None)
-        if not sized:
-            return None
+        found = next((u for u in sized if _etag_of(u) == bare), None)
+        if found or not sized or len(bare) == 32 and all(c in "0123456789abcdef" for c in bare):
+            return found   # an MD5 (a single PUT) or a multipart ETag recorded at the upload
         into = HashingFile(_Discard())
         self.store.get(data_key, into=into)
         return next((u for u in sized if u["sha256"] == into.sha256.hexdigest()), None)
@@ -6242,6 +6281,14 @@ class Artifacts(_Peer):
                 return
             self._give_back(meta_key, written, data_key)
             raise exists from None
+        except BaseException:
+            # The bytes did not land (the store failed, an interruption): take the metadata
+            # back, or a retry would find this upload "in progress" until it is stale.
+            try:
+                self._give_back(meta_key, written, data_key)
+            except (TracecraftError, OSError):
+                pass
+            raise
 
     def _give_back(self, meta_key, written, data_key):
         """Bytes landed that are not this upload's: make the metadata it just wrote describe
@@ -6318,8 +6365,8 @@ class Artifacts(_Peer):
         uploads, etag = [record] + record["previous"], entry.etag
 
         def fits(upload):
-            if etag and upload["md5"]:
-                return f'"{upload["md5"]}"' == etag
+            if etag and _etag_of(upload):
+                return _etag_of(upload) == _version(etag)
             return upload["size"] == entry.size
         fitting = [u for u in uploads if fits(u)]
         if etag is None and len({u["md5"] for u in fitting}) > 1:
@@ -6393,7 +6440,13 @@ class Artifacts(_Peer):
             pass   # someone else changed it: theirs is newer
 
 
-_ENTRY_FIELDS = ("size", "sha256", "md5", "content_type", "uploader", "at")
+def _etag_of(upload):
+    """The ETag (unquoted) an upload's bytes have: recorded since multipart uploads (whose ETag
+    is no MD5), else the MD5's."""
+    return _version(upload.get("etag")) or upload.get("md5")
+
+
+_ENTRY_FIELDS = ("size", "sha256", "md5", "etag", "content_type", "uploader", "at")
 
 
 def _meta_record(record, where):
@@ -6409,7 +6462,7 @@ def _meta_record(record, where):
         sha = _field(upload, "sha256", str, where)
         if len(sha) != 64 or not all(c in "0123456789abcdef" for c in sha):
             raise CorruptObject(f"{where} is not a tracecraft record: its sha256 is not one")
-        for name in ("md5", "content_type", "uploader", "at"):
+        for name in ("md5", "etag", "content_type", "uploader", "at"):
             _field(upload, name, (str, type(None)), where)
         return {k: upload.get(k) for k in _ENTRY_FIELDS}
     checked = entry(record)
@@ -8177,6 +8230,9 @@ class Output:
                     print(shown(part))
 
     def note(self, text):
+        if getattr(self, "_drawn", False):   # a progress line cut short (an error): end it
+            print(file=sys.stderr)
+            self._drawn = False
         print(shown(text), file=sys.stderr)
 
     def warn(self, text):
@@ -8196,11 +8252,15 @@ class Output:
                     (now - state["shown"] < 0.2 and done < total):
                 return
             state["shown"], state["ended"] = now, done >= total
-            rate = done / max(now - state["started"], 1e-3)
-            left = f", {_duration((total - done) / rate)} left" if rate and done < total else ""
+            took = now - state["started"]
+            rate = done / max(took, 1e-3)
+            # The first second's rate says little (a connection's start): no time left yet.
+            left = f", {_duration((total - done) / rate)} left" if rate and done < total \
+                and took >= 1 else ""
             print(f"\r{verb} {shown(name)}: {_size(done)} of {_size(total)}, "
                   f"{_size(rate)}/s{left}\x1b[K", end="\n" if state["ended"] else "",
                   file=sys.stderr, flush=True)
+            self._drawn = not state["ended"]
         return report
 
 

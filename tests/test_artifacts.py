@@ -217,6 +217,13 @@ def test_a_killed_upload_never_leaves_an_undownloadable_artifact(atomic_settings
         assert json.loads(result.stdout)["sha256"] == hashlib.sha256(got).hexdigest()
 
 
+def test_a_device_is_no_file_to_upload(local_cli):
+    """/dev/zero seeks and says its size is 0: it would be uploaded as an empty artifact."""
+    result = local_cli("artifact", "upload", "/dev/zero")
+    assert result.returncode == 2 and "/dev/zero is a device, not a file" in result.stderr
+    assert json.loads(local_cli.ok("artifact", "list", "--json")) == {"artifacts": []}
+
+
 def test_a_growing_file_is_uploaded_as_it_was_and_downloads(local_cli, tmp_path):
     """Hash what is sent: a file appended to while it is uploaded is recorded, and downloads,
     as it was when the upload began."""

@@ -155,6 +155,102 @@ def test_a_failed_part_aborts_the_upload(request, seaweed, tmp_path, bucket_name
         proxy.stop()
 
 
+def troubled(seaweed, trouble):
+    """A proxy in front of SeaweedFS that answers the requests `trouble(handler)` picks itself
+    (it returns True when it did), and forwards the rest."""
+    from fakes import ForwardingProxy
+
+    class Troubled(ForwardingProxy):
+        def answer(self, handler, body):
+            if not trouble(self, handler, body):
+                super().answer(handler, body)
+    return Troubled(seaweed.endpoint)
+
+
+def refuse(handler):
+    from fakes import send_head
+    data = b"<Error><Code>InvalidRequest</Code><Message>refused</Message></Error>"
+    send_head(handler, 400, [("Content-Type", "application/xml")], len(data))
+    handler.wfile.write(data)
+
+
+def test_failures_around_the_parts_leave_nothing_behind(request, seaweed, tmp_path, bucket_name,
+                                                        small_threshold, big_data):
+    """Each pins a class: a part that never answers while another is refused does not hold the
+    failure up (the parts in flight are cut off); a CreateMultipartUpload whose answer was lost
+    (so it was sent again) leaves no upload of its own behind; a refused Complete takes the
+    metadata back, so that uploading again is not "in progress" for hours."""
+    import threading
+    import time
+    from fakes import relay
+    released, seen = threading.Event(), {"creates": 0}
+
+    def trouble(proxy, handler, body):
+        path = handler.path
+        if handler.command == "PUT" and "partNumber=1&" in path and seen["stall"]:
+            released.wait(20)                   # never answered while the test waits
+            handler.close_connection = True
+            return True
+        if handler.command == "PUT" and "partNumber=2&" in path and seen["stall"]:
+            refuse(handler)
+            return True
+        if handler.command == "POST" and "uploads=" in path:
+            seen["creates"] += 1
+            if seen["creates"] == 1:            # created, but the answer is lost
+                relay(_Mute(handler), proxy.target, body, dict(handler.headers.items()))
+                handler.close_connection = True
+                return True
+        if handler.command == "POST" and "uploadId=" in path and seen["refuse_complete"]:
+            refuse(handler)
+            return True
+        return False
+    proxy = troubled(seaweed, trouble)
+    settings = dict(settings_for(request, "seaweed", tmp_path, bucket_name),
+                    endpoint=proxy.endpoint)
+    source = tmp_path / "big.bin"
+    source.write_bytes(big_data)
+    alice = tracecraft.connect(project="proj", agent="alice", config=None, **settings)
+    try:
+        alice.store.ensure_bucket()
+        seen.update(stall=True, refuse_complete=False)
+        started = time.monotonic()
+        with pytest.raises(tracecraft.StoreError, match="InvalidRequest"):
+            alice.artifacts.upload(str(source))
+        assert time.monotonic() - started < 6   # not the stalled part's 10 s x attempts
+        released.set()
+        seen.update(stall=False, refuse_complete=True, creates=0)
+        with pytest.raises(tracecraft.StoreError, match="InvalidRequest"):
+            alice.artifacts.upload(str(source))
+        assert seen["creates"] == 2 and uploads_in_progress(alice.store) == []
+        seen.update(refuse_complete=False)
+        assert alice.artifacts.upload(str(source))["size"] == len(big_data)
+        assert uploads_in_progress(alice.store) == []
+        # An overwrite of the same size that fails to complete: the listing still describes
+        # the bytes there (by the multipart ETag recorded at the upload, not by the size).
+        other = tmp_path / "other.bin"
+        other.write_bytes(bytes(reversed(big_data)))
+        seen.update(refuse_complete=True)
+        with pytest.raises(tracecraft.StoreError, match="InvalidRequest"):
+            alice.artifacts.upload(str(other), name="big.bin", overwrite=True)
+        assert alice.artifacts.list()[0]["sha256"] == hashlib.sha256(big_data).hexdigest()
+    finally:
+        released.set()
+        alice.close()
+        proxy.stop()
+
+
+class _Mute:
+    """A handler that forwards but answers nothing: what the client sees of a lost answer."""
+
+    def __init__(self, handler):
+        self.command, self.path, self.wfile = handler.command, handler.path, io.BytesIO()
+
+    def send_response(self, *args):
+        pass
+
+    send_header = end_headers = send_response
+
+
 def test_an_interrupted_upload_is_aborted(client_factory_seaweed, small_threshold, big_data,
                                           tmp_path):
     """Ctrl-C (or SIGTERM, which the command line turns into an exception) while parts are

@@ -218,3 +218,13 @@ def test_moving_region_on_aws_changes_the_host_but_not_a_custom_endpoint():
 def tracecraft_response(status, headers, body=b""):
     from tracecraft import Response
     return Response(status, headers, body)
+
+
+def test_a_head_tells_the_size_of_an_object_larger_than_any_answer_read(contract_store):
+    """A HEAD announces the object's length, not a body's: an object beyond the 16 MiB an answer
+    may hold is still heads()-able (every upload over a big artifact asks that first)."""
+    import tracecraft
+    size = tracecraft.MAX_BODY + 1
+    contract_store.put("huge.bin", b"\0" * size)
+    assert contract_store.head("huge.bin").size == size
+    assert contract_store.exists("huge.bin")
