@@ -188,12 +188,13 @@ def test_next_wait_sees_new_work_and_ends_when_everything_has_ended(client_facto
 def test_a_completer_killed_before_telling_the_plan_is_repaired(client_factory, monkeypatch):
     alice, bob = client_factory("alice"), client_factory("bob")
     alice.plans.load([{"step": "a"}, {"step": "b", "after": ["a"]}, {"step": "c", "after": ["b"]}])
-    alice.next(ttl=1)
+    # 2 s: a 1 s lease could expire before complete() under load (moto stamps whole seconds)
+    alice.next(ttl=2)
     monkeypatch.setattr(alice.plans, "ended", lambda step, lease: None)   # died right there
     alice.complete("a")
     with pytest.raises(tracecraft.NotFound, match="1 in progress"):
         bob.next()   # a's marker says it is held, for as long as its lease could last...
-    time.sleep(2.2)
+    time.sleep(3.2)
     assert bob.next()["step"] == "b"   # ... then its lease is read: ended, so b is ready
     # killed after the marker went, before the dependents were marked: nothing in flight,
     # so the plan is recomputed
@@ -401,7 +402,7 @@ def test_a_completer_killed_before_marking_its_dependents_is_repaired_while_work
         client_factory, monkeypatch):
     alice, bob = client_factory("alice"), client_factory("bob")
     alice.plans.load([{"step": "a"}, {"step": "b", "after": ["a"]}, {"step": "long"}])
-    alice.next(ttl=1), alice.next()
+    alice.next(ttl=2), alice.next()   # (a 1 s lease could expire before complete() under load)
 
     class Killed(Exception):
         pass
@@ -412,7 +413,7 @@ def test_a_completer_killed_before_marking_its_dependents_is_repaired_while_work
     with pytest.raises(Killed):
         alice.complete("a")   # the lease ended, b not marked ready: died right there
     monkeypatch.undo()
-    time.sleep(2.2)   # a's marker is checked again once a's lease could have ended...
+    time.sleep(3.2)   # a's marker is checked again once a's lease could have ended...
     assert bob.next()["step"] == "b"   # ... though `long` is in flight: no waiting for it
 
 
