@@ -8862,7 +8862,9 @@ def cmd_doctor(args, out):
                            if client.read_only else f"no agent id in project {client.project}"))
             credentials = getattr(getattr(store, "store", store), "credentials", None)
             if credentials is not None:
-                checks.append(("credentials", True, _credentials_detail(credentials)))
+                credentials.keys()   # renewed first when due: what is shown is what signs
+                checks.append(("credentials", credentials.expires is None or
+                               credentials.expires > time.time(), _credentials_detail(credentials)))
             timings, skews = [], []
             probe_key = client.key("_probe", "latency.json")
             if not client.read_only:
