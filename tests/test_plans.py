@@ -9,7 +9,7 @@ import time
 import pytest
 
 import tracecraft
-from conftest import assert_rounds_raced, most_at_once, race, racer_outputs
+from conftest import ATOMIC_BACKENDS, assert_rounds_raced, most_at_once, race, racer_outputs
 
 PLAN = "lint:\ntest: lint\nbuild: lint\n# the last one\ndeploy: test build\n"
 
@@ -158,6 +158,7 @@ def test_a_blocked_step_is_blocked_with_the_short_flag(local_cli):
     assert local_cli("complete", "a", "--blocked", "--status", "failed").returncode == 2
 
 
+@pytest.mark.parametrize("settings", ATOMIC_BACKENDS, indirect=True)   # waits on leases: two stores suffice
 def test_an_expired_or_released_lease_makes_its_step_ready_again(client_factory):
     alice, bob = client_factory("alice"), client_factory("bob")
     alice.plans.load([{"step": "slow"}, {"step": "given-back"}])
@@ -185,6 +186,7 @@ def test_next_wait_sees_new_work_and_ends_when_everything_has_ended(client_facto
         bob.next(wait=0.5)
 
 
+@pytest.mark.parametrize("settings", ATOMIC_BACKENDS, indirect=True)   # waits on leases: two stores suffice
 def test_a_completer_killed_before_telling_the_plan_is_repaired(client_factory, monkeypatch):
     alice, bob = client_factory("alice"), client_factory("bob")
     alice.plans.load([{"step": "a"}, {"step": "b", "after": ["a"]}, {"step": "c", "after": ["b"]}])
@@ -315,6 +317,7 @@ def test_racing_workers_do_every_step_once_and_never_before_its_dependencies(
                          for line in done]) >= 3   # several next() calls at the same instant
 
 
+@pytest.mark.parametrize("settings", ATOMIC_BACKENDS, indirect=True)   # waits on leases: two stores suffice
 def test_an_idle_next_wait_lists_nothing_and_reads_one_key_a_round(client_factory):
     from fakes import Recording
     alice, bob = client_factory("alice"), client_factory("bob")
@@ -398,6 +401,7 @@ def test_a_plan_held_up_by_a_failure_has_not_ended_and_a_waiter_sees_the_reopen(
     assert waiting_for(bob, lambda: alice.reopen("a"))["step"] == "a"
 
 
+@pytest.mark.parametrize("settings", ATOMIC_BACKENDS, indirect=True)   # waits on leases: two stores suffice
 def test_a_completer_killed_before_marking_its_dependents_is_repaired_while_work_goes_on(
         client_factory, monkeypatch):
     alice, bob = client_factory("alice"), client_factory("bob")
