@@ -396,8 +396,8 @@ def _duration(seconds):
 
 # ==================================================================================================
 # 3. SigV4 and transport.  Owns: AWS Signature Version 4 and the keys it signs with (Credentials,
-#    renewed when due), the one HTTP request path with its retry policy and deadline, and the
-#    file bodies it sends.  Calls: sections 1-2.  _socket (and ssl, for https) is imported at
+#    renewed when due), the one HTTP request path with its retry policy and deadline, and files
+#    read and written while hashed (FileReader, HashingFile).  Calls: sections 1-2.  _socket (and ssl, for https) is imported at
 #    the first request.
 # ==================================================================================================
 
@@ -772,8 +772,8 @@ class Transport:
                 limit=MAX_BODY, deadline=None):
         """Send a request, retrying per the policy; `make_headers()` signs each attempt afresh.
 
-        A seekable file `body` is rewound before each attempt.  With `into`, a 200 answer's body is
-        streamed into that file instead of memory; any other body larger than `limit` bytes
+        `body` is bytes (a file is staged by the store first: Store.stage).  With `into`, a 200
+        answer's body is streamed into that file instead of memory; any other body larger than `limit` bytes
         raises CorruptObject.  `deadline` (time.monotonic()) replaces the transport's own, for a
         request that continues another.  Returns a Response whose `attempts` counts the sends,
         which tells the caller whether a conditional write may have reached the store before.
@@ -782,7 +782,7 @@ class Transport:
         fresh connection) when the request goes unanswered."""
         started = time.monotonic()
         deadline = deadline or started + self.timeout
-        streamed = hasattr(body, "read") or into is not None or len(body) > _CHUNK
+        streamed = into is not None or len(body) > _CHUNK
         last_error, attempt, sent = None, 0, 0
         while attempt < self.max_attempts:
             attempt += 1
@@ -792,8 +792,6 @@ class Transport:
                 if time.monotonic() + pause >= deadline:
                     break
                 time.sleep(pause)
-            if hasattr(body, "seek"):
-                body.seek(0)
             if self._sock is not None and _readable(self._sock):
                 self.close()   # the server closed the idle connection; nothing was sent on it
             reused = self._sock is not None
@@ -853,7 +851,7 @@ class Transport:
         first (a broken pipe or reset while sending, EOF or a reset before the answer).  A body
         larger than a write is sent in pieces, each extending the deadline by its grace and
         reported to `progress(done, total)`."""
-        size = _file_size(body) if hasattr(body, "read") else len(body)
+        size = len(body)
         lines = [f"{method} {target} HTTP/1.1", "Accept-Encoding: identity"]
         lines += [f"{name}: {value}" for name, value in headers.items()
                   if name.lower() != "content-length"]   # the framing is ours to state
@@ -865,18 +863,12 @@ class Transport:
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         reader = self._reader
         try:
-            if hasattr(body, "read") or size > _CHUNK:
-                if hasattr(body, "read"):
-                    body.seek(0)
-                else:
-                    view = memoryview(body)
+            if size > _CHUNK:
+                view = memoryview(body)
                 self._send(head)
                 done = 0
-                while done < size:   # exactly the size announced, though the file may grow
-                    block = body.read(min(_CHUNK, size - done)) if hasattr(body, "read") \
-                        else view[done:done + _CHUNK]
-                    if not block:
-                        raise LocalFileError("the file became shorter while it was sent")
+                while done < size:
+                    block = view[done:done + _CHUNK]
                     done += len(block)
                     self._send(block)
                     reader.deadline += len(block) * reader.grace
@@ -2067,8 +2059,6 @@ class S3Store(Store):
             out = dict(signed)
             out["Authorization"] = authorization(access_key, secret_key, self.region, "s3",
                                                  amz_date, creq, names)
-            if body and not isinstance(body, (bytes, bytearray)):
-                out["Content-Length"] = str(_file_size(body))
             return out
 
         deadline = time.monotonic() + self.transport.timeout
@@ -2198,13 +2188,13 @@ class S3Store(Store):
             digests=None):
         if if_none_match and if_match:
             raise UsageError("a write cannot be both create-only and compare-and-swap")
+        if not isinstance(body, (bytes, bytearray)):
+            return self._put_file(key, body, if_none_match, if_match, content_type, progress)
         headers = [("content-type", content_type or "application/octet-stream")]
         if if_none_match:
             headers.append(("if-none-match", "*"))
         elif if_match:
             headers.append(("if-match", if_match))
-        if not isinstance(body, (bytes, bytearray)):
-            return self._put_file(key, body, if_none_match, if_match, content_type, progress)
         if digests:   # the store checks both, so bytes that changed on the way never land
             headers.append(("content-md5", _base64(digests[1])))
         resp = self.request("PUT", key, headers=headers, body=body, progress=progress,
