@@ -1283,6 +1283,13 @@ def _split_url(url):
         slash + path
 
 
+def _host_header(scheme, host, port):
+    """The Host header for `host` and `port`: an IPv6 address bracketed, the port only when it
+    is not the scheme's own."""
+    bracketed = f"[{host}]" if ":" in host else host
+    return bracketed if port == (443 if scheme == "https" else 80) else f"{bracketed}:{port}"
+
+
 def _is_loopback(host):
     host = host.lower().strip("[]")
     if host in ("localhost", "::1") or host.endswith(".localhost"):
@@ -1960,9 +1967,7 @@ class S3Store(Store):
         """Send every request to `url` (_split_url's parts), on a new connection."""
         scheme, hostname, port, base_path = url
         host = hostname if self.addressing == "path" else f"{self.bucket}.{hostname}"
-        default_port = port == (443 if scheme == "https" else 80)
-        bracketed = f"[{host}]" if ":" in host else host
-        self.host_header = bracketed if default_port else f"{bracketed}:{port}"
+        self.host_header = _host_header(scheme, host, port)
         # A path on the endpoint (a gateway's namespace, say) is part of every signed path.
         self.base_path = base_path.rstrip("/")
         if self.transport is not None:
@@ -2100,8 +2105,7 @@ class S3Store(Store):
         scheme, host, port, path = url
         target = uri_encode(path or "/", keep_slash=True) if not path.isascii() else (path or "/")
         target += f"?{query}" if query else ""
-        bracketed = f"[{host}]" if ":" in host else host
-        netloc = bracketed if port == (443 if scheme == "https" else 80) else f"{bracketed}:{port}"
+        netloc = _host_header(scheme, host, port)
         cdn = Transport(scheme, host, port, verify=self.transport.verify)
         try:
             resp = cdn.request(method, target, lambda: {"Host": netloc}, b"", into, progress,
@@ -2674,20 +2678,32 @@ def resolve_credentials(settings):
                            settings.get("session_token"), method="explicit",
                            source=f"the keys in {where}" if where else
                            "the keys given to tracecraft"), None
-    names = (("HF_S3_ACCESS_KEY_ID", "HF_S3_SECRET_ACCESS_KEY", None),) \
-        if settings.get("backend") == "hf" else ()
-    for key, secret, token in names + (("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                        "AWS_SESSION_TOKEN"),):
-        if env.get(key) and env.get(secret):
-            return Credentials(env[key], env[secret], token and env.get(token) or None,
-                               source=f"the environment ({key})", method="env"), None
-        if env.get(key) or env.get(secret):   # half a pair is a mistake, not "no keys"
-            has, lacks = (key, secret) if env.get(key) else (secret, key)
-            raise NoCredentials(f"{has} is set without {lacks}: set both, or neither")
+    names = (HF_ENV_KEYS,) if settings.get("backend") == "hf" else ()
+    for variables in names + (AWS_ENV_KEYS,):
+        found = _environment_keys(env, variables)
+        if found:
+            return found, None
     if settings.get("backend") == "hf":
         return None, None   # an AWS profile or role cannot sign for the Hub's gateway
     chain = _AwsChain(settings)
     return chain.resolve(), chain.profile_region()
+
+
+AWS_ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+HF_ENV_KEYS = ("HF_S3_ACCESS_KEY_ID", "HF_S3_SECRET_ACCESS_KEY", None)
+
+
+def _environment_keys(env, variables):
+    """Credentials from the environment variables `variables` (key, secret, token or None),
+    None when they are not set; half a pair is a mistake, not "no keys"."""
+    key, secret, token = variables
+    if env.get(key) and env.get(secret):
+        return Credentials(env[key], env[secret], token and env.get(token) or None,
+                           source=f"the environment ({key})", method="env")
+    if env.get(key) or env.get(secret):
+        has, lacks = (key, secret) if env.get(key) else (secret, key)
+        raise NoCredentials(f"{has} is set without {lacks}: set both, or neither")
+    return None
 
 
 CONTAINER_HOSTS = ("169.254.170.2", "169.254.170.23", "fd00:ec2::23")   # ECS and EKS Pod Identity
@@ -2847,13 +2863,8 @@ class _AwsChain:
                                params.get("DurationSeconds")], fetch)
 
     def credential_source(self, where, sourced):
-        if sourced == "Environment":
-            env = self.env
-            if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
-                return Credentials(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"],
-                                   env.get("AWS_SESSION_TOKEN") or None, method="env",
-                                   source="the environment (AWS_ACCESS_KEY_ID)")
-        found = self.container() if sourced == "EcsContainer" else \
+        found = _environment_keys(self.env, AWS_ENV_KEYS) if sourced == "Environment" else \
+            self.container() if sourced == "EcsContainer" else \
             self.instance() if sourced == "Ec2InstanceMetadata" else None
         if found is None:
             raise NoCredentials(f"{where}: credential_source {sourced} gives no credentials here")
@@ -3118,8 +3129,7 @@ def _ask(url, source, method="GET", headers=(), body=b"", signer=None, region=No
     if parts is None:
         raise ConfigError(f"{source}: {shown(url)[:100]!r} is not an http(s) URL")
     scheme, host, port, path = parts
-    bracketed = f"[{host}]" if ":" in host else host
-    netloc = bracketed if port == (443 if scheme == "https" else 80) else f"{bracketed}:{port}"
+    netloc = _host_header(scheme, host, port)
     target = (uri_encode(path or "/", keep_slash=True) if path else "/") + (
         "?" + query if query else "")
 
