@@ -397,8 +397,8 @@ def _duration(seconds):
 # ==================================================================================================
 # 3. SigV4 and transport.  Owns: AWS Signature Version 4 and the keys it signs with (Credentials,
 #    renewed when due), the one HTTP request path with its retry policy and deadline, and files
-#    read and written while hashed (FileReader, HashingFile).  Calls: sections 1-2.  _socket (and ssl, for https) is imported at
-#    the first request.
+#    read and written while hashed (FileReader, HashingFile).  Calls: sections 1-2.  _socket
+#    (and ssl, for https) is imported at the first request.
 # ==================================================================================================
 
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
